@@ -1,0 +1,76 @@
+"""The exceptions vlm-ad raises.
+
+Every error says what was wrong, what is allowed, and how to fix it. The tree::
+
+    VlmAdError                      base of everything vlm-ad raises on purpose
+    ├── ConfigError (ValueError)    a bad option, argument or config value
+    │   └── UnknownNameError        a registry name that does not exist (lists the valid ones)
+    ├── MissingDependencyError (ImportError)
+    │                               an optional extra is not installed (says which pip command fixes it)
+    ├── WeightsNotFoundError (FileNotFoundError)
+    │                               model weights are not on disk (says how to provide them)
+    ├── DataError (ValueError)      input data that cannot be used
+    │   ├── ImageReadError          an unreadable, truncated or unsupported image file
+    │   ├── MaskError               a missing or malformed ground-truth mask
+    │   └── EmptyDatasetError       a folder or split with no usable images
+    └── NotFittedError (RuntimeError)
+                                    an estimator used before ``fit``
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "EmptyDatasetError",
+    "ImageReadError",
+    "MaskError",
+    "MissingDependencyError",
+    "NotFittedError",
+    "UnknownNameError",
+    "VlmAdError",
+    "WeightsNotFoundError",
+]
+
+
+class VlmAdError(Exception):
+    """Base class of every error vlm-ad raises on purpose."""
+
+
+class ConfigError(VlmAdError, ValueError):
+    """A bad option, argument or config value."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A registry lookup of a name that does not exist."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingDependencyError(VlmAdError, ImportError):
+    """An optional dependency is not installed."""
+
+
+class WeightsNotFoundError(VlmAdError, FileNotFoundError):
+    """Model weights are not available on disk."""
+
+
+class DataError(VlmAdError, ValueError):
+    """Input data that cannot be used."""
+
+
+class ImageReadError(DataError):
+    """An image file that cannot be read (corrupt, truncated, unsupported)."""
+
+
+class MaskError(DataError):
+    """A missing or malformed ground-truth mask."""
+
+
+class EmptyDatasetError(DataError):
+    """A folder or split that holds no usable images."""
+
+
+class NotFittedError(VlmAdError, RuntimeError):
+    """An estimator used before it was fitted."""

@@ -1,0 +1,71 @@
+"""One small registry class behind every extension point (backbones, detectors, ...).
+
+A name maps to a factory. A name ending in ``:`` is a *prefix* entry: ``"openclip:"`` serves every
+``"openclip:<arch>"`` and receives the part after the colon as its first argument.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+from vlm_ad.errors import ConfigError, UnknownNameError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """A registered factory with a one-line description."""
+
+    name: str
+    factory: Callable[..., T]
+    description: str
+
+
+class Registry(Generic[T]):
+    """Maps names to factories for one kind of component (e.g. ``"backbone"``)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str, *, description: str = "") -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator registering ``factory`` under ``name``; registering a name twice raises."""
+
+        def deco(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._entries:
+                raise ConfigError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = Entry(name, factory, description or (factory.__doc__ or "").strip().split("\n")[0])
+            return factory
+
+        return deco
+
+    def entries(self) -> list[Entry[T]]:
+        """All entries, sorted by name."""
+        return [self._entries[k] for k in sorted(self._entries)]
+
+    def names(self, pattern: str | None = None) -> list[str]:
+        """Registered names, optionally filtered by a shell-style pattern (``"dino*"``)."""
+        names = sorted(self._entries)
+        return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+    def create(self, name: str, **kwargs: Any) -> T:
+        """Build the component registered as ``name`` (or served by a prefix entry)."""
+        if name in self._entries and not name.endswith(":"):
+            return self._entries[name].factory(**kwargs)
+        prefix, sep, rest = name.partition(":")
+        if sep and f"{prefix}:" in self._entries:
+            if not rest:
+                raise ConfigError(f"{self.kind} name {name!r} needs a value after the colon, e.g. '{prefix}:<name>'")
+            return self._entries[f"{prefix}:"].factory(rest, **kwargs)
+        raise UnknownNameError(self._unknown_message(name))
+
+    def _unknown_message(self, name: str) -> str:
+        valid = self.names()
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        shown = ", ".join(n + "<...>" if n.endswith(":") else n for n in valid)
+        return f"unknown {self.kind} {name!r}.{hint} Valid names: {shown}"
