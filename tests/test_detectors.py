@@ -1,0 +1,146 @@
+"""The shared detector contract, run on every registered detector, plus store and coreset checks."""
+
+import numpy as np
+import pytest
+import torch
+
+from vlm_ad.detectors import create_detector, list_detectors, load_detector
+from vlm_ad.errors import DataError, NotFittedError, UnknownNameError
+from vlm_ad.retrieval import ExemplarStore, greedy_coreset
+from vlm_ad.types import AnomalyMap, Sample
+
+pytest.importorskip("faiss", reason="faiss-cpu (vlm-ad[retrieval]) is needed for the detectors")
+skimage_data = pytest.importorskip("skimage.data")
+
+SIZE = 96
+
+
+def _crops(n, seed):
+    brick = skimage_data.brick()  # (512, 512) uint8, a real texture
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        y, x = rng.integers(0, 512 - SIZE, 2)
+        out.append(np.repeat(brick[y : y + SIZE, x : x + SIZE, None], 3, axis=2))
+    return out
+
+
+def _with_defect(img):
+    out = img.copy()
+    out[40:60, 30:50] = (255, 0, 0)  # a red square: far from every normal patch
+    mask = np.zeros(img.shape[:2], bool)
+    mask[40:60, 30:50] = True
+    return out, mask
+
+
+@pytest.fixture(scope="module")
+def data():
+    normal = [Sample(img, f"train/{i}") for i, img in enumerate(_crops(6, 0))]
+    test_normal = _crops(3, 1)
+    defect, mask = _with_defect(_crops(1, 2)[0])
+    return normal, test_normal + [defect], mask
+
+
+def _make(name):
+    return create_detector(name, backbone="efficientnet-lite0", image_size=SIZE, **({"n_ref": 3} if name == "mutual" else {}))
+
+
+@pytest.mark.parametrize("name", ["patchcore", "padim", "mutual"])
+def test_detector_contract(name, data, tmp_path):
+    normal, test, mask = data
+    det = _make(name)
+    if name != "mutual":
+        with pytest.raises(NotFittedError, match="not fitted"):
+            det.predict(test)
+    fit_set = normal if name != "mutual" else []  # mutual is zero-shot
+    assert det.fit(fit_set) is det
+    maps = det.predict(test)
+    assert len(maps) == 4 and all(isinstance(m, AnomalyMap) for m in maps)
+    assert all(m.map.shape == (SIZE, SIZE) and m.map.dtype == np.float32 for m in maps)
+    scores = [m.score for m in maps]
+    assert scores[3] > max(scores[:3]), scores  # the planted defect is the most anomalous image
+    inside, outside = maps[3].map[mask].mean(), maps[3].map[~mask].mean()
+    assert inside > outside
+    det.save(tmp_path / name)
+    again = load_detector(tmp_path / name)
+    np.testing.assert_allclose([m.score for m in again.predict(test)], scores, rtol=1e-5)
+
+
+def test_all_registered_detectors_are_covered():
+    assert list_detectors() == ["mutual", "padim", "patchcore"]
+    with pytest.raises(UnknownNameError, match="Did you mean 'patchcore'"):
+        create_detector("patchcor")
+
+
+def test_patchcore_hits_and_threshold(data):
+    normal, test, _ = data
+    det = _make("patchcore").fit(normal)
+    assert det.threshold_ is not None and det.threshold_ > 0
+    maps = det.predict(test)
+    hit = maps[3].hits[0]
+    assert hit.image_id.startswith("train/") and hit.distance == pytest.approx(maps[3].score, rel=1e-5)
+    assert maps[3].label == 1 and maps[0].label == 0
+
+
+def test_patchcore_leave_image_out_scores_exclude_own_patches(data):
+    normal, _, _ = data
+    det = _make("patchcore")
+    det.hyper["coreset"] = 1.0
+    det.fit(normal)
+    emb = det.embedder([s.image for s in normal[:2]])
+    plain, _ = det._score_embeddings(emb)
+    assert torch.allclose(plain, torch.zeros_like(plain), atol=1e-3)  # own patches are in the bank
+    loo = det.leave_image_out_scores(emb, [s.image_id for s in normal[:2]])
+    # crops of one texture may overlap, so a few patches still find a near-twin in another image
+    assert (loo > plain + 0.01).float().mean() > 0.9
+
+
+def test_mutual_single_image_and_buffer(data):
+    _, test, _ = data
+    det = _make("mutual")
+    one = det.predict([test[3]])
+    assert det.last_mode_ == "single image (self-similarity)" and np.isfinite(one[0].score)
+    det.predict(test[:3])
+    det.predict([test[3]])
+    assert det.last_mode_ == "other images"  # the rolling buffer supplied references
+
+
+def test_padim_few_shot_is_well_posed(data):
+    normal, test, _ = data
+    maps = _make("padim").fit(normal[:1]).predict(test)
+    assert all(np.isfinite(m.score) for m in maps)
+
+
+def test_fit_errors():
+    with pytest.raises(DataError, match="at least one normal image"):
+        _make("patchcore").fit([])
+
+
+def test_coreset_is_a_good_cover_and_deterministic():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 32, generator=gen)
+    idx = greedy_coreset(x, 300, proj_dim=16, chunk=1000, seed=1)
+    assert idx.unique().numel() == 300 and torch.equal(idx, greedy_coreset(x, 300, proj_dim=16, chunk=1000, seed=1))
+    cover = torch.cdist(x, x[idx]).min(1).values.max()
+    rand = torch.cdist(x, x[torch.randperm(3000, generator=gen)[:300]]).min(1).values.max()
+    assert cover < rand  # k-center covers the worst-served point better than a random subset
+
+
+def test_store_search_save_load(tmp_path):
+    store = ExemplarStore()
+    grids = [torch.randn(4, 5, 8) for _ in range(3)]
+    for i, g in enumerate(grids):
+        store.add(f"img{i}", g)
+    store.build()
+    dist, rows = store.search(grids[2][1, 3][None], k=1)
+    assert dist[0, 0] < 1e-3
+    assert store.hit(int(rows[0, 0]), float(dist[0, 0])) == store.hit(int(rows[0, 0]), float(dist[0, 0]))
+    hit = store.hit(int(rows[0, 0]), 0.0)
+    assert (hit.image_id, hit.row, hit.col) == ("img2", 1, 3)
+    store.save(tmp_path)
+    loaded = ExemplarStore.load(tmp_path)
+    assert torch.equal(loaded.search(grids[0][0, 0][None], k=2)[1], store.search(grids[0][0, 0][None], k=2)[1])
+    with pytest.raises(DataError, match="not an exemplar store"):
+        ExemplarStore.load(tmp_path / "nope")
+    with pytest.raises(NotFittedError):
+        ExemplarStore().search(torch.zeros(1, 8))

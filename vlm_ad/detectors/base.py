@@ -1,0 +1,217 @@
+"""The detector contract, shared by every registered detector.
+
+``create_detector(name, backbone=..., **hyper)`` stores hyper-parameters only; ``fit(normal_images)``
+learns and returns ``self`` (learned state ends in ``_``); ``predict(images)`` returns one
+:class:`~vlm_ad.types.AnomalyMap` per image (higher score = more anomalous); an unfitted detector raises
+:class:`~vlm_ad.errors.NotFittedError`. ``save(dir)`` / ``load(dir)`` use JSON + safetensors only.
+
+Images are ``uint8`` RGB arrays (H, W, 3) or :class:`~vlm_ad.types.Sample`; maps come back at each input's
+own resolution.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlm_ad._cache import atomic_write_bytes
+from vlm_ad.backbones import Backbone, create_backbone
+from vlm_ad.errors import ConfigError, DataError, NotFittedError
+from vlm_ad.types import AnomalyMap, Sample
+
+ImageLike = Union[np.ndarray, Sample]
+Progress = Callable[[int], None]  # called with the number of images just processed
+
+DEFAULT_LAYERS = {"dinov2-s14": ("block5", "block7"), "efficientnet-lite0": ("block4", "block10")}
+
+
+def as_images(images: Sequence[ImageLike]) -> tuple[list[np.ndarray], list[str]]:
+    """Split inputs into pixel arrays and ids (a Sample's id, else the position as a string)."""
+    arrays, ids = [], []
+    for i, item in enumerate(images):
+        if isinstance(item, Sample):
+            arrays.append(item.image)
+            ids.append(item.image_id)
+        else:
+            arrays.append(np.asarray(item))
+            ids.append(str(i))
+    return arrays, ids
+
+
+class PatchEmbedder:
+    """Backbone + local aggregation: images -> L2-normalised patch grids (B, h, w, C) on the finest layer grid.
+
+    Args:
+        backbone: a registered backbone name or an instance.
+        layers: backbone layers to use (default: the backbone's recommended pair).
+        image_size: input size in pixels (square).
+        pool: side of the average-pooling window applied to each layer (PatchCore's local neighbourhood).
+        normalize: L2-normalise each patch vector.
+    """
+
+    def __init__(
+        self,
+        backbone: str | Backbone = "efficientnet-lite0",
+        *,
+        layers: Sequence[str] | None = None,
+        image_size: int = 224,
+        pool: int = 3,
+        normalize: bool = True,
+    ) -> None:
+        if isinstance(backbone, Backbone):
+            self.backbone_name, self.net = backbone.name, backbone
+            self.layers, self.image_size = tuple(backbone.layers), backbone.image_size
+        else:
+            self.backbone_name = backbone
+            self.layers = tuple(layers) if layers else DEFAULT_LAYERS.get(backbone)
+            self.image_size = image_size
+            kw = {"image_size": image_size} | ({"layers": self.layers} if self.layers else {})
+            self.net = create_backbone(backbone, **kw)
+            self.layers = tuple(self.net.layers)
+        if pool < 1 or pool % 2 == 0:
+            raise ConfigError(f"pool must be a positive odd number, got {pool}")
+        self.pool, self.normalize = pool, normalize
+
+    def config(self) -> dict[str, Any]:
+        """Settings that rebuild this embedder (saved with a model)."""
+        return {"backbone": self.backbone_name, "layers": list(self.layers), "image_size": self.image_size,
+                "pool": self.pool, "normalize": self.normalize}
+
+    def __call__(self, images: Sequence[np.ndarray], *, batch_size: int = 8, progress: Progress | None = None):
+        """Embed images in batches: returns (B, h, w, C) float32 on the CPU."""
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            out.append(self.aggregate(self.net.extract(chunk, batch_size=batch_size).layers))
+            if progress:
+                progress(len(chunk))
+        return torch.cat(out)
+
+    def aggregate(self, layers: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pool each layer, resize to the finest grid, concatenate channels: (B, h, w, C)."""
+        maps = [F.avg_pool2d(t, self.pool, stride=1, padding=self.pool // 2) if self.pool > 1 else t
+                for t in layers.values()]
+        size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
+        maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear") for m in maps]
+        emb = torch.cat(maps, dim=1).permute(0, 2, 3, 1).contiguous()  # (B, h, w, C)
+        return F.normalize(emb, dim=-1) if self.normalize else emb
+
+
+def gaussian_blur(grid: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur (B, H, W) maps with a Gaussian of std ``sigma`` pixels (reflect padding)."""
+    if sigma <= 0:
+        return grid
+    radius = int(4 * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    k = (k / k.sum()).to(grid.dtype)
+    g = grid[:, None]
+    g = F.conv2d(F.pad(g, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    g = F.conv2d(F.pad(g, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
+    return g[:, 0]
+
+
+def grid_to_map(grid: torch.Tensor, size: tuple[int, int], *, sigma: float = 4.0, work: int = 256) -> np.ndarray:
+    """Upsample an (h, w) patch-score grid to an image of ``size`` (H, W), smoothing at a fixed working size."""
+    g = F.interpolate(grid[None, None].float(), size=(work, work), mode="bilinear", align_corners=False)[0]
+    g = gaussian_blur(g, sigma)[None]
+    return F.interpolate(g, size=size, mode="bilinear", align_corners=False)[0, 0].numpy().astype(np.float32)
+
+
+class Detector:
+    """Base class: the estimator contract, persistence and the embedding step."""
+
+    name = "detector"
+
+    def __init__(self, backbone: str | Backbone = "efficientnet-lite0", **hyper: Any) -> None:
+        self.backbone = backbone
+        self.hyper = hyper
+        self.embedder = PatchEmbedder(backbone, **{k: hyper[k] for k in ("layers", "image_size", "pool") if k in hyper})
+        self.threshold_: float | None = None
+
+    # contract ---------------------------------------------------------------------------------------------
+    def fit(self, normal_images: Sequence[ImageLike], *, progress: Progress | None = None) -> Detector:
+        """Learn from normal images (an empty list only for zero-shot detectors); returns self."""
+        arrays, ids = as_images(normal_images)
+        arrays, ids = self._augment(arrays, ids)
+        emb = self._embed(arrays, progress) if arrays else torch.empty(0)
+        self._fit_embeddings(emb, ids)
+        self.threshold_ = self._calibrate(emb, ids)
+        return self
+
+    def predict(self, images: Sequence[ImageLike], *, progress: Progress | None = None) -> list[AnomalyMap]:
+        """Score images: one AnomalyMap each, map at the image's own resolution."""
+        self._check_fitted()
+        arrays, ids = as_images(images)
+        if not arrays:
+            raise DataError("predict() got no images")
+        grids, hits = self._score_embeddings(self._embed(arrays, progress))
+        return [self._to_map(g, img, i, h) for g, img, i, h in zip(grids, arrays, ids, hits)]
+
+    # subclass hooks ---------------------------------------------------------------------------------------
+    def _augment(self, arrays: list[np.ndarray], ids: list[str]) -> tuple[list[np.ndarray], list[str]]:
+        """Extra views of the normal images (few-shot augmentation); default none."""
+        return arrays, ids
+
+    def _calibrate(self, emb: torch.Tensor, ids: list[str]) -> float | None:
+        """An image-score threshold from the normal training images; default: none."""
+        return None
+
+    def _fit_embeddings(self, emb: torch.Tensor, ids: list[str]) -> None:
+        raise NotImplementedError
+
+    def _score_embeddings(self, emb: torch.Tensor) -> tuple[torch.Tensor, list[list]]:
+        """(B, h, w, C) -> (B, h, w) patch scores and, per image, the retrieval hits behind its score."""
+        raise NotImplementedError
+
+    def _is_fitted(self) -> bool:
+        raise NotImplementedError
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        """Learned tensors to save."""
+        raise NotImplementedError
+
+    def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], directory: Path) -> None:
+        raise NotImplementedError
+
+    # shared machinery -------------------------------------------------------------------------------------
+    def image_score(self, grid: torch.Tensor) -> float:
+        """Image score from a patch-score grid: its maximum."""
+        return float(grid.max())
+
+    def _embed(self, arrays: list[np.ndarray], progress: Progress | None) -> torch.Tensor:
+        return self.embedder(arrays, progress=progress)
+
+    def _to_map(self, grid: torch.Tensor, image: np.ndarray, image_id: str, hits: list) -> AnomalyMap:
+        amap = grid_to_map(grid, image.shape[:2], sigma=float(self.hyper.get("sigma", 4.0)))
+        return AnomalyMap(image_id, self.image_score(grid), amap, hits=hits, threshold=self.threshold_)
+
+    def _check_fitted(self) -> None:
+        if not self._is_fitted():
+            raise NotFittedError(f"{self.name} is not fitted: call fit(normal_images) or load a saved model first")
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``detector.json`` and ``detector.safetensors`` into ``directory`` (atomically, file by file)."""
+        from safetensors.torch import save
+
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(directory / "detector.safetensors", save({k: v.contiguous() for k, v in self._state().items()}))
+        meta = {"detector": self.name, "embedder": self.embedder.config(), "hyper": self.hyper,
+                "threshold": self.threshold_, "extra": self._extra_meta(directory)}
+        atomic_write_bytes(directory / "detector.json", json.dumps(meta, indent=2).encode())
+        return directory
+
+    def _extra_meta(self, directory: Path) -> dict[str, Any]:
+        return {}
+
+    def set_threshold(self, value: float | None) -> Detector:
+        """Set the image-level decision threshold (used for ``AnomalyMap.label``)."""
+        self.threshold_ = None if value is None else float(value)
+        return self

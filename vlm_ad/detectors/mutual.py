@@ -1,0 +1,136 @@
+"""Zero-shot mutual scoring (the MuSc idea, Li et al. 2024): a patch that finds no close match in *other*
+images of the same category is anomalous. No normal image is needed.
+
+References of a test image, in order of preference: the normal images given to ``fit`` (if any), else the
+other images of the same ``predict`` batch, topped up from a rolling buffer of recently seen images. A single
+image with nothing to compare against is scored against itself: each patch against the patches of the same
+image outside a window around it (weaker; a warning is recorded in ``last_mode_``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlm_ad.detectors.base import DEFAULT_LAYERS, Detector
+from vlm_ad.errors import ConfigError
+from vlm_ad.types import ExemplarHit
+
+
+class Mutual(Detector):
+    """Mutual patch scoring between images.
+
+    Args:
+        backbone: backbone name or instance (default ``dinov2-s14`` blocks 5 and 7).
+        n_ref: reference images per test image.
+        frac: the score of a patch is the mean of its ``ceil(frac * n_ref)`` smallest per-reference distances
+            (a defect shared by a few references is still found).
+        buffer: size of the rolling buffer of recently seen images.
+        exclude: half-width (in patches) of the window ignored in single-image self-scoring.
+        seed: seed for choosing references.
+    """
+
+    name = "mutual"
+
+    def __init__(self, backbone="dinov2-s14", *, n_ref: int = 16, frac: float = 0.3, buffer: int = 32,
+                 exclude: int = 2, seed: int = 0, **hyper: Any) -> None:
+        if n_ref < 1 or not 0 < frac <= 1 or buffer < 0:
+            raise ConfigError(f"mutual needs n_ref >= 1, 0 < frac <= 1, buffer >= 0; got {n_ref}, {frac}, {buffer}")
+        if isinstance(backbone, str) and "layers" not in hyper and backbone in DEFAULT_LAYERS:
+            hyper["layers"] = DEFAULT_LAYERS[backbone]
+        super().__init__(backbone, n_ref=n_ref, frac=frac, buffer=buffer, exclude=exclude, seed=seed, **hyper)
+        self.normal_: torch.Tensor | None = None
+        self.normal_ids_: list[str] = []
+        self._buffer: list[tuple[str, torch.Tensor]] = []
+        self.last_mode_ = ""
+
+    def _fit_embeddings(self, emb: torch.Tensor, ids: list[str]) -> None:
+        self.normal_ = emb if len(ids) else torch.empty(0)
+        self.normal_ids_ = list(ids)
+
+    def _is_fitted(self) -> bool:
+        return self.normal_ is not None
+
+    def predict(self, images, *, progress=None):
+        if self.normal_ is None:  # zero-shot needs no fit
+            self.normal_ = torch.empty(0)
+        return super().predict(images, progress=progress)
+
+    def _references(self, i: int, emb: torch.Tensor, ids: list[str], gen: torch.Generator):
+        n_ref = self.hyper["n_ref"]
+        if len(self.normal_ids_):
+            pool = [(x, self.normal_[j]) for j, x in enumerate(self.normal_ids_)]
+        else:
+            pool = [(ids[j], emb[j]) for j in range(len(emb)) if j != i]
+            if len(pool) < n_ref:
+                pool += self._buffer[-(n_ref - len(pool)) :]
+        if len(pool) > n_ref:
+            pick = torch.randperm(len(pool), generator=gen)[:n_ref].tolist()
+            pool = [pool[j] for j in sorted(pick)]
+        return pool
+
+    def _score_embeddings(self, emb: torch.Tensor):
+        b, h, w, c = emb.shape
+        ids = [f"batch:{j}" for j in range(b)]
+        gen = torch.Generator().manual_seed(self.hyper["seed"])
+        grids, hits, modes = [], [], set()
+        for i in range(b):
+            refs = self._references(i, emb, ids, gen)
+            q = emb[i].reshape(-1, c)  # (P, C)
+            if refs:
+                g, hit = self._mutual(q, refs, h, w)
+                modes.add("normal images" if self.normal_ids_ else "other images")
+            else:
+                g, hit = self._self_score(q, h, w), []
+                modes.add("single image (self-similarity)")
+            grids.append(g)
+            hits.append(hit)
+        self._remember(emb, ids)
+        self.last_mode_ = ", ".join(sorted(modes))
+        return torch.stack(grids), hits
+
+    def _mutual(self, q: torch.Tensor, refs, h: int, w: int):
+        dists, where = [], []
+        for _, r in refs:
+            d = torch.cdist(q, r.reshape(-1, r.shape[-1]))  # (P, P_r)
+            m = d.min(dim=1)
+            dists.append(m.values)
+            where.append(m.indices)
+        dists = torch.stack(dists)  # (R, P)
+        k = max(1, int(-(-self.hyper["frac"] * len(refs) // 1)))
+        grid = dists.sort(dim=0).values[:k].mean(0).reshape(h, w)
+        flat = grid.reshape(-1)
+        top = torch.topk(flat, min(5, flat.numel())).indices
+        hits = []
+        for p in top.tolist():
+            r = int(dists[:, p].argmin())
+            loc = int(where[r][p])
+            hits.append(ExemplarHit(refs[r][0], loc // w, loc % w, float(dists[r, p])))
+        return grid, hits
+
+    def _self_score(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        d = torch.cdist(q, q)  # (P, P)
+        rows, cols = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
+        near = ((rows[:, None] - rows[None]).abs() <= self.hyper["exclude"]) & (
+            (cols[:, None] - cols[None]).abs() <= self.hyper["exclude"]
+        )
+        return d.masked_fill(near, float("inf")).min(dim=1).values.reshape(h, w)
+
+    def _remember(self, emb: torch.Tensor, ids: list[str]) -> None:
+        if self.hyper["buffer"] == 0:
+            return
+        n = len(self._buffer)
+        self._buffer += [(f"recent:{n + j}", emb[j]) for j in range(len(emb))]
+        self._buffer = self._buffer[-self.hyper["buffer"] :]
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {"normal": self.normal_.contiguous()}
+
+    def _extra_meta(self, directory: Path) -> dict[str, Any]:
+        return {"normal_ids": self.normal_ids_}
+
+    def _load_state(self, tensors, meta, directory: Path) -> None:
+        self.normal_ = tensors["normal"]
+        self.normal_ids_ = list(meta["extra"]["normal_ids"])

@@ -1,0 +1,107 @@
+"""PatchCore (Roth et al. 2022): nearest-neighbour distance of each test patch to a memory bank of normal patches.
+
+Full-shot or k-shot; the bank is a greedy k-center coreset of all normal patches (``coreset``), searched with
+faiss (exact by default). Each image also gets its retrieval hits: the nearest normal exemplar of its most
+anomalous patches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlm_ad.detectors.base import Detector
+from vlm_ad.errors import ConfigError, DataError
+from vlm_ad.metrics import ThresholdPolicy
+from vlm_ad.retrieval import ExemplarStore
+
+_VIEW = "#view"
+
+
+class PatchCore(Detector):
+    """PatchCore.
+
+    Args:
+        backbone: backbone name or instance.
+        coreset: fraction of normal patches kept (default 0.1; 1.0 keeps all, best for few-shot).
+        index: faiss index kind: ``"exact"``, ``"ivf"`` or ``"hnsw"``.
+        n_hits: retrieval hits kept per image (its most anomalous patches).
+        augment: few-shot augmentation of the normal images: ``"none"`` or ``"flips"`` (flips and 90-degree
+            rotations, 8 views per image) - only sensible for textures without a canonical orientation.
+        seed: coreset seed.
+        **hyper: embedder settings (``layers``, ``image_size``, ``pool``) and ``sigma`` (map smoothing).
+    """
+
+    name = "patchcore"
+
+    def __init__(self, backbone="efficientnet-lite0", *, coreset: float = 0.1, index: str = "exact",
+                 n_hits: int = 5, augment: str = "none", seed: int = 0, **hyper: Any) -> None:
+        if augment not in ("none", "flips"):
+            raise ConfigError(f"augment must be 'none' or 'flips', got {augment!r}")
+        super().__init__(backbone, coreset=coreset, index=index, n_hits=n_hits, augment=augment, seed=seed, **hyper)
+        self.store_: ExemplarStore | None = None
+
+    def _augment(self, arrays, ids):
+        if self.hyper["augment"] != "flips":
+            return arrays, ids
+        views = [np.ascontiguousarray(v) for a in arrays for k in range(4) for v in (np.rot90(a, k), np.rot90(a, k)[:, ::-1])]
+        return views, [f"{i}{_VIEW}{v}" for i in ids for v in range(8)]
+
+    def _fit_embeddings(self, emb: torch.Tensor, ids: list[str]) -> None:
+        if len(ids) == 0:
+            raise DataError("patchcore needs at least one normal image to fit (use 'mutual' for zero-shot)")
+        h = self.hyper
+        store = ExemplarStore(index=h["index"], coreset=None if h["coreset"] >= 1 else h["coreset"], seed=h["seed"])
+        for grid, image_id in zip(emb, ids):
+            store.add(image_id, grid)
+        self.store_ = store.build()
+
+    def _calibrate(self, emb: torch.Tensor, ids: list[str]) -> float | None:
+        """Quantile of leave-image-out scores of (up to 32) normal training images; None with one image."""
+        base = [i.split(_VIEW)[0] for i in ids]
+        if len(set(base)) < 2:
+            return None
+        pick = [j for j, i in enumerate(ids) if _VIEW not in i or i.endswith(f"{_VIEW}0")][:32]
+        grids = self.leave_image_out_scores(emb[pick], [base[j] for j in pick])
+        scores = [self.image_score(g) for g in grids if not torch.isnan(g).any()]
+        return ThresholdPolicy(quantile=0.99).fit(np.array(scores)).threshold_ if scores else None
+
+    def _score_embeddings(self, emb: torch.Tensor):
+        b, gh, gw, c = emb.shape
+        dist, rows = self.store_.search(emb.reshape(-1, c), k=1)
+        grids = dist[:, 0].reshape(b, gh, gw)
+        rows = rows[:, 0].reshape(b, -1)
+        hits = []
+        for i in range(b):
+            flat = grids[i].reshape(-1)
+            top = torch.topk(flat, min(self.hyper["n_hits"], gh * gw)).indices
+            hits.append([self.store_.hit(int(rows[i, j]), float(flat[j])) for j in top])
+        return grids, hits
+
+    def leave_image_out_scores(self, emb: torch.Tensor, ids: list[str], k: int = 32) -> torch.Tensor:
+        """Patch scores of training images with every bank patch of the same image (any view) excluded.
+
+        A patch whose ``k`` nearest bank rows all come from its own image gets NaN.
+        """
+        b, gh, gw, c = emb.shape
+        dist, rows = self.store_.search(emb.reshape(-1, c), k=k)
+        bank_base = np.array([x.split(_VIEW)[0] for x in self.store_.image_ids])
+        own = torch.from_numpy(bank_base[self.store_.image_of(rows).numpy()] == np.repeat(ids, gh * gw)[:, None])
+        best = dist.masked_fill(own, float("inf")).min(dim=1).values
+        return best.masked_fill(torch.isinf(best), float("nan")).reshape(b, gh, gw)
+
+    def _is_fitted(self) -> bool:
+        return self.store_ is not None
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {"_": torch.zeros(1)}
+
+    def _extra_meta(self, directory: Path) -> dict[str, Any]:
+        self.store_.save(directory)
+        return {"store": "store.json"}
+
+    def _load_state(self, tensors, meta, directory: Path) -> None:
+        self.store_ = ExemplarStore.load(directory)

@@ -1,0 +1,214 @@
+"""``ExemplarStore``: a faiss index over normal patch features that remembers where every patch came from.
+
+Every hit names the exemplar's image id, its patch location and the distance, so later stages can show the
+user the nearest normal exemplar behind a judgment. Distances are Euclidean (L2), not squared.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from vlm_ad._cache import atomic_write_bytes
+from vlm_ad._deps import require
+from vlm_ad.errors import ConfigError, DataError, NotFittedError
+from vlm_ad.types import ExemplarHit
+
+__all__ = ["ExemplarStore", "greedy_coreset"]
+
+_INDEXES = ("exact", "ivf", "hnsw")
+
+
+def greedy_coreset(
+    x: torch.Tensor, n: int, *, proj_dim: int = 64, chunk: int = 4096, seed: int = 0
+) -> torch.Tensor:
+    """Greedy k-center (PatchCore) subsampling, chunked so that memory and time stay linear in the bank size.
+
+    The points are randomly projected to ``proj_dim`` dimensions (distances are kept up to a small factor by
+    Johnson-Lindenstrauss), split into chunks of ``chunk`` points, and each chunk picks its share of the
+    ``n`` centres greedily: every new centre is the point farthest from those already chosen. The cost is
+    ``N * n * proj_dim / n_chunks`` instead of ``N * n * D``.
+
+    Args:
+        x: (N, D) features.
+        n: number of points to keep (1 <= n <= N).
+        proj_dim: dimension of the random projection (0 = no projection).
+        chunk: points per chunk.
+        seed: seed of the projection and of each chunk's first centre.
+
+    Returns:
+        (n,) int64 indices into ``x``.
+    """
+    total = x.shape[0]
+    if not 1 <= n <= total:
+        raise ConfigError(f"coreset size must be in [1, {total}], got {n}")
+    gen = torch.Generator().manual_seed(seed)
+    if proj_dim and proj_dim < x.shape[1]:
+        proj = torch.randn(x.shape[1], proj_dim, generator=gen) / proj_dim**0.5
+        z = (x.float() @ proj).numpy()  # (N, proj_dim)
+    else:
+        z = x.float().numpy()
+    perm = torch.randperm(total, generator=gen)  # chunks are random, so each covers the whole distribution
+    n_chunks = max(1, -(-total // chunk))
+    picked = []
+    for c, part in enumerate(torch.tensor_split(perm, n_chunks)):
+        share = round(n * (c + 1) / n_chunks) - round(n * c / n_chunks)
+        if share:
+            first = int(torch.randint(len(part), (1,), generator=gen))
+            picked.append(part[torch.from_numpy(_greedy(z[part.numpy()], share, first))])
+    return torch.cat(picked)
+
+
+def _greedy(z: np.ndarray, n: int, first: int) -> np.ndarray:
+    """Farthest-point selection of ``n`` rows of ``z`` (M, d), starting from row ``first``.
+
+    numpy, not torch: the loop is dominated by per-call overhead, which is several times lower in numpy.
+    """
+    sq = np.einsum("ij,ij->i", z, z)  # (M,)
+    mind = np.full(z.shape[0], np.inf, dtype=z.dtype)
+    out = np.empty(n, dtype=np.int64)
+    idx = first
+    for i in range(n):
+        out[i] = idx
+        d = z @ z[idx]  # squared distance to the newest centre: |z|^2 - 2 z.c + |c|^2
+        d *= -2
+        d += sq
+        d += sq[idx]
+        np.minimum(mind, d, out=mind)
+        idx = int(mind.argmax())
+    return out
+
+
+class ExemplarStore:
+    """Patch features of normal images in a faiss index, each row tagged (image, row, col).
+
+    Args:
+        index: ``"exact"`` (flat L2, default), ``"ivf"`` (inverted lists, approximate, for large banks) or
+            ``"hnsw"`` (graph, approximate).
+        coreset: fraction of patches kept by greedy k-center subsampling (None or 1.0 = keep all).
+        coreset_dim: random-projection dimension used by the coreset.
+        seed: seed of the coreset.
+    """
+
+    def __init__(
+        self, *, index: str = "exact", coreset: float | None = None, coreset_dim: int = 64, seed: int = 0
+    ) -> None:
+        if index not in _INDEXES:
+            raise ConfigError(f"index must be one of {_INDEXES}, got {index!r}")
+        if coreset is not None and not 0 < coreset <= 1:
+            raise ConfigError(f"coreset must be a fraction in (0, 1], got {coreset}")
+        self.index_kind = index
+        self.coreset = coreset
+        self.coreset_dim = coreset_dim
+        self.seed = seed
+        self.image_ids: list[str] = []
+        self._pending: list[tuple[int, torch.Tensor]] = []
+        self.bank_: torch.Tensor | None = None
+        self._index = None
+
+    # building -----------------------------------------------------------------------------------------
+    def add(self, image_id: str, grid: torch.Tensor) -> None:
+        """Queue the patch grid (h, w, C) of one normal image; :meth:`build` indexes everything queued."""
+        if grid.ndim != 3:
+            raise DataError(f"add() expects an (h, w, C) patch grid, got shape {tuple(grid.shape)}")
+        self.image_ids.append(str(image_id))
+        self._pending.append((len(self.image_ids) - 1, grid.detach().float().cpu()))
+
+    def build(self) -> ExemplarStore:
+        """Concatenate the queued grids, subsample them (coreset) and build the faiss index; returns self."""
+        if not self._pending:
+            raise DataError("the exemplar store is empty: add() at least one normal image before build()")
+        feats, meta = [], []
+        for img, grid in self._pending:
+            h, w, c = grid.shape
+            rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+            feats.append(grid.reshape(-1, c))
+            meta.append(torch.stack([torch.full((h * w,), img), rows.reshape(-1), cols.reshape(-1)], 1))
+        bank, tags = torch.cat(feats), torch.cat(meta).int()  # (N, C), (N, 3)
+        if self.coreset is not None and self.coreset < 1:
+            keep = greedy_coreset(bank, max(1, round(self.coreset * len(bank))), proj_dim=self.coreset_dim,
+                                  seed=self.seed)
+            bank, tags = bank[keep], tags[keep]
+        self._pending = []
+        self._set_bank(bank.contiguous(), tags)
+        return self
+
+    def _set_bank(self, bank: torch.Tensor, tags: torch.Tensor) -> None:
+        faiss = require("faiss", "the exemplar store")
+        self.bank_, self.tags_ = bank, tags
+        x = np.ascontiguousarray(bank.numpy(), dtype=np.float32)
+        d = x.shape[1]
+        if self.index_kind == "exact" or len(x) < 4096:
+            index = faiss.IndexFlatL2(d)
+        elif self.index_kind == "ivf":
+            nlist = int(min(4 * np.sqrt(len(x)), len(x) // 39))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
+            index.train(x)
+            index.nprobe = max(1, nlist // 16)
+        else:
+            index = faiss.IndexHNSWFlat(d, 32)
+            index.hnsw.efSearch = 64
+        index.add(x)
+        self._index = index
+
+    # querying -----------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return 0 if self.bank_ is None else len(self.bank_)
+
+    def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest exemplars of (M, C) queries: (M, k) L2 distances and (M, k) bank rows (ascending)."""
+        if self._index is None:
+            raise NotFittedError("the exemplar store has no index yet: call build() (or load()) first")
+        q = np.ascontiguousarray(queries.detach().float().cpu().numpy(), dtype=np.float32)
+        if q.ndim != 2 or q.shape[1] != self.bank_.shape[1]:
+            raise DataError(f"queries must be (M, {self.bank_.shape[1]}), got {q.shape}")
+        dist, rows = self._index.search(q, min(k, len(self)))
+        return torch.from_numpy(np.sqrt(np.maximum(dist, 0))), torch.from_numpy(rows)
+
+    def hit(self, row: int, distance: float) -> ExemplarHit:
+        """The :class:`ExemplarHit` of bank row ``row`` found at ``distance``."""
+        img, r, c = (int(v) for v in self.tags_[row])
+        return ExemplarHit(self.image_ids[img], r, c, float(distance))
+
+    def image_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """The image index (into ``image_ids``) of each bank row."""
+        return self.tags_[rows.long(), 0]
+
+    # persistence --------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Write ``store.safetensors`` (bank + tags) and ``store.json`` (ids, settings), each atomically."""
+        from safetensors.torch import save
+
+        if self.bank_ is None:
+            raise NotFittedError("nothing to save: build() the store first")
+        directory = Path(directory)
+        atomic_write_bytes(directory / "store.safetensors", save({"bank": self.bank_, "tags": self.tags_}))
+        meta = {"index": self.index_kind, "coreset": self.coreset, "coreset_dim": self.coreset_dim,
+                "seed": self.seed, "image_ids": self.image_ids}
+        atomic_write_bytes(directory / "store.json", json.dumps(meta).encode())
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ExemplarStore:
+        """Read a store written by :meth:`save` and rebuild its index."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        paths = [directory / "store.json", directory / "store.safetensors"]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise DataError(f"not an exemplar store: missing {', '.join(missing)}")
+        meta = json.loads(paths[0].read_text())
+        store = cls(index=meta["index"], coreset=meta["coreset"], coreset_dim=meta["coreset_dim"], seed=meta["seed"])
+        store.image_ids = list(meta["image_ids"])
+        tensors = load_file(str(paths[1]))
+        store._set_bank(tensors["bank"], tensors["tags"])
+        return store
+
+
+def stack_grids(grids: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack (h, w, C) grids into (N, C) rows (helper for callers that build banks by hand)."""
+    return torch.cat([g.reshape(-1, g.shape[-1]) for g in grids])
