@@ -1,0 +1,195 @@
+"""Reading images and masks into the library's array conventions, and writing PNGs atomically.
+
+Images are returned as ``(H, W, 3)`` ``uint8`` RGB whatever the file holds:
+
+* grayscale (``L``, ``1``) is repeated into three channels;
+* palette images go through their palette (transparency included);
+* alpha (``RGBA``, ``LA``, ``PA``) is composited onto black, so fully transparent pixels read as black;
+* 16-bit and 32-bit integer images are scaled from the full 16-bit range (``value / 257``), float images
+  in [0, 1] are scaled by 255 and other float ranges are min-max stretched;
+* CMYK, YCbCr, LAB and other modes are converted by Pillow;
+* the EXIF orientation tag is applied (the array is what a viewer shows);
+* multi-frame files (TIFF, GIF) give their first frame.
+
+Every failure (missing, unreadable, corrupt or truncated file) raises :class:`~vlm_ad.errors.ImageReadError`
+naming the file and the reason. Truncated files are never padded: ``Image.load()`` must decode every pixel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from os import PathLike
+from pathlib import Path
+from typing import Callable, TypeVar, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from vlm_ad._cache import atomic_write_bytes
+from vlm_ad.errors import ConfigError, ImageReadError, MaskError
+
+__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "load_image", "load_mask", "save_png"]
+
+PathLikeStr = Union[str, PathLike]
+T = TypeVar("T")
+
+#: File name suffixes (lower case) treated as images when listing folders.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def is_image_file(path: PathLikeStr) -> bool:
+    """True for a visible file whose suffix is one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    p = Path(path)
+    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def _read(path: Path, error: type[Exception], what: str, convert: Callable[[Image.Image], T]) -> T:
+    """Open ``path``, decode every pixel and ``convert`` the image; failures become ``error`` naming the file."""
+    if not path.exists():
+        raise error(f"{what} {path} does not exist; check the path")
+    if not path.is_file():
+        raise error(f"{what} {path} is not a file; pass an image file (one of {', '.join(IMAGE_EXTENSIONS)})")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes all pixel data of the first frame; truncated files raise here
+            return convert(im)
+    except error:
+        raise
+    except Image.UnidentifiedImageError:
+        raise error(
+            f"cannot read {what} {path}: not a recognised image format "
+            f"(expected one of {', '.join(IMAGE_EXTENSIONS)}); the file may be corrupt or mislabelled"
+        ) from None
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ... on bad data
+        reason = str(exc) or type(exc).__name__
+        hint = "the file is corrupt or truncated; re-export it or remove it from the folder"
+        raise error(f"cannot read {what} {path}: {reason} ({hint})") from exc
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """Convert a decoded Pillow image of any mode to (H, W, 3) uint8 RGB."""
+    with contextlib.suppress(Exception):  # a malformed EXIF block should not make the pixels unreadable
+        im = ImageOps.exif_transpose(im)
+    mode = im.mode
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    elif mode == "PA":
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8).copy()
+    if mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[..., 3:4] / 255.0
+        return np.clip(np.rint(rgba[..., :3] * alpha), 0, 255).astype(np.uint8)
+    if mode in ("L", "1"):
+        gray = np.asarray(im.convert("L"), dtype=np.uint8)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if mode.startswith("I") or mode == "F":
+        arr = np.asarray(im)
+        gray = _high_depth_to_uint8(arr, is_float=mode == "F")
+        if gray.ndim == 3:
+            gray = gray[..., 0]
+        return np.repeat(gray[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _high_depth_to_uint8(arr: np.ndarray, *, is_float: bool) -> np.ndarray:
+    if is_float:
+        a = np.nan_to_num(arr.astype(np.float64))
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return np.rint(a * 255.0).astype(np.uint8)
+        scale = hi - lo if hi > lo else 1.0
+        return np.rint((a - lo) / scale * 255.0).astype(np.uint8)
+    a = np.clip(arr.astype(np.float64), 0, 65535)
+    return np.rint(a / 257.0).astype(np.uint8)
+
+
+def load_image(path: PathLikeStr) -> np.ndarray:
+    """Read an image file (PNG, JPEG, BMP, TIFF, ...) as ``(H, W, 3)`` ``uint8`` RGB.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        A new, writable ``(H, W, 3)`` uint8 array.
+
+    Raises:
+        ImageReadError: the file is missing, not an image, corrupt or truncated (the message names the file
+            and the reason).
+    """
+    return _read(Path(path), ImageReadError, "image", _to_rgb)
+
+
+def load_mask(path: PathLikeStr, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a ground-truth mask as an ``(H, W)`` bool array (any value > 0 is defect).
+
+    Colour masks count a pixel as defect when any colour channel is > 0; a mask whose colour channels are
+    all zero but whose alpha varies is read from its alpha channel instead. Palette masks go through their
+    palette.
+
+    Args:
+        path: the mask file.
+        expected_hw: ``(height, width)`` of the image the mask belongs to; checked when given.
+
+    Raises:
+        MaskError: the file is missing, unreadable, or its size differs from ``expected_hw`` (the message names
+            the file and both sizes).
+    """
+    path = Path(path)
+    mask = _read(path, MaskError, "mask", _mask_from_image)
+    if expected_hw is not None:
+        exp_h, exp_w = int(expected_hw[0]), int(expected_hw[1])
+        if mask.shape != (exp_h, exp_w):
+            h, w = mask.shape
+            raise MaskError(
+                f"mask {path} is {w}x{h} (width x height) but its image is {exp_w}x{exp_h}; "
+                "a mask must have exactly the size of its image: re-export it at the image's size"
+            )
+    return mask
+
+
+def _mask_from_image(im: Image.Image) -> np.ndarray:
+    with contextlib.suppress(Exception):  # same orientation rule as load_image (a no-op without EXIF)
+        im = ImageOps.exif_transpose(im)
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA")
+    arr = np.asarray(im)
+    if arr.ndim == 3:
+        if im.mode in ("RGBA", "LA", "RGBa", "La"):
+            colour, alpha = arr[..., :-1], arr[..., -1]
+            mask = colour.max(axis=2) > 0
+            if not mask.any() and (alpha < alpha.max()).any():
+                mask = alpha > 0
+        else:
+            mask = arr.max(axis=2) > 0
+    else:
+        mask = arr > 0
+    return np.ascontiguousarray(mask, dtype=bool)
+
+
+def save_png(path: PathLikeStr, array: np.ndarray) -> None:
+    """Write ``array`` as a PNG through a temporary file and an atomic rename.
+
+    Accepts ``(H, W)`` or ``(H, W, 1|3|4)`` ``uint8`` arrays, and ``(H, W)`` bool arrays (written as 0/255
+    grayscale, the MVTec mask convention). The bytes depend only on the pixels (no timestamps), so equal
+    arrays give identical files.
+
+    Raises:
+        ConfigError: an unsupported dtype or shape.
+    """
+    a = np.asarray(array)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    if a.dtype != np.uint8:
+        raise ConfigError(f"save_png needs a uint8 or bool array, got dtype {a.dtype}; convert it first")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise ConfigError(f"save_png needs an (H, W) or (H, W, 3|4) array, got shape {a.shape}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(a)).save(buf, format="PNG", compress_level=6)
+    atomic_write_bytes(Path(path), buf.getvalue())
