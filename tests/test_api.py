@@ -12,6 +12,9 @@ def test_public_api_is_exactly_all():
 
 
 def test_import_is_light():
-    code = "import sys, vlm_ad; heavy = [m for m in ('torch', 'faiss', 'open_clip', 'transformers') if m in sys.modules]; print(heavy)"
+    code = (
+        "import sys, vlm_ad; "
+        "print([m for m in ('torch', 'faiss', 'open_clip', 'transformers') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -42,7 +42,8 @@ def data():
 
 
 def _make(name):
-    return create_detector(name, backbone="efficientnet-lite0", image_size=SIZE, **({"n_ref": 3} if name == "mutual" else {}))
+    extra = {"n_ref": 3} if name == "mutual" else {}
+    return create_detector(name, backbone="efficientnet-lite0", image_size=SIZE, **extra)
 
 
 @pytest.mark.parametrize("name", ["patchcore", "padim", "mutual"])
@@ -78,7 +79,9 @@ def test_patchcore_hits_and_threshold(data):
     assert det.threshold_ is not None and det.threshold_ > 0
     maps = det.predict(test)
     hit = maps[3].hits[0]
-    assert hit.image_id.startswith("train/") and hit.distance == pytest.approx(maps[3].score, rel=1e-5)
+    dists = [h.distance for h in maps[3].hits]
+    assert hit.image_id.startswith("train/") and dists == sorted(dists, reverse=True)
+    assert hit.distance >= maps[3].score  # the smoothed map's peak never exceeds the worst patch distance
     assert maps[3].label == 1 and maps[0].label == 0
 
 

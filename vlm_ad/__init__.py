@@ -34,34 +34,46 @@ __version__ = "0.1.0"
 _LAZY = {
     "create_backbone": "vlm_ad.backbones",
     "list_backbones": "vlm_ad.backbones",
+    "create_detector": "vlm_ad.detectors",
+    "list_detectors": "vlm_ad.detectors",
+    "load_detector": "vlm_ad.detectors",
     "load_image": "vlm_ad.data",
     "MVTecDataset": "vlm_ad.data",
     "ImageFolder": "vlm_ad.data",
     "TextileDataset": "vlm_ad.data",
     "generate_dataset": "vlm_ad.data",
+    "evaluate": "vlm_ad.metrics",
 }
 
-__all__ = sorted(
-    [
-        "AnomalyMap",
-        "ConfigError",
-        "DataError",
-        "EmptyDatasetError",
-        "ExemplarHit",
-        "Features",
-        "ImageReadError",
-        "MaskError",
-        "MissingDependencyError",
-        "NotFittedError",
-        "Region",
-        "Sample",
-        "UnknownNameError",
-        "VlmAdError",
-        "WeightsNotFoundError",
-        "__version__",
-        *_LAZY,
-    ]
-)
+__all__ = [
+    "AnomalyMap",
+    "ConfigError",
+    "DataError",
+    "EmptyDatasetError",
+    "ExemplarHit",
+    "Features",
+    "ImageFolder",
+    "ImageReadError",
+    "MVTecDataset",
+    "MaskError",
+    "MissingDependencyError",
+    "NotFittedError",
+    "Region",
+    "Sample",
+    "TextileDataset",
+    "UnknownNameError",
+    "VlmAdError",
+    "WeightsNotFoundError",
+    "__version__",
+    "create_backbone",
+    "create_detector",
+    "evaluate",
+    "generate_dataset",
+    "list_backbones",
+    "list_detectors",
+    "load_detector",
+    "load_image",
+]
 
 
 def __getattr__(name: str) -> Any:

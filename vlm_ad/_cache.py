@@ -1,4 +1,7 @@
-"""Where vlm-ad keeps converted weights: ``$VLM_AD_CACHE``, else ``$XDG_CACHE_HOME/vlm-ad``, else ``~/.cache/vlm-ad``."""
+"""Where vlm-ad keeps converted weights, and atomic writes.
+
+The cache is ``$VLM_AD_CACHE``, else ``$XDG_CACHE_HOME/vlm-ad``, else ``~/.cache/vlm-ad``.
+"""
 
 from __future__ import annotations
 

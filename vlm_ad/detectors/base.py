@@ -12,6 +12,7 @@ own resolution.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
@@ -116,11 +117,16 @@ def gaussian_blur(grid: torch.Tensor, sigma: float) -> torch.Tensor:
     return g[:, 0]
 
 
-def grid_to_map(grid: torch.Tensor, size: tuple[int, int], *, sigma: float = 4.0, work: int = 256) -> np.ndarray:
-    """Upsample an (h, w) patch-score grid to an image of ``size`` (H, W), smoothing at a fixed working size."""
+def smooth_grid(grid: torch.Tensor, *, sigma: float = 4.0, work: int = 256) -> torch.Tensor:
+    """Upsample an (h, w) patch-score grid to a fixed working size and blur it: (work, work)."""
     g = F.interpolate(grid[None, None].float(), size=(work, work), mode="bilinear", align_corners=False)[0]
-    g = gaussian_blur(g, sigma)[None]
-    return F.interpolate(g, size=size, mode="bilinear", align_corners=False)[0, 0].numpy().astype(np.float32)
+    return gaussian_blur(g, sigma)[0]
+
+
+def resize_map(work_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Resize a (h, w) map to an image size (H, W), as float32 numpy."""
+    out = F.interpolate(work_map[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    return out.numpy().astype(np.float32)
 
 
 class Detector:
@@ -133,6 +139,7 @@ class Detector:
         self.hyper = hyper
         self.embedder = PatchEmbedder(backbone, **{k: hyper[k] for k in ("layers", "image_size", "pool") if k in hyper})
         self.threshold_: float | None = None
+        self.timings_ = {"embed": 0.0, "score": 0.0}  # seconds spent in predict: backbone vs scoring/search
 
     # contract ---------------------------------------------------------------------------------------------
     def fit(self, normal_images: Sequence[ImageLike], *, progress: Progress | None = None) -> Detector:
@@ -150,7 +157,12 @@ class Detector:
         arrays, ids = as_images(images)
         if not arrays:
             raise DataError("predict() got no images")
-        grids, hits = self._score_embeddings(self._embed(arrays, progress))
+        t0 = time.perf_counter()
+        emb = self._embed(arrays, progress)
+        t1 = time.perf_counter()
+        grids, hits = self._score_embeddings(emb)
+        self.timings_["embed"] += t1 - t0
+        self.timings_["score"] += time.perf_counter() - t1
         return [self._to_map(g, img, i, h) for g, img, i, h in zip(grids, arrays, ids, hits)]
 
     # subclass hooks ---------------------------------------------------------------------------------------
@@ -180,16 +192,22 @@ class Detector:
         raise NotImplementedError
 
     # shared machinery -------------------------------------------------------------------------------------
+    def smooth(self, grid: torch.Tensor) -> torch.Tensor:
+        """The smoothed working-size map of a patch-score grid (``sigma`` is in pixels of a 256 px image)."""
+        return smooth_grid(grid, sigma=float(self.hyper.get("sigma", 4.0)))
+
     def image_score(self, grid: torch.Tensor) -> float:
-        """Image score from a patch-score grid: its maximum."""
-        return float(grid.max())
+        """Image score from a patch-score grid: the maximum of its smoothed map (so a score above the
+        threshold always comes with a map region above it)."""
+        return float(self.smooth(grid).max())
 
     def _embed(self, arrays: list[np.ndarray], progress: Progress | None) -> torch.Tensor:
         return self.embedder(arrays, progress=progress)
 
     def _to_map(self, grid: torch.Tensor, image: np.ndarray, image_id: str, hits: list) -> AnomalyMap:
-        amap = grid_to_map(grid, image.shape[:2], sigma=float(self.hyper.get("sigma", 4.0)))
-        return AnomalyMap(image_id, self.image_score(grid), amap, hits=hits, threshold=self.threshold_)
+        work = self.smooth(grid)
+        amap = resize_map(work, image.shape[:2])
+        return AnomalyMap(image_id, float(work.max()), amap, hits=hits, threshold=self.threshold_)
 
     def _check_fitted(self) -> None:
         if not self._is_fitted():
@@ -202,7 +220,8 @@ class Detector:
         self._check_fitted()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(directory / "detector.safetensors", save({k: v.contiguous() for k, v in self._state().items()}))
+        tensors = {k: v.contiguous() for k, v in self._state().items()}
+        atomic_write_bytes(directory / "detector.safetensors", save(tensors))
         meta = {"detector": self.name, "embedder": self.embedder.config(), "hyper": self.hyper,
                 "threshold": self.threshold_, "extra": self._extra_meta(directory)}
         atomic_write_bytes(directory / "detector.json", json.dumps(meta, indent=2).encode())

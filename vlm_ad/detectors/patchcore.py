@@ -47,7 +47,8 @@ class PatchCore(Detector):
     def _augment(self, arrays, ids):
         if self.hyper["augment"] != "flips":
             return arrays, ids
-        views = [np.ascontiguousarray(v) for a in arrays for k in range(4) for v in (np.rot90(a, k), np.rot90(a, k)[:, ::-1])]
+        views = [np.ascontiguousarray(v) for a in arrays for k in range(4)
+                 for v in (np.rot90(a, k), np.rot90(a, k)[:, ::-1])]
         return views, [f"{i}{_VIEW}{v}" for i in ids for v in range(8)]
 
     def _fit_embeddings(self, emb: torch.Tensor, ids: list[str]) -> None:
