@@ -94,6 +94,139 @@ def demo(
     console.print(f"overlays written to {res.out_dir}/ in {res.seconds:.1f} s")
 
 
+DATA_HELP = "An MVTec-layout category folder (train/good, test/<type>, ground_truth/<type>) or 'textile'."
+SHOTS_HELP = "Normal training images: omitted = all, K = K drawn with --seed, 0 = zero-shot (no normal image)."
+
+
+def _task(progress: Progress, description: str, total: int):
+    """A progress task and the callback that advances it."""
+    task = progress.add_task(description, total=total)
+    return lambda n: progress.advance(task, n)
+
+
+def _parse_kv(options: list[str]) -> dict:
+    """``KEY=VALUE`` detector options; values are read as JSON when they parse, else kept as strings."""
+    import json
+
+    from vlm_ad.errors import ConfigError
+
+    out = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option takes KEY=VALUE (e.g. coreset=0.1), got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@app.command()
+def fit(
+    data: str = typer.Argument(..., help=DATA_HELP),
+    out: Path = typer.Option(..., "--out", help="Folder to save the fitted model in."),
+    detector: str = typer.Option("patchcore", help="Detector name: patchcore, padim or mutual."),
+    backbone: str = typer.Option("efficientnet-lite0", help="Backbone name (see 'vlm-ad backbones')."),
+    shots: int = typer.Option(None, help=SHOTS_HELP),
+    seed: int = typer.Option(0, help="Seed for drawing shots and for the coreset."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Detector option KEY=VALUE, e.g. -o coreset=0.05."),
+) -> None:
+    """Fit a detector on the normal training images of DATA and save it to --out.
+
+    Example: vlm-ad fit ../shared/data/magnetic_tile --shots 8 --out models/tile-8shot
+    """
+    from vlm_ad.pipeline import fit_detector, open_data, select_shots
+
+    train, _ = open_data(data, seed=seed)
+    n = len(select_shots(train, shots, seed))
+    with progress_bar() as progress:
+        det, seconds = fit_detector(train, detector=detector, backbone=backbone, shots=shots, seed=seed,
+                                    progress=_task(progress, "embedding normal images", n), **_parse_kv(option))
+    det.save(out)
+    console.print(f"fitted {detector} ({backbone}) on {n} normal images in {seconds:.1f} s; "
+                  f"threshold {det.threshold_}; saved to {out}/")
+
+
+@app.command()
+def detect(
+    images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
+    model: Path = typer.Option(..., "--model", help="A model folder written by 'vlm-ad fit'."),
+    out: Path = typer.Option(..., "--out", help="Output folder: <stem>.json and <stem>_overlay.png per image."),
+    threshold: float = typer.Option(None, help="Override the model's image threshold."),
+) -> None:
+    """Score images with a fitted model: per image a JSON record (score, label, regions, nearest normal
+    exemplars) and an overlay PNG. Unreadable images are reported and skipped; the others are still written."""
+    from vlm_ad.data import ImageFolder
+    from vlm_ad.detectors import load_detector
+    from vlm_ad.pipeline import unique_stems, write_detection
+
+    det = load_detector(model)
+    if threshold is not None:
+        det.set_threshold(threshold)
+    items = [it for p in images for it in ImageFolder(p).items]
+    stems = unique_stems([it.path for it in items])
+    out.mkdir(parents=True, exist_ok=True)
+    table = Table(title=f"{len(items)} images, model {model}")
+    for col in ("image", "score", "verdict", "regions"):
+        table.add_column(col)
+    failed = 0
+    with progress_bar() as progress:
+        advance = _task(progress, "detecting", len(items))
+        for item, stem in zip(items, stems):
+            try:
+                sample = ImageFolder(item.path)[0]
+                amap = det.predict([sample])[0]
+                rec = write_detection(amap, sample.image, out, stem, region_threshold=None)
+                verdict = {1: "[red]ANOMALY[/red]", 0: "normal", None: "-"}[rec["label"]]
+                table.add_row(str(item.path), f"{amap.score:.3f}", verdict, str(len(rec["regions"])))
+            except VlmAdError as exc:
+                failed += 1
+                table.add_row(str(item.path), "-", f"[yellow]skipped: {exc}[/yellow]", "-")
+            advance(1)
+    console.print(table)
+    console.print(f"wrote {len(items) - failed} results to {out}/" + (f"; {failed} skipped" if failed else ""))
+    if failed == len(items):
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+def eval_cmd(
+    data: str = typer.Argument(..., help=DATA_HELP),
+    detector: str = typer.Option("patchcore", help="Detector name: patchcore, padim or mutual."),
+    backbone: str = typer.Option("efficientnet-lite0", help="Backbone name (see 'vlm-ad backbones')."),
+    shots: int = typer.Option(None, help=SHOTS_HELP),
+    seed: int = typer.Option(0, help="Seed for drawing shots (and the textile split)."),
+    json_out: Path = typer.Option(None, "--json", help="Write the metrics to this JSON file."),
+    textile_test: int = typer.Option(None, help="With DATA=textile: balanced test subsample size."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Detector option KEY=VALUE, e.g. -o coreset=0.05."),
+) -> None:
+    """Fit on DATA's normal training images and evaluate on its test split: image AUROC/AP/F1-max and, with
+    masks, pixel AUROC/AP, AUPRO (FPR <= 0.3), IoU and pointing game, plus fit time, images/s and peak memory."""
+    import json
+
+    from vlm_ad._cache import atomic_write_bytes
+    from vlm_ad.pipeline import evaluate_detector, fit_detector, open_data, select_shots
+
+    train, test = open_data(data, textile_test=textile_test, seed=seed)
+    n = len(select_shots(train, shots, seed))
+    with progress_bar() as progress:
+        det, fit_seconds = fit_detector(train, detector=detector, backbone=backbone, shots=shots, seed=seed,
+                                        progress=_task(progress, "fit", n), **_parse_kv(option))
+        res = evaluate_detector(det, test, progress=_task(progress, "test", len(test)))
+    record = {"data": str(data), "detector": detector, "backbone": backbone, "shots": "all" if shots is None else shots,
+              "n_train": n, "seed": seed, "fit_seconds": fit_seconds, **res.metrics}
+    table = Table(title=f"{detector} / {backbone} / shots {record['shots']} / seed {seed} on {data}")
+    table.add_column("metric")
+    table.add_column("value")
+    for key, value in record.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    if json_out:
+        atomic_write_bytes(json_out, json.dumps(record, indent=2).encode())
+        console.print(f"metrics written to {json_out}")
+
+
 def main() -> None:
     """Console entry point: VlmAdError becomes a one-line message and exit code 2, not a traceback."""
     try:
