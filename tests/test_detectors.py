@@ -4,41 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from vlm_ad.detectors import create_detector, list_detectors, load_detector
+from vlm_ad.detectors import create_detector, list_detectors
 from vlm_ad.errors import DataError, NotFittedError, UnknownNameError
 from vlm_ad.retrieval import ExemplarStore, greedy_coreset
-from vlm_ad.types import AnomalyMap, Sample
 
 pytest.importorskip("faiss", reason="faiss-cpu (vlm-ad[retrieval]) is needed for the detectors")
-skimage_data = pytest.importorskip("skimage.data")
+
+from vlm_ad.testing import check_detector_contract, contract_data
 
 SIZE = 96
 
 
-def _crops(n, seed):
-    brick = skimage_data.brick()  # (512, 512) uint8, a real texture
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        y, x = rng.integers(0, 512 - SIZE, 2)
-        out.append(np.repeat(brick[y : y + SIZE, x : x + SIZE, None], 3, axis=2))
-    return out
-
-
-def _with_defect(img):
-    out = img.copy()
-    out[40:60, 30:50] = (255, 0, 0)  # a red square: far from every normal patch
-    mask = np.zeros(img.shape[:2], bool)
-    mask[40:60, 30:50] = True
-    return out, mask
-
-
 @pytest.fixture(scope="module")
 def data():
-    normal = [Sample(img, f"train/{i}") for i, img in enumerate(_crops(6, 0))]
-    test_normal = _crops(3, 1)
-    defect, mask = _with_defect(_crops(1, 2)[0])
-    return normal, test_normal + [defect], mask
+    return contract_data(SIZE)
 
 
 def _make(name):
@@ -47,24 +26,8 @@ def _make(name):
 
 
 @pytest.mark.parametrize("name", ["patchcore", "padim", "mutual"])
-def test_detector_contract(name, data, tmp_path):
-    normal, test, mask = data
-    det = _make(name)
-    if name != "mutual":
-        with pytest.raises(NotFittedError, match="not fitted"):
-            det.predict(test)
-    fit_set = normal if name != "mutual" else []  # mutual is zero-shot
-    assert det.fit(fit_set) is det
-    maps = det.predict(test)
-    assert len(maps) == 4 and all(isinstance(m, AnomalyMap) for m in maps)
-    assert all(m.map.shape == (SIZE, SIZE) and m.map.dtype == np.float32 for m in maps)
-    scores = [m.score for m in maps]
-    assert scores[3] > max(scores[:3]), scores  # the planted defect is the most anomalous image
-    inside, outside = maps[3].map[mask].mean(), maps[3].map[~mask].mean()
-    assert inside > outside
-    det.save(tmp_path / name)
-    again = load_detector(tmp_path / name)
-    np.testing.assert_allclose([m.score for m in again.predict(test)], scores, rtol=1e-5)
+def test_detector_contract(name, tmp_path):
+    check_detector_contract(lambda: _make(name), tmp_path, zero_shot=name == "mutual", size=SIZE)
 
 
 def test_all_registered_detectors_are_covered():

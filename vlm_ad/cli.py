@@ -170,7 +170,7 @@ def detect(
     table = Table(title=f"{len(items)} images, model {model}")
     for col in ("image", "score", "verdict", "regions"):
         table.add_column(col)
-    failed = 0
+    failed: list[str] = []
     with progress_bar() as progress:
         advance = _task(progress, "detecting", len(items))
         for item, stem in zip(items, stems):
@@ -181,12 +181,14 @@ def detect(
                 verdict = {1: "[red]ANOMALY[/red]", 0: "normal", None: "-"}[rec["label"]]
                 table.add_row(str(item.path), f"{amap.score:.3f}", verdict, str(len(rec["regions"])))
             except VlmAdError as exc:
-                failed += 1
-                table.add_row(str(item.path), "-", f"[yellow]skipped: {exc}[/yellow]", "-")
+                failed.append(f"{item.path}: {exc}")
+                table.add_row(str(item.path), "-", "[yellow]skipped[/yellow]", "-")
             advance(1)
     console.print(table)
-    console.print(f"wrote {len(items) - failed} results to {out}/" + (f"; {failed} skipped" if failed else ""))
-    if failed == len(items):
+    for line in failed:
+        console.print(f"[yellow]skipped[/yellow] {line}", soft_wrap=True)
+    console.print(f"wrote {len(items) - len(failed)} results to {out}/" + (f"; {len(failed)} skipped" if failed else ""))
+    if len(failed) == len(items):
         raise typer.Exit(1)
 
 
@@ -225,6 +227,11 @@ def eval_cmd(
     if json_out:
         atomic_write_bytes(json_out, json.dumps(record, indent=2).encode())
         console.print(f"metrics written to {json_out}")
+
+
+# Commands defined in other modules register themselves on ``app`` here (one import line each).
+# --- command modules ---
+# --- end of command modules ---
 
 
 def main() -> None:

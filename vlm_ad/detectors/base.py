@@ -151,6 +151,25 @@ class Detector:
         self.threshold_ = self._calibrate(emb, ids)
         return self
 
+    def fit_layers(self, layers: dict[str, torch.Tensor], ids: list[str]) -> Detector:
+        """Fit on precomputed backbone layer features (``{layer: (N, C, h, w)}``) of normal images; returns self.
+
+        For benchmarks that extract features once and fit many detectors; no augmentation is applied.
+        """
+        emb = self.embedder.aggregate(layers)
+        self._fit_embeddings(emb, ids)
+        self.threshold_ = self._calibrate(emb, ids)
+        return self
+
+    def predict_layers(self, layers: dict[str, torch.Tensor], sizes: Sequence[tuple[int, int]],
+                       ids: Sequence[str]) -> list[AnomalyMap]:
+        """Score precomputed layer features of images of the given (H, W) sizes."""
+        self._check_fitted()
+        t0 = time.perf_counter()
+        grids, hits = self._score_embeddings(self.embedder.aggregate(layers))
+        self.timings_["score"] += time.perf_counter() - t0
+        return [self._to_map(g, np.empty((*hw, 0)), i, h) for g, hw, i, h in zip(grids, sizes, ids, hits)]
+
     def predict(self, images: Sequence[ImageLike], *, progress: Progress | None = None) -> list[AnomalyMap]:
         """Score images: one AnomalyMap each, map at the image's own resolution."""
         self._check_fitted()

@@ -1,0 +1,90 @@
+"""The CLI end to end on a tiny generated MVTec-layout dataset (typer's test runner, real files)."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from vlm_ad.cli import app
+from vlm_ad.data import generate_dataset
+
+pytest.importorskip("faiss", reason="faiss-cpu (vlm-ad[retrieval]) is needed for the detectors")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def category(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    cats = generate_dataset(root, sources=("brick",), n_train=4, n_test_good=2, n_test_per_type=1,
+                            types=("hole", "stain"), image_size=96, seed=0)
+    return cats["brick"]
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_help_teaches():
+    out = _ok(runner.invoke(app, ["--help"]))
+    for cmd in ("demo", "backbones", "fit", "detect", "eval"):
+        assert cmd in out
+    assert "--shots" in _ok(runner.invoke(app, ["eval", "--help"]))
+
+
+def test_backbones_lists_offline_status():
+    out = _ok(runner.invoke(app, ["backbones"]))
+    assert "dinov2-s14" in out and "efficientnet-lite0" in out and "ready" in out
+
+
+def test_fit_detect_eval_round_trip(category, tmp_path):
+    model = tmp_path / "model"
+    out = _ok(runner.invoke(app, ["fit", str(category), "--shots", "3", "--out", str(model), "-o", "image_size=96"]))
+    assert "fitted patchcore" in out and (model / "detector.json").is_file()
+    # a corrupt file among the inputs is reported and skipped; the good images are still written
+    images = tmp_path / "in"
+    images.mkdir()
+    for p in sorted((category / "test").rglob("*.png"))[:2]:
+        (images / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = _ok(runner.invoke(app, ["detect", str(images), "--model", str(model), "--out", str(tmp_path / "det")]))
+    assert "skipped" in out and "broken.png" in out
+    records = sorted((tmp_path / "det").glob("*.json"))
+    assert len(records) == 2 and len(list((tmp_path / "det").glob("*_overlay.png"))) == 2
+    rec = json.loads(records[0].read_text())
+    assert {"score", "label", "threshold", "regions", "hits"} <= set(rec)
+    assert rec["hits"] and rec["hits"][0]["image_id"].startswith("train/good/")
+    assert not list((tmp_path / "det").glob(".*tmp"))  # nothing half-written
+    res = tmp_path / "r.json"
+    _ok(runner.invoke(app, ["eval", str(category), "--shots", "0", "--detector", "mutual", "--json", str(res),
+                            "-o", "image_size=96", "--backbone", "efficientnet-lite0"]))
+    metrics = json.loads(res.read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "pixel_ap", "f1_max", "fit_seconds", "images_per_second",
+                "peak_rss_mb"):
+        assert key in metrics
+    assert metrics["shots"] == 0 and 0 <= metrics["pixel_auroc"] <= 1
+
+
+def test_clear_errors(tmp_path):
+    result = runner.invoke(app, ["fit", str(tmp_path / "nope"), "--out", str(tmp_path / "m")])
+    assert result.exit_code != 0 and "does not exist" in str(result.exception)
+    result = runner.invoke(app, ["detect", str(tmp_path), "--model", str(tmp_path / "nomodel"), "--out", str(tmp_path)])
+    assert "not a saved model" in str(result.exception)
+    result = runner.invoke(app, ["fit", "textile", "--out", str(tmp_path / "m"), "-o", "coreset"])
+    assert "KEY=VALUE" in str(result.exception)
+
+
+def test_detect_writes_regions_for_a_planted_defect(category, tmp_path):
+    from vlm_ad.data import MVTecDataset
+    from vlm_ad.detectors import create_detector
+    from vlm_ad.pipeline import write_detection
+
+    train, test = MVTecDataset(category, "train"), MVTecDataset(category, "test")
+    det = create_detector("patchcore", image_size=96).fit([train[i] for i in range(len(train))])
+    sample = next(test[i] for i in range(len(test)) if test[i].label == 1)
+    amap = det.predict([sample])[0]
+    rec = write_detection(amap, sample.image, tmp_path, "x", region_threshold=float(np.quantile(amap.map, 0.98)))
+    assert rec["regions"] and rec["regions"][0]["id"] == 1
+    x0, y0, x1, y1 = rec["regions"][0]["box"]
+    assert sample.mask[y0:y1, x0:x1].any()  # the strongest region overlaps the true defect
