@@ -65,19 +65,22 @@ def backbones() -> None:
 @app.command()
 def demo(
     out: Path = typer.Option(Path("vlm-ad-demo"), help="Folder for the overlay PNGs."),
-    backbone: str = typer.Option("efficientnet-lite0", help="Backbone name (see 'vlm-ad backbones')."),
-    shots: int = typer.Option(16, min=1, help="Normal images embedded as the reference."),
+    backbone: str = typer.Option("dinov2-s14", help="Backbone name (see 'vlm-ad backbones')."),
+    image_size: int = typer.Option(448, help="Input size in pixels (a multiple of 14 for dinov2-s14)."),
+    shots: int = typer.Option(16, min=1, help="Normal images PatchCore is fitted on."),
     per_class: int = typer.Option(6, min=1, help="Test images per class (normal, local defect, global defect)."),
     seed: int = typer.Option(0, help="Seed for choosing the images."),
 ) -> None:
-    """Offline demo on the simulated textile benchmark (conformal-clip-data): scores, a table and overlays."""
+    """Offline demo: few-shot PatchCore on the simulated textile benchmark (conformal-clip-data), a table of
+    scores and verdicts, and overlay PNGs (input | anomaly map) in --out."""
     from sklearn.metrics import roc_auc_score
 
     from vlm_ad.demo import run_demo
 
     with progress_bar() as progress:
-        res = run_demo(out, backbone=backbone, shots=shots, per_class=per_class, seed=seed, progress=progress)
-    table = Table(title=f"textile demo: {backbone}, {shots} normal shots, seed {seed}")
+        res = run_demo(out, backbone=backbone, image_size=image_size, shots=shots, per_class=per_class, seed=seed,
+                       task=lambda d, n: _task(progress, d, n))
+    table = Table(title=f"textile demo: patchcore, {backbone} at {image_size} px, {shots} normal shots, seed {seed}")
     for col in ("image", "truth", "score", "verdict"):
         table.add_column(col)
     for amap, truth in zip(res.maps, res.defect_types):
@@ -85,11 +88,12 @@ def demo(
         table.add_row(amap.image_id, truth, f"{amap.score:.3f}", verdict)
     console.print(table)
     scores = [m.score for m in res.maps]
-    auroc = roc_auc_score(res.labels, scores)
     correct = sum(int(m.label == y) for m, y in zip(res.maps, res.labels))
+    thr = "none" if res.threshold is None else f"{res.threshold:.3f}"
     console.print(
-        f"threshold {res.threshold:.3f} (largest leave-one-out score of the normal shots); "
-        f"image AUROC on these {len(scores)} images: {auroc:.3f}; correct verdicts: {correct}/{len(scores)}"
+        f"threshold {thr} (99% quantile of leave-image-out scores of the normal shots); "
+        f"image AUROC on these {len(scores)} images: {roc_auc_score(res.labels, scores):.3f}; "
+        f"correct verdicts: {correct}/{len(scores)}"
     )
     console.print(f"overlays written to {res.out_dir}/ in {res.seconds:.1f} s")
 
@@ -187,7 +191,8 @@ def detect(
     console.print(table)
     for line in failed:
         console.print(f"[yellow]skipped[/yellow] {line}", soft_wrap=True)
-    console.print(f"wrote {len(items) - len(failed)} results to {out}/" + (f"; {len(failed)} skipped" if failed else ""))
+    skipped = f"; {len(failed)} skipped" if failed else ""
+    console.print(f"wrote {len(items) - len(failed)} results to {out}/{skipped}")
     if len(failed) == len(items):
         raise typer.Exit(1)
 
@@ -202,6 +207,13 @@ def eval_cmd(
     json_out: Path = typer.Option(None, "--json", help="Write the metrics to this JSON file."),
     textile_test: int = typer.Option(None, help="With DATA=textile: balanced test subsample size."),
     option: list[str] = typer.Option([], "--option", "-o", help="Detector option KEY=VALUE, e.g. -o coreset=0.05."),
+    explanations: bool = typer.Option(False, "--explanations", help="Also explain every test image and score the "
+                                      "explanations (cited regions vs masks, text vs references)."),
+    reasoner: str = typer.Option("grounded", "--reasoner", help="With --explanations: grounded, llamacpp, openai, hf."),
+    llm: str = typer.Option(None, "--llm", help="With --reasoner llamacpp: a GGUF path or 'smollm2'."),
+    naming: bool = typer.Option(False, "--naming", help="Instead: leave-image-out defect naming accuracy with a "
+                                "labelled-defect library built from DATA's masked test defects."),
+    shots_per_type: int = typer.Option(3, "--shots-per-type", min=1, help="With --naming: library examples per type."),
 ) -> None:
     """Fit on DATA's normal training images and evaluate on its test split: image AUROC/AP/F1-max and, with
     masks, pixel AUROC/AP, AUPRO (FPR <= 0.3), IoU and pointing game, plus fit time, images/s and peak memory."""
@@ -210,6 +222,10 @@ def eval_cmd(
     from vlm_ad._cache import atomic_write_bytes
     from vlm_ad.pipeline import evaluate_detector, fit_detector, open_data, select_shots
 
+    if naming:
+        from vlm_ad.cli_adapt import naming_eval_cmd
+
+        return naming_eval_cmd(data, shots_per_type=shots_per_type, seed=seed, json_out=json_out)
     train, test = open_data(data, textile_test=textile_test, seed=seed)
     n = len(select_shots(train, shots, seed))
     with progress_bar() as progress:
@@ -218,6 +234,14 @@ def eval_cmd(
         res = evaluate_detector(det, test, progress=_task(progress, "test", len(test)))
     record = {"data": str(data), "detector": detector, "backbone": backbone, "shots": "all" if shots is None else shots,
               "n_train": n, "seed": seed, "fit_seconds": fit_seconds, **res.metrics}
+    if explanations:
+        from vlm_ad.cli_explain import reasoner_from_options
+        from vlm_ad.explain_eval import score_explanations
+
+        with progress_bar() as progress:
+            expl, _ = score_explanations(data, det, test, res.maps, reasoner_from_options(reasoner, llm=llm),
+                                         progress=_task(progress, "explain", len(test)))
+        record |= {f"explain/{k}": v for k, v in expl.items()}
     table = Table(title=f"{detector} / {backbone} / shots {record['shots']} / seed {seed} on {data}")
     table.add_column("metric")
     table.add_column("value")
@@ -231,6 +255,8 @@ def eval_cmd(
 
 # Commands defined in other modules register themselves on ``app`` here (one import line each).
 # --- command modules ---
+import vlm_ad.cli_explain  # noqa: E402,F401,I001  (chat, report)
+import vlm_ad.cli_adapt  # noqa: E402,F401,I001  (library, adapt)
 # --- end of command modules ---
 
 
