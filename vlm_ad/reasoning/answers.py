@@ -1,0 +1,79 @@
+"""Deterministic answers to chat questions, by topic, quoting only evidence."""
+
+from __future__ import annotations
+
+import re
+
+from vlm_ad.evidence import Evidence
+from vlm_ad.reasoning.schema import Explanation
+
+__all__ = ["TOPICS", "grounded_answer"]
+
+# topic -> words that select it; the first topic with a matching word wins
+TOPICS: dict[str, tuple[str, ...]] = {
+    "map": ("map", "show", "overlay", "heatmap", "heat map"),
+    "normal": ("differ", "normal", "exemplar", "compare", "reference", "good"),
+    "sure": ("sure", "confident", "confidence", "certain", "score", "threshold", "probab"),
+    "type": ("type", "what kind", "kind of", "what is it", "defect", "name", "what"),
+    "where": ("where", "location", "region", "locate", "position"),
+}
+
+
+def topic_of(question: str) -> str:
+    """The topic of a question ("summary" when no topic word occurs)."""
+    q = question.lower()
+    for topic, words in TOPICS.items():
+        if any(re.search(rf"\b{re.escape(w)}", q) for w in words):
+            return topic
+    return "summary"
+
+
+def _where(expl: Explanation, ev: Evidence) -> str:
+    if not ev.regions:
+        return "No region exceeds the threshold, so nothing is localised. " + expl.summary
+    lines = [f"{r.id}: {r.location}, box {tuple(r.box)}, {r.area_pct:.2f}% of the image, peak {r.peak:.4f}"
+             for r in ev.regions]
+    return "Regions above the threshold:\n" + "\n".join(lines)
+
+
+def _type(expl: Explanation, ev: Evidence) -> str:
+    if not ev.regions:
+        return "No defect: " + expl.summary
+    r = ev.regions[0]
+    if r.defect:
+        d = r.defect
+        return (f"{r.id} is most like a {d.name} (library example {d.example_id}, distance {d.distance:.4f}, "
+                f"confidence {d.confidence:.2f}). {d.explanation}").strip()
+    return (f"No defect namer was given, so there is no type name. {r.id} is {r.shape.description} "
+            f"(elongation {r.shape.elongation:.2f}) and {r.contrast.words} than its reference.")
+
+
+def _sure(expl: Explanation, ev: Evidence) -> str:
+    s = ev.score
+    if s.threshold is None:
+        return f"The score is {s.score:.4f} but the detector has no threshold, so no confident verdict is possible."
+    return (f"Verdict {expl.verdict} with confidence {expl.confidence:.2f}: the score {s.score:.4f} is "
+            f"{'above' if s.above else 'not above'} the threshold {s.threshold:.4f} (margin {s.margin:+.4f}).")
+
+
+def _normal(expl: Explanation, ev: Evidence) -> str:
+    lines = []
+    for r in ev.regions:
+        c = r.contrast
+        ref = f"exemplar {c.reference_id}" if c.reference == "exemplar" else "the ring around it"
+        lines.append(f"{r.id} vs {ref}: {c.words} (intensity {c.intensity_delta:+.1f}, texture ratio "
+                     f"{c.texture_ratio:.2f})")
+    lines += [f"{e.id}: nearest normal patch in {e.image_id} (row {e.row}, col {e.col}), distance {e.distance:.4f}"
+              for e in ev.exemplars[:3]]
+    return "\n".join(lines) or "There is no region and no exemplar to compare with."
+
+
+def _map(expl: Explanation, ev: Evidence) -> str:
+    return _where(expl, ev) + "\nType /save to write the overlay PNG (the map over the image) and this transcript."
+
+
+def grounded_answer(expl: Explanation, evidence: Evidence, question: str) -> str:
+    """Answer ``question`` by topic, from the explanation and the evidence only."""
+    handlers = {"where": _where, "type": _type, "sure": _sure, "normal": _normal, "map": _map}
+    handler = handlers.get(topic_of(question))
+    return handler(expl, evidence) if handler else expl.summary

@@ -1,0 +1,142 @@
+"""The explanation schema (pydantic), bounded JSON repair, and the check that every claim is grounded in evidence."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from vlm_ad.evidence import Evidence
+
+__all__ = ["Explanation", "Step", "check_grounding", "parse_explanation", "repair_json"]
+
+
+class Step(BaseModel):
+    """One reasoning step: a claim and the evidence ids it rests on (``S``, ``R1``, ``E1``, ...)."""
+
+    text: str = Field(min_length=1)
+    evidence: list[str] = Field(default_factory=list)
+
+
+class Explanation(BaseModel):
+    """A validated explanation of one image.
+
+    ``flags`` lists grounding problems that were tolerated (``on_ungrounded="flag"``) or the fallback used;
+    an explanation with no flags cites only evidence that exists.
+    """
+
+    verdict: Literal["normal", "anomalous"]
+    confidence: float = Field(ge=0.0, le=1.0)
+    defect_type: str | None = None
+    location: str | None = None
+    cited_regions: list[str] = Field(default_factory=list)
+    steps: list[Step] = Field(min_length=1)
+    summary: str = Field(min_length=1)
+    reasoner: str = ""
+    flags: list[str] = Field(default_factory=list)
+
+    @field_validator("verdict", mode="before")
+    @classmethod
+    def _lower(cls, v):
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @field_validator("cited_regions", mode="before")
+    @classmethod
+    def _region_ids(cls, v):
+        # models write 1, "1", "R1" or "region 1": normalise to "R1"
+        if not isinstance(v, list):
+            return v
+        return [f"R{m.group(1)}" if (m := re.search(r"(\d+)", str(x))) else str(x) for x in v]
+
+
+# ---------------------------------------------------------------------------------------------------- repair
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+
+
+def repair_json(text: str) -> str:
+    """Best-effort local repair of a model's JSON: code fences, prose around the object, trailing commas,
+    Python literals, smart quotes. Returns a string for ``json.loads`` (which may still fail)."""
+    m = _FENCE.search(text)
+    s = m.group(1) if m else text
+    start = s.find("{")
+    if start >= 0:
+        s = s[start:]
+        depth, end = 0, -1
+        for i, ch in enumerate(s):
+            depth += ch == "{"
+            depth -= ch == "}"
+            if depth == 0 and ch == "}":
+                end = i
+                break
+        s = s[: end + 1] if end >= 0 else s + "}" * depth  # close a truncated object
+    s = s.replace("\u201c", '"').replace("\u201d", '"').replace("\u2019", "'")
+    s = re.sub(r",\s*([}\]])", r"\1", s)
+    s = re.sub(r"\bTrue\b", "true", re.sub(r"\bFalse\b", "false", re.sub(r"\bNone\b", "null", s)))
+    return s
+
+
+def parse_explanation(text: str) -> Explanation:
+    """Parse a model reply into an :class:`Explanation`, repairing the JSON locally first.
+
+    Raises:
+        ValueError: with a short description of what is still wrong (for the retry prompt).
+    """
+    for candidate in (text, repair_json(text)):
+        try:
+            return Explanation.model_validate(json.loads(candidate))
+        except json.JSONDecodeError:
+            continue
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+            raise ValueError(f"the JSON does not match the schema ({problems})") from exc
+    raise ValueError("the reply is not valid JSON (answer with one JSON object only)")
+
+
+# --------------------------------------------------------------------------------------------------- grounding
+_REGION = re.compile(r"\b(?:R|region\s*#?\s*)(\d+)\b", re.I)
+_EXEMPLAR = re.compile(r"\bE(\d+)\b")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
+_FREE_NUMBERS = {0.0, 1.0, 2.0, 3.0, 100.0}  # counts and the 3x3 grid are always fine to say
+
+
+def _matches(value: float, decimals: int, allowed: list[float]) -> bool:
+    tol = 0.5 * 10.0 ** (-decimals) + 1e-9
+    # a rounded quote of a value is fine; so is a ratio quoted as a percent
+    return any(abs(value - a) <= max(tol, 0.005 * abs(a)) or abs(value - 100 * a) <= tol for a in allowed)
+
+
+def _ungrounded_numbers(text: str, allowed: list[float]) -> list[str]:
+    bad = []
+    stripped = _EXEMPLAR.sub(" ", _REGION.sub(" ", text))
+    for m in _NUMBER.finditer(stripped):
+        tok = m.group(0)
+        value = float(tok)
+        decimals = len(tok.split(".")[1]) if "." in tok else 0
+        if value not in _FREE_NUMBERS and not _matches(value, decimals, allowed):
+            bad.append(tok)
+    return bad
+
+
+def check_grounding(expl: Explanation, evidence: Evidence) -> list[str]:
+    """Problems with the claims of ``expl``: cited ids, mentioned regions and quoted numbers not in ``evidence``.
+
+    An empty list means every cited id exists and every number matches a measured value (to its quoted precision).
+    """
+    ids, allowed, problems = evidence.ids, evidence.numbers(), []
+    for rid in expl.cited_regions:
+        if rid not in ids:
+            problems.append(f"cited_regions names {rid}, which is not in the evidence (regions: "
+                            f"{', '.join(r.id for r in evidence.regions) or 'none'})")
+    texts = [("summary", expl.summary)] + [(f"step {i}", s.text) for i, s in enumerate(expl.steps, 1)]
+    for i, step in enumerate(expl.steps, 1):
+        problems += [f"step {i} cites {e}, which is not an evidence id" for e in step.evidence if e not in ids]
+    for where, text in texts:
+        problems += [f"{where} mentions R{n}, which does not exist" for n in _REGION.findall(text)
+                     if f"R{n}" not in ids]
+        problems += [f"{where} mentions E{n}, which does not exist" for n in _EXEMPLAR.findall(text)
+                     if f"E{n}" not in ids]
+        problems += [f"{where} quotes {tok}, which matches no measured value" for tok in
+                     _ungrounded_numbers(text, allowed)]
+    return problems
