@@ -118,9 +118,13 @@ def gaussian_blur(grid: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def smooth_grid(grid: torch.Tensor, *, sigma: float = 4.0, work: int = 256) -> torch.Tensor:
-    """Upsample an (h, w) patch-score grid to a fixed working size and blur it: (work, work)."""
-    g = F.interpolate(grid[None, None].float(), size=(work, work), mode="bilinear", align_corners=False)[0]
-    return gaussian_blur(g, sigma)[0]
+    """Upsample (h, w) or (B, h, w) patch-score grids to a fixed working size and blur them: (work, work) or
+    (B, work, work). Batched, since per-image calls are dominated by call overhead."""
+    single = grid.ndim == 2
+    g = grid[None] if single else grid
+    g = F.interpolate(g[:, None].float(), size=(work, work), mode="bilinear", align_corners=False)[:, 0]
+    g = gaussian_blur(g, sigma)
+    return g[0] if single else g
 
 
 def resize_map(work_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -168,7 +172,7 @@ class Detector:
         t0 = time.perf_counter()
         grids, hits = self._score_embeddings(self.embedder.aggregate(layers))
         self.timings_["score"] += time.perf_counter() - t0
-        return [self._to_map(g, np.empty((*hw, 0)), i, h) for g, hw, i, h in zip(grids, sizes, ids, hits)]
+        return self._to_maps(grids, list(sizes), list(ids), hits)
 
     def predict(self, images: Sequence[ImageLike], *, progress: Progress | None = None) -> list[AnomalyMap]:
         """Score images: one AnomalyMap each, map at the image's own resolution."""
@@ -182,7 +186,7 @@ class Detector:
         grids, hits = self._score_embeddings(emb)
         self.timings_["embed"] += t1 - t0
         self.timings_["score"] += time.perf_counter() - t1
-        return [self._to_map(g, img, i, h) for g, img, i, h in zip(grids, arrays, ids, hits)]
+        return self._to_maps(grids, [a.shape[:2] for a in arrays], ids, hits)
 
     # subclass hooks ---------------------------------------------------------------------------------------
     def _augment(self, arrays: list[np.ndarray], ids: list[str]) -> tuple[list[np.ndarray], list[str]]:
@@ -212,21 +216,36 @@ class Detector:
 
     # shared machinery -------------------------------------------------------------------------------------
     def smooth(self, grid: torch.Tensor) -> torch.Tensor:
-        """The smoothed working-size map of a patch-score grid (``sigma`` is in pixels of a 256 px image)."""
+        """The smoothed working-size map of a (h, w) or (B, h, w) patch-score grid (``sigma`` in pixels of 256)."""
         return smooth_grid(grid, sigma=float(self.hyper.get("sigma", 4.0)))
 
     def image_score(self, grid: torch.Tensor) -> float:
-        """Image score from a patch-score grid: the maximum of its smoothed map (so a score above the
-        threshold always comes with a map region above it)."""
-        return float(self.smooth(grid).max())
+        """Image score of an (h, w) patch-score grid: :meth:`_work_score` of its smoothed map."""
+        return self._work_score(self.smooth(grid))
+
+    def _work_score(self, work: torch.Tensor) -> float:
+        """Image score from a smoothed (work, work) map: its maximum by default (so a score above the threshold
+        always comes with a map region above it). Subclasses may aggregate differently (e.g. top-k mean)."""
+        return float(work.max())
 
     def _embed(self, arrays: list[np.ndarray], progress: Progress | None) -> torch.Tensor:
         return self.embedder(arrays, progress=progress)
 
+    def _to_maps(self, grids: torch.Tensor, sizes: list[tuple[int, int]], ids: list[str], hits: list
+                 ) -> list[AnomalyMap]:
+        """AnomalyMaps from (B, h, w) patch-score grids: smoothed in one batch, resized to each image's size."""
+        out = []
+        for start in range(0, len(grids), 64):  # bounded memory: 64 x 256 x 256 floats at a time
+            work = self.smooth(grids[start : start + 64])
+            for j, w in enumerate(work):
+                i = start + j
+                amap = resize_map(w, tuple(sizes[i]))
+                out.append(AnomalyMap(ids[i], self._work_score(w), amap, hits=hits[i], threshold=self.threshold_))
+        return out
+
     def _to_map(self, grid: torch.Tensor, image: np.ndarray, image_id: str, hits: list) -> AnomalyMap:
-        work = self.smooth(grid)
-        amap = resize_map(work, image.shape[:2])
-        return AnomalyMap(image_id, float(work.max()), amap, hits=hits, threshold=self.threshold_)
+        """The AnomalyMap of one (h, w) grid for an image of ``image.shape[:2]``."""
+        return self._to_maps(grid[None], [image.shape[:2]], [image_id], [hits])[0]
 
     def _check_fitted(self) -> None:
         if not self._is_fitted():
