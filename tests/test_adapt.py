@@ -1,0 +1,158 @@
+"""Per-category adaptation: LoRA injection, adapter save/load, mismatch errors, a tiny training run, the detector."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("peft", reason="peft (vlm-ad[lora]) is needed for adapters")
+pytest.importorskip("faiss", reason="faiss-cpu (vlm-ad[retrieval]) is needed for the adapted detector")
+
+from vlm_ad.adapt import (
+    AdaptConfig,
+    CosineHead,
+    _loss,
+    head_features,
+    inject_lora,
+    load_adapter,
+    lora_state,
+    save_adapter,
+    synthetic_batch,
+    train_adapter,
+)
+from vlm_ad.backbones import create_backbone
+from vlm_ad.detectors import create_detector
+from vlm_ad.errors import ConfigError, DataError
+from vlm_ad.testing import check_detector_contract, texture_crops
+
+SIZE = 56
+TINY = dict(image_size=SIZE, epochs=2, steps_per_epoch=2, batch_size=2, lora_blocks=(7,), modules=("qkv", "fc2"))
+
+
+def _net(cfg):
+    return create_backbone("dinov2-s14", layers=cfg.layers, image_size=cfg.image_size)
+
+
+def test_config_validates():
+    with pytest.raises(ConfigError, match="subset of"):
+        AdaptConfig(modules=("attn",))
+    with pytest.raises(ConfigError, match="would not change the head"):
+        AdaptConfig(lora_blocks=(9,), layers=("block5", "block7"))
+    with pytest.raises(ConfigError, match="'dinov2-s14' only"):
+        AdaptConfig(backbone="efficientnet-lite0")
+
+
+def test_lora_injection_trains_only_lora_and_starts_as_identity():
+    cfg = AdaptConfig(**TINY)
+    x = _net(cfg).preprocess(texture_crops(1, SIZE))
+    before = _net(cfg)(x)
+    net = inject_lora(_net(cfg), cfg)
+    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert {n.split(".lora_")[0] for n in trainable} == {"vit.blocks.7.qkv", "vit.blocks.7.fc2"}
+    after = net(x)
+    torch.testing.assert_close(after["block7"], before["block7"])  # LoRA B starts at zero
+
+
+def test_adapter_save_load_round_trip(tmp_path):
+    cfg = AdaptConfig(**TINY)
+    net = inject_lora(_net(cfg), cfg)
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    head = CosineHead(768, cfg.head_dim)
+    save_adapter(tmp_path / "ad", net, head, cfg)
+    for f in ("adapter_config.json", "adapter_model.safetensors", "head.safetensors", "adapt.json", "README.md"):
+        assert (tmp_path / "ad" / f).is_file()
+    assert json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["r"] == cfg.rank
+    net2, head2, cfg2 = load_adapter(tmp_path / "ad")
+    assert cfg2 == cfg
+    for k, v in lora_state(net).items():
+        torch.testing.assert_close(lora_state(net2)[k], v)
+    x = net.preprocess(texture_crops(1, SIZE))
+    with torch.no_grad():
+        torch.testing.assert_close(head2(head_features(net2(x))), head(head_features(net(x))))
+
+
+def test_adapter_backbone_mismatch_is_a_clear_error(tmp_path):
+    cfg = AdaptConfig(**TINY)
+    save_adapter(tmp_path / "ad", inject_lora(_net(cfg), cfg), CosineHead(768), cfg)
+    with pytest.raises(ConfigError, match="trained on backbone 'dinov2-s14', not 'efficientnet-lite0'"):
+        load_adapter(tmp_path / "ad", net=create_backbone("efficientnet-lite0", image_size=64))
+    # an adapter whose tensors were made for another layout (rank 8 files, rank 4 config)
+    other = AdaptConfig(**{**TINY, "rank": 8})
+    save_adapter(tmp_path / "r8", inject_lora(_net(other), other), CosineHead(768), other)
+    (tmp_path / "r8" / "adapt.json").write_text((tmp_path / "ad" / "adapt.json").read_text())
+    with pytest.raises(ConfigError, match="does not fit backbone 'dinov2-s14': shape mismatch"):
+        load_adapter(tmp_path / "r8")
+    with pytest.raises(DataError, match="is not a vlm-ad adapter"):
+        load_adapter(tmp_path)
+
+
+def test_training_steps_lower_the_loss():
+    cfg = AdaptConfig(**TINY, lr=5e-3)
+    torch.manual_seed(0)
+    net = inject_lora(_net(cfg), cfg)
+    head = CosineHead(768, cfg.head_dim)
+    x, y = synthetic_batch(texture_crops(4, SIZE, seed=3), np.random.default_rng(0), SIZE // 14, 4)
+    params = [p for p in net.parameters() if p.requires_grad] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    losses = []
+    for _ in range(8):
+        loss = _loss(net, head, net.preprocess, x, y, cfg, torch.device("cpu"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_train_adapter_writes_files_and_resumes(tmp_path):
+    cfg = AdaptConfig(**TINY)
+    imgs = texture_crops(5, SIZE, seed=4)
+    seen = []
+    res = train_adapter(imgs, cfg, out=tmp_path / "ad", progress=lambda stage, done, total: seen.append(done))
+    assert len(res.history) == 2 and seen[-1] == 4
+    assert (tmp_path / "ad" / "checkpoint" / "state.json").is_file()
+    assert "held-out synthetic loss" in (tmp_path / "ad" / "README.md").read_text()
+    # resuming a finished run trains nothing more and gives the same weights
+    again = train_adapter(imgs, cfg, out=tmp_path / "ad")
+    assert again.history == res.history
+    for k, v in lora_state(res.net).items():
+        torch.testing.assert_close(lora_state(again.net)[k], v)
+    with pytest.raises(ConfigError, match="another recipe"):
+        train_adapter(imgs, AdaptConfig(**{**TINY, "epochs": 3}), out=tmp_path / "ad")
+    with pytest.raises(DataError, match="at least 2 normal images"):
+        train_adapter(imgs[:1], cfg)
+
+
+@pytest.mark.slow
+def test_adapted_detector_contract(tmp_path):
+    adapt = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "lora_blocks": [7], "modules": ["qkv"]}
+    check_detector_contract(lambda: create_detector("adapted", backbone="dinov2-s14", image_size=98, adapt=adapt),
+                            tmp_path, size=96)
+
+
+def test_adapted_options_are_checked():
+    with pytest.raises(ConfigError, match="needs backbone 'dinov2-s14'"):
+        create_detector("adapted", backbone="efficientnet-lite0")
+    with pytest.raises(ConfigError, match="score in"):
+        create_detector("adapted", score="median")
+
+
+@pytest.mark.slow
+def test_cli_adapt_writes_an_adapter(tmp_path):
+    from typer.testing import CliRunner
+
+    from tests.conftest import build_mvtec
+    from vlm_ad.cli import app
+
+    root = build_mvtec(tmp_path / "cat")
+    out = tmp_path / "adapters" / "toy"
+    r = CliRunner().invoke(app, ["adapt", str(root), "--out", str(out), "--images", "4", "--epochs", "1", "--steps",
+                                 "1", "--batch-size", "2", "--image-size", "56", "--blocks", "7"])
+    assert r.exit_code == 0, r.output
+    net, head, cfg = load_adapter(out)
+    assert cfg.lora_blocks == (7,) and cfg.image_size == 56

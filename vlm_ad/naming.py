@@ -1,0 +1,399 @@
+"""Defect naming from a labelled-defect library: a detected region is named by its nearest labelled regions.
+
+A :class:`DefectLibrary` stores labelled defect regions (from MVTec-layout ``test/<type>`` folders with masks,
+or from a user's own examples). Each region is described by
+
+* interpretable **descriptors** (:data:`DESCRIPTORS`: log area, elongation, components, intensity / colour /
+  texture contrast against a ring around the region, compactness, extent, ...), standardised with the
+  library's own mean and spread, and optionally
+* **deep** features: DINOv2-S blocks 5 + 7 averaged over the region, minus their average over the ring.
+
+:meth:`DefectLibrary.name` votes among the ``k`` nearest library regions (weights ``1 / (distance + eps)``)
+and returns a :class:`DefectName` whose ``explanation`` cites the measured descriptors and the library example
+the region resembles, e.g. ``"named hole: round, elongation 1.2, 0.18 darker than its surroundings; like
+test/hole/012.png"``. Distances are lower-is-closer. ``features="combined"`` adds the two distances, each
+divided by its median over library pairs so neither dominates by scale.
+
+A library is saved as ``library.json`` + ``library.safetensors`` (atomic writes, no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vlm_ad._cache import atomic_write_bytes
+from vlm_ad.errors import ConfigError, DataError, MaskError
+
+__all__ = ["DESCRIPTORS", "FEATURE_MODES", "DefectLibrary", "DefectName", "region_descriptors"]
+
+DESCRIPTORS = (
+    "log_area",  # log of the region's area fraction
+    "elongation",  # sqrt of the ratio of the principal second moments (1 = round)
+    "components",  # number of connected components
+    "intensity_contrast",  # mean grey inside minus mean grey in the ring, in [-1, 1] (negative = darker)
+    "colour_contrast",  # distance between the mean chroma inside and in the ring, in [0, 1]
+    "texture_contrast",  # log ratio of mean gradient magnitude inside vs in the ring
+    "inner_spread",  # grey-level standard deviation inside, in [0, 1]
+    "compactness",  # 4 pi area / perimeter^2 of the largest component (1 = disc)
+    "extent",  # area / bounding-box area of the whole region
+    "solidity",  # area / convex-hull area of the largest component
+    "edge_contrast",  # mean gradient on the region boundary minus in the ring, in grey / 255
+)
+FEATURE_MODES = ("descriptors", "deep", "combined")
+DEEP_LAYERS = ("block5", "block7")
+_FORMAT = "1"
+_EPS = 1e-6
+
+
+@dataclass
+class DefectName:
+    """The name given to one region by a :class:`DefectLibrary`.
+
+    Attributes:
+        name: the winning defect label.
+        confidence: its share of the distance-weighted vote among the ``k`` nearest examples, in (0, 1].
+        example_id: the nearest library example carrying that label.
+        distance: distance to that example (lower = more similar).
+        descriptors: the region's raw (unstandardised) descriptors, by name.
+        explanation: one sentence citing the descriptors and the example.
+    """
+
+    name: str
+    confidence: float
+    example_id: str
+    distance: float
+    descriptors: dict[str, float]
+    explanation: str
+    votes: dict[str, float] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------ descriptors
+def _check_pair(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise DataError(f"expected a uint8 RGB image (H, W, 3), got {img.dtype} {img.shape}; "
+                        "read files with vlm_ad.data.load_image")
+    m = np.asarray(mask).astype(bool)
+    if m.shape != img.shape[:2]:
+        raise MaskError(f"region mask shape {m.shape} does not match the image {img.shape[:2]}; resize the mask")
+    if not m.any():
+        raise MaskError("the region mask is empty; give at least one True pixel")
+    return img, m
+
+
+def _ring(mask: np.ndarray) -> np.ndarray:
+    """Pixels around the region: a dilation whose width grows with the region's size, minus the region."""
+    from scipy import ndimage
+
+    width = int(np.clip(math.sqrt(mask.sum()) / 2, 3, 25))
+    ring = ndimage.binary_dilation(mask, iterations=width) & ~mask
+    return ring if ring.any() else ~mask if (~mask).any() else mask
+
+
+def _moments(mask: np.ndarray) -> float:
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 3:
+        return 1.0
+    ev = np.linalg.eigvalsh(np.cov(np.stack([xs, ys]).astype(float)) + 1e-3 * np.eye(2))
+    return float(math.sqrt(ev[1] / max(ev[0], 1e-3)))
+
+
+def _shape(largest: np.ndarray) -> tuple[float, float]:
+    """(compactness, solidity) of one component."""
+    from skimage.measure import perimeter
+    from skimage.morphology import convex_hull_image
+
+    area = float(largest.sum())
+    per = max(float(perimeter(largest)), 1.0)
+    hull = float(convex_hull_image(largest).sum()) if area >= 3 else area
+    return float(min(4 * math.pi * area / per**2, 1.0)), area / max(hull, 1.0)
+
+
+def region_descriptors(image: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """The :data:`DESCRIPTORS` of a region (``mask``: (H, W) bool) in a uint8 RGB image (H, W, 3)."""
+    from scipy import ndimage
+
+    img, m = _check_pair(image, mask)
+    rgb = img.astype(np.float32) / 255.0
+    grey = rgb.mean(axis=2)
+    ring = _ring(m)
+    labels, n = ndimage.label(m)
+    sizes = ndimage.sum(m, labels, range(1, n + 1))
+    largest = labels == (1 + int(np.argmax(sizes)))
+    grad = np.hypot(ndimage.sobel(grey, 0), ndimage.sobel(grey, 1))
+    chroma = rgb - grey[..., None]
+    boundary = m & ~ndimage.binary_erosion(m)
+    ys, xs = np.nonzero(m)
+    bbox = (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    compact, solid = _shape(largest)
+    return {
+        "log_area": float(math.log(m.mean())),
+        "elongation": _moments(m),
+        "components": float(n),
+        "intensity_contrast": float(grey[m].mean() - grey[ring].mean()),
+        "colour_contrast": float(np.linalg.norm(chroma[m].mean(0) - chroma[ring].mean(0))),
+        "texture_contrast": float(math.log((grad[m].mean() + 0.01) / (grad[ring].mean() + 0.01))),
+        "inner_spread": float(grey[m].std()),
+        "compactness": compact,
+        "extent": float(m.sum() / bbox),
+        "solidity": solid,
+        "edge_contrast": float(grad[boundary].mean() - grad[ring].mean()),
+    }
+
+
+def _shape_word(d: dict[str, float]) -> str:
+    if d["elongation"] >= 4:
+        return "thin and line-like"
+    if d["elongation"] >= 2:
+        return "elongated"
+    return "round" if d["compactness"] >= 0.5 else "irregular"
+
+
+def explain(label: str, d: dict[str, float], example_id: str) -> str:
+    """``"named crack: thin and line-like, elongation 6.1, 0.12 darker than its surroundings; like ..."``."""
+    c = d["intensity_contrast"]
+    tone = f"{abs(c):.2f} {'darker' if c < 0 else 'brighter'} than its surroundings"
+    parts = [_shape_word(d), f"elongation {d['elongation']:.1f}", tone]
+    if d["components"] > 1:
+        parts.append(f"{int(d['components'])} parts")
+    if abs(d["texture_contrast"]) >= 0.3:
+        parts.append("rougher texture" if d["texture_contrast"] > 0 else "smoother texture")
+    if d["colour_contrast"] >= 0.05:
+        parts.append(f"colour shift {d['colour_contrast']:.2f}")
+    area = 100 * math.exp(d["log_area"])
+    return f"named {label}: {', '.join(parts)}; area {area:.1f}% of the image; like {example_id}"
+
+
+# ------------------------------------------------------------------------------------------------ deep features
+class DeepRegionEncoder:
+    """DINOv2-S (blocks 5 + 7) features averaged over a region minus their average over its ring: (2 * 384,)."""
+
+    def __init__(self, *, backbone: str = "dinov2-s14", layers: Sequence[str] = DEEP_LAYERS, image_size: int = 224):
+        from vlm_ad.backbones import create_backbone
+
+        self.config = {"backbone": backbone, "layers": list(layers), "image_size": image_size}
+        self.net = create_backbone(backbone, layers=tuple(layers), image_size=image_size)
+
+    def grids(self, image: np.ndarray) -> np.ndarray:
+        """Concatenated, per-patch L2-normalised layer grids of one image: (h, w, C)."""
+        import torch
+
+        layers = self.net.extract([image]).layers
+        feats = [torch.nn.functional.normalize(t[0], dim=0) for t in layers.values()]  # each (C, h, w)
+        return torch.cat(feats).permute(1, 2, 0).numpy()
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray, grid: np.ndarray | None = None) -> np.ndarray:
+        """Region-minus-ring pooled feature of ``mask`` in ``image`` (pass ``grid`` to reuse :meth:`grids`)."""
+        g = self.grids(image) if grid is None else grid
+        inner, ring = _grid_weights(mask, g.shape[:2]), _grid_weights(_ring(mask), g.shape[:2])
+        vec = (g * inner[..., None]).sum((0, 1)) - (g * ring[..., None]).sum((0, 1))
+        return (vec / (np.linalg.norm(vec) + _EPS)).astype(np.float32)
+
+
+def _grid_weights(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Fraction of each patch covered by ``mask``, normalised to sum 1 (the best-covered patch if tiny)."""
+    import torch
+
+    m = torch.from_numpy(mask.astype(np.float32))[None, None]
+    w = torch.nn.functional.adaptive_avg_pool2d(m, size)[0, 0].numpy()
+    if w.sum() < 0.5:
+        w = (w == w.max()).astype(np.float32)
+    return w / w.sum()
+
+
+# ------------------------------------------------------------------------------------------------ the library
+class DefectLibrary:
+    """A store of labelled defect regions that names new regions by nearest-neighbour voting.
+
+    Args:
+        features: ``"descriptors"`` (interpretable only, no backbone), ``"deep"`` (DINOv2 pooled) or ``"combined"``
+            (the default: best in ``eval/results/naming.md``; the explanation always cites the descriptors).
+        k: neighbours that vote.
+        deep_weight: weight of the deep distance in ``"combined"`` mode.
+        encoder: a :class:`DeepRegionEncoder` to reuse (built lazily when deep features are needed).
+    """
+
+    def __init__(self, *, features: str = "combined", k: int = 3, deep_weight: float = 1.0,
+                 encoder: DeepRegionEncoder | None = None) -> None:
+        if features not in FEATURE_MODES:
+            raise ConfigError(f"features must be one of {FEATURE_MODES}, got {features!r}")
+        if k < 1 or deep_weight < 0:
+            raise ConfigError(f"k must be >= 1 and deep_weight >= 0, got k={k}, deep_weight={deep_weight}")
+        self.features, self.k, self.deep_weight = features, k, deep_weight
+        self._encoder = encoder
+        self.labels: list[str] = []
+        self.example_ids: list[str] = []
+        self.desc = np.zeros((0, len(DESCRIPTORS)), np.float32)  # (N, D) raw descriptors
+        self.deep = np.zeros((0, 0), np.float32)  # (N, C) deep features, or (N, 0) without them
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def uses_deep(self) -> bool:
+        return self.features != "descriptors"
+
+    @property
+    def encoder(self) -> DeepRegionEncoder:
+        if self._encoder is None:
+            self._encoder = DeepRegionEncoder()
+        return self._encoder
+
+    # building ---------------------------------------------------------------------------------------------
+    def describe(self, image: np.ndarray, mask: np.ndarray) -> tuple[dict[str, float], np.ndarray | None]:
+        """Descriptors (and deep features when this library uses them) of one region."""
+        d = region_descriptors(image, mask)
+        img, m = _check_pair(image, mask)
+        return d, (self.encoder(img, m) if self.uses_deep else None)
+
+    def add(self, image: np.ndarray, mask: np.ndarray, label: str, example_id: str) -> DefectLibrary:
+        """Add one labelled region (``mask``: (H, W) bool over ``image``); returns self."""
+        d, deep = self.describe(image, mask)
+        return self.add_described(d, deep, label, example_id)
+
+    def add_described(self, descriptors: dict[str, float], deep: np.ndarray | None, label: str,
+                      example_id: str) -> DefectLibrary:
+        """Add a region whose descriptors (and deep vector) are already computed; returns self."""
+        if not label or not str(label).strip():
+            raise ConfigError("a library example needs a non-empty label (the defect type name)")
+        if self.uses_deep and deep is None:
+            raise ConfigError(f"this library uses {self.features!r} features: pass the deep vector too")
+        row = np.array([[descriptors[n] for n in DESCRIPTORS]], np.float32)
+        self.desc = np.concatenate([self.desc, row])
+        if self.uses_deep:
+            vec = np.asarray(deep, np.float32)[None]
+            self.deep = vec if self.deep.size == 0 else np.concatenate([self.deep, vec])
+        self.labels.append(str(label))
+        self.example_ids.append(str(example_id))
+        return self
+
+    def add_mvtec(self, root: str | Path, *, per_type: int | None = None, seed: int = 0,
+                  progress: Any = None) -> DefectLibrary:
+        """Add every masked defect of an MVTec-layout category's ``test/<type>`` folders (or ``per_type`` of each)."""
+        from vlm_ad.data import MVTecDataset
+
+        test = MVTecDataset(root, "test")
+        by_type: dict[str, list[int]] = {}
+        for i, item in enumerate(test.items):
+            if item.label == 1:
+                by_type.setdefault(item.defect_type, []).append(i)
+        if not by_type:
+            raise DataError(f"{root} has no defect images under test/<type>; the library needs labelled defects")
+        rng = np.random.default_rng(seed)
+        for t, idx in sorted(by_type.items()):
+            chosen = idx if per_type is None else sorted(rng.permutation(idx)[:per_type].tolist())
+            for i in chosen:
+                s = test[i]
+                if s.mask is None or not s.mask.any():
+                    continue
+                self.add(s.image, s.mask, t, s.image_id)
+                if progress:
+                    progress(1)
+        return self
+
+    # naming -----------------------------------------------------------------------------------------------
+    def _check_ready(self) -> None:
+        if len(self) == 0:
+            raise DataError("the defect library is empty; add labelled regions first ('vlm-ad library add')")
+
+    def distances(self, descriptors: dict[str, float], deep: np.ndarray | None) -> np.ndarray:
+        """Distance of one region to every library entry: (N,), lower = closer."""
+        self._check_ready()
+        mu, sd = self.desc.mean(0), self.desc.std(0) + 1e-3
+        z = (self.desc - mu) / sd  # (N, D)
+        q = (np.array([descriptors[n] for n in DESCRIPTORS], np.float32) - mu) / sd
+        d_desc = np.linalg.norm(z - q, axis=1) / math.sqrt(len(DESCRIPTORS))
+        if not self.uses_deep:
+            return d_desc
+        d_deep = 1.0 - self.deep @ np.asarray(deep, np.float32)  # cosine distance
+        if self.features == "deep":
+            return d_deep
+        return d_desc / _pair_scale(z) + self.deep_weight * d_deep / _pair_scale(self.deep, cosine=True)
+
+    def name(self, image: np.ndarray, region_mask: np.ndarray) -> DefectName:
+        """Name the region ``region_mask`` ((H, W) bool) of ``image`` by its nearest labelled library regions."""
+        self._check_ready()
+        d, deep = self.describe(image, region_mask)
+        return self.name_described(d, deep)
+
+    def name_described(self, descriptors: dict[str, float], deep: np.ndarray | None,
+                       exclude: Sequence[bool] | None = None) -> DefectName:
+        """Name a region from its descriptors; ``exclude`` (N,) masks out library rows (leave-one-out)."""
+        dist = self.distances(descriptors, deep)
+        if exclude is not None:
+            dist = np.where(np.asarray(exclude), np.inf, dist)
+        order = [int(i) for i in np.argsort(dist, kind="stable") if np.isfinite(dist[i])][: self.k]
+        if not order:
+            raise DataError("no library example is left to compare with; add more labelled regions")
+        votes: Counter[str] = Counter()
+        for i in order:
+            votes[self.labels[i]] += 1.0 / (float(dist[i]) + 0.05)
+        label = max(votes, key=lambda lab: (votes[lab], -min(dist[i] for i in order if self.labels[i] == lab)))
+        best = min((i for i in order if self.labels[i] == label), key=lambda i: dist[i])
+        total = sum(votes.values())
+        return DefectName(label, votes[label] / total, self.example_ids[best], float(dist[best]), dict(descriptors),
+                          explain(label, descriptors, self.example_ids[best]),
+                          {lab: v / total for lab, v in votes.items()})
+
+    # persistence ------------------------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> Path:
+        """Write ``library.json`` and ``library.safetensors`` into ``directory`` (atomically)."""
+        import torch
+        from safetensors.torch import save
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {"descriptors": torch.from_numpy(np.ascontiguousarray(self.desc))}
+        if self.uses_deep and self.deep.size:
+            tensors["deep"] = torch.from_numpy(np.ascontiguousarray(self.deep))
+        atomic_write_bytes(directory / "library.safetensors", save(tensors))
+        meta = {"format": _FORMAT, "features": self.features, "k": self.k, "deep_weight": self.deep_weight,
+                "descriptor_names": list(DESCRIPTORS), "labels": self.labels, "example_ids": self.example_ids,
+                "encoder": self._encoder.config if self._encoder is not None else None}
+        atomic_write_bytes(directory / "library.json", json.dumps(meta, indent=2).encode())
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DefectLibrary:
+        """Load a library saved with :meth:`save`."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        meta_path, tensor_path = directory / "library.json", directory / "library.safetensors"
+        if not meta_path.is_file() or not tensor_path.is_file():
+            raise DataError(f"{directory} is not a defect library: expected library.json and library.safetensors "
+                            "(create one with 'vlm-ad library add LIB --from DATA')")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("descriptor_names") != list(DESCRIPTORS):
+            raise DataError(f"{directory} was written with other descriptors ({meta.get('descriptor_names')}); "
+                            "rebuild it with 'vlm-ad library add'")
+        enc = meta.get("encoder")
+        lib = cls(features=meta["features"], k=meta["k"], deep_weight=meta["deep_weight"],
+                  encoder=DeepRegionEncoder(**enc) if enc and meta["features"] != "descriptors" else None)
+        tensors = load_file(str(tensor_path))
+        lib.desc = tensors["descriptors"].numpy()
+        lib.deep = tensors["deep"].numpy() if "deep" in tensors else np.zeros((len(lib.desc), 0), np.float32)
+        lib.labels, lib.example_ids = list(meta["labels"]), list(meta["example_ids"])
+        return lib
+
+    def summary(self) -> dict[str, int]:
+        """Examples per label."""
+        return dict(sorted(Counter(self.labels).items()))
+
+
+def _pair_scale(x: np.ndarray, *, cosine: bool = False) -> float:
+    """Median off-diagonal pairwise distance of library rows (1.0 when there are fewer than two)."""
+    if len(x) < 2:
+        return 1.0
+    d = 1.0 - x @ x.T if cosine else np.linalg.norm(x[:, None] - x[None], axis=2) / math.sqrt(x.shape[1])
+    off = d[~np.eye(len(x), dtype=bool)]
+    return float(max(np.median(off), 1e-3))
