@@ -4,6 +4,13 @@ Registered names:
     patchcore   nearest normal patch in a coreset memory bank (full-shot and k-shot)
     padim       per-position Gaussian, Mahalanobis distance
     mutual      zero-shot mutual scoring between unlabelled images (no normal image needed)
+    adapted     per-category LoRA adapter head (synthetic defects) fused with PatchCore retrieval distances
+    ae          convolutional autoencoder on pixels, map = reconstruction error           (generative)
+    vae         convolutional VAE on pixels, map = reconstruction error                    (generative)
+    feature-ae  autoencoder over frozen backbone features, map = feature error             (generative)
+    cavga       VAE with attention-expansion training, map = 1 - attention                 (attention)
+    mahalanobis Gaussian of normal patches + gradient-sign input perturbation              (input perturbation)
+    odin        temperature softmax over normal prototypes + input perturbation            (input perturbation)
 """
 
 from __future__ import annotations
@@ -40,6 +47,55 @@ def _mutual(**kw: Any) -> Detector:
     from vlm_ad.detectors.mutual import Mutual
 
     return Mutual(**kw)
+
+
+@DETECTORS.register("ae", description="generative: conv autoencoder on pixels, map = reconstruction error")
+def _ae(**kw: Any) -> Detector:
+    from vlm_ad.detectors.generative import AutoEncoder
+
+    return AutoEncoder(**kw)
+
+
+@DETECTORS.register("vae", description="generative: conv VAE on pixels, map = reconstruction error")
+def _vae(**kw: Any) -> Detector:
+    from vlm_ad.detectors.generative import VAE
+
+    return VAE(**kw)
+
+
+@DETECTORS.register("feature-ae", description="generative: autoencoder over backbone features, map = feature error")
+def _feature_ae(**kw: Any) -> Detector:
+    from vlm_ad.detectors.generative import FeatureReconstruction
+
+    return FeatureReconstruction(**kw)
+
+
+@DETECTORS.register("cavga", description="attention: VAE with attention-expansion training, map = 1 - attention")
+def _cavga(**kw: Any) -> Detector:
+    from vlm_ad.detectors.generative import CAVGA
+
+    return CAVGA(**kw)
+
+
+@DETECTORS.register("mahalanobis", description="input perturbation: Gaussian of normal patches (Lee et al. 2018)")
+def _mahalanobis(**kw: Any) -> Detector:
+    from vlm_ad.detectors.perturbation import Mahalanobis
+
+    return Mahalanobis(**kw)
+
+
+@DETECTORS.register("odin", description="input perturbation: temperature softmax over normal patch prototypes")
+def _odin(**kw: Any) -> Detector:
+    from vlm_ad.detectors.perturbation import ODIN
+
+    return ODIN(**kw)
+
+
+@DETECTORS.register("adapted", description="per-category LoRA adapter head fused with retrieval distances")
+def _adapted(**kw: Any) -> Detector:
+    from vlm_ad.detectors.adapted import Adapted
+
+    return Adapted(**kw)
 
 
 def create_detector(name: str, **kwargs: Any) -> Detector:
