@@ -103,8 +103,9 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone", nargs="+", default=["efficientnet-lite0", "dinov2-s14"])
     ap.add_argument("--detector", nargs="+", default=["patchcore", "padim", "mutual"])
     ap.add_argument("--out", type=Path, default=RESULTS / "detectors.jsonl")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     done = set()
     if args.out.exists():
         for line in args.out.read_text().splitlines():

@@ -51,8 +51,9 @@ def ours(train, test, ratio):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="data names to run (default: all configs)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for both implementations")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     shared = ROOT.parent / "shared" / "data" / "magnetic_tile"
     rows = []
     for data, shots, ratio in CONFIGS:
@@ -66,7 +67,8 @@ def main(argv=None) -> int:
         labels = [s.label for s in test_samples]
         masks = [s.mask for s in test_samples] if test_ds.has_masks else None
         print(f"{data} shots={shots or 'all'} ratio={ratio}: {len(train)} train, {len(test)} test", file=sys.stderr)
-        res = {"vlm-ad": ours(train, test, ratio), "anomalib": run_anomalib_patchcore(train, test, coreset_ratio=ratio)}
+        res = {"vlm-ad": ours(train, test, ratio), "anomalib": run_anomalib_patchcore(train, test, coreset_ratio=ratio,
+                                                                                   num_threads=args.threads)}
         row = {"data": data, "split": f"train={len(train)} test={len(test)}", "backbone": "efficientnet-lite0",
                "image_size": 224, "shots": shots or "all", "seed": 0, "coreset": ratio}
         for name, r in res.items():

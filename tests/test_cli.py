@@ -28,9 +28,16 @@ def _ok(result):
 
 def test_help_teaches():
     out = _ok(runner.invoke(app, ["--help"]))
-    for cmd in ("demo", "backbones", "fit", "detect", "eval"):
+    for cmd in ("demo", "backbones", "detectors", "fit", "detect", "eval", "chat", "report", "adapt", "library"):
         assert cmd in out
     assert "--shots" in _ok(runner.invoke(app, ["eval", "--help"]))
+
+
+def test_detectors_lists_every_registered_name():
+    from vlm_ad.detectors import list_detectors
+
+    out = _ok(runner.invoke(app, ["detectors"]))
+    assert all(name in out for name in list_detectors())
 
 
 def test_backbones_lists_offline_status():

@@ -63,6 +63,19 @@ def backbones() -> None:
 
 
 @app.command()
+def detectors() -> None:
+    """List the registered detectors (use with --detector in fit and eval)."""
+    from vlm_ad.detectors import DETECTORS
+
+    table = Table(title="detectors")
+    table.add_column("name")
+    table.add_column("description")
+    for entry in DETECTORS.entries():
+        table.add_row(entry.name, entry.description)
+    console.print(table)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("vlm-ad-demo"), help="Folder for the overlay PNGs."),
     backbone: str = typer.Option("dinov2-s14", help="Backbone name (see 'vlm-ad backbones')."),
@@ -130,7 +143,7 @@ def _parse_kv(options: list[str]) -> dict:
 def fit(
     data: str = typer.Argument(..., help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Folder to save the fitted model in."),
-    detector: str = typer.Option("patchcore", help="Detector name: patchcore, padim or mutual."),
+    detector: str = typer.Option("patchcore", help="Detector name (see 'vlm-ad detectors')."),
     backbone: str = typer.Option("efficientnet-lite0", help="Backbone name (see 'vlm-ad backbones')."),
     shots: int = typer.Option(None, help=SHOTS_HELP),
     seed: int = typer.Option(0, help="Seed for drawing shots and for the coreset."),
@@ -200,7 +213,7 @@ def detect(
 @app.command("eval")
 def eval_cmd(
     data: str = typer.Argument(..., help=DATA_HELP),
-    detector: str = typer.Option("patchcore", help="Detector name: patchcore, padim or mutual."),
+    detector: str = typer.Option("patchcore", help="Detector name (see 'vlm-ad detectors')."),
     backbone: str = typer.Option("efficientnet-lite0", help="Backbone name (see 'vlm-ad backbones')."),
     shots: int = typer.Option(None, help=SHOTS_HELP),
     seed: int = typer.Option(0, help="Seed for drawing shots (and the textile split)."),
@@ -257,6 +270,7 @@ def eval_cmd(
 # --- command modules ---
 import vlm_ad.cli_explain  # noqa: E402,F401,I001  (chat, report)
 import vlm_ad.cli_adapt  # noqa: E402,F401,I001  (library, adapt)
+import vlm_ad.cli_video  # noqa: E402,F401,I001  (video fit, detect, eval)
 # --- end of command modules ---
 
 

@@ -1,0 +1,184 @@
+"""Video: synthetic clips (a square at normal speed, a fast one, one moving against the flow) through the cues,
+events and explanations, frame-folder and PyAV input with corrupt data, the CLI, and the real UCSD Ped2 data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlm_ad.errors import ConfigError, UnknownNameError
+from vlm_ad.video import VideoModel, create_cue, list_cues, open_clips
+
+PED2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucsd_ped2"
+H, W = 96, 128
+FAST = range(40, 60)  # frames of the test clip with the fast square
+
+
+def _frames(n: int, *, speed: float = 1.5, fast: range = range(0), fast_speed: float = 6.0, backwards: range = range(0),
+            seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    bg = (rng.integers(70, 110, size=(H, W))).astype(np.float32)
+    out, x = [], 5.0
+    for t in range(n):
+        x += -speed if t in backwards else fast_speed if t in fast else speed
+        x = x % (W - 14)
+        im = bg + rng.normal(0, 2, size=(H, W))
+        im[50:62, int(x): int(x) + 12] = 220
+        out.append(np.clip(im, 0, 255).astype(np.uint8))
+    return out
+
+
+def _write_clip(folder: Path, frames: list[np.ndarray]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).convert("RGB").save(folder / f"{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("toyvideo")
+    for k in range(4):
+        _write_clip(root / "train" / f"Train{k:03d}", _frames(50, seed=k))
+    _write_clip(root / "test" / "Test001", _frames(80, fast=FAST, seed=9))
+    rows = ["clip,frame,anomalous"] + [f"Test001,{i},{int(i in FAST)}" for i in range(80)]
+    (root / "frame_labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fitted(toy: Path) -> VideoModel:
+    return VideoModel(cues=["motion", "objects"]).fit(open_clips(toy, "train"))
+
+
+def test_cue_registry():
+    assert list_cues() == ["appearance", "motion", "objects"]
+    assert create_cue("motion").name == "motion"
+    with pytest.raises(UnknownNameError, match="Valid names: appearance, motion, objects"):
+        create_cue("motoin")
+    with pytest.raises(ConfigError, match="allowed: appearance, motion, objects"):
+        VideoModel(cues=["sound"])
+
+
+def test_fast_square_becomes_an_explained_event(toy: Path, fitted: VideoModel):
+    res = fitted.score_clip(open_clips(toy, "test")[0])
+    assert len(res.frames) == 80 and len(res.events) >= 1
+    ev = max(res.events, key=lambda e: e.peak_score)
+    assert FAST.start - 5 <= ev.peak <= FAST.stop + 5
+    assert ev.start <= FAST.stop and ev.end >= FAST.start
+    normal = [i for i in range(5, 80) if i not in range(FAST.start - 8, FAST.stop + 8)]
+    assert res.normed["motion"][list(FAST)].mean() > res.normed["motion"][normal].mean() + 1
+    assert res.normed["objects"][list(FAST)].mean() > res.normed["objects"][normal].mean() + 1
+    text = ev.explanation.summary
+    assert ev.explanation.verdict == "anomalous" and f"Frames {ev.start}-{ev.end}" in text
+    assert any("px/frame" in s.text and "O1" in s.evidence for s in ev.explanation.steps)
+    assert any("move at" in r for r in ev.rules)
+    box = ev.track[ev.peak - ev.start]["box"]
+    assert box[1] <= 62 and box[3] >= 50  # the cited region holds the square's rows
+
+
+def test_against_the_flow_breaks_the_direction_rule(toy: Path, fitted: VideoModel, tmp_path: Path):
+    clip = open_clips(_write_clip(tmp_path / "Back", _frames(60, backwards=range(30, 45), seed=5)))[0]
+    res = fitted.score_clip(clip)
+    objs = [o for d in res.details[32:45] for o in d["objects"]["objects"]]
+    assert any("heading left" in b for o in objs for b in o["broken"])
+    assert res.raw["motion"][32:45].mean() > res.raw["motion"][5:25].mean()
+
+
+def test_save_load_round_trip(toy: Path, fitted: VideoModel, tmp_path: Path):
+    fitted.save(tmp_path / "m")
+    loaded = VideoModel.load(tmp_path / "m")
+    clip = open_clips(toy, "test")[0]
+    a, b = fitted.score_clip(clip), loaded.score_clip(clip)
+    np.testing.assert_allclose(a.smoothed, b.smoothed, atol=1e-5)
+    assert loaded.cues["objects"].rules_text() == fitted.cues["objects"].rules_text()
+
+
+def test_corrupt_frame_is_reported_and_skipped(fitted: VideoModel, tmp_path: Path):
+    folder = _write_clip(tmp_path / "Broken", _frames(20, seed=3))
+    (folder / "007.png").write_bytes(b"not a png")
+    clip = open_clips(folder)[0]
+    res = fitted.score_clip(clip)
+    assert 7 not in res.frames.tolist() and len(res.frames) == 19
+    assert any("007.png" in p and "skipped" in p for p in res.problems)
+
+
+def _write_video(path: Path, frames: list[np.ndarray]) -> Path:
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.stack([f] * 3, -1), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def test_video_file_round_trip_and_truncation(fitted: VideoModel, tmp_path: Path):
+    path = _write_video(tmp_path / "clip.avi", _frames(30, seed=4))
+    clip = open_clips(path)[0]
+    frames = list(clip.frames())
+    assert len(frames) == 30 and frames[0].image.shape == (H, W, 3)
+    assert fitted.score_clip(clip).frames.tolist() == list(range(30))
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    part = list(open_clips(cut)[0].frames())
+    assert len(part) < 30
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00" * 100)
+    clip = open_clips(junk)[0]
+    assert list(clip.frames()) == [] and "unreadable video" in clip.problems[0]
+
+
+@pytest.mark.slow  # loads EfficientNet-Lite0: ~15 s on an idle 2-core machine
+def test_appearance_cue_reuses_patchcore(toy: Path):
+    opts = {"image_size": 64, "sample_every": 25, "stride": 20}  # few backbone calls: the CPUs are shared
+    model = VideoModel(cues=["appearance"], cue_options={"appearance": opts})
+    model.fit(open_clips(toy, "train")[:2])
+    res = model.score_clip(open_clips(toy, "test")[0])
+    assert type(model.cues["appearance"].detector_).__name__ == "PatchCore"
+    assert res.maps.shape == (80, H // 16, W // 16) and np.isfinite(res.smoothed).all()
+
+
+def test_cli_fit_detect_eval(toy: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from vlm_ad.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["video", "fit", str(toy), "--out", str(tmp_path / "m"), "--cues", "motion,objects"])
+    assert r.exit_code == 0, r.output
+    assert "rule: objects" in r.output
+    r = runner.invoke(app, ["video", "detect", "--model", str(tmp_path / "m"), str(toy / "test"), "--out",
+                            str(tmp_path / "o"), "--gif-stride", "4"])
+    assert r.exit_code == 0, r.output
+    events = json.loads((tmp_path / "o" / "events.json").read_text())["events"]
+    assert events and events[0]["explanation"]["verdict"] == "anomalous"
+    assert (tmp_path / "o" / "Test001.gif").stat().st_size > 0
+    assert (tmp_path / "o" / "Test001_scores.csv").read_text().startswith("frame,score,fused")
+    r = runner.invoke(app, ["video", "eval", str(toy), "--model", str(tmp_path / "m"), "--json",
+                            str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "r.json").read_text())
+    assert rec["frame_auroc_micro"] > 0.8 and rec["pixel_auroc"] is None
+
+
+@pytest.mark.realdata
+def test_ped2_layout_reads():
+    if not PED2.exists():
+        pytest.skip(f"UCSD Ped2 not found at {PED2} (the shared data folder is absent on this machine)")
+    from vlm_ad.video import load_frame_labels, load_mask
+
+    clips = open_clips(PED2, "train")
+    assert len(clips) == 16
+    first = next(iter(clips[0].frames()))
+    assert first.image.shape == (240, 360, 3)
+    labels = load_frame_labels(PED2 / "frame_labels.csv")
+    assert sum(labels["Test001"].values()) > 0 and load_mask(PED2, "Test001", 100).shape == (240, 360)

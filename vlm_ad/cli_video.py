@@ -1,0 +1,150 @@
+"""``vlm-ad video fit|detect|eval``: explained anomalous events in videos (registered on ``vlm_ad.cli.app``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import typer
+
+from vlm_ad.cli import _task, app, console, progress_bar
+
+video_app = typer.Typer(help="Video: fit on normal clips, detect explained anomalous events, evaluate.",
+                        no_args_is_help=True)
+app.add_typer(video_app, name="video")
+
+CUES_HELP = "Comma-separated cues: motion, objects, appearance (see vlm_ad.video.list_cues())."
+
+
+def _model_kw(cues: str, appearance_stride: int, appearance_frames: int) -> dict:
+    names = [c.strip() for c in cues.split(",") if c.strip()]
+    opts = {"appearance": {"stride": appearance_stride, "max_frames": appearance_frames}}
+    return {"cues": names, "cue_options": {k: v for k, v in opts.items() if k in names}}
+
+
+def _train_clips(train_dir: Path):
+    from vlm_ad.video import open_clips
+
+    return open_clips(train_dir, "train" if (train_dir / "train").is_dir() else None)
+
+
+def _fit(train_dir: Path, kw: dict):
+    from vlm_ad.video import VideoModel
+
+    clips = _train_clips(train_dir)
+    model = VideoModel(**kw)
+    with progress_bar() as progress:
+        model.fit(clips, progress=_task(progress, f"fitting on {len(clips)} normal clips", None))
+    for line in model.fit_problems_:
+        console.print(f"[yellow]skipped[/yellow] {line}", soft_wrap=True)
+    return model, clips
+
+
+@video_app.command("fit")
+def fit_cmd(
+    train_dir: Path = typer.Argument(..., help="Normal clips: a UCSD root (uses train/), a folder of clip "
+                                    "folders or video files, one frame folder or one video."),
+    out: Path = typer.Option(..., "--out", help="Folder to save the video model in."),
+    cues: str = typer.Option("motion,objects,appearance", help=CUES_HELP),
+    appearance_stride: int = typer.Option(1, min=1, help="Score every N-th frame with the appearance cue."),
+    appearance_frames: int = typer.Option(120, min=1, help="Normal frames in the appearance memory bank."),
+) -> None:
+    """Fit the cues on normal clips, normalise them on held-out normal clips, and save the model.
+
+    Example: vlm-ad video fit ../shared/data/ucsd_ped2 --out models/ped2
+    """
+    model, clips = _fit(train_dir, _model_kw(cues, appearance_stride, appearance_frames))
+    model.save(out)
+    console.print(f"fitted {', '.join(model.cues)} on {len(clips)} clips; event threshold {model.threshold_:.3f}; "
+                  f"saved to {out}/")
+    for rule in model.cues["objects"].rules_text() if "objects" in model.cues else []:
+        console.print(f"  rule: {rule}", soft_wrap=True)
+
+
+def _write_scores(res, path: Path) -> None:
+    from vlm_ad._cache import atomic_write_bytes
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["frame", "score", "fused", *[f"{n}_raw" for n in res.raw], *[f"{n}_norm" for n in res.normed]])
+    for i, f in enumerate(res.frames):
+        w.writerow([int(f), f"{res.smoothed[i]:.5f}", f"{res.fused[i]:.5f}",
+                    *[f"{v[i]:.5f}" for v in res.raw.values()], *[f"{v[i]:.5f}" for v in res.normed.values()]])
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+@video_app.command("detect")
+def detect_cmd(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="A video file, a frame folder or a folder of clips."),
+    model_dir: Path = typer.Option(..., "--model", help="A folder written by 'vlm-ad video fit'."),
+    out: Path = typer.Option(..., "--out", help="Output folder: <clip>_scores.csv, <clip>.gif, events.json."),
+    gif: bool = typer.Option(True, help="Write an annotated GIF per clip."),
+    gif_stride: int = typer.Option(1, min=1, help="Keep every N-th frame in the GIF."),
+) -> None:
+    """Score every frame, find anomalous events and explain them. Unreadable frames or clips are reported and
+    skipped; finished clips are always written."""
+    from vlm_ad._cache import atomic_write_bytes
+    from vlm_ad.errors import VlmAdError
+    from vlm_ad.video import VideoModel, open_clips
+    from vlm_ad.video.render import write_gif
+
+    model = VideoModel.load(model_dir)
+    clips = open_clips(input_path)
+    out.mkdir(parents=True, exist_ok=True)
+    events, failed = [], []
+    for clip in clips:
+        try:
+            with progress_bar() as progress:
+                res = model.score_clip(clip, progress=_task(progress, f"scoring {clip.name}", None))
+        except VlmAdError as exc:
+            failed.append(f"{clip.name}: {exc}")
+            continue
+        _write_scores(res, out / f"{clip.name}_scores.csv")
+        if gif:
+            write_gif(model, res, clip, out / f"{clip.name}.gif", stride=gif_stride)
+        events += [e.to_dict() for e in res.events]
+        failed += res.problems
+        for e in res.events:
+            console.print(f"[red]event[/red] {clip.name} {e.explanation.summary}", soft_wrap=True)
+        console.print(f"{clip.name}: {len(res.frames)} frames, {len(res.events)} events, "
+                      f"{len(res.frames) / max(res.seconds, 1e-9):.1f} frames/s")
+    record = {"model": str(model_dir), "threshold": model.threshold_, "events": events, "skipped": failed}
+    atomic_write_bytes(out / "events.json", json.dumps(record, indent=2).encode())
+    for line in failed:
+        console.print(f"[yellow]skipped[/yellow] {line}", soft_wrap=True)
+    console.print(f"wrote {len(events)} events to {out}/events.json")
+
+
+@video_app.command("eval")
+def eval_cmd(
+    data: Path = typer.Argument(..., help="A UCSD-layout root: train/, test/, frame_labels.csv, ground_truth/."),
+    json_out: Path = typer.Option(None, "--json", help="Write the metrics to this JSON file."),
+    model_dir: Path = typer.Option(None, "--model", help="Use this fitted model instead of fitting on DATA/train."),
+    cues: str = typer.Option("motion,objects,appearance", help=CUES_HELP),
+    appearance_stride: int = typer.Option(1, min=1, help="Score every N-th frame with the appearance cue."),
+    appearance_frames: int = typer.Option(120, min=1, help="Normal frames in the appearance memory bank."),
+) -> None:
+    """Fit on DATA/train (or load --model), score DATA/test: frame AUROC micro and macro (fused and per cue),
+    pixel AUROC on frames with masks, and the share of event frames whose cited region overlaps the mask."""
+    from vlm_ad._cache import atomic_write_bytes
+    from vlm_ad.video import VideoModel, load_frame_labels, open_clips
+    from vlm_ad.video.evaluate import evaluate_results
+
+    if model_dir:
+        model = VideoModel.load(model_dir)
+    else:
+        model, _ = _fit(data, _model_kw(cues, appearance_stride, appearance_frames))
+    labels_path = data / "frame_labels.csv"
+    labels = load_frame_labels(labels_path) if labels_path.exists() else {}
+    results = []
+    with progress_bar() as progress:
+        for clip in open_clips(data, "test"):
+            results.append(model.score_clip(clip, progress=_task(progress, f"scoring {clip.name}", None)))
+    record = {"data": str(data), "cues": list(model.cues), **evaluate_results(model, results, labels, data)}
+    for key, value in record.items():
+        console.print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    if json_out:
+        atomic_write_bytes(json_out, json.dumps(record, indent=2).encode())
+        console.print(f"metrics written to {json_out}")

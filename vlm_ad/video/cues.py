@@ -1,0 +1,443 @@
+"""The three video cues, each a registered component: ``create_cue(name, **kw)``, ``list_cues()``.
+
+Every cue follows one streaming contract. During fitting the model calls ``reset()`` at the start of each
+normal clip, ``observe(ctx)`` for each frame, then ``finish_fit()`` once. When scoring it calls ``reset()``
+per clip and ``step(ctx)`` per frame, which returns a :class:`CueStep`: a frame score (higher = more
+anomalous), a (gh, gw) map on the model's cell grid, and details an explanation can quote.
+
+Registered names:
+    appearance  PatchCore (the image detector, reused) on frames: patch distance to normal training frames
+    motion      dense optical flow (OpenCV Farneback): cell speed vs the per-location normal speed, and direction
+    objects     background subtraction (MOG2) -> blobs -> tracks; speed, size, direction, dwell vs readable rules
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlm_ad.errors import NotFittedError
+from vlm_ad.registry import Registry
+from vlm_ad.video.tracking import Tracker, blobs_from_mask, direction_bin, direction_words
+
+__all__ = ["CUES", "Cue", "CueStep", "FrameContext", "create_cue", "list_cues"]
+
+CUES: Registry[Cue] = Registry("cue")
+_SPEED_EDGES = np.array([0, .25, .5, .75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 3.5, 4, 5, 6, 8, 10, 15, 20, 1e9], np.float32)
+
+
+@dataclass
+class FrameContext:
+    """What every cue sees of one frame.
+
+    Attributes:
+        index: frame index in its clip.
+        rgb: (H, W, 3) uint8 full-resolution frame.
+        gray: (h, w) uint8 grayscale frame at ``scale`` (motion and objects work on it).
+        scale: gray size / full size.
+        grid: (gh, gw) cell grid shared by every cue's map.
+    """
+
+    index: int
+    rgb: np.ndarray
+    gray: np.ndarray
+    scale: float
+    grid: tuple[int, int]
+
+
+@dataclass
+class CueStep:
+    """One cue's output for one frame: ``score`` (float), ``map`` (gh, gw) float32, ``details`` (quotable facts)."""
+
+    score: float
+    map: np.ndarray
+    details: dict = field(default_factory=dict)
+
+
+def _cells(values: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Block-average a (h, w[, C]) array onto the (gh, gw) grid."""
+    import cv2
+
+    return cv2.resize(values.astype(np.float32), (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
+
+
+class Cue:
+    """Base class of the registered cues (see the module docstring for the contract)."""
+
+    name = "cue"
+
+    def reset(self) -> None:
+        """Start a new clip."""
+
+    def observe(self, ctx: FrameContext) -> None:
+        """Learn from one normal frame."""
+        raise NotImplementedError
+
+    def finish_fit(self) -> Cue:
+        """Summarise what was observed; returns self."""
+        return self
+
+    def step(self, ctx: FrameContext) -> CueStep:
+        """Score one frame."""
+        raise NotImplementedError
+
+    def state(self, directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
+        """JSON-able settings and learned arrays to save (``directory`` is for cues that save files)."""
+        raise NotImplementedError
+
+    def load_state(self, meta: dict, arrays: dict[str, np.ndarray], directory: Path) -> Cue:
+        """Restore what :meth:`state` returned; returns self."""
+        raise NotImplementedError
+
+    def _need_fit(self, fitted: bool) -> None:
+        if not fitted:
+            raise NotFittedError(f"the {self.name} cue is not fitted: fit the video model on normal clips first")
+
+
+# ------------------------------------------------------------------------------------------------------- motion
+class MotionCue(Cue):
+    """Optical-flow speed and direction per cell against per-location normal statistics.
+
+    Args:
+        quantile: the per-cell speed quantile of normal frames taken as "the fastest normal motion here".
+        prior: weight (in frames) of the whole-frame speed distribution mixed into each cell's own.
+        direction_weight: weight of the direction surprise, -log(8 p), added for moving cells.
+        moving: speed (px/frame, full resolution) above which a cell counts as moving.
+        top_k: the frame score is the mean of the ``top_k`` highest cell scores.
+    """
+
+    name = "motion"
+
+    def __init__(self, *, quantile: float = 0.995, prior: float = 50.0, direction_weight: float = 0.25,
+                 moving: float = 0.5, top_k: int = 3) -> None:
+        self.cfg = {"quantile": quantile, "prior": prior, "direction_weight": direction_weight, "moving": moving,
+                    "top_k": top_k}
+        self._prev: np.ndarray | None = None
+        self._speed_hist: np.ndarray | None = None
+        self._dir_hist: np.ndarray | None = None
+        self.max_speed_: np.ndarray | None = None  # (gh, gw) px/frame
+        self.dir_prob_: np.ndarray | None = None  # (gh, gw, 8)
+
+    def reset(self) -> None:
+        self._prev = None
+
+    def _flow(self, ctx: FrameContext) -> tuple[np.ndarray, np.ndarray] | None:
+        """(gh, gw) cell speed in full-resolution px/frame and (gh, gw, 2) cell mean flow, or None on frame 0."""
+        import cv2
+
+        prev, self._prev = self._prev, ctx.gray
+        if prev is None or prev.shape != ctx.gray.shape:
+            return None
+        flow = cv2.calcOpticalFlowFarneback(prev, ctx.gray, None, 0.5, 3, 15, 3, 5, 1.2, 0) / ctx.scale  # (h, w, 2)
+        speed = _cells(np.linalg.norm(flow, axis=2), ctx.grid)
+        return speed, _cells(flow, ctx.grid)
+
+    def observe(self, ctx: FrameContext) -> None:
+        out = self._flow(ctx)
+        if out is None:
+            return
+        speed, vec = out
+        gh, gw = ctx.grid
+        if self._speed_hist is None:
+            self._speed_hist = np.zeros((gh, gw, len(_SPEED_EDGES) - 1), np.float64)
+            self._dir_hist = np.zeros((gh, gw, 8), np.float64)
+        b = np.clip(np.searchsorted(_SPEED_EDGES, speed, side="right") - 1, 0, len(_SPEED_EDGES) - 2)
+        np.add.at(self._speed_hist, (*np.indices((gh, gw)), b), 1)
+        moving = speed > self.cfg["moving"]
+        d = (np.round(np.arctan2(vec[..., 1], vec[..., 0]) / (np.pi / 4)).astype(int)) % 8
+        rows, cols = np.nonzero(moving)
+        np.add.at(self._dir_hist, (rows, cols, d[rows, cols]), 1)
+
+    def finish_fit(self) -> MotionCue:
+        from scipy.ndimage import maximum_filter
+
+        if self._speed_hist is None:
+            raise NotFittedError("the motion cue saw no frame pairs: give it clips of at least two frames")
+        h = self._speed_hist
+        whole = h.sum(axis=(0, 1))
+        h = h + self.cfg["prior"] * whole / whole.sum()
+        cdf = np.cumsum(h, axis=2) / h.sum(axis=2, keepdims=True)
+        idx = np.argmax(cdf >= self.cfg["quantile"], axis=2)
+        upper = _SPEED_EDGES[np.minimum(idx + 1, len(_SPEED_EDGES) - 2)]
+        self.max_speed_ = np.maximum(maximum_filter(upper, size=3), 0.5).astype(np.float32)
+        d = self._dir_hist
+        whole_d = d.sum(axis=(0, 1)) + 1.0
+        d = d + 8.0 * whole_d / whole_d.sum()
+        self.dir_prob_ = (d / d.sum(axis=2, keepdims=True)).astype(np.float32)
+        return self
+
+    def step(self, ctx: FrameContext) -> CueStep:
+        self._need_fit(self.max_speed_ is not None)
+        out = self._flow(ctx)
+        if out is None:
+            return CueStep(0.0, np.zeros(ctx.grid, np.float32))
+        speed, vec = out
+        ratio = speed / self.max_speed_
+        d = (np.round(np.arctan2(vec[..., 1], vec[..., 0]) / (np.pi / 4)).astype(int)) % 8
+        p = np.take_along_axis(self.dir_prob_, d[..., None], axis=2)[..., 0]
+        surprise = np.maximum(0.0, -np.log(8 * p)) * (speed > self.cfg["moving"])
+        cell = (ratio + self.cfg["direction_weight"] * surprise).astype(np.float32)
+        k = min(self.cfg["top_k"], cell.size)
+        score = float(np.sort(cell, axis=None)[-k:].mean())
+        r, c = np.unravel_index(int(np.argmax(cell)), cell.shape)
+        details = {"cell": [int(r), int(c)], "speed": round(float(speed[r, c]), 2),
+                   "normal_max_speed": round(float(self.max_speed_[r, c]), 2),
+                   "ratio": round(float(ratio[r, c]), 2), "direction": direction_words(tuple(vec[r, c])),
+                   "direction_probability": round(float(p[r, c]), 3)}
+        return CueStep(score, cell, details)
+
+    def state(self, directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
+        self._need_fit(self.max_speed_ is not None)
+        return dict(self.cfg), {"max_speed": self.max_speed_, "dir_prob": self.dir_prob_}
+
+    def load_state(self, meta: dict, arrays: dict[str, np.ndarray], directory: Path) -> MotionCue:
+        self.cfg.update(meta)
+        self.max_speed_, self.dir_prob_ = arrays["max_speed"], arrays["dir_prob"]
+        return self
+
+
+# ------------------------------------------------------------------------------------------------------ objects
+class ObjectsCue(Cue):
+    """Background subtraction -> blobs -> tracks; each object's attributes against rules learned on normal clips.
+
+    Args:
+        min_area: smallest blob kept, in pixels of the working (scaled) frame.
+        var_threshold: MOG2 variance threshold.
+        min_samples: observations a zone needs for its own rule (else the whole-frame rule applies).
+        quantiles: (low, high) quantiles of normal attributes that bound a rule's range.
+        learning_rate: MOG2 learning rate after the start from the learned empty scene.
+        warmup: frames at the start of each normal clip not used for rules (the subtractor is still learning).
+    """
+
+    name = "objects"
+
+    def __init__(self, *, min_area: int = 12, var_threshold: float = 25.0, min_samples: int = 30,
+                 quantiles: tuple[float, float] = (0.01, 0.99), learning_rate: float = 0.002,
+                 warmup: int = 10) -> None:
+        self.cfg = {"min_area": min_area, "var_threshold": var_threshold, "min_samples": min_samples,
+                    "quantiles": list(quantiles), "learning_rate": learning_rate, "warmup": warmup}
+        self._bg_samples: list[np.ndarray] = []
+        self._obs: list[tuple[str, float | None, float, int | None]] = []
+        self._dwell: list[int] = []
+        self._n = 0
+        self.background_: np.ndarray | None = None
+        self.rules_: dict[str, dict] | None = None
+        self._mog = None
+        self._tracker: Tracker | None = None
+        self._shape: tuple[int, int] = (0, 0)
+
+    def reset(self) -> None:
+        import cv2
+
+        if self._tracker is not None and self.rules_ is None:
+            self._dwell += [t.frames[-1] - t.frames[0] + 1 for t in self._tracker.tracks + self._tracker.finished
+                            if len(t.frames) >= 3]
+        self._mog = cv2.createBackgroundSubtractorMOG2(history=300, varThreshold=self.cfg["var_threshold"],
+                                                       detectShadows=False)
+        if self.background_ is not None:  # start from the learned empty scene, not from the first frame
+            for _ in range(3):
+                self._mog.apply(self.background_, learningRate=1.0 if _ == 0 else 0.5)
+        self._tracker = Tracker()
+
+    def _objects(self, ctx: FrameContext) -> list[dict]:
+        import cv2
+
+        if self._mog is None:
+            self.reset()
+        # once the empty scene is known, learn slowly so that slow or stopping objects are not absorbed
+        fg = self._mog.apply(ctx.gray, learningRate=-1 if self.background_ is None else self.cfg["learning_rate"])
+        fg = cv2.morphologyEx((fg > 127).astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+        fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+        blobs = blobs_from_mask(fg, scale=ctx.scale, min_area=self.cfg["min_area"])
+        self._shape = ctx.rgb.shape[:2]
+        return [t.attributes(self._shape) | {"_v": t.velocity()} for t in self._tracker.update(ctx.index, blobs)]
+
+    def observe(self, ctx: FrameContext) -> None:
+        self._n += 1
+        if self._n % 10 == 1 and len(self._bg_samples) < 300:
+            self._bg_samples.append(ctx.gray.copy())
+        objects = self._objects(ctx)
+        if ctx.index < self.cfg["warmup"]:
+            return
+        for o in objects:
+            d = None if o["_v"] is None or o["speed"] < 0.3 else direction_bin(o["_v"])
+            self._obs.append((o["zone"], o["speed"], o["size"], d))
+
+    def finish_fit(self) -> ObjectsCue:
+        self.reset()
+        if not self._bg_samples:
+            raise NotFittedError("the objects cue saw no frames: give it normal clips")
+        self.background_ = np.median(np.stack(self._bg_samples), axis=0).astype(np.uint8)
+        self.rules_ = {"all": self._rule(self._obs)}
+        for zone in sorted({o[0] for o in self._obs}):
+            obs = [o for o in self._obs if o[0] == zone]
+            if sum(o[1] is not None for o in obs) >= self.cfg["min_samples"]:
+                self.rules_[zone] = self._rule(obs)
+        self.rules_["all"]["dwell_max"] = int(max(self._dwell, default=0))
+        self._obs, self._bg_samples = [], []
+        return self
+
+    def _rule(self, obs: list) -> dict:
+        lo, hi = self.cfg["quantiles"]
+        speeds = np.array([o[1] for o in obs if o[1] is not None] or [0.0])
+        sizes = np.array([o[2] for o in obs] or [1.0])
+        dirs = np.bincount([o[3] for o in obs if o[3] is not None], minlength=8).astype(float)
+        share = dirs / max(1.0, dirs.sum())
+        return {"speed": [round(float(np.quantile(speeds, lo)), 2), round(float(np.quantile(speeds, hi)), 2)],
+                "size": [round(float(np.quantile(sizes, lo)), 1), round(float(np.quantile(sizes, hi)), 1)],
+                "directions": [direction_words((math.cos(b * math.pi / 4), math.sin(b * math.pi / 4)))
+                               for b in range(8) if share[b] >= 0.05],
+                "samples": len(obs)}
+
+    def rule_for(self, zone: str) -> tuple[str, dict]:
+        """The rule that applies in ``zone`` (its own, else the whole-frame one) and its name."""
+        self._need_fit(self.rules_ is not None)
+        return (zone, self.rules_[zone]) if zone in self.rules_ else ("all", self.rules_["all"])
+
+    def rules_text(self) -> list[str]:
+        """The normal ranges as readable rules, one sentence per zone."""
+        self._need_fit(self.rules_ is not None)
+        out = []
+        for zone, r in self.rules_.items():
+            where = "anywhere in the frame" if zone == "all" else f"in the {zone}"
+            heading = ", ".join(r["directions"]) or "nowhere in particular"
+            out.append(f"objects {where} move at {r['speed'][0]:.1f}-{r['speed'][1]:.1f} px/frame, heading "
+                       f"{heading}, {r['size'][0]:.0f}-{r['size'][1]:.0f} px in size ({r['samples']} observations)")
+        return out
+
+    def _judge(self, o: dict) -> tuple[float, list[str]]:
+        zone_name, r = self.rule_for(o["zone"])
+        where = "anywhere" if zone_name == "all" else f"in the {zone_name}"
+        scores, broken = [o["size"] / max(r["size"][1], 1.0)], []
+        if scores[0] > 1:
+            broken.append(f"size {o['size']:.0f} px > {r['size'][1]:.0f} px, the largest normal object {where}")
+        if o["speed"] is not None:
+            ratio = o["speed"] / max(r["speed"][1], 0.1)
+            scores.append(ratio)
+            if ratio > 1:
+                broken.append(f"speed {o['speed']:.2f} px/frame is {ratio:.1f}x the normal maximum "
+                              f"{r['speed'][1]:.2f} px/frame {where}")
+        if o["direction"] and r["directions"] and o["direction"] not in r["directions"]:
+            scores.append(max(scores) + 0.5)
+            broken.append(f"heading {o['direction']}, while normal objects {where} head {', '.join(r['directions'])}")
+        dwell_max = self.rules_["all"].get("dwell_max", 0)
+        if dwell_max and o["dwell"] > dwell_max:
+            broken.append(f"stays {o['dwell']} frames, longer than any normal object ({dwell_max})")
+        return float(max(scores)), broken
+
+    def step(self, ctx: FrameContext) -> CueStep:
+        self._need_fit(self.rules_ is not None)
+        grid = np.zeros(ctx.grid, np.float32)
+        objs = []
+        H, W = ctx.rgb.shape[:2]
+        for o in self._objects(ctx):
+            o.pop("_v")
+            o["score"], o["broken"] = self._judge(o)
+            o["score"] = round(o["score"], 3)
+            x0, y0, x1, y1 = o["box"]
+            gh, gw = ctx.grid
+            sl = (slice(y0 * gh // H, max(y0 * gh // H + 1, -(-y1 * gh // H))),
+                  slice(x0 * gw // W, max(x0 * gw // W + 1, -(-x1 * gw // W))))
+            grid[sl] = np.maximum(grid[sl], o["score"])
+            objs.append(o)
+        objs.sort(key=lambda o: -o["score"])
+        return CueStep(objs[0]["score"] if objs else 0.0, grid, {"objects": objs[:5]})
+
+    def state(self, directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
+        self._need_fit(self.rules_ is not None)
+        return dict(self.cfg) | {"rules": self.rules_}, {"background": self.background_}
+
+    def load_state(self, meta: dict, arrays: dict[str, np.ndarray], directory: Path) -> ObjectsCue:
+        self.rules_ = meta.pop("rules")
+        self.cfg.update(meta)
+        self.background_ = arrays["background"]
+        return self
+
+
+# --------------------------------------------------------------------------------------------------- appearance
+class AppearanceCue(Cue):
+    """The PatchCore image detector (``vlm_ad.detectors``, reused as is) on every ``stride``-th frame.
+
+    Args:
+        backbone: detector backbone name.
+        sample_every: fit on every ``sample_every``-th normal frame (the memory bank's subsample).
+        max_frames: at most this many normal frames in the memory bank.
+        stride: score every ``stride``-th frame; the frames between reuse the last score and map.
+        **detector_kw: passed to ``create_detector("patchcore", ...)`` (e.g. ``coreset``, ``image_size``).
+    """
+
+    name = "appearance"
+
+    def __init__(self, *, backbone: str = "efficientnet-lite0", sample_every: int = 10, max_frames: int = 120,
+                 stride: int = 1, **detector_kw: Any) -> None:
+        self.cfg = {"backbone": backbone, "sample_every": sample_every, "max_frames": max_frames, "stride": stride,
+                    "detector": {"coreset": 0.1, "image_size": 224} | detector_kw}
+        self._frames: list[np.ndarray] = []
+        self._n = 0
+        self._last: CueStep | None = None
+        self.detector_ = None
+
+    def reset(self) -> None:
+        self._last = None
+
+    def observe(self, ctx: FrameContext) -> None:
+        if self._n % self.cfg["sample_every"] == 0 and len(self._frames) < self.cfg["max_frames"]:
+            self._frames.append(ctx.rgb)
+        self._n += 1
+
+    def finish_fit(self) -> AppearanceCue:
+        from vlm_ad.detectors import create_detector
+
+        self.detector_ = create_detector("patchcore", backbone=self.cfg["backbone"], **self.cfg["detector"])
+        self.detector_.fit(self._frames)
+        self._frames = []
+        return self
+
+    def step(self, ctx: FrameContext) -> CueStep:
+        self._need_fit(self.detector_ is not None)
+        if self._last is not None and ctx.index % self.cfg["stride"] != 0:
+            return self._last
+        amap = self.detector_.predict([ctx.rgb])[0]
+        self._last = CueStep(amap.score, _cells(amap.map, ctx.grid), {"patch_distance": round(amap.score, 4)})
+        return self._last
+
+    def state(self, directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
+        self._need_fit(self.detector_ is not None)
+        self.detector_.save(directory / "appearance")
+        return dict(self.cfg), {}
+
+    def load_state(self, meta: dict, arrays: dict[str, np.ndarray], directory: Path) -> AppearanceCue:
+        from vlm_ad.detectors import load_detector
+
+        self.cfg.update(meta)
+        self.detector_ = load_detector(directory / "appearance")
+        return self
+
+
+@CUES.register("appearance", description="PatchCore patch distance to normal training frames (reused detector)")
+def _appearance(**kw: Any) -> Cue:
+    return AppearanceCue(**kw)
+
+
+@CUES.register("motion", description="optical-flow speed and direction per cell vs per-location normal statistics")
+def _motion(**kw: Any) -> Cue:
+    return MotionCue(**kw)
+
+
+@CUES.register("objects", description="tracked foreground objects: speed, size, direction, dwell vs normal rules")
+def _objects(**kw: Any) -> Cue:
+    return ObjectsCue(**kw)
+
+
+def create_cue(name: str, **kw: Any) -> Cue:
+    """Build the cue registered as ``name`` (``appearance``, ``motion``, ``objects``) with its settings."""
+    return CUES.create(name, **kw)
+
+
+def list_cues(pattern: str | None = None) -> list[str]:
+    """Registered cue names, optionally filtered by a shell-style pattern."""
+    return CUES.names(pattern)
