@@ -3,6 +3,7 @@ and a local transformers causal LM. Each raises :class:`BackendUnavailableError`
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,31 @@ def resolve_gguf(llm: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _no_weight_repacking():
+    """Load GGUF weights without llama.cpp's extra CPU buffer types (runtime weight repacking).
+
+    On CPUs with AMX (seen on this project's 2-core VMs), llama-cpp-python 0.3.36 segfaults in the first decode
+    when weights are repacked for AMX; plain buffers run correctly. ``Llama`` reads its model parameters from
+    ``llama_model_default_params()``, so the flag is switched off there for the duration of the load.
+    """
+    import llama_cpp.llama_cpp as lib
+
+    original = lib.llama_model_default_params
+
+    def params():
+        p = original()
+        if hasattr(p, "use_extra_bufts"):
+            p.use_extra_bufts = False
+        return p
+
+    lib.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = original
+
+
 class LlamaCppChat(BaseChatModel):
     """Chat completions from a local GGUF model through llama-cpp-python (greedy, seeded)."""
 
@@ -111,8 +137,9 @@ class LlamaCppChat(BaseChatModel):
     def model_post_init(self, __context: Any) -> None:
         llama_cpp = require("llama_cpp", "the llamacpp reasoner")
         try:
-            self._llm = llama_cpp.Llama(model_path=self.model_path, n_ctx=self.n_ctx, seed=self.seed, verbose=False,
-                                        n_threads=self.n_threads)
+            with _no_weight_repacking():
+                self._llm = llama_cpp.Llama(model_path=self.model_path, n_ctx=self.n_ctx, seed=self.seed,
+                                            verbose=False, n_threads=self.n_threads)
         except (ValueError, RuntimeError, OSError) as exc:
             raise BackendUnavailableError(f"llama.cpp could not load {self.model_path}: {exc}; check the file is a "
                                           "GGUF model") from exc
