@@ -4,7 +4,7 @@ Ideas: augmenting the few normal images (flips and 90-degree rotations: 8 views 
 neighbourhood (5x5 pooling instead of 3x3), a larger input (320 px), and DINOv2 features. Writes
 eval/results/fewshot.{jsonl,md}.
 
-    python eval/bench_fewshot.py [--shots 8] [--seeds 0 1 2]
+    python eval/bench_fewshot.py [--shots 8] [--seeds 0 1 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shots", type=int, default=8)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     train, test = open_data(DATA)
     out = RESULTS / "fewshot.jsonl"
     rows = []
