@@ -73,29 +73,8 @@ def _fmt(v):
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller synthetic set, no tile (a smoke run)")
-    ap.add_argument("--llm-subset", type=int, default=12, help="images explained by the LLM per dataset")
-    args = ap.parse_args()
-    minilm = MiniLM()
-    print("MiniLM:", "ok" if minilm.available else f"skipped ({minilm.why})", flush=True)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        per_type = 2 if args.quick else 4
-        synth = generate_dataset(Path(tmp) / "eval", sources=("brick", "gravel"), n_train=8, n_test_good=4,
-                                 n_test_per_type=per_type, image_size=256, seed=0)
-        lib_cats = generate_dataset(Path(tmp) / "lib", sources=("brick", "gravel"), n_train=1, n_test_good=0,
-                                    n_test_per_type=6, image_size=256, seed=1)
-        lib = _library(list(lib_cats.values()))
-        for cat, root in synth.items():
-            rows += _run(f"synthetic/{cat}", root, namer_lib=lib, held_out=set(), minilm=minilm,
-                         llm_subset=args.llm_subset, shots=8)
-    if TILE.is_dir() and not args.quick:
-        tile_lib = _library(TILE, exclude_per_type=10)
-        held = set(tile_lib.example_ids)  # labelled examples of the namer are not scored
-        rows += _run("magnetic_tile", TILE, namer_lib=tile_lib, held_out=held, minilm=minilm,
-                     llm_subset=args.llm_subset, shots=8)
+def write_results(rows: list[dict]) -> None:
+    """Write explanations.jsonl and explanations.md from ``rows`` (atomically)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(RESULTS / "explanations.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     cols = ("data", "reasoner", "namer", "n_images", *KEYS[:-4], "failures", "flagged")
@@ -104,6 +83,37 @@ def main() -> None:
     md += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
     atomic_write_bytes(RESULTS / "explanations.md", ("\n".join(md) + "\n").encode())
     print("\n".join(md))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller synthetic set, no tile (a smoke run)")
+    ap.add_argument("--llm-subset", type=int, default=12, help="images explained by the LLM per dataset")
+    ap.add_argument("--data", nargs="+", choices=("synthetic", "tile"), default=["synthetic", "tile"])
+    ap.add_argument("--append", action="store_true", help="keep the rows already in explanations.jsonl")
+    args = ap.parse_args()
+    minilm = MiniLM()
+    print("MiniLM:", "ok" if minilm.available else f"skipped ({minilm.why})", flush=True)
+    path = RESULTS / "explanations.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if args.append and path.is_file() else []
+    if "synthetic" in args.data:
+        with tempfile.TemporaryDirectory() as tmp:
+            per_type = 2 if args.quick else 4
+            synth = generate_dataset(Path(tmp) / "eval", sources=("brick", "gravel"), n_train=8, n_test_good=4,
+                                     n_test_per_type=per_type, image_size=256, seed=0)
+            lib_cats = generate_dataset(Path(tmp) / "lib", sources=("brick", "gravel"), n_train=1, n_test_good=0,
+                                        n_test_per_type=6, image_size=256, seed=1)
+            lib = _library(list(lib_cats.values()))
+            for cat, root in synth.items():
+                rows += _run(f"synthetic/{cat}", root, namer_lib=lib, held_out=set(), minilm=minilm,
+                             llm_subset=args.llm_subset, shots=8)
+                write_results(rows)  # after each dataset, so a cut run keeps what it finished
+    if "tile" in args.data and TILE.is_dir() and not args.quick:
+        tile_lib = _library(TILE, exclude_per_type=10)
+        held = set(tile_lib.example_ids)  # labelled examples of the namer are not scored
+        rows += _run("magnetic_tile", TILE, namer_lib=tile_lib, held_out=held, minilm=minilm,
+                     llm_subset=args.llm_subset, shots=8)
+    write_results(rows)
 
 
 if __name__ == "__main__":

@@ -51,13 +51,14 @@ def ours(train, test, ratio):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="data names to run (default: all configs)")
+    ap.add_argument("--configs", type=int, nargs="*", help="indices into CONFIGS to run (default: all)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for both implementations")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     shared = ROOT.parent / "shared" / "data" / "magnetic_tile"
     rows = []
-    for data, shots, ratio in CONFIGS:
-        if args.only and data not in args.only:
+    for i, (data, shots, ratio) in enumerate(CONFIGS):
+        if (args.only and data not in args.only) or (args.configs and i not in args.configs):
             continue
         path = "textile" if data == "textile" else shared
         train_ds, test_ds = open_data(path, textile_test=600, seed=0)
