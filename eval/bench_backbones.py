@@ -38,16 +38,19 @@ def time_backbone(name: str, size: int, batch: int, repeats: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     rows = [time_backbone(n, s, b, args.repeats)
             for n, s in (("efficientnet-lite0", 224), ("dinov2-s14", 224), ("dinov2-s14", 448))
             for b in (1, 8)]
     lines = ["| backbone | image size | batch | layers | median ms/image | IQR ms |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['backbone']} | {r['image_size']} | {r['batch']} | {', '.join(r['layers'])} | "
               f"{r['median_ms']:.1f} | {r['iqr_ms']:.1f} |" for r in rows]
-    text = ("# Backbone feature time\n\nProduced by `python eval/bench_backbones.py` (2 threads, CPU, torch "
-            f"2.14.1, {args.repeats} timed runs after a warm-up; random 224/448 px inputs, preprocessing included)."
+    text = ("# Backbone feature time\n\nProduced by `python eval/bench_backbones.py` "
+            f"(--repeats {args.repeats} --threads {args.threads}, CPU, torch "
+            "2.14.1, timed runs after a warm-up; random 224/448 px inputs, preprocessing included; "
+            "machine shared with other jobs while measured, so these are upper bounds)."
             "\n\n" + "\n".join(lines) + "\n")
     (RESULTS / "backbones.json").write_text(json.dumps(rows, indent=2))
     (RESULTS / "backbones.md").write_text(text)
