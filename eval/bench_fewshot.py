@@ -64,7 +64,9 @@ def main(argv=None) -> int:
             vals = [r[m] for r in g]
             cells.append(f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.3f}")
         lines.append(f"| {name} | {args.shots} | {','.join(str(r['seed']) for r in g)} | " + " | ".join(cells) + " |")
-    text = ("# Few-shot ideas (PatchCore, magnetic_tile)\n\nProduced by `python eval/bench_fewshot.py` "
+    seeds = " ".join(str(x) for x in args.seeds)
+    text = ("# Few-shot ideas (PatchCore, magnetic_tile)\n\nProduced by `python eval/bench_fewshot.py --shots "
+            f"{args.shots} --seeds {seeds} --threads {args.threads}` "
             f"({args.shots} shots drawn from train/good with each seed, full test split, coreset off).\n\n"
             + "\n".join(lines) + "\n")
     (RESULTS / "fewshot.md").write_text(text)
