@@ -62,7 +62,8 @@ def main(argv=None) -> int:
         cells = []
         for m in METRICS:
             vals = [r[m] for r in g]
-            cells.append(f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals) if len(vals) > 1 else 0:.3f}")
+            spread = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""  # one seed: no spread to show
+            cells.append(f"{statistics.mean(vals):.3f}{spread}")
         lines.append(f"| {name} | {args.shots} | {','.join(str(r['seed']) for r in g)} | " + " | ".join(cells) + " |")
     seeds = " ".join(str(x) for x in args.seeds)
     text = ("# Few-shot ideas (PatchCore, magnetic_tile)\n\nProduced by `python eval/bench_fewshot.py --shots "
