@@ -82,17 +82,25 @@ class PatchCore(Detector):
             hits.append([self.store_.hit(int(rows[i, j]), float(flat[j])) for j in top])
         return grids, hits
 
-    def leave_image_out_scores(self, emb: torch.Tensor, ids: list[str], k: int = 32) -> torch.Tensor:
-        """Patch scores of training images with every bank patch of the same image (any view) excluded.
+    def leave_image_out_scores(self, emb: torch.Tensor, ids: list[str], *, chunk: int = 512) -> torch.Tensor:
+        """Patch scores of training images against the bank without any patch of the same image (any view).
 
-        A patch whose ``k`` nearest bank rows all come from its own image gets NaN.
+        Exact: each image is searched against the bank rows of the *other* images (a plain k-NN with masking
+        fails here, since a patch's nearest rows are usually all its own pooled neighbours).
         """
         b, gh, gw, c = emb.shape
-        dist, rows = self.store_.search(emb.reshape(-1, c), k=k)
+        bank = self.store_.bank_
         bank_base = np.array([x.split(_VIEW)[0] for x in self.store_.image_ids])
-        own = torch.from_numpy(bank_base[self.store_.image_of(rows).numpy()] == np.repeat(ids, gh * gw)[:, None])
-        best = dist.masked_fill(own, float("inf")).min(dim=1).values
-        return best.masked_fill(torch.isinf(best), float("nan")).reshape(b, gh, gw)
+        row_base = bank_base[self.store_.tags_[:, 0].numpy()]
+        out = torch.full((b, gh * gw), float("nan"))
+        for i, image_id in enumerate(ids):
+            others = bank[torch.from_numpy(row_base != image_id)]
+            if len(others) == 0:
+                continue
+            q = emb[i].reshape(-1, c)
+            out[i] = torch.cat([torch.cdist(q[j : j + chunk], others).min(dim=1).values
+                                for j in range(0, len(q), chunk)])
+        return out.reshape(b, gh, gw)
 
     def _is_fitted(self) -> bool:
         return self.store_ is not None
