@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     text = ("# Backbone feature time\n\nProduced by `python eval/bench_backbones.py` "
             f"(--repeats {args.repeats} --threads {args.threads}, CPU, torch "
             "2.14.1, timed runs after a warm-up; random 224/448 px inputs, preprocessing included; "
-            "machine shared with other jobs while measured, so these are upper bounds)."
+            "check the machine was otherwise idle)."
             "\n\n" + "\n".join(lines) + "\n")
     (RESULTS / "backbones.json").write_text(json.dumps(rows, indent=2))
     (RESULTS / "backbones.md").write_text(text)
