@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -208,7 +207,3 @@ class ExemplarStore:
         store._set_bank(tensors["bank"], tensors["tags"])
         return store
 
-
-def stack_grids(grids: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stack (h, w, C) grids into (N, C) rows (helper for callers that build banks by hand)."""
-    return torch.cat([g.reshape(-1, g.shape[-1]) for g in grids])
