@@ -124,7 +124,12 @@ def _no_weight_repacking():
 
 
 class LlamaCppChat(BaseChatModel):
-    """Chat completions from a local GGUF model through llama-cpp-python (greedy, seeded)."""
+    """Chat completions from a local GGUF model through llama-cpp-python (greedy, seeded).
+
+    A ``json_schema`` keyword (passed by the explain step) makes llama.cpp decode under the grammar of that
+    schema, so even a small model returns well-formed JSON with valid evidence ids (``constrained=False`` turns
+    this off).
+    """
 
     model_path: str
     n_ctx: int = 4096
@@ -132,6 +137,7 @@ class LlamaCppChat(BaseChatModel):
     temperature: float = 0.0
     seed: int = 0
     n_threads: int | None = None
+    constrained: bool = True
     _llm: Any = PrivateAttr(default=None)
 
     def model_post_init(self, __context: Any) -> None:
@@ -150,8 +156,10 @@ class LlamaCppChat(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                   **kwargs: Any) -> ChatResult:
+        schema = kwargs.get("json_schema")
+        fmt = {"response_format": {"type": "json_object", "schema": schema}} if schema and self.constrained else {}
         out = self._llm.create_chat_completion(messages=to_openai_messages(messages), temperature=self.temperature,
-                                               max_tokens=self.max_tokens, stop=stop, seed=self.seed)
+                                               max_tokens=self.max_tokens, stop=stop, seed=self.seed, **fmt)
         return _result(out["choices"][0]["message"]["content"] or "")
 
 

@@ -13,7 +13,7 @@ from vlm_ad._deps import require
 from vlm_ad.errors import BackendUnavailableError, ConfigError, ExplanationError
 from vlm_ad.evidence import Evidence
 from vlm_ad.reasoning.base import Reasoner
-from vlm_ad.reasoning.schema import Explanation, check_grounding, parse_explanation
+from vlm_ad.reasoning.schema import Explanation, check_grounding, parse_explanation, reply_schema
 
 __all__ = ["ChatReasoner", "load_prompt", "prompts_dir"]
 
@@ -64,9 +64,9 @@ class ChatReasoner(Reasoner):
         self.chat_model, self.name = chat_model, name
         self.max_retries, self.on_ungrounded = max_retries, on_ungrounded
 
-    def _invoke(self, messages: list) -> str:
+    def _invoke(self, messages: list, **kwargs: Any) -> str:
         try:
-            reply = self.chat_model.invoke(messages)
+            reply = self.chat_model.invoke(messages, **kwargs)
         except BackendUnavailableError:
             raise
         except (ConnectionError, TimeoutError, OSError) as exc:
@@ -83,7 +83,8 @@ class ChatReasoner(Reasoner):
                     HumanMessage(p["human"].format(evidence=json.dumps(evidence.to_json()), example=p["example"]))]
         raw, problems = "", []
         for _ in range(1 + self.max_retries):
-            raw = self._invoke(messages)
+            # backends that decode under a grammar (llama.cpp) take the schema; the others ignore it
+            raw = self._invoke(messages, json_schema=reply_schema(evidence))
             try:
                 expl = parse_explanation(raw)
             except ValueError as exc:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from vlm_ad.evidence import Evidence
 
-__all__ = ["Explanation", "Step", "check_grounding", "parse_explanation", "repair_json"]
+__all__ = ["Explanation", "Step", "check_grounding", "parse_explanation", "reply_schema", "repair_json"]
 
 
 class Step(BaseModel):
@@ -49,6 +49,42 @@ class Explanation(BaseModel):
         if not isinstance(v, list):
             return v
         return [f"R{m.group(1)}" if (m := re.search(r"(\d+)", str(x))) else str(x) for x in v]
+
+
+def reply_schema(evidence: Evidence | None = None) -> dict:
+    """The JSON schema an LLM reply must follow (the :class:`Explanation` fields a model writes).
+
+    With ``evidence``, the schema only admits what the evidence holds: cited ids among its ids, the location among
+    its regions' location words, the defect type among its namer's names (free text when no namer ran). A backend
+    that decodes under a grammar (llama.cpp) then cannot cite evidence that does not exist. Numbers quoted in the
+    text are still checked afterwards by :func:`check_grounding`.
+    """
+    def one_of(values, *, nullable=True):
+        values = sorted(set(values))
+        if not values:
+            return {"type": ["string", "null"]} if nullable else {"type": "string"}
+        return {"enum": [*values, None]} if nullable else {"type": "string", "enum": values}
+
+    ids = sorted(evidence.ids) if evidence else []
+    regions = [r.id for r in evidence.regions] if evidence else []
+    text = {"type": "string", "minLength": 1, "maxLength": 400}
+    return {
+        "type": "object",
+        "properties": {
+            "verdict": {"type": "string", "enum": ["normal", "anomalous"]},
+            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+            "defect_type": one_of([r.defect.name for r in evidence.regions if r.defect] if evidence else []),
+            "location": one_of([r.location for r in evidence.regions] if evidence else []),
+            "cited_regions": {"type": "array", "items": one_of(regions, nullable=False),
+                              "maxItems": len(regions) if evidence else 8},
+            "steps": {"type": "array", "minItems": 1, "maxItems": 6,
+                      "items": {"type": "object", "required": ["text", "evidence"],
+                                "properties": {"text": text, "evidence": {"type": "array", "maxItems": 4,
+                                                                          "items": one_of(ids, nullable=False)}}}},
+            "summary": text,
+        },
+        "required": ["verdict", "confidence", "defect_type", "location", "cited_regions", "steps", "summary"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- repair
