@@ -156,3 +156,14 @@ def test_cli_adapt_writes_an_adapter(tmp_path):
     assert r.exit_code == 0, r.output
     net, head, cfg = load_adapter(out)
     assert cfg.lora_blocks == (7,) and cfg.image_size == 56
+    # the adapter then drives 'vlm-ad eval --detector adapted --adapter DIR'; --adapter with another detector fails
+    r = CliRunner().invoke(app, ["eval", str(root), "--detector", "adapted", "--backbone", "dinov2-s14",
+                                 "--adapter", str(out), "--shots", "2", "--json", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["detector"] == "adapted" and 0.0 <= m["image_auroc"] <= 1.0
+    r = CliRunner().invoke(app, ["eval", str(root), "--adapter", str(out), "--shots", "2"])
+    assert isinstance(r.exception, ConfigError) and "--detector adapted" in str(r.exception)
+    r = CliRunner().invoke(app, ["eval", str(root), "--detector", "adapted", "--adapter", str(tmp_path),
+                                 "--shots", "2"])
+    assert isinstance(r.exception, ConfigError) and "not an adapter folder" in str(r.exception)

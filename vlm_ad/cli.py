@@ -139,6 +139,25 @@ def _parse_kv(options: list[str]) -> dict:
     return out
 
 
+ADAPTER_HELP = ("With --detector adapted: an adapter folder written by 'vlm-ad adapt' "
+                "(e.g. adapters/magnetic_tile-dinov2).")
+
+
+def _detector_options(option: list[str], detector: str, adapter: Path | None) -> dict:
+    """``--option`` pairs plus ``--adapter`` (only meaningful for the ``adapted`` detector)."""
+    from vlm_ad.errors import ConfigError
+
+    kw = _parse_kv(option)
+    if adapter is not None:
+        if detector != "adapted":
+            raise ConfigError(f"--adapter is for --detector adapted, not {detector!r}")
+        if not (adapter / "adapter_config.json").is_file():
+            raise ConfigError(f"{adapter} is not an adapter folder (no adapter_config.json); create one with "
+                              "'vlm-ad adapt DATA --out DIR'")
+        kw["adapter"] = str(adapter)
+    return kw
+
+
 @app.command()
 def fit(
     data: str = typer.Argument(..., help=DATA_HELP),
@@ -148,10 +167,13 @@ def fit(
     shots: int = typer.Option(None, help=SHOTS_HELP),
     seed: int = typer.Option(0, help="Seed for drawing shots and for the coreset."),
     option: list[str] = typer.Option([], "--option", "-o", help="Detector option KEY=VALUE, e.g. -o coreset=0.05."),
+    adapter: Path = typer.Option(None, "--adapter", help=ADAPTER_HELP),
 ) -> None:
     """Fit a detector on the normal training images of DATA and save it to --out.
 
     Example: vlm-ad fit ../shared/data/magnetic_tile --shots 8 --out models/tile-8shot
+
+    With an adapter: vlm-ad fit DATA --detector adapted --backbone dinov2-s14 --adapter adapters/NAME --out DIR
     """
     from vlm_ad.pipeline import fit_detector, open_data, select_shots
 
@@ -159,7 +181,8 @@ def fit(
     n = len(select_shots(train, shots, seed))
     with progress_bar() as progress:
         det, seconds = fit_detector(train, detector=detector, backbone=backbone, shots=shots, seed=seed,
-                                    progress=_task(progress, "embedding normal images", n), **_parse_kv(option))
+                                    progress=_task(progress, "embedding normal images", n),
+                                    **_detector_options(option, detector, adapter))
     det.save(out)
     console.print(f"fitted {detector} ({backbone}) on {n} normal images in {seconds:.1f} s; "
                   f"threshold {det.threshold_}; saved to {out}/")
@@ -220,6 +243,7 @@ def eval_cmd(
     json_out: Path = typer.Option(None, "--json", help="Write the metrics to this JSON file."),
     textile_test: int = typer.Option(None, help="With DATA=textile: balanced test subsample size."),
     option: list[str] = typer.Option([], "--option", "-o", help="Detector option KEY=VALUE, e.g. -o coreset=0.05."),
+    adapter: Path = typer.Option(None, "--adapter", help=ADAPTER_HELP),
     explanations: bool = typer.Option(False, "--explanations", help="Also explain every test image and score the "
                                       "explanations (cited regions vs masks, text vs references)."),
     reasoner: str = typer.Option("grounded", "--reasoner", help="With --explanations: grounded, llamacpp, openai, hf."),
@@ -243,7 +267,8 @@ def eval_cmd(
     n = len(select_shots(train, shots, seed))
     with progress_bar() as progress:
         det, fit_seconds = fit_detector(train, detector=detector, backbone=backbone, shots=shots, seed=seed,
-                                        progress=_task(progress, "fit", n), **_parse_kv(option))
+                                        progress=_task(progress, "fit", n),
+                                        **_detector_options(option, detector, adapter))
         res = evaluate_detector(det, test, progress=_task(progress, "test", len(test)))
     record = {"data": str(data), "detector": detector, "backbone": backbone, "shots": "all" if shots is None else shots,
               "n_train": n, "seed": seed, "fit_seconds": fit_seconds, **res.metrics}

@@ -108,7 +108,7 @@ def adapt(
 ) -> None:
     """Train a per-category LoRA adapter (DINOv2 + cosine head) on DATA's normal images against synthetic defects.
 
-    Use it with: vlm-ad eval DATA --detector adapted --backbone dinov2-s14 -o adapter=OUT
+    Use it with: vlm-ad eval DATA --detector adapted --backbone dinov2-s14 --adapter OUT
     """
     from vlm_ad.adapt import AdaptConfig, train_adapter
     from vlm_ad.pipeline import open_data, select_shots
