@@ -70,7 +70,7 @@ def pixel_rows(name, train, test, labels, masks, args):
     """Fit a pixel-space autoencoder on a subsample; rows for its map and (not cavga) its Grad-CAM map."""
     idx = list(range(len(train)))
     det = create_detector(name, image_size=args.pixel_size, seed=args.seed, max_seconds=args.train_seconds,
-                          epochs=args.epochs, patience=4)
+                          epochs=args.epochs, patience=args.patience)
     _, fit_s = timed(lambda: det.fit([train[i] for i in idx]))
     maps, pred_s = timed(lambda: det.predict(test))
     base = {"backbone": "pixels", "image_size": args.pixel_size, "shots": len(idx), "n_train": len(idx),
@@ -94,7 +94,8 @@ def feature_rows(name, train, test, labels, masks, args, cache):
         cache["train"], _ = timed(lambda: net.extract(train, batch_size=16).layers)
         cache["test"], secs = timed(lambda: net.extract(test, batch_size=16).layers)
         cache["ms"] = 1000 * secs / len(test)
-    train_kw = {"max_seconds": args.train_seconds, "epochs": args.epochs} if name == "feature-ae" else {}
+    train_kw = ({"max_seconds": args.train_seconds, "epochs": args.epochs, "patience": args.patience}
+                if name == "feature-ae" else {})
     det = create_detector(name, backbone=BACKBONE, seed=args.seed, **train_kw)
     ids = [str(i) for i in range(len(train))]
     _, fit_s = timed(lambda: det.fit_layers(cache["train"], ids))
@@ -138,12 +139,12 @@ KEYS = ("image_auroc", "pixel_auroc", "aupro", "iou", "pointing_game", "fit_seco
 def write_table(path: Path) -> None:
     """families.md: one line per row, with the data/split/backbone/shots/seed beside every number."""
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    head = "| data | split | detector | map | backbone | shots | seed | " + " | ".join(KEYS) + " |"
-    lines = [head, "|" + " --- |" * (7 + len(KEYS))]
+    head = "| data | split | detector | map | backbone | shots | seed | " + " | ".join(KEYS) + " | trained on |"
+    lines = [head, "|" + " --- |" * (8 + len(KEYS))]
     for r in rows:
         vals = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "-")) for k in KEYS]
         lines.append(f"| {r['data']} | {r['split']} | {r['detector']} | {r['map']} | {r['backbone']} "
-                     f"| {r['shots']} | {r['seed']} | " + " | ".join(vals) + " |")
+                     f"| {r['shots']} | {r['seed']} | " + " | ".join(vals) + f" | {r.get('train_device', '-')} |")
     md = path.with_suffix(".md")
     notes = md.read_text().split("<!-- table -->")[-1] if md.exists() and "<!-- table -->" in md.read_text() else ""
     md.write_text("# Method families (eval/bench_families.py)\n\n" + "\n".join(lines) + "\n\n<!-- table -->" + notes)
@@ -157,11 +158,17 @@ def main(argv=None) -> int:
     ap.add_argument("--train-seconds", type=float, default=60.0, help="time budget per trained model")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--pixel-size", type=int, default=128)
+    ap.add_argument("--patience", type=int, default=4, help="autoencoders: epochs without validation improvement")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-limit", type=int, default=None, help="seeded random subsample of the test split")
     ap.add_argument("--out", type=Path, default=RESULTS / "families.jsonl")
+    ap.add_argument("--tile-dir", type=Path, default=DATASETS["magnetic_tile"],
+                    help="the magnetic_tile folder (default ../shared/data/magnetic_tile)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    DATASETS["magnetic_tile"] = args.tile_dir
+    torch.set_num_threads(args.threads)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     done = set()
     if args.out.exists():
         done = {(r["data"], r["detector"]) for r in map(json.loads, args.out.read_text().splitlines())}
@@ -184,7 +191,8 @@ def main(argv=None) -> int:
             for r in rows:
                 split = f"train={len(train)} of {len(train_ds)} test={len(test)} of {n_test}"
                 r = {"data": data, "split": split, "seed": args.seed, **r,
-                     "peak_rss_mb": peak_rss_mb()}
+                     "peak_rss_mb": peak_rss_mb(), "train_device": device if name in (*PIXEL, "feature-ae") else "-",
+                     "cpu_threads": args.threads}
                 with args.out.open("a") as fh:
                     fh.write(json.dumps(r) + "\n")
                 print(f"{data} {name} {r['map']}: img {r['image_auroc']:.3f} pix {r.get('pixel_auroc')} "
