@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vlm_ad.detectors import create_detector, list_detectors
-from vlm_ad.errors import DataError, NotFittedError, UnknownNameError
+from vlm_ad.errors import ConfigError, DataError, NotFittedError, UnknownNameError
 from vlm_ad.retrieval import ExemplarStore, greedy_coreset
 
 pytest.importorskip("faiss", reason="faiss-cpu (vlm-ad[retrieval]) is needed for the detectors")
@@ -111,3 +111,33 @@ def test_store_search_save_load(tmp_path):
         ExemplarStore.load(tmp_path / "nope")
     with pytest.raises(NotFittedError):
         ExemplarStore().search(torch.zeros(1, 8))
+
+
+def test_approximate_indexes_agree_with_exact_and_auto_switches(tmp_path):
+    import faiss
+
+    from vlm_ad.retrieval import AUTO_EXACT_ROWS
+
+    gen = torch.Generator().manual_seed(0)
+    # a clustered bank (as patch features are) a little above the auto threshold, and queries near it
+    centres = torch.randn(64, 16, generator=gen) * 3
+    bank = centres[torch.randint(0, 64, (AUTO_EXACT_ROWS + 2000,), generator=gen)] + torch.randn(
+        AUTO_EXACT_ROWS + 2000, 16, generator=gen)
+    queries = bank[:500] + 0.3 * torch.randn(500, 16, generator=gen)
+    exact = ExemplarStore(index="exact")
+    exact.add("a", bank[None])
+    ref = exact.build().search(queries)[0][:, 0]
+    for kind in ("hnsw", "ivf", "auto"):
+        store = ExemplarStore(index=kind)
+        store.add("a", bank[None])
+        d = store.build().search(queries)[0][:, 0]
+        assert (d >= ref - 1e-4).all()  # an approximate search never finds a closer row than the exact one
+        assert float(((d - ref) / ref).mean()) < 0.05, kind
+    assert isinstance(store._index, faiss.IndexHNSWFlat) and store._index.hnsw.efSearch == 32
+    small = ExemplarStore(index="auto")
+    small.add("a", bank[None, :5000])
+    assert isinstance(small.build()._index, faiss.IndexFlatL2)
+    store.save(tmp_path)
+    assert isinstance(ExemplarStore.load(tmp_path)._index, faiss.IndexHNSWFlat)
+    with pytest.raises(ConfigError, match="ef_search"):
+        ExemplarStore(ef_search=0)

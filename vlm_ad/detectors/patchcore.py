@@ -27,7 +27,8 @@ class PatchCore(Detector):
     Args:
         backbone: backbone name or instance.
         coreset: fraction of normal patches kept (default 0.1; 1.0 keeps all, best for few-shot).
-        index: faiss index kind: ``"exact"``, ``"ivf"`` or ``"hnsw"``.
+        index: faiss index kind: ``"auto"`` (default: exact up to 16,384 bank rows, HNSW above - full-shot banks),
+            ``"exact"``, ``"ivf"`` or ``"hnsw"`` (see :class:`~vlm_ad.retrieval.ExemplarStore`).
         n_hits: retrieval hits kept per image (its most anomalous patches).
         augment: few-shot augmentation of the normal images: ``"none"`` or ``"flips"`` (flips and 90-degree
             rotations, 8 views per image) - only sensible for textures without a canonical orientation.
@@ -41,7 +42,7 @@ class PatchCore(Detector):
 
     name = "patchcore"
 
-    def __init__(self, backbone="efficientnet-lite0", *, coreset: float = 0.1, index: str = "exact",
+    def __init__(self, backbone="efficientnet-lite0", *, coreset: float = 0.1, index: str = "auto",
                  n_hits: int = 5, augment: str = "none", seed: int = 0, normalize: bool | None = None,
                  **hyper: Any) -> None:
         if augment not in ("none", "flips"):
