@@ -58,7 +58,7 @@ def metrics(name: str, maps, labels, masks, topk: float = 0.01) -> list[dict]:
             s = [float(m.map.max()) for m in maps]
         else:
             s = [float(np.sort(m.map.reshape(-1))[-max(1, int(topk * m.map.size)):].mean()) for m in maps]
-        res = evaluate(labels, s, masks=masks, maps=[m.map for m in maps])
+        res = evaluate(labels, s, masks=masks, maps=[m.map for m in maps] if masks is not None else None)
         rows.append({"method": name, "image_score": score, **res})
     return rows
 
@@ -106,23 +106,28 @@ def adapted_rows(train, shot_idx, samples, labels, masks, seed: int, n_adapt: in
 
 
 def markdown(rows: list[dict], args) -> str:
-    out = ["# Per-category adaptation on magnetic_tile", "",
-           f"Written by `python eval/bench_adapted.py {' '.join(sys.argv[1:])}` (rows of other seeds come from earlier "
-           "runs of the same script, kept in adapted.json). DINOv2-S blocks 5+7, 224 px; "
+    out = ["# Per-category adaptation (magnetic_tile, textile)", "",
+           f"Written by `python eval/bench_adapted.py {' '.join(sys.argv[1:])}` (rows of other seeds or data come from "
+           "earlier runs of the same script, kept in adapted.json; textile rows by `--data textile`, image labels "
+           "only, from its balanced 600-image test subsample). DINOv2-S blocks 5+7, 224 px; "
            f"test subsample: {args.per_type} per defect type + {args.good} good (seeded); 8 normal shots "
            f"(seed-drawn) for PatchCore and for the adapted detector's bank; adapter trained on {args.adapt_images} "
            "other normal images against synthetic defects only.", "",
-           "| seed | method | image score | image AUROC | pixel AUROC | AUPRO |",
-           "| --- | --- | --- | --- | --- | --- |"]
+           "| data | seed | method | image score | image AUROC | pixel AUROC | AUPRO |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
-        out.append(f"| {r['seed']} | {r['method']} | {r['image_score']} | {f(r['image_auroc'])} | "
+        out.append(f"| {r.get('data', 'magnetic_tile')} | {r['seed']} | {r['method']} | {r['image_score']} | "
+                   f"{f(r['image_auroc'])} | "
                    f"{f(r.get('pixel_auroc'))} | {f(r.get('aupro'))} |")
     return "\n".join(out) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", choices=("magnetic_tile", "textile"), default="magnetic_tile",
+                    help="magnetic_tile (../shared/data, masks) or the textile set (image labels only; its balanced "
+                         "600-image test subsample, then --per-type/--good per type)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--per-type", type=int, default=20)
     ap.add_argument("--good", type=int, default=40)
@@ -132,11 +137,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=AdaptConfig.steps_per_epoch)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    train, test = open_data(TILE)
+    train, test = open_data(TILE) if args.data == "magnetic_tile" else open_data("textile", textile_test=600)
     samples = [test[i] for i in subsample(test, args.per_type, args.good)]
-    labels, masks = [s.label for s in samples], [s.mask for s in samples]
-    old = RESULTS / "adapted.json"  # rows of other seeds from earlier runs are kept
-    rows = [r for r in json.loads(old.read_text()) if r["seed"] not in args.seeds] if old.is_file() else []
+    labels = [s.label for s in samples]
+    masks = [s.mask for s in samples] if test.has_masks else None
+    old = RESULTS / "adapted.json"  # rows of other seeds and other data from earlier runs are kept
+    rows = [r for r in json.loads(old.read_text()) if (r["seed"], r.get("data", "magnetic_tile")) not in
+            {(s, args.data) for s in args.seeds}] if old.is_file() else []
     for seed in args.seeds:
         shot_idx = sorted(train.sample_shots(8, seed=seed))
         seed_rows = frozen_rows(train, shot_idx, samples, labels, masks, seed)
@@ -146,9 +153,9 @@ def main() -> None:
                                     {"epochs": args.epochs, "steps_per_epoch": args.steps})
         seed_rows += ad_rows
         for r in seed_rows:
-            r.update(seed=seed, n_test=len(samples))
+            r.update(seed=seed, n_test=len(samples), data=args.data)
             print(f"seed {seed} {r['method']:24s} {r['image_score']:4s} img {r['image_auroc']:.3f} "
-                  f"pix {r['pixel_auroc']:.3f} pro {r['aupro']:.3f}", file=sys.stderr)
+                  f"pix {r.get('pixel_auroc')} pro {r.get('aupro')}", file=sys.stderr)
         rows += seed_rows
         if save is not None:
             fused = {r["image_score"]: r for r in ad_rows if r["method"] == "adapted (fused)"}
