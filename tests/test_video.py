@@ -76,6 +76,8 @@ def test_fast_square_becomes_an_explained_event(toy: Path, fitted: VideoModel):
     text = ev.explanation.summary
     assert ev.explanation.verdict == "anomalous" and f"Frames {ev.start}-{ev.end}" in text
     assert any("px/frame" in s.text and "O1" in s.evidence for s in ev.explanation.steps)
+    # the fast square has a normal square's size: named rider-like, in the object step and the summary
+    assert any("rider-like" in s.text for s in ev.explanation.steps) and "rider-like" in text
     assert any("move at" in r for r in ev.rules)
     box = ev.track[ev.peak - ev.start]["box"]
     assert box[1] <= 62 and box[3] >= 50  # the cited region holds the square's rows
@@ -182,3 +184,13 @@ def test_ped2_layout_reads():
     assert first.image.shape == (240, 360, 3)
     labels = load_frame_labels(PED2 / "frame_labels.csv")
     assert sum(labels["Test001"].values()) > 0 and load_mask(PED2, "Test001", 100).shape == (240, 360)
+
+
+def test_object_kind_words():
+    from vlm_ad.video.cues import object_kind
+
+    assert object_kind(0.8, 3.0).startswith("a rider-like object")
+    assert object_kind(2.0, 2.0).startswith("a vehicle-like object")
+    assert object_kind(2.0, 0.9).startswith("a large object at normal speed")
+    assert object_kind(1.2, 1.3).startswith("an object like the normal ones")
+    assert object_kind(0.5, None).startswith("an object like the normal ones")  # speed unknown: not called fast

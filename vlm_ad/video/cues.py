@@ -201,6 +201,23 @@ class MotionCue(Cue):
 
 
 # ------------------------------------------------------------------------------------------------------ objects
+def object_kind(size_ratio: float, speed_ratio: float | None, *, margin: float = 1.5) -> str:
+    """What an object is like, from its size and speed relative to the largest / fastest *normal* object of its zone.
+
+    No class labels are involved: the words only compare with the normal objects (on a walkway, the walkers).
+    ``margin``: how far beyond the normal maximum counts as clearly beyond it.
+    """
+    fast = speed_ratio is not None and speed_ratio > margin
+    large = size_ratio > margin
+    if fast and not large:
+        return "a rider-like object: normal size but faster than any normal object (e.g. bicycle, skateboard)"
+    if fast and large:
+        return "a vehicle-like object: larger and faster than any normal object"
+    if large:
+        return "a large object at normal speed (a group, a cart or a slow vehicle)"
+    return "an object like the normal ones in size and speed"
+
+
 class ObjectsCue(Cue):
     """Background subtraction -> blobs -> tracks; each object's attributes against rules learned on normal clips.
 
@@ -313,10 +330,12 @@ class ObjectsCue(Cue):
         zone_name, r = self.rule_for(o["zone"])
         where = "anywhere" if zone_name == "all" else f"in the {zone_name}"
         scores, broken = [o["size"] / max(r["size"][1], 1.0)], []
+        speed_ratio = None if o["speed"] is None else o["speed"] / max(r["speed"][1], 0.1)
+        o["kind"] = object_kind(scores[0], speed_ratio)
         if scores[0] > 1:
             broken.append(f"size {o['size']:.0f} px > {r['size'][1]:.0f} px, the largest normal object {where}")
-        if o["speed"] is not None:
-            ratio = o["speed"] / max(r["speed"][1], 0.1)
+        if speed_ratio is not None:
+            ratio = speed_ratio
             scores.append(ratio)
             if ratio > 1:
                 broken.append(f"speed {o['speed']:.2f} px/frame is {ratio:.1f}x the normal maximum "

@@ -68,8 +68,9 @@ def _object_step(obj: dict) -> Step:
     broken = "; ".join(obj["broken"]) if obj["broken"] else "no normal rule broken by its own attributes"
     speed = "unknown speed" if obj["speed"] is None else f"{obj['speed']:.2f} px/frame"
     heading = f", heading {obj['direction']}" if obj["direction"] else ""
+    kind = f" By size and speed it is {obj['kind']}." if obj.get("kind") else ""
     return Step(text=f"O1: object #{obj['track']} in the {obj['zone']}, box {tuple(obj['box'])}, moves at {speed}"
-                     f"{heading}, size {obj['size']:.0f} px, seen for {obj['dwell']} frames: {broken}.",
+                     f"{heading}, size {obj['size']:.0f} px, seen for {obj['dwell']} frames: {broken}.{kind}",
                 evidence=["O1"])
 
 
@@ -110,6 +111,8 @@ def explain_event(event: Event, frame_shape: tuple[int, int]) -> Explanation:
     lead = ranked[0][0]
     if obj and obj["broken"]:
         what = f"an object in the {obj['zone']} breaks the normal rule: {obj['broken'][0]}"
+        if obj.get("kind") and not obj["kind"].startswith("an object like the normal"):
+            what += f" ({obj['kind'].split(':')[0]})"
     elif lead == "motion" and event.cue_details.get("motion"):
         m = event.cue_details["motion"]
         what = (f"motion in the {where} at {m['speed']:.2f} px/frame, {m['ratio']:.2f}x the fastest normal motion "
