@@ -360,3 +360,20 @@ def test_hf_backend_loads_a_local_model_and_generates(scene_evidence, tmp_path, 
 def test_hf_backend_rejects_a_folder_without_a_model(tmp_path):
     with pytest.raises(Exception, match="no config.json"):
         create_reasoner("hf", model_dir=str(tmp_path))
+
+
+def test_grounded_chat_answers_every_topic_asked(scene_evidence):
+    from vlm_ad.reasoning.answers import topics_of
+
+    assert topics_of("Where is the defect?") == ["where"]
+    assert topics_of("What type of defect is it, and how sure are you?") == ["type", "sure"]
+    assert topics_of("show me the map of the region") == ["map"]
+    assert topics_of("hello") == ["summary"]
+    r = create_reasoner("grounded")
+    ans = r.answer(scene_evidence, "Where is the defect and how sure are you? How does it differ from normal?")
+    assert "R1:" in ans and "confidence" in ans and " vs " in ans  # where, sure and the exemplar comparison
+    assert "hole" in r.answer(scene_evidence, "what kind of defect?")
+    empty = build_evidence(AnomalyMap("x", 0.1, np.zeros((64, 64), np.float32), threshold=0.5),
+                           np.full((64, 64, 3), 128, np.uint8))
+    ans = r.answer(empty, "Where is the defect and what type is it?")
+    assert ans.count("\n") == 0 and "nothing is localised" in ans  # one "nothing found" line, not two

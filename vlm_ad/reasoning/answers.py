@@ -7,25 +7,25 @@ import re
 from vlm_ad.evidence import Evidence
 from vlm_ad.reasoning.schema import Explanation
 
-__all__ = ["TOPICS", "grounded_answer"]
+__all__ = ["TOPICS", "grounded_answer", "topics_of"]
 
-# topic -> words that select it; the first topic with a matching word wins
+# topic -> words that select it; a question may ask several (answered in this order)
 TOPICS: dict[str, tuple[str, ...]] = {
-    "map": ("map", "show", "overlay", "heatmap", "heat map"),
-    "normal": ("differ", "normal", "exemplar", "compare", "reference", "good"),
-    "sure": ("sure", "confident", "confidence", "certain", "score", "threshold", "probab"),
-    "type": ("type", "what kind", "kind of", "what is it", "defect", "name", "what"),
     "where": ("where", "location", "region", "locate", "position"),
+    "type": ("type", "what kind", "kind of", "what is it", "what defect", "which defect", "name", "what is wrong"),
+    "sure": ("sure", "confident", "confidence", "certain", "score", "threshold", "probab"),
+    "normal": ("differ", "normal", "exemplar", "compare", "reference", "good"),
+    "map": ("map", "show", "overlay", "heatmap", "heat map"),
 }
 
 
-def topic_of(question: str) -> str:
-    """The topic of a question ("summary" when no topic word occurs)."""
+def topics_of(question: str) -> list[str]:
+    """The topics a question asks about, in :data:`TOPICS` order (``["summary"]`` when no topic word occurs)."""
     q = question.lower()
-    for topic, words in TOPICS.items():
-        if any(re.search(rf"\b{re.escape(w)}", q) for w in words):
-            return topic
-    return "summary"
+    found = [t for t, words in TOPICS.items() if any(re.search(rf"\b{re.escape(w)}", q) for w in words)]
+    if "map" in found and "where" in found:  # the map answer already says where
+        found.remove("where")
+    return found or ["summary"]
 
 
 def _where(expl: Explanation, ev: Evidence) -> str:
@@ -38,7 +38,7 @@ def _where(expl: Explanation, ev: Evidence) -> str:
 
 def _type(expl: Explanation, ev: Evidence) -> str:
     if not ev.regions:
-        return "No defect: " + expl.summary
+        return "No defect found, so there is nothing to name. " + expl.summary
     r = ev.regions[0]
     if r.defect:
         d = r.defect
@@ -73,7 +73,11 @@ def _map(expl: Explanation, ev: Evidence) -> str:
 
 
 def grounded_answer(expl: Explanation, evidence: Evidence, question: str) -> str:
-    """Answer ``question`` by topic, from the explanation and the evidence only."""
+    """Answer each topic ``question`` asks about, from the explanation and the evidence only."""
     handlers = {"where": _where, "type": _type, "sure": _sure, "normal": _normal, "map": _map}
-    handler = handlers.get(topic_of(question))
-    return handler(expl, evidence) if handler else expl.summary
+    topics = topics_of(question)
+    if topics == ["summary"]:
+        return expl.summary
+    if not evidence.regions and {"where", "type"} & set(topics):  # one "nothing found" line, not one per topic
+        topics = ["where"] + [t for t in topics if t not in ("where", "type")]
+    return "\n".join(handlers[t](expl, evidence) for t in topics)
