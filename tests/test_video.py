@@ -165,6 +165,17 @@ def test_cli_fit_detect_eval(toy: Path, tmp_path: Path):
     assert events and events[0]["explanation"]["verdict"] == "anomalous"
     assert (tmp_path / "o" / "Test001.gif").stat().st_size > 0
     assert (tmp_path / "o" / "Test001_scores.csv").read_text().startswith("frame,score,fused")
+    # an LLM that cannot be loaded: a clear error, or the grounded chain with the reason flagged when asked for
+    missing = str(tmp_path / "no.gguf")
+    r = runner.invoke(app, ["video", "detect", "--model", str(tmp_path / "m"), str(toy / "test"), "--out",
+                            str(tmp_path / "o2"), "--no-gif", "--reasoner", "llamacpp", "--llm", missing])
+    assert r.exit_code != 0 and not (tmp_path / "o2" / "events.json").exists()
+    r = runner.invoke(app, ["video", "detect", "--model", str(tmp_path / "m"), str(toy / "test"), "--out",
+                            str(tmp_path / "o2"), "--no-gif", "--reasoner", "llamacpp", "--llm", missing,
+                            "--fallback", "grounded"])
+    assert r.exit_code == 0, r.output
+    ev = json.loads((tmp_path / "o2" / "events.json").read_text())["events"][0]["explanation"]
+    assert ev["reasoner"] == "grounded" and any("fallback to grounded" in f for f in ev["flags"])
     r = runner.invoke(app, ["video", "eval", str(toy), "--model", str(tmp_path / "m"), "--json",
                             str(tmp_path / "r.json")])
     assert r.exit_code == 0, r.output
@@ -194,3 +205,47 @@ def test_object_kind_words():
     assert object_kind(2.0, 0.9).startswith("a large object at normal speed")
     assert object_kind(1.2, 1.3).startswith("an object like the normal ones")
     assert object_kind(0.5, None).startswith("an object like the normal ones")  # speed unknown: not called fast
+
+
+def _event_reply(messages) -> str:
+    """A scripted LLM: reads the event evidence JSON from the prompt and quotes it correctly."""
+    import json as _json
+
+    text = messages[1].content
+    ev = _json.loads(text[text.index("{"): text.index("\n\nReply with")])
+    s, r1 = ev["S"], ev["R1"]
+    return _json.dumps({
+        "verdict": "anomalous", "confidence": 0.9, "defect_type": "fast object", "location": r1["location"],
+        "cited_regions": ["R1"],
+        "steps": [{"text": f"Frames {s['first_frame']}-{s['last_frame']} peak at {s['peak_score']}, above the "
+                           f"threshold {s['threshold']}.", "evidence": ["S"]},
+                  {"text": f"The leading cue is {ev['cues']['C1']['cue']}.", "evidence": ["C1"]}],
+        "summary": f"Something fast in the {r1['location']} (R1)."})
+
+
+def test_events_explained_by_an_llm_reasoner(toy: Path, fitted: VideoModel):
+    from vlm_ad.reasoning import create_reasoner
+    from vlm_ad.testing import scripted_chat_model
+    from vlm_ad.video.evidence import EventEvidence
+
+    clip = open_clips(toy, "test")[0]
+    fake = scripted_chat_model([_event_reply])
+    res = fitted.score_clip(clip, reasoner=create_reasoner("chat", chat_model=fake, label="fake-llm"))
+    ev = max(res.events, key=lambda e: e.peak_score)
+    assert ev.explanation.reasoner == "fake-llm" and ev.explanation.flags == []
+    assert "explains why a stretch of frames" in fake.calls[0][0].content  # the event prompt, not the image one
+    evidence = EventEvidence(ev, res.frame_shape)
+    assert {"S", "R1", "C1", "O1"} <= evidence.ids and ev.peak_score in evidence.numbers()
+    # the grounded reasoner explains event evidence with the event chain
+    from vlm_ad.video.events import explain_event
+
+    grounded = create_reasoner("grounded").explain(evidence)
+    assert grounded.summary == explain_event(ev, res.frame_shape).summary and grounded.steps[0].evidence == ["S"]
+    # an LLM citing a region and a frame that do not exist is rejected; the grounded explanation stays, flagged
+    liar = scripted_chat_model([_event_reply(fake.calls[0]).replace('"R1"]', '"R7"]').replace(
+        "Frames ", "Frames 999 and ")])
+    res = fitted.score_clip(clip, reasoner=create_reasoner("chat", chat_model=liar, label="liar", max_retries=1))
+    ev = max(res.events, key=lambda e: e.peak_score)
+    assert ev.explanation.reasoner == "grounded" and any("liar gave no valid explanation" in f
+                                                         for f in ev.explanation.flags)
+    assert len(liar.calls) == 2 * len(res.events)  # one retry per event

@@ -82,22 +82,39 @@ def detect_cmd(
     out: Path = typer.Option(..., "--out", help="Output folder: <clip>_scores.csv, <clip>.gif, events.json."),
     gif: bool = typer.Option(True, help="Write an annotated GIF per clip."),
     gif_stride: int = typer.Option(1, min=1, help="Keep every N-th frame in the GIF."),
+    reasoner: str = typer.Option("grounded", "--reasoner", help="Who explains each event: grounded (no model), "
+                                 "llamacpp, openai or hf (the same reasoners as images; see 'vlm-ad chat --help' "
+                                 "for their settings)."),
+    llm: str = typer.Option(None, "--llm", help="With --reasoner llamacpp: a GGUF path or 'smollm2'."),
+    base_url: str = typer.Option(None, "--base-url", help="openai: server URL ($VLM_AD_OPENAI_BASE_URL)."),
+    api_model: str = typer.Option(None, "--api-model", help="openai: model name ($VLM_AD_OPENAI_MODEL)."),
+    model_dir_hf: Path = typer.Option(None, "--model-dir", help="hf: a local transformers causal-LM folder."),
+    fallback: str = typer.Option(None, "--fallback", help="'grounded': explain with grounded when the LLM cannot "
+                                 "be loaded or reached (flagged in each explanation)."),
 ) -> None:
     """Score every frame, find anomalous events and explain them. Unreadable frames or clips are reported and
-    skipped; finished clips are always written."""
+    skipped; finished clips are always written. An LLM reasoner that gives no valid, grounded explanation for an
+    event leaves the grounded one in place, with the failure in its flags.
+
+    Example: vlm-ad video detect ../shared/data/ucsd_ped2/test/Test001 --model models/ped2 --out out/ped2
+    """
     from vlm_ad._cache import atomic_write_bytes
+    from vlm_ad.cli_explain import reasoner_from_options
     from vlm_ad.errors import VlmAdError
     from vlm_ad.video import VideoModel, open_clips
     from vlm_ad.video.render import write_gif
 
     model = VideoModel.load(model_dir)
+    explainer = None if reasoner == "grounded" else reasoner_from_options(
+        reasoner, llm=llm, base_url=base_url, api_model=api_model, model_dir=model_dir_hf, fallback=fallback)
     clips = open_clips(input_path)
     out.mkdir(parents=True, exist_ok=True)
     events, failed = [], []
     for clip in clips:
         try:
             with progress_bar() as progress:
-                res = model.score_clip(clip, progress=_task(progress, f"scoring {clip.name}", None))
+                res = model.score_clip(clip, progress=_task(progress, f"scoring {clip.name}", None),
+                                       reasoner=explainer)
         except VlmAdError as exc:
             failed.append(f"{clip.name}: {exc}")
             continue

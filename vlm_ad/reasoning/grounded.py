@@ -74,7 +74,12 @@ class GroundedReasoner(Reasoner):
 
     def explain(self, evidence: Evidence) -> Explanation:
         """Steps: the score vs the threshold, then per region its extent, shape, contrast and name, then the
-        nearest exemplars; the verdict is the score vs the threshold."""
+        nearest exemplars; the verdict is the score vs the threshold. A video event's evidence gets the event
+        chain of :func:`vlm_ad.video.events.explain_event`."""
+        if getattr(evidence, "prompt", None) == "explain_event":
+            from vlm_ad.video.events import explain_event
+
+            return explain_event(evidence.event, evidence.frame_shape)
         steps = [_score_step(evidence)]
         for k, r in enumerate(evidence.regions):
             exemplar = evidence.exemplars[min(k, len(evidence.exemplars) - 1)].id if evidence.exemplars else None

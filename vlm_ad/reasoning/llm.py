@@ -75,10 +75,15 @@ class ChatReasoner(Reasoner):
         return reply.content if isinstance(reply.content, str) else json.dumps(reply.content)
 
     def explain(self, evidence: Evidence) -> Explanation:
-        """Ask the model; repair, validate and check grounding; retry with the problems up to ``max_retries``."""
+        """Ask the model; repair, validate and check grounding; retry with the problems up to ``max_retries``.
+
+        ``evidence`` is an image's :class:`Evidence` or any object with the same members (``ids``, ``regions``,
+        ``numbers()``, ``to_json()``), e.g. a video event's :class:`~vlm_ad.video.evidence.EventEvidence`; its
+        ``prompt`` attribute names the prompt file (default ``explain``).
+        """
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-        p = load_prompt("explain")
+        p = load_prompt(getattr(evidence, "prompt", "explain"))
         messages = [SystemMessage(p["system"]),
                     HumanMessage(p["human"].format(evidence=json.dumps(evidence.to_json()), example=p["example"]))]
         raw, problems = "", []

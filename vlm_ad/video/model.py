@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +83,17 @@ class ClipResult:
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
     cue_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _explain_with(reasoner: Any, event: Event, frame_shape: tuple[int, int], grounded: Any) -> Any:
+    from vlm_ad.errors import ExplanationError
+    from vlm_ad.video.evidence import EventEvidence
+
+    try:
+        return reasoner.explain(EventEvidence(event, frame_shape))
+    except ExplanationError as exc:
+        return grounded.model_copy(update={"flags": [*grounded.flags, f"{reasoner.name} gave no valid explanation "
+                                                     f"({exc}); grounded explanation kept"]})
 
 
 class VideoModel:
@@ -185,18 +197,22 @@ class VideoModel:
         fused = sum(self._weight(n) * v for n, v in normed.items()) / self._total_weight()
         return normed, smooth_scores(fused, self.config.sigma)
 
-    def score_clip(self, clip: VideoClip, *, progress: Callable[[int], None] | None = None) -> ClipResult:
-        """Score every readable frame of ``clip`` and find its explained events."""
+    def score_clip(self, clip: VideoClip, *, progress: Callable[[int], None] | None = None,
+                   reasoner: Any = None) -> ClipResult:
+        """Score every readable frame of ``clip`` and find its explained events (``reasoner``: see :meth:`events`)."""
         if self.norm_ is None:
             raise NotFittedError("the video model is not fitted: call fit(normal_clips) or VideoModel.load(dir)")
         res = self._score(clip, progress)
-        res.events = self.events(res)
+        res.events = self.events(res, reasoner=reasoner)
         return res
 
     # ----------------------------------------------------------------------------------------------- events
-    def events(self, res: ClipResult) -> list[Event]:
+    def events(self, res: ClipResult, *, reasoner: Any = None) -> list[Event]:
         """Contiguous runs of smoothed fused scores above the threshold, each with its region track and
-        grounded explanation."""
+        explanation: grounded by default; with a ``reasoner`` (e.g. ``create_reasoner("llamacpp")``) that
+        reasoner explains the event's :class:`~vlm_ad.video.evidence.EventEvidence`, and when it gives no valid,
+        grounded explanation the grounded one is kept with the failure in its ``flags`` (an unreachable backend
+        still raises, unless the reasoner was created with ``fallback="grounded"``)."""
         c = self.config
         out = []
         rules = self.cues["objects"].rules_text() if "objects" in self.cues else []
@@ -208,6 +224,8 @@ class VideoModel:
                        {n: round(float(res.normed[n][p]), 3) for n in self.cues}, det,
                        [{"frame": int(res.frames[i]), "box": self.region_box(res, i)} for i in range(a, b + 1)], rules)
             ev.explanation = explain_event(ev, res.frame_shape)
+            if reasoner is not None:
+                ev.explanation = _explain_with(reasoner, ev, res.frame_shape, ev.explanation)
             out.append(ev)
         return out
 
