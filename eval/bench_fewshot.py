@@ -1,8 +1,8 @@
 """Few-shot ideas for PatchCore, each measured against the same baseline (8 shots, seeds 0-2, magnetic_tile).
 
-Ideas: augmenting the few normal images (flips and 90-degree rotations: 8 views each), a wider local
-neighbourhood (5x5 pooling instead of 3x3), a larger input (320 px), and DINOv2 features. Writes
-eval/results/fewshot.{jsonl,md}.
+Ideas: L2-normalising patch features (the first default; now off for CNN backbones), augmenting the few normal
+images (flips and 90-degree rotations: 8 views each), a wider local neighbourhood (5x5 pooling instead of 3x3), a
+larger input (320 px), and DINOv2 features. Writes eval/results/fewshot.{jsonl,md} (the jsonl anew each run).
 
     python eval/bench_fewshot.py [--shots 8] [--seeds 0 1 2] [--threads 1]
 """
@@ -24,6 +24,7 @@ RESULTS = ROOT / "eval" / "results"
 DATA = ROOT.parent / "shared" / "data" / "magnetic_tile"
 VARIANTS = {
     "baseline (efficientnet-lite0, 224 px, pool 3)": {},
+    "+ L2-normalised patches (the default before 2026-11-28)": {"normalize": True},
     "+ flips/rotations x8": {"augment": "flips"},
     "+ pool 5": {"pool": 5},
     "+ 320 px input": {"image_size": 320},
@@ -41,6 +42,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     train, test = open_data(DATA)
     out = RESULTS / "fewshot.jsonl"
+    out.write_text("")
     rows = []
     for name, kw in VARIANTS.items():
         kw = dict(kw)
