@@ -75,3 +75,36 @@ def test_training_step_lowers_the_loss_and_save_load(hf, oc, kind, tmp_path):
     wrong = PromptMapper(add_vision_lora(_backbones(hf, oc)[kind], rank=3), obj="tile", learnable=True)
     with pytest.raises(ConfigError, match="does not fit this CLIP tower"):
         load_prompt_adapter(tmp_path / "pa", wrong)
+
+
+def test_winclip_detector_zero_shot_threshold_save_load_and_cli(hf, tmp_path):
+    from typer.testing import CliRunner
+
+    from tests.conftest import build_mvtec
+    from vlm_ad.cli import app
+    from vlm_ad.detectors import create_detector, load_detector
+
+    name = f"hf-clip:{hf['root']}"
+    det = create_detector("winclip", backbone=name, obj="tile")
+    imgs = texture_crops(3, 32)
+    assert det.fit([]) is det and det.threshold_ is None
+    maps = det.predict(imgs)
+    probs, scores = det.mapper_.anomaly_maps(imgs)
+    assert [m.map.shape for m in maps] == [(32, 32)] * 3 and all(m.map.dtype == np.float32 for m in maps)
+    np.testing.assert_allclose([m.score for m in maps], scores, rtol=1e-6)  # top-1 % mean of patch probabilities
+    det.fit(imgs)  # normal images only set the threshold
+    assert det.threshold_ == pytest.approx(np.quantile(scores, 0.99), rel=1e-3)
+    det.save(tmp_path / "m")
+    again = load_detector(tmp_path / "m")
+    np.testing.assert_allclose([m.score for m in again.predict(imgs)], [m.score for m in maps], rtol=1e-5)
+    assert again.threshold_ == det.threshold_
+    with pytest.raises(ConfigError, match="needs a CLIP backbone"):
+        create_detector("winclip", backbone="efficientnet-lite0")
+    root = build_mvtec(tmp_path / "cat")
+    r = CliRunner().invoke(app, ["eval", str(root), "--detector", "winclip", "--backbone", name, "--shots", "0",
+                                 "-o", "obj=tile", "--json", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    import json
+
+    m = json.loads((tmp_path / "r.json").read_text())
+    assert m["detector"] == "winclip" and 0 <= m["image_auroc"] <= 1 and "aupro" in m

@@ -32,7 +32,7 @@ def test_detector_contract(name, tmp_path):
 
 def test_all_registered_detectors_are_covered():
     assert list_detectors() == ["adapted", "ae", "cavga", "feature-ae", "mahalanobis", "mutual", "odin", "padim",
-                              "patchcore", "vae"]
+                              "patchcore", "vae", "winclip"]  # winclip: tests/test_clip_prompts.py
     with pytest.raises(UnknownNameError, match="Did you mean 'patchcore'"):
         create_detector("patchcor")
 

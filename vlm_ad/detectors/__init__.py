@@ -11,6 +11,7 @@ Registered names:
     cavga       VAE with attention-expansion training, map = 1 - attention                 (attention)
     mahalanobis Gaussian of normal patches + gradient-sign input perturbation              (input perturbation)
     odin        temperature softmax over normal prototypes + input perturbation            (input perturbation)
+    winclip     zero-shot CLIP prompt-ensemble maps (needs CLIP weights: hf-clip:<dir> / openclip:<arch>)
 """
 
 from __future__ import annotations
@@ -96,6 +97,13 @@ def _adapted(**kw: Any) -> Detector:
     from vlm_ad.detectors.adapted import Adapted
 
     return Adapted(**kw)
+
+
+@DETECTORS.register("winclip", description="zero-shot: CLIP prompt-ensemble maps (needs CLIP weights)")
+def _winclip(**kw: Any) -> Detector:
+    from vlm_ad.detectors.winclip import WinClip
+
+    return WinClip(**kw)
 
 
 def create_detector(name: str, **kwargs: Any) -> Detector:
