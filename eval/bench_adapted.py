@@ -106,20 +106,22 @@ def adapted_rows(train, shot_idx, samples, labels, masks, seed: int, n_adapt: in
 
 
 def markdown(rows: list[dict], args) -> str:
+    subsets = sorted({(r.get("data", "magnetic_tile"), r["n_test"]) for r in rows})
     out = ["# Per-category adaptation (magnetic_tile, textile)", "",
-           f"Written by `python eval/bench_adapted.py {' '.join(sys.argv[1:])}` (rows of other seeds or data come from "
-           "earlier runs of the same script, kept in adapted.json; textile rows by `--data textile`, image labels "
-           "only, from its balanced 600-image test subsample). DINOv2-S blocks 5+7, 224 px; "
-           f"test subsample: {args.per_type} per defect type + {args.good} good (seeded); 8 normal shots "
-           f"(seed-drawn) for PatchCore and for the adapted detector's bank; adapter trained on {args.adapt_images} "
-           "other normal images against synthetic defects only.", "",
+           "Written by `python eval/bench_adapted.py [--data magnetic_tile|textile] --seeds S --per-type P --good G "
+           "--adapt-images 24 --epochs 4 --steps 6`; each run replaces the rows of its (data, seed) in adapted.json "
+           f"and rewrites this table (last run: `python eval/bench_adapted.py {' '.join(sys.argv[1:])}`). DINOv2-S "
+           "blocks 5+7, 224 px; seeded stratified test subsamples ("
+           + ", ".join(f"{d}: {n} images" for d, n in subsets)
+           + "; magnetic_tile: 12 per defect type + 30 good, textile: 60 per type + 60 good from its balanced "
+           "600-image test subsample, image labels only); 8 normal shots (seed-drawn) for PatchCore and for the "
+           "adapted detector's bank; adapter trained on 24 other normal images against synthetic defects only.", "",
            "| data | seed | method | image score | image AUROC | pixel AUROC | AUPRO |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r.get("data", "magnetic_tile"), r["seed"])):
         out.append(f"| {r.get('data', 'magnetic_tile')} | {r['seed']} | {r['method']} | {r['image_score']} | "
-                   f"{f(r['image_auroc'])} | "
-                   f"{f(r.get('pixel_auroc'))} | {f(r.get('aupro'))} |")
+                   f"{f(r['image_auroc'])} | {f(r.get('pixel_auroc'))} | {f(r.get('aupro'))} |")
     return "\n".join(out) + "\n"
 
 
