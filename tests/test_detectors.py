@@ -141,3 +141,14 @@ def test_approximate_indexes_agree_with_exact_and_auto_switches(tmp_path):
     assert isinstance(ExemplarStore.load(tmp_path)._index, faiss.IndexHNSWFlat)
     with pytest.raises(ConfigError, match="ef_search"):
         ExemplarStore(ef_search=0)
+
+
+def test_coreset_chunks_only_beyond_the_budget():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 8, generator=gen)
+    one_pass = greedy_coreset(x, 100, proj_dim=0, seed=3)
+    chunked = greedy_coreset(x, 100, proj_dim=0, seed=3, budget=2000 * 100 / 4)  # 4 chunks of 500
+    assert one_pass.unique().numel() == chunked.unique().numel() == 100
+    cover = lambda idx: float(torch.cdist(x, x[idx]).min(1).values.max())  # noqa: E731
+    assert cover(one_pass) <= cover(chunked)  # one global pass covers the worst-served point at least as well
+    assert torch.equal(greedy_coreset(x, 100, proj_dim=0, seed=3, chunk=500), chunked)

@@ -23,22 +23,30 @@ _INDEXES = ("auto", "exact", "ivf", "hnsw")
 AUTO_EXACT_ROWS = 16384  # index="auto": exact search up to this many bank rows, HNSW above
 
 
+CORESET_BUDGET = 4e9  # greedy_coreset: total (points x centres / chunks); about a minute of one core at 64 dims
+
+
 def greedy_coreset(
-    x: torch.Tensor, n: int, *, proj_dim: int = 64, chunk: int = 4096, seed: int = 0
+    x: torch.Tensor, n: int, *, proj_dim: int = 64, chunk: int | None = None, budget: float = CORESET_BUDGET,
+    seed: int = 0,
 ) -> torch.Tensor:
-    """Greedy k-center (PatchCore) subsampling, chunked so that memory and time stay linear in the bank size.
+    """Greedy k-center (PatchCore) subsampling, split into chunks only when one pass would cost too much.
 
     The points are randomly projected to ``proj_dim`` dimensions (distances are kept up to a small factor by
-    Johnson-Lindenstrauss), split into chunks of ``chunk`` points, and each chunk picks its share of the
-    ``n`` centres greedily: every new centre is the point farthest from those already chosen. The cost is
-    ``N * n * proj_dim / n_chunks`` instead of ``N * n * D``.
+    Johnson-Lindenstrauss). One greedy pass over all ``N`` points (every new centre is the point farthest from those
+    already chosen) costs ``N * n * proj_dim``; when ``N * n`` exceeds ``budget`` the points are split into the fewest
+    random chunks ``k`` that bring the total cost ``N * n / k`` within it, each chunk picking its share of the ``n``
+    centres (so a fit never costs more than about a minute of one core). Fewer, larger chunks cover better: on the full-shot magnetic_tile bank at 1% (596k patches, 5,966 centres), 146 chunks of
+    4,096 gave image AUROC 0.920, 3 chunks 0.956 and one pass (74 s on one core) 0.966. Memory is the (N, proj_dim)
+    projection plus two N-vectors.
 
     Args:
         x: (N, D) features.
         n: number of points to keep (1 <= n <= N).
         proj_dim: dimension of the random projection (0 = no projection).
-        chunk: points per chunk.
-        seed: seed of the projection and of each chunk's first centre.
+        chunk: points per chunk (overrides ``budget``).
+        budget: largest total ``points x centres / chunks``.
+        seed: seed of the projection, the chunks and each chunk's first centre.
 
     Returns:
         (n,) int64 indices into ``x``.
@@ -53,7 +61,10 @@ def greedy_coreset(
     else:
         z = x.float().numpy()
     perm = torch.randperm(total, generator=gen)  # chunks are random, so each covers the whole distribution
-    n_chunks = max(1, -(-total // chunk))
+    if chunk is not None:
+        n_chunks = max(1, -(-total // chunk))
+    else:  # k chunks cost k * (total / k) * (n / k) = total * n / k
+        n_chunks = max(1, int(np.ceil(total * n / budget)))
     picked = []
     for c, part in enumerate(torch.tensor_split(perm, n_chunks)):
         share = round(n * (c + 1) / n_chunks) - round(n * c / n_chunks)
