@@ -119,7 +119,9 @@ def write_md() -> None:
             lines.append("| " + " | ".join(cells) + " |")
     text = ("# vlm-ad PatchCore vs anomalib 2.7 PatchCore\n\nProduced by `python eval/bench_peer.py` (one process, "
             "2-core CPU, torch 2.14.1, seed 0). Backbone efficientnet-lite0 (same weights, same 224 px "
-            "preprocessing); speed-up = anomalib time / vlm-ad time, end to end (backbone included).\n\n"
+            "preprocessing); speed-up = anomalib time / vlm-ad time, end to end (backbone included). 'anomalib "
+            "(earlier run)' rows come from an earlier run of the same script and configuration (`--reuse-anomalib`, "
+            "only vlm-ad re-run), on the same machine, which was shared with other jobs during both runs.\n\n"
             + "\n".join(lines) + "\n")
     (RESULTS / "peer.md").write_text(text)
     print(text)
