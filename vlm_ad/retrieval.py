@@ -36,9 +36,9 @@ def greedy_coreset(
     Johnson-Lindenstrauss). One greedy pass over all ``N`` points (every new centre is the point farthest from those
     already chosen) costs ``N * n * proj_dim``; when ``N * n`` exceeds ``budget`` the points are split into the fewest
     random chunks ``k`` that bring the total cost ``N * n / k`` within it, each chunk picking its share of the ``n``
-    centres (so a fit never costs more than about a minute of one core). Fewer, larger chunks cover better: on the full-shot magnetic_tile bank at 1% (596k patches, 5,966 centres), 146 chunks of
-    4,096 gave image AUROC 0.920, 3 chunks 0.956 and one pass (74 s on one core) 0.966. Memory is the (N, proj_dim)
-    projection plus two N-vectors.
+    centres (so a fit never costs more than about a minute of one core). Fewer, larger chunks cover better: on the
+    full-shot magnetic_tile bank at 1% (596k patches, 5,966 centres), 146 chunks of 4,096 gave image AUROC 0.920,
+    3 chunks 0.956 and one pass (74 s on one core) 0.966. Memory is the (N, proj_dim) projection plus two N-vectors.
 
     Args:
         x: (N, D) features.
@@ -61,10 +61,8 @@ def greedy_coreset(
     else:
         z = x.float().numpy()
     perm = torch.randperm(total, generator=gen)  # chunks are random, so each covers the whole distribution
-    if chunk is not None:
-        n_chunks = max(1, -(-total // chunk))
-    else:  # k chunks cost k * (total / k) * (n / k) = total * n / k
-        n_chunks = max(1, int(np.ceil(total * n / budget)))
+    # k chunks cost k * (total / k) * (n / k) = total * n / k
+    n_chunks = max(1, -(-total // chunk) if chunk is not None else int(np.ceil(total * n / budget)))
     picked = []
     for c, part in enumerate(torch.tensor_split(perm, n_chunks)):
         share = round(n * (c + 1) / n_chunks) - round(n * c / n_chunks)

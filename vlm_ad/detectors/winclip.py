@@ -11,6 +11,7 @@ so its detection quality here is unmeasured.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from vlm_ad.detectors.base import Detector, as_images
-from vlm_ad.errors import ConfigError
+from vlm_ad.errors import ConfigError, DataError
 from vlm_ad.metrics import ThresholdPolicy
 from vlm_ad.types import AnomalyMap
 
@@ -67,12 +68,8 @@ class WinClip(Detector):
         return self
 
     def predict(self, images, *, progress=None) -> list[AnomalyMap]:
-        import time
-
         arrays, ids = as_images(images)
         if not arrays:
-            from vlm_ad.errors import DataError
-
             raise DataError("predict() got no images")
         mapper, grids, scores = self._mapper(), [], []
         t0 = time.perf_counter()

@@ -201,6 +201,9 @@ class MotionCue(Cue):
 
 
 # ------------------------------------------------------------------------------------------------------ objects
+NORMAL_KIND = "an object like the normal ones in size and speed"  # object_kind() of an unremarkable object
+
+
 def object_kind(size_ratio: float, speed_ratio: float | None, *, margin: float = 1.5) -> str:
     """What an object is like, from its size and speed relative to the largest / fastest *normal* object of its zone.
 
@@ -215,7 +218,7 @@ def object_kind(size_ratio: float, speed_ratio: float | None, *, margin: float =
         return "a vehicle-like object: larger and faster than any normal object"
     if large:
         return "a large object at normal speed (a group, a cart or a slow vehicle)"
-    return "an object like the normal ones in size and speed"
+    return NORMAL_KIND
 
 
 class ObjectsCue(Cue):
@@ -335,10 +338,9 @@ class ObjectsCue(Cue):
         if scores[0] > 1:
             broken.append(f"size {o['size']:.0f} px > {r['size'][1]:.0f} px, the largest normal object {where}")
         if speed_ratio is not None:
-            ratio = speed_ratio
-            scores.append(ratio)
-            if ratio > 1:
-                broken.append(f"speed {o['speed']:.2f} px/frame is {ratio:.1f}x the normal maximum "
+            scores.append(speed_ratio)
+            if speed_ratio > 1:
+                broken.append(f"speed {o['speed']:.2f} px/frame is {speed_ratio:.1f}x the normal maximum "
                               f"{r['speed'][1]:.2f} px/frame {where}")
         if o["direction"] and r["directions"] and o["direction"] not in r["directions"]:
             scores.append(max(scores) + 0.5)

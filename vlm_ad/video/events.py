@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from vlm_ad.reasoning.schema import Explanation, Step
+from vlm_ad.video.cues import NORMAL_KIND
 
 __all__ = ["Event", "explain_event", "find_runs", "smooth_scores"]
 
@@ -111,7 +112,7 @@ def explain_event(event: Event, frame_shape: tuple[int, int]) -> Explanation:
     lead = ranked[0][0]
     if obj and obj["broken"]:
         what = f"an object in the {obj['zone']} breaks the normal rule: {obj['broken'][0]}"
-        if obj.get("kind") and not obj["kind"].startswith("an object like the normal"):
+        if obj.get("kind") and obj["kind"] != NORMAL_KIND:
             what += f" ({obj['kind'].split(':')[0]})"
     elif lead == "motion" and event.cue_details.get("motion"):
         m = event.cue_details["motion"]
