@@ -30,9 +30,9 @@ from tqdm import tqdm
 from vlm_ad._cache import atomic_write_bytes
 from vlm_ad.adapt import AdaptConfig, model_card, save_adapter, train_adapter
 from vlm_ad.backbones import create_backbone
+from vlm_ad.data import open_data
 from vlm_ad.detectors import create_detector
-from vlm_ad.metrics import evaluate
-from vlm_ad.pipeline import open_data
+from vlm_ad.evaluation.detection import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 TILE = ROOT.parent / "shared" / "data" / "magnetic_tile"

@@ -25,10 +25,11 @@ import torch
 from tqdm import tqdm
 
 from vlm_ad.backbones import create_backbone
+from vlm_ad.data import open_data
 from vlm_ad.detectors import create_detector
 from vlm_ad.detectors.base import DEFAULT_LAYERS
-from vlm_ad.metrics import evaluate
-from vlm_ad.pipeline import open_data, peak_rss_mb
+from vlm_ad.evaluation.detection import evaluate
+from vlm_ad.evaluation.run import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from vlm_ad._cache import atomic_write_bytes
-from vlm_ad.data import generate_dataset, read_references
-from vlm_ad.explain_eval import MiniLM, evaluate_explanations
-from vlm_ad.explainer import exemplar_loader, grid_shape
-from vlm_ad.pipeline import fit_detector, open_data
+from vlm_ad.data import generate_dataset, open_data, read_references
+from vlm_ad.evaluation.explanations import MiniLM, evaluate_explanations
+from vlm_ad.evaluation.run import fit_detector
+from vlm_ad.pipeline import Pipeline
 from vlm_ad.reasoning import create_reasoner
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -51,7 +51,6 @@ def _run(name: str, root: Path, *, namer_lib, held_out: set[str], minilm: MiniLM
     t0 = time.perf_counter()
     maps = det.predict(samples)
     refs = {r["image_id"]: r for r in read_references(root)} if (root / "references.jsonl").is_file() else None
-    common = {"references": refs, "exemplars": exemplar_loader(root), "grid": grid_shape(det), "minilm": minilm}
     rows = []
     configs = [("grounded", None, create_reasoner("grounded"), samples),
                ("grounded", "library", create_reasoner("grounded"), samples)]
@@ -61,7 +60,8 @@ def _run(name: str, root: Path, *, namer_lib, held_out: set[str], minilm: MiniLM
         llm = create_reasoner("llamacpp", llm="smollm2", max_retries=1, on_ungrounded="flag", max_tokens=384)
         configs.append(("llamacpp:smollm2", "library", llm, [samples[i] for i in pick]))
     for rname, namer, reasoner, subset in configs:
-        metrics, _ = evaluate_explanations(subset, maps, reasoner, namer=namer_lib if namer else None, **common)
+        pipe = Pipeline(det, reasoner, namer=namer_lib if namer else None, exemplar_root=root)
+        metrics, _ = evaluate_explanations(subset, maps, pipe, references=refs, minilm=minilm)
         row = {"data": name, "reasoner": rname, "namer": namer or "none", "detector": "patchcore/efficientnet-lite0",
                "shots": shots, "predict_seconds": time.perf_counter() - t0} | {k: metrics[k] for k in KEYS}
         print(json.dumps(row), flush=True)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from vlm_ad.pipeline import evaluate_detector, fit_detector, open_data
+from vlm_ad.data import open_data
+from vlm_ad.evaluation.run import evaluate_detector, fit_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results"

@@ -1,6 +1,6 @@
 """Benchmark of defect naming with a labelled-defect library (issue 4, item 3).
 
-Leave-image-out naming accuracy (:func:`vlm_ad.naming_eval.evaluate_naming`) with k = 1, 3, 5 labelled examples
+Leave-image-out naming accuracy (:func:`vlm_ad.evaluation.naming.evaluate_naming`) with k = 1, 3, 5 labelled examples
 per type, for descriptors only, deep features only (DINOv2-S blocks 5 + 7 pooled over the region minus its ring)
 and both combined, on ``../shared/data/magnetic_tile`` (5 real defect types, ground-truth masks) and on the
 synthetic generator's 7 types (``make_defect`` on 224 px crops of brick / grass / gravel, 24 per type, seed 0).
@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from vlm_ad._cache import atomic_write_bytes
 from vlm_ad.data import BUILTIN_SOURCES, DEFECT_TYPES, MVTecDataset, load_source, make_defect, random_crop
+from vlm_ad.evaluation.naming import collect_regions, evaluate_naming
 from vlm_ad.naming import DeepRegionEncoder
-from vlm_ad.naming_eval import collect_regions, evaluate_naming
 from vlm_ad.types import Sample
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peer_anomalib import run_anomalib_patchcore  # noqa: E402
 
+from vlm_ad.data import open_data, select_shots  # noqa: E402
 from vlm_ad.detectors import create_detector  # noqa: E402
-from vlm_ad.metrics import evaluate  # noqa: E402
-from vlm_ad.pipeline import open_data, select_shots  # noqa: E402
+from vlm_ad.evaluation.detection import evaluate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results"

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from vlm_ad._cache import atomic_write_bytes
+from vlm_ad.evaluation.video import _frame_aurocs, evaluate_results
 from vlm_ad.video import VideoModel, load_frame_labels, open_clips
-from vlm_ad.video.evaluate import _frame_aurocs, evaluate_results
 from vlm_ad.video.events import smooth_scores
 
 OUT = Path(__file__).resolve().parent / "results"

@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from vlm_ad.errors import BackendUnavailableError, ExplanationError
+from vlm_ad.evaluation.explanations import evaluate_explanations, rouge_l
 from vlm_ad.evidence import build_evidence
-from vlm_ad.explain_eval import evaluate_explanations, rouge_l
+from vlm_ad.pipeline import Pipeline
 from vlm_ad.reasoning import Explanation, check_grounding, create_reasoner, list_reasoners, parse_explanation
 from vlm_ad.testing import scripted_chat_model, serve_openai_compatible
 from vlm_ad.types import AnomalyMap, ExemplarHit, Sample
@@ -184,8 +185,8 @@ def test_explanation_scores_against_mask_and_reference():
     image, mask, amap = _scene()
     sample = Sample(image, amap.image_id, 1, "hole", mask)
     ref = {"defect_type": "hole", "location": "centre left", "text": "A medium hole in the centre left of the image."}
-    metrics, rows = evaluate_explanations([sample], [amap], create_reasoner("grounded"),
-                                          references={amap.image_id: ref}, namer=FakeNamer())
+    pipe = Pipeline(None, create_reasoner("grounded"), namer=FakeNamer())
+    metrics, rows = evaluate_explanations([sample], [amap], pipe, references={amap.image_id: ref})
     assert metrics["type_accuracy"] == 1.0 and metrics["location_accuracy"] == 1.0
     assert metrics["expl_pointing"] == 1.0 and metrics["expl_region_precision"] == 1.0
     assert metrics["expl_iou"] == pytest.approx(mask.sum() / (16 * 16))
@@ -196,8 +197,8 @@ def test_explanation_scores_against_mask_and_reference():
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     pytest.importorskip("faiss")
-    from vlm_ad.data import generate_dataset
-    from vlm_ad.pipeline import fit_detector, open_data
+    from vlm_ad.data import generate_dataset, open_data
+    from vlm_ad.evaluation.run import fit_detector
 
     root = tmp_path_factory.mktemp("expl")
     cat = generate_dataset(root / "data", sources=("brick",), n_train=3, n_test_good=1, n_test_per_type=1,
@@ -248,13 +249,13 @@ def test_report_survives_corrupt_image_and_resumes(fitted, tmp_path):
 
     det, out = load_detector(model), tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        run_report(images, det, Interrupting(), out)
+        run_report(images, Pipeline(det, Interrupting()), out)
     first = read_records(out / "report.jsonl")
-    assert len(first) == 2 and {r["status"] for r in first} == {"ok", "failed"}  # broken.png, then one image
-    summary = run_report(images, det, GroundedReasoner(), out)
+    assert len(first) == 2 and {r.status for r in first} == {"ok", "failed"}  # broken.png, then one image
+    summary = run_report(images, Pipeline(det, GroundedReasoner()), out)
     assert (summary.skipped, summary.done, summary.failed) == (1, 2, 1)
     records = read_records(out / "report.jsonl")
-    assert len(records) == 4 and "ImageReadError" in next(r for r in records if r["status"] == "failed")["error"]
+    assert len(records) == 4 and "ImageReadError" in next(r for r in records if not r.ok).error
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "sortBy" in page
     assert "failed" in (out / "report.md").read_text()
@@ -377,3 +378,24 @@ def test_grounded_chat_answers_every_topic_asked(scene_evidence):
                            np.full((64, 64, 3), 128, np.uint8))
     ans = r.answer(empty, "Where is the defect and what type is it?")
     assert ans.count("\n") == 0 and "nothing is localised" in ans  # one "nothing found" line, not two
+
+
+def test_pipeline_runs_the_chain_and_records_round_trip(fitted):
+    from vlm_ad.detectors import load_detector
+    from vlm_ad.pipeline import Record
+
+    cat, model = fitted
+    pipe = Pipeline(load_detector(model), exemplar_root=cat)
+    image = next(p for p in sorted((cat / "test").rglob("*.png")) if p.parent.name != "good")
+    ex = pipe.run(image)
+    assert ex.amap.map.shape == ex.image.shape[:2] and ex.explanation.reasoner == "grounded"
+    assert ex.evidence.regions, "the planted defect is above the threshold of 0.5"
+    # the exemplar images are found under the folder the model was fitted on, so contrasts use them
+    assert ex.evidence.regions[0].contrast.reference == "exemplar"
+    assert ex.evidence.exemplars[0].id == "E1" and ex.evidence.exemplars[0].image_id.startswith("train/good/")
+    assert ex.overlay().shape == ex.image.shape
+    rec = ex.record(path=image, overlay="overlays/x.png")
+    back = Record.from_json(json.loads(json.dumps(rec.to_json())))
+    assert back.to_json() == rec.to_json() and back.explanation == ex.explanation and back.label == ex.amap.label
+    failed = Record.failed("x.png", "x.png", ValueError("bad"))
+    assert Record.from_json(failed.to_json()).error == "ValueError: bad" and not failed.ok

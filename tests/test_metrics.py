@@ -1,4 +1,4 @@
-"""Tests of vlm_ad.metrics against scikit-learn, brute force and a slow reference AUPRO."""
+"""Tests of vlm_ad.evaluation.detection against scikit-learn, brute force and a slow reference AUPRO."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from vlm_ad.detectors.threshold import ThresholdPolicy
 from vlm_ad.errors import ConfigError, DataError, NotFittedError
-from vlm_ad.metrics import (
-    ThresholdPolicy,
+from vlm_ad.evaluation.detection import (
     aupro,
     evaluate,
     f1_max,

@@ -7,8 +7,8 @@ import pytest
 
 from vlm_ad.data import make_defect
 from vlm_ad.errors import ConfigError, DataError, MaskError
+from vlm_ad.evaluation.naming import collect_regions, evaluate_naming
 from vlm_ad.naming import DESCRIPTORS, DefectLibrary, DefectName, region_descriptors
-from vlm_ad.naming_eval import collect_regions, evaluate_naming
 from vlm_ad.testing import texture_crops
 from vlm_ad.types import Sample
 

@@ -9,19 +9,17 @@ import pytest
 
 from vlm_ad.data import (
     DEFECT_TYPES,
-    LOCATION_WORDS,
     MVTecDataset,
     describe_defect,
     generate_dataset,
     load_mask,
     load_source,
-    location_word,
     make_defect,
     random_crop,
     read_references,
-    size_word,
 )
 from vlm_ad.errors import ConfigError, DataError
+from vlm_ad.vocabulary import LOCATION_WORDS, location_word, size_word
 
 REF_KEYS = {"image_id", "defect_type", "location", "bbox", "area_fraction", "size_words", "appearance", "text"}
 

@@ -42,7 +42,7 @@ _LAZY = {
     "ImageFolder": "vlm_ad.data",
     "TextileDataset": "vlm_ad.data",
     "generate_dataset": "vlm_ad.data",
-    "evaluate": "vlm_ad.metrics",
+    "evaluate": "vlm_ad.evaluation.detection",
 }
 
 __all__ = [

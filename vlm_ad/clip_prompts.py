@@ -26,7 +26,7 @@ from vlm_ad.errors import ConfigError, DataError
 
 __all__ = ["PROMPTS_FILE", "PromptMapper", "PromptSet", "add_vision_lora", "load_prompt_set"]
 
-PROMPTS_FILE = Path(__file__).resolve().parents[1] / "prompts" / "winclip.json"
+PROMPTS_FILE = Path(__file__).resolve().parent / "prompts" / "winclip.json"  # installed with the package
 
 
 @dataclass

@@ -1,121 +1,208 @@
-"""Library functions behind ``vlm-ad fit / detect / eval``: open data, fit with k shots, evaluate, write outputs."""
+"""The image chain, top to bottom: image -> :class:`AnomalyMap` -> :class:`Evidence` -> :class:`Explanation` ->
+:class:`Record`.
+
+::
+
+    from vlm_ad.detectors import load_detector
+    from vlm_ad.pipeline import Pipeline
+
+    pipe = Pipeline(load_detector("models/tile"))     # reasoner: grounded (no model) unless one is given
+    result = pipe.run("part.png")                     # Explained: image, map, evidence, explanation
+    result.record().to_json()                         # one line of report.jsonl
+
+``vlm-ad detect``, ``chat``, ``report`` and ``eval --explanations`` all go through these steps; none re-implements
+one. A :class:`Record` is what a report line, a chat turn, the web page and a batch engine consume.
+"""
 
 from __future__ import annotations
 
 import json
-import resource
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 
 from vlm_ad._cache import atomic_write_bytes
-from vlm_ad.data import ImageDataset, MVTecDataset, TextileDataset
-from vlm_ad.detectors import Detector, create_detector
-from vlm_ad.errors import ConfigError
+from vlm_ad.evidence import Evidence, Namer, build_evidence
+from vlm_ad.reasoning import Explanation, Reasoner
 from vlm_ad.types import AnomalyMap, Sample
 
-TEXTILE = "textile"  # the DATA name of the embedded textile benchmark
+__all__ = ["Explained", "ImageInput", "Pipeline", "Record", "exemplar_loader", "load_sample", "unique_stems",
+           "write_detection"]
 
-Progress = Callable[[int], None]
-
-
-def open_data(data: str | Path, *, textile_test: int | None = None, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
-    """(train, test) of an MVTec-layout category folder, or of the textile benchmark when ``data == "textile"``.
-
-    Args:
-        data: a category folder (``train/good``, ``test/<type>``, optional ``ground_truth``) or ``"textile"``.
-        textile_test: balanced subsample size of the textile test split (None = all 1,800 test images).
-        seed: seed of the textile split and subsample.
-    """
-    if str(data) == TEXTILE:
-        return TextileDataset("train", seed=seed), TextileDataset("test", seed=seed, limit_test=textile_test)
-    return MVTecDataset(data, "train"), MVTecDataset(data, "test")
+ImageInput = Union[str, Path, np.ndarray, Sample]
+ExemplarLoader = Callable[[str], "np.ndarray | None"]
 
 
-def select_shots(train: ImageDataset, shots: int | None, seed: int) -> list[Sample]:
-    """All normal training images (``shots=None``), none (0), or ``shots`` of them drawn with ``seed``."""
-    if shots is None:
-        return [train[i] for i in train.normal_indices()]
-    if shots < 0:
-        raise ConfigError(f"--shots must be >= 0 (0 = zero-shot), got {shots}")
-    return [] if shots == 0 else [train[i] for i in train.sample_shots(shots, seed=seed)]
+def load_sample(image: ImageInput) -> Sample:
+    """A :class:`Sample` from a file path, an RGB array or a Sample (returned as is)."""
+    from vlm_ad.data import load_image
+
+    if isinstance(image, Sample):
+        return image
+    if isinstance(image, (str, Path)):
+        return Sample(load_image(image), Path(image).name, path=Path(image))
+    return Sample(np.asarray(image), "image")
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def exemplar_loader(root: str | Path | None) -> ExemplarLoader | None:
+    """``image_id -> pixels or None`` reading exemplar ids relative to ``root`` (the folder the model was fitted
+    on); None when ``root`` is None. Unreadable or missing files give None (the evidence then uses the ring)."""
+    if root is None:
+        return None
+    from vlm_ad.data import load_image
+    from vlm_ad.errors import DataError
+
+    cache: dict[str, np.ndarray | None] = {}
+
+    def load(image_id: str) -> np.ndarray | None:
+        if image_id not in cache:
+            path = Path(root) / image_id
+            try:
+                cache[image_id] = load_image(path) if path.is_file() else None
+            except DataError:
+                cache[image_id] = None
+        return cache[image_id]
+
+    return load
 
 
 @dataclass
-class EvalResult:
-    """Metrics and costs of one detector on one test split."""
+class Record:
+    """One image's result as it is stored and shown (a ``report.jsonl`` line, the web page, a batch engine).
 
-    metrics: dict[str, Any]
-    maps: list[AnomalyMap] = field(repr=False)
+    Attributes:
+        image_id: id of the image (its path relative to the input folder, or its file name).
+        path: the image file, when it came from one.
+        status: ``"ok"`` or ``"failed"``.
+        score: image anomaly score (higher = more anomalous); None when failed.
+        threshold: the detector's decision threshold, or None.
+        label: 1 anomalous, 0 normal, None without a threshold or when failed.
+        overlay: the overlay PNG's path relative to the output folder, when one was written.
+        evidence: what was measured (regions, exemplars, score vs threshold).
+        explanation: the reasoner's validated explanation.
+        error: ``"ErrorType: message"`` when failed.
+        raw: the model's raw output behind a failure, when there was one.
+    """
+
+    image_id: str
+    path: str | None = None
+    status: str = "ok"
+    score: float | None = None
+    threshold: float | None = None
+    label: int | None = None
+    overlay: str | None = None
+    evidence: Evidence | None = field(default=None, repr=False)
+    explanation: Explanation | None = None
+    error: str | None = None
+    raw: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @classmethod
+    def failed(cls, image_id: str, path: str | None, exc: BaseException) -> Record:
+        """The record of an image that could not be processed."""
+        return cls(image_id, path, "failed", error=f"{type(exc).__name__}: {exc}", raw=getattr(exc, "raw", None))
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.metrics)
+        """The JSON object of one ``report.jsonl`` line."""
+        out: dict[str, Any] = {"path": self.path, "image_id": self.image_id, "status": self.status}
+        if not self.ok:
+            return out | {"error": self.error, "raw": self.raw}
+        ev = self.evidence.to_json() if self.evidence is not None else None
+        return out | {"score": self.score, "threshold": self.threshold, "label": self.label, "overlay": self.overlay,
+                      "regions": ev["regions"] if ev else [], "evidence": ev,
+                      "explanation": self.explanation.model_dump() if self.explanation else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Record:
+        """Rebuild a record from :meth:`to_json` output."""
+        ev, ex = data.get("evidence"), data.get("explanation")
+        return cls(data["image_id"], data.get("path"), data.get("status", "ok"), data.get("score"),
+                   data.get("threshold"), data.get("label"), data.get("overlay"),
+                   Evidence.from_json(ev) if ev else None, Explanation.model_validate(ex) if ex else None,
+                   data.get("error"), data.get("raw"))
 
 
-def fit_detector(
-    train: ImageDataset, *, detector: str, backbone: str, shots: int | None = None, seed: int = 0,
-    progress: Progress | None = None, **kwargs: Any,
-) -> tuple[Detector, float]:
-    """Create and fit a detector on ``shots`` normal images; returns it and the fit wall time in seconds."""
-    normal = select_shots(train, shots, seed)
-    if shots != 0 and not normal:
-        raise ConfigError("no normal training images found; use --shots 0 for zero-shot detectors")
-    det = create_detector(detector, backbone=backbone, seed=seed, **kwargs)
-    t0 = time.perf_counter()
-    det.fit(normal, progress=progress)
-    return det, time.perf_counter() - t0
+@dataclass
+class Explained:
+    """One image through the whole chain: its pixels, the map, the evidence and the explanation."""
+
+    image: np.ndarray = field(repr=False)
+    amap: AnomalyMap = field(repr=False)
+    evidence: Evidence
+    explanation: Explanation
+
+    def overlay(self) -> np.ndarray:
+        """The map over the image with the evidence's numbered region boxes (R1, R2, ...)."""
+        from vlm_ad.viz import map_overlay
+
+        return map_overlay(self.image, self.amap.map, self.amap.threshold,
+                           [(r.id, r.box) for r in self.evidence.regions])
+
+    def record(self, *, path: str | Path | None = None, overlay: str | None = None) -> Record:
+        """The :class:`Record` of this result (``overlay``: where its overlay PNG was written, if it was)."""
+        return Record(self.evidence.image_id, None if path is None else str(path), "ok", float(self.amap.score),
+                      self.amap.threshold, self.amap.label, overlay, self.evidence, self.explanation)
 
 
-def evaluate_detector(
-    det: Detector, test: ImageDataset, *, batch: int = 32, progress: Progress | None = None
-) -> EvalResult:
-    """Predict every test image and compute the metric suite (pixel metrics when every anomaly has a mask)."""
-    from vlm_ad.metrics import evaluate
+class Pipeline:
+    """A fitted detector and a reasoner, run as one chain.
 
-    samples, maps = [], []
-    # a seeded shuffle, so that batches mix categories as a user's stream would (it matters to 'mutual' only)
-    order = np.random.default_rng(0).permutation(len(test)).tolist()
-    t0 = time.perf_counter()
-    for start in range(0, len(test), batch):
-        chunk = [test[i] for i in order[start : start + batch]]
-        maps += det.predict(chunk, progress=progress)
-        samples += [Sample(np.empty(0), s.image_id, s.label, s.defect_type, s.mask) for s in chunk]  # drop pixels
-    seconds = time.perf_counter() - t0
-    labels = [s.label for s in samples]
-    with_masks = test.has_masks
-    metrics = evaluate(labels, [m.score for m in maps],
-                       masks=[s.mask for s in samples] if with_masks else None,
-                       maps=[m.map for m in maps] if with_masks else None)
-    metrics.update(n_test=len(samples), predict_seconds=seconds, images_per_second=len(samples) / seconds,
-                   backbone_seconds=det.timings_["embed"], scoring_seconds=det.timings_["score"],
-                   peak_rss_mb=peak_rss_mb())
-    return EvalResult(metrics, maps)
+    Args:
+        detector: a fitted detector (``load_detector(dir)`` or ``create_detector(...).fit(...)``).
+        reasoner: who writes the explanation; the grounded reasoner (no model) when None.
+        namer: optional defect namer (a labelled-defect library) for the evidence.
+        exemplar_root: the folder the model was fitted on, so contrasts use the exemplar images.
+    """
+
+    def __init__(self, detector: Any, reasoner: Reasoner | None = None, *, namer: Namer | None = None,
+                 exemplar_root: str | Path | None = None) -> None:
+        if reasoner is None:
+            from vlm_ad.reasoning import create_reasoner
+
+            reasoner = create_reasoner("grounded")
+        self.detector, self.reasoner, self.namer = detector, reasoner, namer
+        self.exemplars = exemplar_loader(exemplar_root)
+
+    def detect(self, sample: Sample) -> AnomalyMap:
+        """Step 1: the anomaly map, score and nearest exemplars of one image."""
+        return self.detector.predict([sample])[0]
+
+    def measure(self, amap: AnomalyMap, image: np.ndarray) -> Evidence:
+        """Step 2: regions, shapes, contrasts against the nearest exemplar, defect names."""
+        grid = getattr(self.detector, "grid_shape", None)
+        return build_evidence(amap, image, namer=self.namer, load_exemplar=self.exemplars, grid_shape=grid)
+
+    def explain(self, evidence: Evidence) -> Explanation:
+        """Step 3: the reasoner's validated explanation of the evidence."""
+        return self.reasoner.explain(evidence)
+
+    def explain_map(self, amap: AnomalyMap, image: np.ndarray) -> Explained:
+        """Steps 2 and 3 for a detection that exists already (e.g. in an evaluation)."""
+        evidence = self.measure(amap, image)
+        return Explained(image, amap, evidence, self.explain(evidence))
+
+    def run(self, image: ImageInput) -> Explained:
+        """The whole chain for one image (a path, an RGB array or a Sample)."""
+        sample = load_sample(image)
+        return self.explain_map(self.detect(sample), sample.image)
 
 
 def write_detection(amap: AnomalyMap, image: np.ndarray, out_dir: Path, stem: str, *, region_threshold: float | None
                     ) -> dict[str, Any]:
-    """Write ``<stem>.json`` (score, label, threshold, regions, nearest exemplars) and ``<stem>_overlay.png``."""
-    from PIL import Image
-
+    """``vlm-ad detect``'s outputs: ``<stem>.json`` (score, label, threshold, regions, nearest exemplars) and
+    ``<stem>_overlay.png``; returns the JSON record."""
     from vlm_ad.regions import find_regions
-    from vlm_ad.viz import overlay
+    from vlm_ad.viz import map_overlay, png_bytes
 
     thr = amap.threshold if region_threshold is None else region_threshold
     amap.regions = find_regions(amap.map, thr) if thr is not None else []
     record = amap.to_json()
-    vmax = max(float(thr) * 1.5 if thr else float(amap.map.max()), 1e-6)
-    over = overlay(image, amap.map, vmin=0.0, vmax=vmax)
-    tmp = out_dir / f".{stem}_overlay.png.tmp"
-    Image.fromarray(over).save(tmp, format="PNG")
-    tmp.replace(out_dir / f"{stem}_overlay.png")
+    atomic_write_bytes(out_dir / f"{stem}_overlay.png", png_bytes(map_overlay(image, amap.map, thr)))
     atomic_write_bytes(out_dir / f"{stem}.json", json.dumps(record, indent=2).encode())
     return record
 

@@ -60,12 +60,14 @@ class ExemplarHit:
         row: patch row in that image's feature grid.
         col: patch column in that image's feature grid.
         distance: feature distance (lower = more similar).
+        id: the citable evidence id ("E1", ...) once the hit is cited as evidence; empty before.
     """
 
     image_id: str
     row: int
     col: int
     distance: float
+    id: str = ""
 
 
 @dataclass

@@ -1,6 +1,14 @@
-"""Overlays of anomaly maps on images (numpy + Pillow only)."""
+"""Overlays of anomaly maps on images (numpy + Pillow only).
+
+:func:`map_overlay` is the one overlay rule every output uses (``detect``, ``chat``, ``report``): the colour scale
+runs from 0 to 1.5 x the decision threshold, so the same colour means the same distance to "anomalous" in every
+image; without a threshold it runs to the map's maximum.
+"""
 
 from __future__ import annotations
+
+import io
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -53,3 +61,26 @@ def side_by_side(image: np.ndarray, over: np.ndarray, caption: str) -> Image.Ima
     canvas.paste(Image.fromarray(over), (w + 8, 0))
     ImageDraw.Draw(canvas).text((2, h + 3), caption, fill=(0, 0, 0))
     return canvas
+
+
+def map_overlay(image: np.ndarray, amap: np.ndarray, threshold: float | None,
+                boxes: Sequence[tuple[str, tuple[int, int, int, int]]] = ()) -> np.ndarray:
+    """The overlay of an (H, W) map on its (H, W, 3) image under the one colour rule (see the module docstring),
+    with each ``(label, (x0, y0, x1, y1))`` box (end-exclusive) outlined and labelled in cyan."""
+    vmax = max(float(threshold) * 1.5 if threshold else float(np.max(amap)), 1e-6)
+    out = overlay(image, amap, vmin=0.0, vmax=vmax)
+    if not boxes:
+        return out
+    im = Image.fromarray(out)
+    draw = ImageDraw.Draw(im)
+    for label, (x0, y0, x1, y1) in boxes:
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(0, 255, 255))
+        draw.text((x0 + 2, y0 + 1), label, fill=(0, 255, 255))
+    return np.asarray(im)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 image."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()

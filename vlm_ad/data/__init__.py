@@ -19,19 +19,16 @@ from __future__ import annotations
 from vlm_ad.data.base import DatasetItem, ImageDataset
 from vlm_ad.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, load_mask, save_png
 from vlm_ad.data.mvtec import ImageFolder, MVTecDataset
+from vlm_ad.data.splits import TEXTILE, open_data, select_shots
 from vlm_ad.data.synthetic import (
     BUILTIN_SOURCES,
     DEFECT_TYPES,
-    LOCATION_WORDS,
-    SIZE_WORDS,
     describe_defect,
     generate_dataset,
     load_source,
-    location_word,
     make_defect,
     random_crop,
     read_references,
-    size_word,
 )
 from vlm_ad.data.textile import TextileDataset
 
@@ -39,8 +36,7 @@ __all__ = [
     "BUILTIN_SOURCES",
     "DEFECT_TYPES",
     "IMAGE_EXTENSIONS",
-    "LOCATION_WORDS",
-    "SIZE_WORDS",
+    "TEXTILE",
     "DatasetItem",
     "ImageDataset",
     "ImageFolder",
@@ -52,10 +48,10 @@ __all__ = [
     "load_image",
     "load_mask",
     "load_source",
-    "location_word",
     "make_defect",
+    "open_data",
     "random_crop",
     "read_references",
     "save_png",
-    "size_word",
+    "select_shots",
 ]

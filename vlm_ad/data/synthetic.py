@@ -40,20 +40,24 @@ import numpy as np
 from vlm_ad._cache import atomic_write_bytes
 from vlm_ad.data.images import load_image, save_png
 from vlm_ad.errors import ConfigError, DataError
+from vlm_ad.vocabulary import (
+    SIZE_WORDS,
+    location_word,
+    orientation_adverb,
+    orientation_word,
+    principal_axes,
+    size_word,
+)
 
 __all__ = [
     "BUILTIN_SOURCES",
     "DEFECT_TYPES",
-    "LOCATION_WORDS",
-    "SIZE_WORDS",
     "describe_defect",
     "generate_dataset",
     "load_source",
-    "location_word",
     "make_defect",
     "random_crop",
     "read_references",
-    "size_word",
 ]
 
 PathLikeStr = Union[str, PathLike]
@@ -69,15 +73,6 @@ DEFECT_TYPES: tuple[str, ...] = (
 )
 BUILTIN_SOURCES: tuple[str, ...] = ("brick", "grass", "gravel")
 
-#: 3x3 grid of location words, indexed ``[row][column]`` (row 0 = top, column 0 = left)
-LOCATION_WORDS: tuple[tuple[str, str, str], ...] = (
-    ("upper left", "top centre", "upper right"),
-    ("centre left", "centre", "centre right"),
-    ("lower left", "bottom centre", "lower right"),
-)
-SIZE_WORDS: tuple[str, ...] = ("small", "medium", "large")
-#: area-fraction thresholds between small/medium and medium/large
-SIZE_THRESHOLDS: tuple[float, float] = (0.01, 0.05)
 # target area-fraction ranges the generator aims at for each size word
 _TARGET_AREA = {"small": (0.003, 0.008), "medium": (0.013, 0.04), "large": (0.06, 0.12)}
 _TYPE_NAMES = {"missing_part": "missing part"}
@@ -89,43 +84,15 @@ Reference = dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------- words
-def location_word(cx: float, cy: float, width: int, height: int) -> str:
-    """The 3x3-grid word of a point given as pixel column ``cx`` and row ``cy`` (e.g. a mask centroid).
-
-    The image is cut in thirds; pixel ``i`` covers ``[i, i + 1)``, so its centre is at ``i + 0.5``.
-    """
-    col = min(max(int(3.0 * (cx + 0.5) / width), 0), 2)
-    row = min(max(int(3.0 * (cy + 0.5) / height), 0), 2)
-    return LOCATION_WORDS[row][col]
-
-
-def size_word(area_fraction: float) -> str:
-    """``"small"`` below 1 % of the image, ``"medium"`` below 5 %, else ``"large"``."""
-    if area_fraction < SIZE_THRESHOLDS[0]:
-        return "small"
-    return "medium" if area_fraction < SIZE_THRESHOLDS[1] else "large"
-
-
 def _percent(fraction: float) -> str:
     pct = 100.0 * fraction
     return f"{pct:.1f}%" if pct < 10 else f"{pct:.0f}%"
 
 
 def _orientation_word(mask: np.ndarray) -> str | None:
-    """Return "horizontally", "vertically" or a diagonal, for an elongated mask (None when it is not elongated)."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) < 3:
-        return None
-    evals, evecs = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(np.float64)))
-    if evals[1] <= 0 or evals[1] < 9.0 * max(evals[0], 0.0):  # principal axes ratio below 3
-        return None
-    vx, vy = evecs[:, 1]
-    angle = math.degrees(math.atan2(vy, vx)) % 180.0  # image rows go down
-    if angle < 22.5 or angle >= 157.5:
-        return "horizontally"
-    if 67.5 <= angle < 112.5:
-        return "vertically"
-    return "diagonally from upper left to lower right" if angle < 90 else "diagonally from lower left to upper right"
+    """The reference adverb ("horizontally", ...) of a line-like mask (principal axes ratio >= 3), else None."""
+    axes = principal_axes(mask)
+    return None if axes is None else orientation_adverb(orientation_word(axes[1], axes[0], min_elongation=3.0))
 
 
 def _shape_phrase(mask: np.ndarray) -> str:

@@ -18,8 +18,8 @@ import torch
 
 from vlm_ad.detectors.base import Detector, PatchEmbedder
 from vlm_ad.detectors.patchcore import PatchCore
+from vlm_ad.detectors.threshold import ThresholdPolicy
 from vlm_ad.errors import ConfigError, DataError
-from vlm_ad.metrics import ThresholdPolicy
 
 _SCORES = ("max", "topk")
 

@@ -78,6 +78,15 @@ class PatchEmbedder:
             raise ConfigError(f"pool must be a positive odd number, got {pool}")
         self.pool, self.normalize = pool, normalize
 
+    def grid_shape(self, image_shape: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of the patch grid of an image of ``image_shape`` (H, W): one tiny forward pass, cached."""
+        grids = self.__dict__.setdefault("_grids", {})
+        key = (self.image_size, self.image_size)  # every image is resized to this square
+        if key not in grids:
+            emb = self([np.zeros((*key, 3), np.uint8)])
+            grids[key] = (int(emb.shape[1]), int(emb.shape[2]))
+        return grids[key]
+
     def config(self) -> dict[str, Any]:
         """Settings that rebuild this embedder (saved with a model)."""
         return {"backbone": self.backbone_name, "layers": list(self.layers), "image_size": self.image_size,
@@ -267,6 +276,12 @@ class Detector:
 
     def _extra_meta(self, directory: Path) -> dict[str, Any]:
         return {}
+
+    def grid_shape(self, image_shape: tuple[int, int]) -> tuple[int, int] | None:
+        """(rows, cols) of the patch grid behind this detector's hits for an image of ``image_shape`` (H, W), which
+        places a hit in its exemplar image; None for detectors without a patch embedder."""
+        embedder = getattr(self, "embedder", None)
+        return None if embedder is None else embedder.grid_shape(tuple(image_shape))
 
     def set_threshold(self, value: float | None) -> Detector:
         """Set the image-level decision threshold (used for ``AnomalyMap.label``)."""

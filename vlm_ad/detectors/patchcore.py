@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from vlm_ad.detectors.base import Detector
+from vlm_ad.detectors.threshold import ThresholdPolicy
 from vlm_ad.errors import ConfigError, DataError
-from vlm_ad.metrics import ThresholdPolicy
 from vlm_ad.retrieval import ExemplarStore
 
 _VIEW = "#view"

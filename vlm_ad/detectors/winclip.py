@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from vlm_ad.detectors.base import Detector, as_images
+from vlm_ad.detectors.threshold import ThresholdPolicy
 from vlm_ad.errors import ConfigError, DataError
-from vlm_ad.metrics import ThresholdPolicy
 from vlm_ad.types import AnomalyMap
 
 

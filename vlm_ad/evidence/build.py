@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Union
 
 import numpy as np
 
-from vlm_ad.data.synthetic import location_word
 from vlm_ad.evidence.types import (
     Contrast,
     DefectNameEvidence,
     Evidence,
-    ExemplarEvidence,
     RegionEvidence,
     ScoreEvidence,
     Shape,
 )
 from vlm_ad.types import AnomalyMap, ExemplarHit
+from vlm_ad.vocabulary import location_word, orientation_word, principal_axes
 
 __all__ = ["Namer", "build_evidence", "region_shape"]
 
 ExemplarLoader = Callable[[str], "np.ndarray | None"]
+GridShape = Union[tuple[int, int], Callable[[tuple[int, int]], "tuple[int, int] | None"]]
 
 
 class Namer(Protocol):
@@ -40,32 +39,19 @@ def _gradient(gray: np.ndarray) -> np.ndarray:
     return np.hypot(gx, gy)
 
 
-def _orientation_word(deg: float, elongation: float) -> str:
-    if elongation < 1.5:
-        return "none"
-    if deg < 22.5 or deg >= 157.5:
-        return "horizontal"
-    if 67.5 <= deg < 112.5:
-        return "vertical"
-    return "diagonal (upper left to lower right)" if deg < 90 else "diagonal (lower left to upper right)"
-
-
 def region_shape(mask: np.ndarray) -> Shape:
     """Elongation (principal-axis ratio), orientation and a shape word of a bool mask."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) < 3:
+    axes = principal_axes(mask)
+    if axes is None:
         return Shape(1.0, 0.0, "none", "compact")
-    evals, evecs = np.linalg.eigh(np.cov(np.stack([xs, ys]).astype(np.float64)) + 1e-6 * np.eye(2))
-    elongation = math.sqrt(max(evals[1], 1e-9) / max(evals[0], 1e-9))
-    deg = math.degrees(math.atan2(evecs[1, 1], evecs[0, 1])) % 180.0
-    fill = len(xs) / (math.pi * 4.0 * math.sqrt(max(evals[0] * evals[1], 1e-9)))  # area / ellipse area
+    elongation, deg, fill = axes
     if elongation >= 4:
         word = "line-like"
     elif elongation >= 2:
         word = "elongated"
     else:
         word = "compact" if fill > 0.7 else "irregular"
-    return Shape(round(elongation, 2), round(deg, 1), _orientation_word(deg, elongation), word)
+    return Shape(round(elongation, 2), round(deg, 1), orientation_word(deg, elongation), word)
 
 
 def _contrast_words(delta: float, ratio: float, spread: float) -> str:
@@ -118,6 +104,10 @@ def _region_contrast(gray, mask, hit, grid, load_exemplar) -> tuple[Contrast, st
     exemplar = load_exemplar(hit.image_id)
     if exemplar is None:
         return _ring_contrast(gray, mask), f"exemplar image {hit.image_id} not available"
+    if callable(grid):
+        grid = grid(exemplar.shape[:2])
+        if grid is None:
+            return _ring_contrast(gray, mask), None
     ys, xs = _bbox_slices(mask)
     frac = ((ys.stop - ys.start) / mask.shape[0], (xs.stop - xs.start) / mask.shape[1])
     ref, ref_grad = _exemplar_patch(exemplar, hit, grid, frac)
@@ -139,7 +129,7 @@ def build_evidence(
     region_threshold: float | None = None,
     namer: Namer | None = None,
     load_exemplar: ExemplarLoader | None = None,
-    grid_shape: tuple[int, int] | None = None,
+    grid_shape: GridShape | None = None,
     max_regions: int = 5,
 ) -> Evidence:
     """Measure the evidence behind one detection.
@@ -156,7 +146,8 @@ def build_evidence(
         region_threshold: pixel threshold of the regions (default ``amap.threshold``).
         namer: optional defect namer (see :class:`Namer`).
         load_exemplar: ``image_id -> pixels or None`` for the normal exemplars (e.g. from the training folder).
-        grid_shape: (rows, cols) of the detector's feature grid, needed to place a hit in its exemplar image.
+        grid_shape: (rows, cols) of the detector's feature grid, or ``image (H, W) -> (rows, cols)`` when the grid
+            depends on the image's shape; needed to place a hit in its exemplar image.
         max_regions: keep at most this many regions (highest peaks).
     """
     from vlm_ad.regions import find_regions
@@ -184,7 +175,7 @@ def build_evidence(
             rid, reg.box, round(100 * reg.area_fraction, 2), round(reg.peak, 4),
             (round(reg.centroid[0], 1), round(reg.centroid[1], 1)), location_word(*reg.centroid, w, h),
             region_shape(mask), contrast, _name(namer, image, mask)))
-    ev.exemplars = [ExemplarEvidence(f"E{i + 1}", x.image_id, x.row, x.col, round(x.distance, 4))
+    ev.exemplars = [ExemplarHit(x.image_id, x.row, x.col, round(x.distance, 4), id=f"E{i + 1}")
                     for i, x in enumerate(amap.hits)]
     return ev
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Contrast", "DefectNameEvidence", "Evidence", "ExemplarEvidence", "RegionEvidence", "ScoreEvidence", "Shape"]
+from vlm_ad.types import ExemplarHit
+
+__all__ = ["Contrast", "DefectNameEvidence", "Evidence", "RegionEvidence", "ScoreEvidence", "Shape"]
 
 
 @dataclass
@@ -99,25 +101,6 @@ class RegionEvidence:
 
 
 @dataclass
-class ExemplarEvidence:
-    """A nearest normal exemplar behind the score.
-
-    Attributes:
-        id: citable id, ``"E1"`` for the most anomalous patch's exemplar.
-        image_id: the normal image the exemplar patch comes from.
-        row: patch row in that image's feature grid.
-        col: patch column in that image's feature grid.
-        distance: feature distance (lower = more similar).
-    """
-
-    id: str
-    image_id: str
-    row: int
-    col: int
-    distance: float
-
-
-@dataclass
 class ScoreEvidence:
     """The image-level decision (id ``S``).
 
@@ -145,7 +128,7 @@ class Evidence:
         image_size: (width, height) in pixels.
         score: the image-level decision.
         regions: regions above the threshold, highest peak first.
-        exemplars: nearest normal exemplars, most anomalous patch first.
+        exemplars: nearest normal exemplars (hits with their citable ids ``E1``, ...), most anomalous patch first.
         notes: caveats a reader should know (e.g. "no threshold").
         masks: region id -> (H, W) bool pixel mask (not serialised).
     """
@@ -154,7 +137,7 @@ class Evidence:
     image_size: tuple[int, int]
     score: ScoreEvidence
     regions: list[RegionEvidence] = field(default_factory=list)
-    exemplars: list[ExemplarEvidence] = field(default_factory=list)
+    exemplars: list[ExemplarHit] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
@@ -185,4 +168,15 @@ class Evidence:
         """A JSON-serialisable dict (lists instead of tuples, no masks)."""
         out = asdict(self)
         out.pop("masks")
+        out["exemplars"] = [{"id": e.pop("id"), **e} for e in out["exemplars"]]  # the citable id first
         return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Evidence:
+        """Rebuild evidence from :meth:`to_json` output (the pixel masks are not kept there)."""
+        regions = [RegionEvidence(
+            r["id"], tuple(r["box"]), r["area_pct"], r["peak"], tuple(r["centroid"]), r["location"],
+            Shape(**r["shape"]), Contrast(**r["contrast"]),
+            DefectNameEvidence(**r["defect"]) if r.get("defect") else None) for r in data.get("regions", [])]
+        return cls(data["image_id"], tuple(data["image_size"]), ScoreEvidence(**data["score"]), regions,
+                   [ExemplarHit(**e) for e in data.get("exemplars", [])], list(data.get("notes", [])))

@@ -75,10 +75,12 @@ def _openai(**kw: Any) -> Reasoner:
 
 
 @REASONERS.register("hf", description="local transformers causal-LM directory (model_dir=...)")
-def _hf(*, model_dir: str, **kw: Any) -> Reasoner:
+def _hf(*, model_dir: str | None = None, **kw: Any) -> Reasoner:
     from vlm_ad.reasoning.backends import HFChat
     from vlm_ad.reasoning.llm import ChatReasoner
 
+    if model_dir is None:
+        raise ConfigError("the hf reasoner needs model_dir (--model-dir DIR: a local transformers causal-LM folder)")
     opts = _split(kw)
     return ChatReasoner(HFChat(model_dir=str(model_dir), **kw), name="hf", **opts)
 

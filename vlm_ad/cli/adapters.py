@@ -1,7 +1,5 @@
-"""``vlm-ad library ...`` (labelled-defect library for naming) and ``vlm-ad adapt`` (per-category LoRA adapters).
-
-Registered on :data:`vlm_ad.cli.app` by one import line in ``vlm_ad/cli.py``.
-"""
+"""Adapter and naming commands: ``vlm-ad library ...`` (a labelled-defect library that names regions) and
+``vlm-ad adapt`` (per-category LoRA adapters)."""
 
 from __future__ import annotations
 
@@ -10,12 +8,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from vlm_ad.cli import DATA_HELP, app, console, progress_bar
+from vlm_ad.cli._common import DATA_HELP, console, progress_bar
 from vlm_ad.errors import ConfigError
 
 library_app = typer.Typer(help="A labelled-defect library that names detected regions (add, show, name).",
                           no_args_is_help=True)
-app.add_typer(library_app, name="library")
 
 
 def _open_library(path: Path, features: str | None):
@@ -92,7 +89,6 @@ def library_name(
     console.print(f"{res.name} (confidence {res.confidence:.2f}, distance {res.distance:.3f}): {res.explanation}")
 
 
-@app.command()
 def adapt(
     data: str = typer.Argument(..., help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Adapter folder, e.g. adapters/NAME."),
@@ -111,7 +107,7 @@ def adapt(
     Use it with: vlm-ad eval DATA --detector adapted --backbone dinov2-s14 --adapter OUT
     """
     from vlm_ad.adapt import AdaptConfig, train_adapter
-    from vlm_ad.pipeline import open_data, select_shots
+    from vlm_ad.data import open_data, select_shots
 
     cfg = AdaptConfig(epochs=epochs, steps_per_epoch=steps, batch_size=batch_size, rank=rank, seed=seed,
                       lora_blocks=tuple(int(b) for b in blocks.split(",")), image_size=image_size)
@@ -128,12 +124,10 @@ def adapt(
                   f"last held-out synthetic loss {last.get('val_loss', float('nan')):.4f}")
 
 
-def naming_eval_cmd(data: str, *, shots_per_type: int, seed: int, json_out: Path | None) -> None:
+def naming_eval(data: str, *, shots_per_type: int, seed: int, json_out: Path | None) -> None:
     """``vlm-ad eval DATA --naming``: print and optionally write naming accuracy and the confusion matrix."""
-    import json
-
-    from vlm_ad._cache import atomic_write_bytes
-    from vlm_ad.naming_eval import evaluate_naming_data
+    from vlm_ad.cli.images import write_json
+    from vlm_ad.evaluation.naming import evaluate_naming_data
 
     with progress_bar() as progress:
         task = progress.add_task("describing defects", total=None)
@@ -148,6 +142,9 @@ def naming_eval_cmd(data: str, *, shots_per_type: int, seed: int, json_out: Path
     console.print(table)
     console.print(f"type_accuracy {rec['type_accuracy']:.3f} (balanced {rec['balanced_accuracy']:.3f}); chance "
                   f"{rec['chance_uniform']:.3f} uniform, {rec['chance_majority']:.3f} majority type")
-    if json_out:
-        atomic_write_bytes(json_out, json.dumps(rec, indent=2).encode())
-        console.print(f"metrics written to {json_out}")
+    write_json(json_out, rec)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(library_app, name="library")
+    app.command()(adapt)

@@ -1,4 +1,4 @@
-"""``vlm-ad video fit|detect|eval``: explained anomalous events in videos (registered on ``vlm_ad.cli.app``)."""
+"""Video commands: ``vlm-ad video fit|detect|eval``, explained anomalous events in videos."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import typer
 
-from vlm_ad.cli import _task, app, console, progress_bar
+from vlm_ad.cli._common import ReasonerOptions, console, progress_bar, with_reasoner_options
+from vlm_ad.cli._common import task as _task
 
 video_app = typer.Typer(help="Video: fit on normal clips, detect explained anomalous events, evaluate.",
                         no_args_is_help=True)
-app.add_typer(video_app, name="video")
 
 CUES_HELP = "Comma-separated cues: motion, objects, appearance (see vlm_ad.video.list_cues())."
 
@@ -76,37 +76,29 @@ def _write_scores(res, path: Path) -> None:
 
 
 @video_app.command("detect")
+@with_reasoner_options
 def detect_cmd(
     input_path: Path = typer.Argument(..., metavar="INPUT", help="A video file, a frame folder or a folder of clips."),
-    model_dir: Path = typer.Option(..., "--model", help="A folder written by 'vlm-ad video fit'."),
+    model_path: Path = typer.Option(..., "--model", help="A folder written by 'vlm-ad video fit'."),
     out: Path = typer.Option(..., "--out", help="Output folder: <clip>_scores.csv, <clip>.gif, events.json."),
     gif: bool = typer.Option(True, help="Write an annotated GIF per clip."),
     gif_stride: int = typer.Option(1, min=1, help="Keep every N-th frame in the GIF."),
-    reasoner: str = typer.Option("grounded", "--reasoner", help="Who explains each event: grounded (no model), "
-                                 "llamacpp, openai or hf (the same reasoners as images; see 'vlm-ad chat --help' "
-                                 "for their settings)."),
-    llm: str = typer.Option(None, "--llm", help="With --reasoner llamacpp: a GGUF path or 'smollm2'."),
-    base_url: str = typer.Option(None, "--base-url", help="openai: server URL ($VLM_AD_OPENAI_BASE_URL)."),
-    api_model: str = typer.Option(None, "--api-model", help="openai: model name ($VLM_AD_OPENAI_MODEL)."),
-    model_dir_hf: Path = typer.Option(None, "--model-dir", help="hf: a local transformers causal-LM folder."),
-    fallback: str = typer.Option(None, "--fallback", help="'grounded': explain with grounded when the LLM cannot "
-                                 "be loaded or reached (flagged in each explanation)."),
+    *,
+    reasoner: ReasonerOptions,
 ) -> None:
-    """Score every frame, find anomalous events and explain them. Unreadable frames or clips are reported and
-    skipped; finished clips are always written. An LLM reasoner that gives no valid, grounded explanation for an
-    event leaves the grounded one in place, with the failure in its flags.
+    """Score every frame, find anomalous events and explain them (the reasoner options choose who explains).
+    Unreadable frames or clips are reported and skipped; finished clips are always written. An LLM reasoner that
+    gives no valid, grounded explanation for an event leaves the grounded one in place, with the failure in its flags.
 
     Example: vlm-ad video detect ../shared/data/ucsd_ped2/test/Test001 --model models/ped2 --out out/ped2
     """
     from vlm_ad._cache import atomic_write_bytes
-    from vlm_ad.cli_explain import reasoner_from_options
     from vlm_ad.errors import VlmAdError
     from vlm_ad.video import VideoModel, open_clips
     from vlm_ad.video.render import write_gif
 
-    model = VideoModel.load(model_dir)
-    explainer = None if reasoner == "grounded" else reasoner_from_options(
-        reasoner, llm=llm, base_url=base_url, api_model=api_model, model_dir=model_dir_hf, fallback=fallback)
+    model = VideoModel.load(model_path)
+    explainer = None if reasoner.reasoner == "grounded" else reasoner.build()
     clips = open_clips(input_path)
     out.mkdir(parents=True, exist_ok=True)
     events, failed = [], []
@@ -127,7 +119,7 @@ def detect_cmd(
             console.print(f"[red]event[/red] {clip.name} {e.explanation.summary}", soft_wrap=True)
         console.print(f"{clip.name}: {len(res.frames)} frames, {len(res.events)} events, "
                       f"{len(res.frames) / max(res.seconds, 1e-9):.1f} frames/s")
-    record = {"model": str(model_dir), "threshold": model.threshold_, "events": events, "skipped": failed}
+    record = {"model": str(model_path), "threshold": model.threshold_, "events": events, "skipped": failed}
     atomic_write_bytes(out / "events.json", json.dumps(record, indent=2).encode())
     for line in failed:
         console.print(f"[yellow]skipped[/yellow] {line}", soft_wrap=True)
@@ -146,8 +138,8 @@ def eval_cmd(
     """Fit on DATA/train (or load --model), score DATA/test: frame AUROC micro and macro (fused and per cue),
     pixel AUROC on frames with masks, and the share of event frames whose cited region overlaps the mask."""
     from vlm_ad._cache import atomic_write_bytes
+    from vlm_ad.evaluation.video import evaluate_results
     from vlm_ad.video import VideoModel, load_frame_labels, open_clips
-    from vlm_ad.video.evaluate import evaluate_results
 
     if model_dir:
         model = VideoModel.load(model_dir)
@@ -165,3 +157,7 @@ def eval_cmd(
     if json_out:
         atomic_write_bytes(json_out, json.dumps(record, indent=2).encode())
         console.print(f"metrics written to {json_out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(video_app, name="video")

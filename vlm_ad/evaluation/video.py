@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlm_ad.metrics import image_auroc, pixel_auroc
+from vlm_ad.evaluation.detection import image_auroc, pixel_auroc
 from vlm_ad.video.events import smooth_scores
 from vlm_ad.video.io import load_mask
 from vlm_ad.video.model import ClipResult, VideoModel

@@ -30,10 +30,9 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from .errors import ConfigError, DataError, NotFittedError
+from vlm_ad.errors import ConfigError, DataError
 
 __all__ = [
-    "ThresholdPolicy",
     "aupro",
     "evaluate",
     "f1_max",
@@ -51,10 +50,10 @@ _STRUCTURES = {4: ndimage.generate_binary_structure(2, 1), 8: ndimage.generate_b
 # --------------------------------------------------------------------------- validation
 
 
-def _labels_scores(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+def check_labels_scores(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validate image labels and scores; return (bool labels, float64 scores)."""
     y = np.asarray(_materialise(labels))
-    s = _float_vector(scores, "scores")
+    s = check_scores(scores, "scores")
     if y.ndim != 1:
         raise DataError(f"labels must be 1-D, got shape {y.shape}")
     if y.size != s.size:
@@ -64,7 +63,7 @@ def _labels_scores(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(bool), s
 
 
-def _float_vector(values: Any, name: str) -> np.ndarray:
+def check_scores(values: Any, name: str) -> np.ndarray:
     """Return ``values`` as a finite, non-empty 1-D float64 array, or raise DataError."""
     try:
         s = np.asarray(_materialise(values), dtype=np.float64)
@@ -218,7 +217,7 @@ def _ap(neg: np.ndarray, pos: np.ndarray) -> float:
     return float(np.sum(counts * (tps / (tps + fps)))) / pos.size
 
 
-def _f1(neg: np.ndarray, pos: np.ndarray) -> tuple[float, float]:
+def f1_threshold(neg: np.ndarray, pos: np.ndarray) -> tuple[float, float]:
     """Best F1 over all thresholds and the highest threshold that reaches it."""
     vals, _, tps, fps = _pr_points(neg, pos)
     f1 = 2.0 * tps / (tps + fps + pos.size)
@@ -288,7 +287,7 @@ def image_auroc(labels: Any, scores: Any) -> float | None:
     Raises:
         DataError: on length mismatch, non-binary labels or non-finite scores.
     """
-    y, s = _labels_scores(labels, scores)
+    y, s = check_labels_scores(labels, scores)
     return float(roc_auc_score(y, s)) if 0 < y.sum() < y.size else None
 
 
@@ -305,7 +304,7 @@ def image_ap(labels: Any, scores: Any) -> float | None:
     Raises:
         DataError: on length mismatch, non-binary labels or non-finite scores.
     """
-    y, s = _labels_scores(labels, scores)
+    y, s = check_labels_scores(labels, scores)
     return float(average_precision_score(y, s)) if 0 < y.sum() < y.size else None
 
 
@@ -325,10 +324,10 @@ def f1_max(labels: Any, scores: Any) -> tuple[float | None, float | None]:
     Raises:
         DataError: on length mismatch, non-binary labels or non-finite scores.
     """
-    y, s = _labels_scores(labels, scores)
+    y, s = check_labels_scores(labels, scores)
     if not 0 < y.sum() < y.size:
         return None, None
-    return _f1(np.sort(s[~y]), s[y])
+    return f1_threshold(np.sort(s[~y]), s[y])
 
 
 # --------------------------------------------------------------------------- pixel-level metrics
@@ -466,70 +465,6 @@ def _pointing(masks: list[np.ndarray], maps: list[np.ndarray]) -> float | None:
     return float(np.mean(hits)) if hits else None
 
 
-# --------------------------------------------------------------------------- thresholds
-
-
-class ThresholdPolicy:
-    """Choose an image-score threshold on validation data (``score >= threshold_`` is anomalous).
-
-    With labels that hold both classes, the threshold maximises F1 (see ``f1_max``). Otherwise it is
-    the ``quantile`` of the normal scores (all scores when no labels are given); when that quantile
-    equals the largest normal score (constant or tied top scores), it is moved slightly above that
-    maximum so that tied normal images are not all flagged.
-
-    Attributes:
-        quantile: quantile of normal scores used without anomalous labels.
-        threshold_: the fitted threshold (after ``fit``).
-        method_: ``"f1"`` or ``"quantile"``, how ``threshold_`` was chosen (after ``fit``).
-    """
-
-    def __init__(self, quantile: float = 0.99) -> None:
-        if not isinstance(quantile, (int, float, np.floating)) or not 0.0 < quantile <= 1.0:
-            raise ConfigError(f"quantile must be a number in (0, 1], got {quantile!r}")
-        self.quantile = float(quantile)
-
-    def __repr__(self) -> str:
-        fitted = f", threshold_={self.threshold_!r}" if hasattr(self, "threshold_") else ""
-        return f"ThresholdPolicy(quantile={self.quantile!r}{fitted})"
-
-    def fit(self, scores: Any, labels: Any = None) -> ThresholdPolicy:
-        """Fit the threshold on validation scores (and optional 0/1 labels); return self.
-
-        Raises:
-            DataError: on empty or non-finite scores, bad labels, or labels that are all anomalous.
-        """
-        if labels is None:
-            y, s = None, _float_vector(scores, "scores")
-        else:
-            y, s = _labels_scores(labels, scores)
-        if y is not None and 0 < y.sum() < y.size:
-            self.method_, self.threshold_ = "f1", _f1(np.sort(s[~y]), s[y])[1]
-            return self
-        if y is not None and y.all():
-            raise DataError("every validation label is anomalous; give normal scores or both classes")
-        self.method_, self.threshold_ = "quantile", _safe_quantile(s if y is None else s[~y], self.quantile)
-        return self
-
-    def predict(self, scores: Any) -> np.ndarray:
-        """Return a bool array, True where ``score >= threshold_``.
-
-        Raises:
-            NotFittedError: before ``fit``.
-            DataError: on empty or non-finite scores.
-        """
-        if not hasattr(self, "threshold_"):
-            raise NotFittedError("ThresholdPolicy is not fitted; call fit(scores, labels) first")
-        return _float_vector(scores, "scores") >= self.threshold_
-
-
-def _safe_quantile(normal: np.ndarray, q: float) -> float:
-    """The ``q`` quantile of ``normal``, nudged above the maximum when it would equal it."""
-    t, top = float(np.quantile(normal, q)), float(normal.max())
-    if t < top:
-        return t
-    return top + 1e-6 * max(1.0, abs(top), top - float(normal.min()))
-
-
 # --------------------------------------------------------------------------- all at once
 
 
@@ -558,7 +493,7 @@ def evaluate(
         ConfigError: when only one of masks/maps is given, or on a bad ``fpr_limit``.
         DataError: on length or shape mismatch, bad labels or non-finite values.
     """
-    y, s = _labels_scores(labels, scores)
+    y, s = check_labels_scores(labels, scores)
     f1, f1_threshold = f1_max(y, s)
     out = {"image_auroc": image_auroc(y, s), "image_ap": image_ap(y, s), "f1_max": f1, "f1_threshold": f1_threshold}
     if masks is None and maps is None:
@@ -574,7 +509,7 @@ def _pixel_metrics(masks: list[np.ndarray], maps: list[np.ndarray], fpr_limit: f
     """Pixel-level part of ``evaluate`` on validated masks/maps."""
     px = _gather(masks, maps, connectivity=8)
     ok = px.two_classes
-    _, threshold = _f1(px.neg, px.pos) if ok else (None, None)
+    _, threshold = f1_threshold(px.neg, px.pos) if ok else (None, None)
     return {
         "pixel_auroc": _auroc(px.neg, px.pos) if ok else None,
         "pixel_ap": _ap(px.neg, px.pos) if ok else None,

@@ -1,0 +1,95 @@
+"""Explanation commands: ``chat`` (questions about one image) and ``report`` (a folder into a batch report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.markdown import Markdown
+from rich.panel import Panel
+
+from vlm_ad.cli._common import ReasonerOptions, console, progress_bar, with_reasoner_options
+
+EXEMPLARS_HELP = "Folder the model was fitted on (e.g. the MVTec category); contrasts then use the exemplar images."
+CHAT_HELP = "Questions: where is it? what type? how sure? how does it differ from normal? show the map. " \
+            "Commands: /save, /evidence, /help, /quit."
+
+
+def _pipeline(model: Path, reasoner: ReasonerOptions, exemplars: Path | None):
+    from vlm_ad.detectors import load_detector
+    from vlm_ad.pipeline import Pipeline
+
+    return Pipeline(load_detector(model), reasoner.build(), exemplar_root=exemplars)
+
+
+@with_reasoner_options
+def chat(
+    image: Path = typer.Argument(..., help="The image to talk about."),
+    model: Path = typer.Option(..., "--model", help="A model folder written by 'vlm-ad fit'."),
+    ask: str = typer.Option(None, "--ask", help="Answer this one question and exit (non-interactive)."),
+    out: Path = typer.Option(Path("vlm-ad-chat"), "--out", help="Folder for /save (transcript and overlay)."),
+    exemplars: Path = typer.Option(None, "--exemplars", help=EXEMPLARS_HELP),
+    *,
+    reasoner: ReasonerOptions,
+) -> None:
+    """Ask questions about one image, answered from its measured evidence (multi-turn; /save writes the transcript
+    and the overlay). Example: vlm-ad chat part.png --model models/tile --ask "where is the defect?" """
+    from vlm_ad.chat import ChatSession
+
+    pipe = _pipeline(model, reasoner, exemplars)
+    ex = pipe.run(image)
+    session = ChatSession(ex, pipe.reasoner)
+    if ask is not None:
+        console.print(f"[bold]Q:[/bold] {ask}")
+        console.print(f"[bold]A:[/bold] {session.ask(ask)}", soft_wrap=True)
+        return
+    e = ex.explanation
+    console.print(Panel(f"{e.summary}\n[dim]verdict {e.verdict}, confidence {e.confidence:.2f}, reasoner "
+                        f"{pipe.reasoner.name}[/dim]", title=str(image)))
+    console.print(f"[dim]{CHAT_HELP}[/dim]")
+    while True:
+        try:
+            question = console.input("[bold cyan]you> [/bold cyan]").strip()
+        except EOFError:
+            break
+        if not question:
+            continue
+        if question in ("/quit", "/exit", "/q"):
+            break
+        if question == "/help":
+            console.print(CHAT_HELP)
+        elif question == "/evidence":
+            console.print_json(json.dumps(ex.evidence.to_json()))
+        elif question.startswith("/save"):
+            paths = session.save(out, stem=Path(image).stem)
+            console.print("saved " + ", ".join(str(p) for p in paths))
+        else:
+            console.print(Markdown(session.ask(question)))
+
+
+@with_reasoner_options
+def report(
+    images: Path = typer.Argument(..., help="A folder of images (searched recursively) or one image."),
+    model: Path = typer.Option(..., "--model", help="A model folder written by 'vlm-ad fit'."),
+    out: Path = typer.Option(..., "--out", help="Output folder: report.jsonl, report.md, report.html, overlays/."),
+    exemplars: Path = typer.Option(None, "--exemplars", help=EXEMPLARS_HELP),
+    *,
+    reasoner: ReasonerOptions,
+) -> None:
+    """Explain every image into a batch report. Resumable: images already in OUT/report.jsonl are skipped; an
+    unreadable image or an LLM failure is recorded in its record and the batch goes on."""
+    from vlm_ad.report import run_report
+
+    pipe = _pipeline(model, reasoner, exemplars)
+    with progress_bar() as progress:
+        handle = progress.add_task("explaining", total=None)
+        res = run_report(images, pipe, out, on_total=lambda n: progress.update(handle, total=n),
+                         progress=lambda n: progress.advance(handle, n))
+    console.print(f"{res.done} explained, {res.skipped} already done, {res.failed} failed in {res.seconds:.1f} s; "
+                  f"see {out}/report.html, report.md and report.jsonl")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(chat)
+    app.command()(report)

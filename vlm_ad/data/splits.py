@@ -1,0 +1,37 @@
+"""Which images a run uses: a category's (train, test) splits and the k normal shots drawn from train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlm_ad.data.base import ImageDataset
+from vlm_ad.data.mvtec import MVTecDataset
+from vlm_ad.data.textile import TextileDataset
+from vlm_ad.errors import ConfigError
+from vlm_ad.types import Sample
+
+__all__ = ["TEXTILE", "open_data", "select_shots"]
+
+TEXTILE = "textile"  # the DATA name of the embedded textile benchmark
+
+
+def open_data(data: str | Path, *, textile_test: int | None = None, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """(train, test) of an MVTec-layout category folder, or of the textile benchmark when ``data == "textile"``.
+
+    Args:
+        data: a category folder (``train/good``, ``test/<type>``, optional ``ground_truth``) or ``"textile"``.
+        textile_test: balanced subsample size of the textile test split (None = all 1,800 test images).
+        seed: seed of the textile split and subsample.
+    """
+    if str(data) == TEXTILE:
+        return TextileDataset("train", seed=seed), TextileDataset("test", seed=seed, limit_test=textile_test)
+    return MVTecDataset(data, "train"), MVTecDataset(data, "test")
+
+
+def select_shots(train: ImageDataset, shots: int | None, seed: int) -> list[Sample]:
+    """All normal training images (``shots=None``), none (0), or ``shots`` of them drawn with ``seed``."""
+    if shots is None:
+        return [train[i] for i in train.normal_indices()]
+    if shots < 0:
+        raise ConfigError(f"--shots must be >= 0 (0 = zero-shot), got {shots}")
+    return [] if shots == 0 else [train[i] for i in train.sample_shots(shots, seed=seed)]
