@@ -15,9 +15,12 @@ from tests.conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 CHECK = """
-import json, sys
+import importlib, json, pkgutil, sys
 from pathlib import Path
 import vlm_ad
+# every subpackage is in the wheel (a folder without __init__.py would be left out)
+for mod in ("vlm_ad.cli", "vlm_ad.evaluation.run", "vlm_ad.pipeline", "vlm_ad.report", "vlm_ad.video.model"):
+    importlib.import_module(mod)
 from vlm_ad.reasoning.llm import load_prompt, prompts_dir
 from vlm_ad.clip_prompts import load_prompt_set
 root = Path(vlm_ad.__file__).parent
