@@ -128,13 +128,6 @@ def test_train_adapter_writes_files_and_resumes(tmp_path):
         train_adapter(imgs[:1], cfg)
 
 
-@pytest.mark.slow
-def test_adapted_detector_contract(tmp_path):
-    adapt = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "lora_blocks": [7], "modules": ["qkv"]}
-    check_detector_contract(lambda: create_detector("adapted", backbone="dinov2-s14", image_size=98, adapt=adapt),
-                            tmp_path, size=96)
-
-
 def test_adapted_options_are_checked():
     with pytest.raises(ConfigError, match="needs backbone 'dinov2-s14'"):
         create_detector("adapted", backbone="efficientnet-lite0")

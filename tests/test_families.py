@@ -30,16 +30,6 @@ def _threads():
     torch.set_num_threads(2)
 
 
-TRAINED = {"ae", "vae", "cavga", "feature-ae"}  # ~10-20 s each on 2 idle cores, minutes on a loaded machine
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in TRAINED else n for n in OPTIONS])
-def test_family_detector_contract(name, tmp_path):
-    maps = check_detector_contract(lambda: create_detector(name, **OPTIONS[name]), tmp_path, size=SIZE)
-    assert all(np.isfinite(m.map).all() for m in maps)
-
-
-@pytest.mark.slow
 def test_saved_generative_model_keeps_history(tmp_path):
     normal, test, _ = contract_data(SIZE)
     det = create_detector("ae", **OPTIONS["ae"]).fit(normal)

@@ -133,8 +133,9 @@ def load_detector(directory: str | Path) -> Detector:
                               **{k: v for k, v in meta["hyper"].items() if k not in ("layers", "image_size", "pool")})
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{meta_path} is malformed ({exc!r}); re-create the model with 'vlm-ad fit'") from exc
-    if det.embedder is not None and "normalize" in emb:  # the saved embedder is the truth
-        det.embedder.normalize = bool(emb["normalize"])
+    det.embedder_ = det._make_embedder()
+    if det.embedder_ is not None and "normalize" in emb:  # the saved embedder is the truth
+        det.embedder_.normalize = bool(emb["normalize"])
     det._load_state(load_file(str(tensor_path)), meta, directory)
     det.threshold_ = meta.get("threshold")
     return det

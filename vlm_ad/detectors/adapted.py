@@ -51,7 +51,7 @@ class Adapted(Detector):
                                                    topk=topk, seed=seed, **hyper)
         self.threshold_ = None
         self.timings_ = {"embed": 0.0, "score": 0.0}
-        self.embedder: PatchEmbedder | None = None  # built with the adapted backbone in fit / load
+        self.embedder_: PatchEmbedder | None = None  # built with the adapted backbone in fit / load
         self.head_ = None
         self.adapt_config_ = None
         self.store_ = None
@@ -67,7 +67,7 @@ class Adapted(Detector):
         return AdaptConfig(**(kw | self.hyper["adapt"]))
 
     def _use(self, net, head, cfg) -> None:
-        self.embedder = PatchEmbedder(net, pool=self.hyper.get("pool", 3))
+        self.embedder_ = PatchEmbedder(net, pool=self.hyper.get("pool", 3))
         self.head_, self.adapt_config_ = head, cfg
 
     def _prepare_adapter(self, arrays: list[np.ndarray]) -> None:
@@ -87,6 +87,9 @@ class Adapted(Detector):
             raise DataError(f"adapted needs at least 2 normal images to fit, got {len(arrays)}")
         self._prepare_adapter(arrays)
         return super().fit(normal_images, progress=progress)
+
+    def _make_embedder(self):
+        return None  # the adapted backbone comes from the adapter (see _use)
 
     def fit_layers(self, layers, ids):
         raise ConfigError("adapted computes its own (adapted) features; call fit(images), not fit_layers")

@@ -142,21 +142,48 @@ def resize_map(work_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return out.numpy().astype(np.float32)
 
 
+EMBEDDER_KEYS = ("layers", "image_size", "pool")  # hyper-parameters that configure the PatchEmbedder
+
+
 class Detector:
-    """Base class: the estimator contract, persistence and the embedding step."""
+    """Base class: the estimator contract, persistence and the embedding step.
+
+    ``__init__`` only stores (and checks) hyper-parameters; :meth:`fit` (or ``load_detector``) builds the backbone
+    and everything learned, in attributes ending in ``_``.
+    """
 
     name = "detector"
+    raw_features = False  # True: the detector models raw feature values, so patch vectors are never L2-normalised
 
     def __init__(self, backbone: str | Backbone = "efficientnet-lite0", **hyper: Any) -> None:
         self.backbone = backbone
         self.hyper = hyper
-        self.embedder = PatchEmbedder(backbone, **{k: hyper[k] for k in ("layers", "image_size", "pool") if k in hyper})
+        self.embedder_: Any = None  # the PatchEmbedder, built by fit / load
         self.threshold_: float | None = None
         self.timings_ = {"embed": 0.0, "score": 0.0}  # seconds spent in predict: backbone vs scoring/search
+
+    @property
+    def embedder(self) -> Any:
+        """The patch embedder built by :meth:`fit` or ``load_detector``."""
+        if self.embedder_ is None:
+            raise NotFittedError(f"{self.name} is not fitted: call fit(normal_images) or load a saved model first")
+        return self.embedder_
+
+    def _make_embedder(self) -> Any:
+        """Build the backbone and the patch aggregation (called by fit and load, never by ``__init__``)."""
+        emb = PatchEmbedder(self.backbone, **{k: self.hyper[k] for k in EMBEDDER_KEYS if k in self.hyper})
+        if self.raw_features:
+            emb.normalize = False
+        return emb
+
+    def _ensure_embedder(self) -> None:
+        if self.embedder_ is None:
+            self.embedder_ = self._make_embedder()
 
     # contract ---------------------------------------------------------------------------------------------
     def fit(self, normal_images: Sequence[ImageLike], *, progress: Progress | None = None) -> Detector:
         """Learn from normal images (an empty list only for zero-shot detectors); returns self."""
+        self._ensure_embedder()
         arrays, ids = as_images(normal_images)
         arrays, ids = self._augment(arrays, ids)
         emb = self._embed(arrays, progress) if arrays else torch.empty(0)
@@ -169,6 +196,7 @@ class Detector:
 
         For benchmarks that extract features once and fit many detectors; no augmentation is applied.
         """
+        self._ensure_embedder()
         emb = self.embedder.aggregate(layers)
         self._fit_embeddings(emb, ids)
         self.threshold_ = self._calibrate(emb, ids)
@@ -280,8 +308,8 @@ class Detector:
     def grid_shape(self, image_shape: tuple[int, int]) -> tuple[int, int] | None:
         """(rows, cols) of the patch grid behind this detector's hits for an image of ``image_shape`` (H, W), which
         places a hit in its exemplar image; None for detectors without a patch embedder."""
-        embedder = getattr(self, "embedder", None)
-        return None if embedder is None else embedder.grid_shape(tuple(image_shape))
+        embedder = getattr(self, "embedder_", None)
+        return None if embedder is None or not hasattr(embedder, "grid_shape") else embedder.grid_shape(tuple(image_shape))
 
     def set_threshold(self, value: float | None) -> Detector:
         """Set the image-level decision threshold (used for ``AnomalyMap.label``)."""

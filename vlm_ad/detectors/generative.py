@@ -109,10 +109,14 @@ class _PixelInput:
     """Stands in for the PatchEmbedder of backbone detectors: resizes images to (B, 3, S, S) floats in [0, 1]."""
 
     def __init__(self, image_size: int) -> None:
+        self.image_size = self.check(image_size)
+        self.backbone_name = PIXELS
+
+    @staticmethod
+    def check(image_size: int) -> int:
         if image_size < 16 or image_size % 8:
             raise ConfigError(f"pixel-space detectors need image_size a multiple of 8 and >= 16, got {image_size}")
-        self.image_size = image_size
-        self.backbone_name = PIXELS
+        return image_size
 
     def config(self) -> dict[str, Any]:
         return {"backbone": PIXELS, "layers": [], "image_size": self.image_size, "pool": 1}
@@ -254,10 +258,14 @@ class AutoEncoder(GenerativeMixin, Detector):
         self.backbone = PIXELS
         self.hyper = {**_TRAIN_DEFAULTS, **hyper, "image_size": image_size, "channels": list(channels),
                       "latent": latent, "seed": seed}
-        self.embedder = _PixelInput(image_size)
+        _PixelInput.check(image_size)
+        self.embedder_ = None
         self.threshold_ = None
         self.timings_ = {"embed": 0.0, "score": 0.0}
         self.net_, self.history_, self._in_channels = None, None, 3
+
+    def _make_embedder(self) -> _PixelInput:
+        return _PixelInput(self.hyper["image_size"])
 
     def _build(self, in_ch: int) -> nn.Module:
         return ConvAE(channels=self.hyper["channels"], latent=self.hyper["latent"], variational=self.variational)

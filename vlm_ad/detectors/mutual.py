@@ -54,7 +54,8 @@ class Mutual(Detector):
         return self.normal_ is not None
 
     def predict(self, images, *, progress=None):
-        if self.normal_ is None:  # zero-shot needs no fit
+        if self.normal_ is None:  # zero-shot needs no fit: predict builds what fit would
+            self._ensure_embedder()
             self.normal_ = torch.empty(0)
         return super().predict(images, progress=progress)
 

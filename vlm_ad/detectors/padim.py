@@ -23,6 +23,7 @@ class PaDiM(Detector):
     """
 
     name = "padim"
+    raw_features = True
 
     def __init__(self, backbone="efficientnet-lite0", *, n_features: int = 100, eps: float = 0.01, seed: int = 0,
                  **hyper: Any) -> None:
@@ -30,7 +31,6 @@ class PaDiM(Detector):
             raise ConfigError(f"padim needs n_features >= 1 and eps > 0, got {n_features} and {eps}")
         hyper.setdefault("pool", 1)
         super().__init__(backbone, n_features=n_features, eps=eps, seed=seed, **hyper)
-        self.embedder.normalize = False
         self.mean_: torch.Tensor | None = None
 
     def _fit_embeddings(self, emb: torch.Tensor, ids: list[str]) -> None:
@@ -67,4 +67,3 @@ class PaDiM(Detector):
     def _load_state(self, tensors, meta, directory: Path) -> None:
         self.mean_, self.inv_cov_, self.channels_ = tensors["mean"], tensors["inv_cov"], tensors["channels"]
         self.grid_ = tuple(int(v) for v in tensors["grid"])
-        self.embedder.normalize = False

@@ -49,10 +49,13 @@ class PatchCore(Detector):
             raise ConfigError(f"augment must be 'none' or 'flips', got {augment!r}")
         super().__init__(backbone, coreset=coreset, index=index, n_hits=n_hits, augment=augment, seed=seed,
                          normalize=normalize, **hyper)
-        if normalize is None:
-            normalize = not self.embedder.backbone_name.startswith("efficientnet")
-        self.embedder.normalize = bool(normalize)
         self.store_: ExemplarStore | None = None
+
+    def _make_embedder(self):
+        emb = super()._make_embedder()
+        normalize = self.hyper["normalize"]  # None: on for ViTs, off for CNNs (as the PatchCore paper)
+        emb.normalize = not emb.backbone_name.startswith("efficientnet") if normalize is None else bool(normalize)
+        return emb
 
     def _augment(self, arrays, ids):
         if self.hyper["augment"] != "flips":

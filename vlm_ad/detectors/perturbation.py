@@ -117,12 +117,12 @@ class Mahalanobis(_Perturbed):
     """
 
     name = "mahalanobis"
+    raw_features = True
 
     def __init__(self, backbone="efficientnet-lite0", *, epsilon: float = 0.002, map: str = "perturbed",
                  shrinkage: float = 0.01, max_patches: int = 200_000, seed: int = 0, **hyper: Any) -> None:
         super().__init__(backbone, epsilon=epsilon, map=map, shrinkage=shrinkage, max_patches=max_patches, seed=seed,
                          **hyper)
-        self.embedder.normalize = False
         self.mean_: torch.Tensor | None = None
 
     def _fit_embeddings(self, emb: torch.Tensor, ids: list[str]) -> None:
@@ -145,7 +145,6 @@ class Mahalanobis(_Perturbed):
 
     def _load_state(self, tensors, meta, directory: Path) -> None:
         self.mean_, self.precision_ = tensors["mean"], tensors["precision"]
-        self.embedder.normalize = False
 
 
 class ODIN(_Perturbed):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlm_ad.detectors.base import Detector, as_images
+from vlm_ad.detectors.base import EMBEDDER_KEYS, Detector, PatchEmbedder, as_images
 from vlm_ad.detectors.threshold import ThresholdPolicy
 from vlm_ad.errors import ConfigError, DataError
 from vlm_ad.types import AnomalyMap
@@ -41,13 +41,17 @@ class WinClip(Detector):
                  adapter: str | None = None, quantile: float = 0.99, **hyper: Any) -> None:
         if backbone is None or (isinstance(backbone, str) and not backbone.startswith(("hf-clip:", "openclip:"))):
             raise ConfigError(f"winclip needs a CLIP backbone ('hf-clip:<dir>' or 'openclip:<arch>'), got {backbone!r}")
-        if isinstance(backbone, str) and "image_size" not in hyper:  # the CLIP's own input size
-            from vlm_ad.backbones import create_backbone
-
-            backbone = create_backbone(backbone, **({"layers": hyper["layers"]} if "layers" in hyper else {}))
         hyper.pop("seed", None)  # nothing random here
         super().__init__(backbone, obj=obj, prompts=prompts, adapter=adapter, quantile=quantile, **hyper)
         self.mapper_ = None
+
+    def _make_embedder(self):
+        from vlm_ad.backbones import create_backbone
+
+        h, backbone = self.hyper, self.backbone
+        if isinstance(backbone, str) and "image_size" not in h:  # the CLIP's own input size
+            backbone = create_backbone(backbone, **({"layers": h["layers"]} if "layers" in h else {}))
+        return PatchEmbedder(backbone, **{k: h[k] for k in EMBEDDER_KEYS if k in h})
 
     def _mapper(self):
         if self.mapper_ is None:
@@ -61,6 +65,7 @@ class WinClip(Detector):
 
     def fit(self, normal_images, *, progress=None) -> WinClip:
         """Zero-shot: builds the text prototypes; normal images (optional) only set the threshold."""
+        self._ensure_embedder()
         self._mapper()
         if len(normal_images):
             scores = [m.score for m in self.predict(normal_images)]
