@@ -28,7 +28,7 @@ def _ok(result):
 
 def _first_cells(table: str) -> dict[str, str]:
     """First cell -> whole row of a rich table's printed rows."""
-    rows = [line.strip("│ ").split("│") for line in table.splitlines() if line.startswith("│")]
+    rows = [line.split("│")[1:-1] for line in table.splitlines() if line.startswith("│")]
     return {cells[0].strip(): "│".join(cells) for cells in rows if cells and cells[0].strip()}
 
 
