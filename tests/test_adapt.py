@@ -24,7 +24,7 @@ from vlm_ad.adapt import (
 from vlm_ad.backbones import create_backbone
 from vlm_ad.detectors import create_detector
 from vlm_ad.errors import ConfigError, DataError
-from vlm_ad.testing import check_detector_contract, texture_crops
+from vlm_ad.testing import texture_crops
 
 SIZE = 56
 TINY = dict(image_size=SIZE, epochs=2, steps_per_epoch=2, batch_size=2, lora_blocks=(7,), modules=("qkv", "fc2"))

@@ -185,3 +185,25 @@ def test_coreset_chunks_only_beyond_the_budget():
     cover = lambda idx: float(torch.cdist(x, x[idx]).min(1).values.max())  # noqa: E731
     assert cover(one_pass) <= cover(chunked)  # one global pass covers the worst-served point at least as well
     assert torch.equal(greedy_coreset(x, 100, proj_dim=0, seed=3, chunk=500), chunked)
+
+
+def test_saved_model_format_version_is_checked(tmp_path, data):
+    import json
+
+    from vlm_ad.detectors import load_detector
+
+    normal, _, _ = data
+    _make("patchcore").fit(normal[:2]).save(tmp_path / "m")
+    meta_path = tmp_path / "m" / "detector.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["kind"] == "detector" and meta["format_version"] == 1
+    meta["format_version"] = 99
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="format version 99, newer than this vlm-ad reads"):
+        load_detector(tmp_path / "m")
+    del meta["format_version"], meta["kind"]  # a folder from before versions: read as version 1
+    meta_path.write_text(json.dumps(meta))
+    assert load_detector(tmp_path / "m").threshold_ == meta["threshold"]
+    meta_path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_detector(tmp_path / "m")

@@ -7,9 +7,9 @@ from torch import nn
 
 from vlm_ad.detectors import create_detector, load_detector
 from vlm_ad.detectors._train import TrainConfig, train
-from vlm_ad.errors import ConfigError
 from vlm_ad.detectors.gradcam import grad_cam
-from vlm_ad.testing import check_detector_contract, contract_data, plant_square, texture_crops
+from vlm_ad.errors import ConfigError
+from vlm_ad.testing import contract_data, plant_square, texture_crops
 
 pytest.importorskip("accelerate", reason="accelerate (vlm-ad[lora]) trains the generative detectors")
 

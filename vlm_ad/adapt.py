@@ -27,10 +27,12 @@ from torch import nn
 
 from vlm_ad._cache import atomic_write_bytes
 from vlm_ad._deps import require
+from vlm_ad.artifacts import read_meta, write_meta
 from vlm_ad.errors import ConfigError, DataError
 
 __all__ = ["AdaptConfig", "CosineHead", "TrainResult", "inject_lora", "load_adapter", "save_adapter", "train_adapter"]
 
+ADAPTER_FORMAT = 1  # of adapt.json (see vlm_ad.artifacts)
 _LINEARS = ("qkv", "proj", "fc1", "fc2")
 
 
@@ -158,8 +160,8 @@ def save_adapter(directory: str | Path, net: nn.Module, head: CosineHead, cfg: A
     atomic_write_bytes(directory / "adapter_model.safetensors", save(lora_state(net)))
     head_sd = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     atomic_write_bytes(directory / "head.safetensors", save(head_sd))
-    meta = {"format": "1", "config": asdict(cfg), "history": list(history), **(extra or {})}
-    atomic_write_bytes(directory / "adapt.json", json.dumps(meta, indent=2).encode())
+    meta = {"config": asdict(cfg), "history": list(history), **(extra or {})}
+    write_meta(directory / "adapt.json", kind="adapter", version=ADAPTER_FORMAT, meta=meta)
     atomic_write_bytes(directory / "README.md", (card or model_card(cfg, history, extra or {})).encode())
     return directory
 
@@ -180,7 +182,12 @@ def load_adapter(directory: str | Path, *, net: nn.Module | None = None) -> tupl
     if not all((directory / f).is_file() for f in need):
         raise DataError(f"{directory} is not a vlm-ad adapter: expected {', '.join(need)} "
                         "(create one with 'vlm-ad adapt DATA --out DIR')")
-    cfg = AdaptConfig(**json.loads((directory / "adapt.json").read_text())["config"])
+    meta = read_meta(directory / "adapt.json", kind="adapter", version=ADAPTER_FORMAT,
+                     remedy="create one with 'vlm-ad adapt DATA --out DIR'", what="vlm-ad adapter")
+    try:
+        cfg = AdaptConfig(**meta["config"])
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{directory / 'adapt.json'} is malformed ({exc!r}); re-run 'vlm-ad adapt'") from None
     if net is None:
         net = create_backbone(cfg.backbone, layers=cfg.layers, image_size=cfg.image_size)
     if getattr(net, "name", None) != cfg.backbone:

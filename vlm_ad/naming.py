@@ -19,7 +19,6 @@ A library is saved as ``library.json`` + ``library.safetensors`` (atomic writes,
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlm_ad._cache import atomic_write_bytes
+from vlm_ad.artifacts import read_meta, write_meta
 from vlm_ad.errors import ConfigError, DataError, MaskError
 
 __all__ = ["DESCRIPTORS", "FEATURE_MODES", "DefectLibrary", "DefectName", "region_descriptors"]
@@ -48,7 +48,7 @@ DESCRIPTORS = (
 )
 FEATURE_MODES = ("descriptors", "deep", "combined")
 DEEP_LAYERS = ("block5", "block7")
-_FORMAT = "1"
+_FORMAT = 1  # of library.json (see vlm_ad.artifacts)
 _EPS = 1e-6
 
 
@@ -356,10 +356,10 @@ class DefectLibrary:
         if self.uses_deep and self.deep.size:
             tensors["deep"] = torch.from_numpy(np.ascontiguousarray(self.deep))
         atomic_write_bytes(directory / "library.safetensors", save(tensors))
-        meta = {"format": _FORMAT, "features": self.features, "k": self.k, "deep_weight": self.deep_weight,
+        meta = {"features": self.features, "k": self.k, "deep_weight": self.deep_weight,
                 "descriptor_names": list(DESCRIPTORS), "labels": self.labels, "example_ids": self.example_ids,
                 "encoder": self._encoder.config if self._encoder is not None else None}
-        atomic_write_bytes(directory / "library.json", json.dumps(meta, indent=2).encode())
+        write_meta(directory / "library.json", kind="defect-library", version=_FORMAT, meta=meta)
         return directory
 
     @classmethod
@@ -368,11 +368,12 @@ class DefectLibrary:
         from safetensors.torch import load_file
 
         directory = Path(directory)
-        meta_path, tensor_path = directory / "library.json", directory / "library.safetensors"
-        if not meta_path.is_file() or not tensor_path.is_file():
-            raise DataError(f"{directory} is not a defect library: expected library.json and library.safetensors "
-                            "(create one with 'vlm-ad library add LIB --from DATA')")
-        meta = json.loads(meta_path.read_text())
+        remedy = "create one with 'vlm-ad library add LIB --from DATA'"
+        meta = read_meta(directory / "library.json", kind="defect-library", version=_FORMAT, remedy=remedy,
+                         what="defect library")
+        tensor_path = directory / "library.safetensors"
+        if not tensor_path.is_file():
+            raise DataError(f"{directory} is not a defect library: library.safetensors is missing ({remedy})")
         if meta.get("descriptor_names") != list(DESCRIPTORS):
             raise DataError(f"{directory} was written with other descriptors ({meta.get('descriptor_names')}); "
                             "rebuild it with 'vlm-ad library add'")

@@ -16,11 +16,11 @@ Registered names:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from vlm_ad.detectors.base import Detector, PatchEmbedder
+from vlm_ad.artifacts import read_meta
+from vlm_ad.detectors.base import FORMAT_VERSION, Detector, PatchEmbedder
 from vlm_ad.errors import ConfigError, DataError
 from vlm_ad.registry import Registry
 
@@ -121,18 +121,20 @@ def load_detector(directory: str | Path) -> Detector:
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    meta_path, tensor_path = directory / "detector.json", directory / "detector.safetensors"
-    if not meta_path.is_file() or not tensor_path.is_file():
-        raise DataError(f"{directory} is not a saved model: expected detector.json and detector.safetensors "
-                        "(create one with 'vlm-ad fit DATA --out DIR')")
+    remedy = "create one with 'vlm-ad fit DATA --out DIR'"
+    meta = read_meta(directory / "detector.json", kind="detector", version=FORMAT_VERSION, remedy=remedy,
+                         what="saved model")
+    tensor_path = directory / "detector.safetensors"
+    if not tensor_path.is_file():
+        raise DataError(f"{directory} is not a saved model: detector.safetensors is missing ({remedy})")
     try:
-        meta = json.loads(meta_path.read_text())
         emb = meta["embedder"]
         det = create_detector(meta["detector"], backbone=emb["backbone"], layers=emb["layers"],
                               image_size=emb["image_size"], pool=emb["pool"],
                               **{k: v for k, v in meta["hyper"].items() if k not in ("layers", "image_size", "pool")})
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{meta_path} is malformed ({exc!r}); re-create the model with 'vlm-ad fit'") from exc
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{directory / 'detector.json'} is malformed ({exc!r}); re-create the model with "
+                          "'vlm-ad fit'") from exc
     det.embedder_ = det._make_embedder()
     if det.embedder_ is not None and "normalize" in emb:  # the saved embedder is the truth
         det.embedder_.normalize = bool(emb["normalize"])

@@ -11,7 +11,6 @@ own resolution.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, Union
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from vlm_ad._cache import atomic_write_bytes
+from vlm_ad.artifacts import write_meta
 from vlm_ad.backbones import Backbone, create_backbone
 from vlm_ad.errors import ConfigError, DataError, NotFittedError
 from vlm_ad.types import AnomalyMap, Sample
@@ -142,6 +142,7 @@ def resize_map(work_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return out.numpy().astype(np.float32)
 
 
+FORMAT_VERSION = 1  # of detector.json (see vlm_ad.artifacts)
 EMBEDDER_KEYS = ("layers", "image_size", "pool")  # hyper-parameters that configure the PatchEmbedder
 
 
@@ -299,7 +300,7 @@ class Detector:
         atomic_write_bytes(directory / "detector.safetensors", save(tensors))
         meta = {"detector": self.name, "embedder": self.embedder.config(), "hyper": self.hyper,
                 "threshold": self.threshold_, "extra": self._extra_meta(directory)}
-        atomic_write_bytes(directory / "detector.json", json.dumps(meta, indent=2).encode())
+        write_meta(directory / "detector.json", kind="detector", version=FORMAT_VERSION, meta=meta)
         return directory
 
     def _extra_meta(self, directory: Path) -> dict[str, Any]:
@@ -309,7 +310,9 @@ class Detector:
         """(rows, cols) of the patch grid behind this detector's hits for an image of ``image_shape`` (H, W), which
         places a hit in its exemplar image; None for detectors without a patch embedder."""
         embedder = getattr(self, "embedder_", None)
-        return None if embedder is None or not hasattr(embedder, "grid_shape") else embedder.grid_shape(tuple(image_shape))
+        if embedder is None or not hasattr(embedder, "grid_shape"):  # pixel-space detectors have no patch grid
+            return None
+        return embedder.grid_shape(tuple(image_shape))
 
     def set_threshold(self, value: float | None) -> Detector:
         """Set the image-level decision threshold (used for ``AnomalyMap.label``)."""

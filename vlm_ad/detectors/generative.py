@@ -22,9 +22,9 @@ from torch import nn
 
 from vlm_ad.detectors import _train
 from vlm_ad.detectors.base import Detector, ImageLike, as_images, resize_map
+from vlm_ad.detectors.gradcam import cam_from
 from vlm_ad.detectors.threshold import ThresholdPolicy
 from vlm_ad.errors import ConfigError, DataError
-from vlm_ad.detectors.gradcam import cam_from
 from vlm_ad.types import AnomalyMap
 
 PIXELS = "pixels"  # the "backbone" name recorded for detectors that work on raw pixels

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from vlm_ad.detectors.base import Detector, ImageLike, as_images
-from vlm_ad.errors import ConfigError, DataError
 from vlm_ad.detectors.gradcam import cam_from
+from vlm_ad.errors import ConfigError, DataError
 from vlm_ad.types import AnomalyMap
 
 _MAPS = ("perturbed", "change")
