@@ -204,6 +204,10 @@ def test_saved_model_format_version_is_checked(tmp_path, data):
     del meta["format_version"], meta["kind"]  # a folder from before versions: read as version 1
     meta_path.write_text(json.dumps(meta))
     assert load_detector(tmp_path / "m").threshold_ == meta["threshold"]
+    tensors = tmp_path / "m" / "detector.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:100])  # truncated
+    with pytest.raises(DataError, match="detector.safetensors cannot be read"):
+        load_detector(tmp_path / "m")
     meta_path.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_detector(tmp_path / "m")

@@ -23,7 +23,7 @@ from typing import Any
 from vlm_ad._cache import atomic_write_bytes
 from vlm_ad.errors import ConfigError, DataError
 
-__all__ = ["read_meta", "write_meta"]
+__all__ = ["read_artifact", "read_meta", "write_meta"]
 
 
 def write_meta(path: str | Path, *, kind: str, version: int, meta: dict[str, Any]) -> None:
@@ -66,3 +66,20 @@ def read_meta(path: str | Path, *, kind: str, version: int, remedy: str, what: s
     if found < version:
         raise ConfigError(f"{path} has the old format version {found} (this vlm-ad reads {version}); {remedy}")
     return meta
+
+
+def read_artifact(directory: str | Path, meta_name: str, tensors_name: str, *, kind: str, version: int, remedy: str,
+                  what: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checked JSON (:func:`read_meta`) and the torch tensors of a folder's ``meta_name`` and ``tensors_name``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta = read_meta(directory / meta_name, kind=kind, version=version, remedy=remedy, what=what)
+    path = directory / tensors_name
+    if not path.is_file():
+        raise DataError(f"{directory} is not a {what or 'saved ' + kind}: {tensors_name} is missing ({remedy})")
+    try:
+        return meta, load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise DataError(f"{path} cannot be read ({exc}); {remedy}") from None

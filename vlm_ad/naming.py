@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlm_ad._cache import atomic_write_bytes
-from vlm_ad.artifacts import read_meta, write_meta
+from vlm_ad.artifacts import read_artifact, write_meta
 from vlm_ad.errors import ConfigError, DataError, MaskError
 
 __all__ = ["DESCRIPTORS", "FEATURE_MODES", "DefectLibrary", "DefectName", "region_descriptors"]
@@ -365,22 +365,15 @@ class DefectLibrary:
     @classmethod
     def load(cls, directory: str | Path) -> DefectLibrary:
         """Load a library saved with :meth:`save`."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        remedy = "create one with 'vlm-ad library add LIB --from DATA'"
-        meta = read_meta(directory / "library.json", kind="defect-library", version=_FORMAT, remedy=remedy,
-                         what="defect library")
-        tensor_path = directory / "library.safetensors"
-        if not tensor_path.is_file():
-            raise DataError(f"{directory} is not a defect library: library.safetensors is missing ({remedy})")
+        meta, tensors = read_artifact(directory, "library.json", "library.safetensors", kind="defect-library",
+                                      version=_FORMAT, what="defect library",
+                                      remedy="create one with 'vlm-ad library add LIB --from DATA'")
         if meta.get("descriptor_names") != list(DESCRIPTORS):
             raise DataError(f"{directory} was written with other descriptors ({meta.get('descriptor_names')}); "
                             "rebuild it with 'vlm-ad library add'")
         enc = meta.get("encoder")
         lib = cls(features=meta["features"], k=meta["k"], deep_weight=meta["deep_weight"],
                   encoder=DeepRegionEncoder(**enc) if enc and meta["features"] != "descriptors" else None)
-        tensors = load_file(str(tensor_path))
         lib.desc = tensors["descriptors"].numpy()
         lib.deep = tensors["deep"].numpy() if "deep" in tensors else np.zeros((len(lib.desc), 0), np.float32)
         lib.labels, lib.example_ids = list(meta["labels"]), list(meta["example_ids"])

@@ -19,9 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlm_ad.artifacts import read_meta
+from vlm_ad.artifacts import read_artifact
 from vlm_ad.detectors.base import FORMAT_VERSION, Detector, PatchEmbedder
-from vlm_ad.errors import ConfigError, DataError
+from vlm_ad.errors import ConfigError
 from vlm_ad.registry import Registry
 
 __all__ = ["DETECTORS", "Detector", "PatchEmbedder", "create_detector", "list_detectors", "load_detector"]
@@ -118,26 +118,20 @@ def list_detectors(pattern: str | None = None) -> list[str]:
 
 def load_detector(directory: str | Path) -> Detector:
     """Load a detector saved with ``Detector.save`` (``vlm-ad fit --out DIR``)."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    remedy = "create one with 'vlm-ad fit DATA --out DIR'"
-    meta = read_meta(directory / "detector.json", kind="detector", version=FORMAT_VERSION, remedy=remedy,
-                         what="saved model")
-    tensor_path = directory / "detector.safetensors"
-    if not tensor_path.is_file():
-        raise DataError(f"{directory} is not a saved model: detector.safetensors is missing ({remedy})")
+    meta, tensors = read_artifact(directory, "detector.json", "detector.safetensors", kind="detector",
+                                  version=FORMAT_VERSION, what="saved model",
+                                  remedy="create one with 'vlm-ad fit DATA --out DIR'")
     try:
         emb = meta["embedder"]
         det = create_detector(meta["detector"], backbone=emb["backbone"], layers=emb["layers"],
                               image_size=emb["image_size"], pool=emb["pool"],
                               **{k: v for k, v in meta["hyper"].items() if k not in ("layers", "image_size", "pool")})
     except (KeyError, TypeError) as exc:
-        raise ConfigError(f"{directory / 'detector.json'} is malformed ({exc!r}); re-create the model with "
+        raise ConfigError(f"{Path(directory) / 'detector.json'} is malformed ({exc!r}); re-create the model with "
                           "'vlm-ad fit'") from exc
     det.embedder_ = det._make_embedder()
     if det.embedder_ is not None and "normalize" in emb:  # the saved embedder is the truth
         det.embedder_.normalize = bool(emb["normalize"])
-    det._load_state(load_file(str(tensor_path)), meta, directory)
+    det._load_state(tensors, meta, Path(directory))
     det.threshold_ = meta.get("threshold")
     return det
