@@ -28,8 +28,8 @@ from vlm_ad.evidence import Evidence, Namer, build_evidence
 from vlm_ad.reasoning import Explanation, Reasoner
 from vlm_ad.types import AnomalyMap, Sample
 
-__all__ = ["Explained", "ImageInput", "Pipeline", "Record", "exemplar_loader", "load_sample", "unique_stems",
-           "write_detection"]
+__all__ = ["Detection", "Explained", "ImageInput", "Pipeline", "Record", "detect_images", "exemplar_loader",
+           "load_sample", "unique_stems", "write_detection"]
 
 ImageInput = Union[str, Path, np.ndarray, Sample]
 ExemplarLoader = Callable[[str], "np.ndarray | None"]
@@ -190,6 +190,42 @@ class Pipeline:
         """The whole chain for one image (a path, an RGB array or a Sample)."""
         sample = load_sample(image)
         return self.explain_map(self.detect(sample), sample.image)
+
+
+@dataclass
+class Detection:
+    """One input of ``vlm-ad detect``: its JSON record, or why it was skipped."""
+
+    path: Path
+    record: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def detect_images(images: Sequence[str | Path], detector: Any, out_dir: str | Path, *,
+                  progress: Callable[[int], None] | None = None,
+                  on_total: Callable[[int], None] | None = None) -> list[Detection]:
+    """``vlm-ad detect``: score every image (files, or folders of images) and write each one's outputs
+    (:func:`write_detection`) into ``out_dir``. An unreadable image is skipped with its error; the others are written.
+    """
+    from vlm_ad.data import ImageFolder
+    from vlm_ad.errors import VlmAdError
+
+    out = Path(out_dir)
+    items = [it for p in images for it in ImageFolder(p).items]
+    out.mkdir(parents=True, exist_ok=True)
+    if on_total:
+        on_total(len(items))
+    pipe, results = Pipeline(detector), []
+    for item, stem in zip(items, unique_stems([it.path for it in items])):
+        try:
+            sample = load_sample(item.path)
+            rec = write_detection(pipe.detect(sample), sample.image, out, stem, region_threshold=None)
+            results.append(Detection(item.path, rec))
+        except VlmAdError as exc:
+            results.append(Detection(item.path, error=str(exc)))
+        if progress:
+            progress(1)
+    return results
 
 
 def write_detection(amap: AnomalyMap, image: np.ndarray, out_dir: Path, stem: str, *, region_threshold: float | None

@@ -20,7 +20,6 @@ from vlm_ad.cli._common import (
     task,
     with_reasoner_options,
 )
-from vlm_ad.errors import VlmAdError
 
 
 def backbones() -> None:
@@ -121,40 +120,32 @@ def detect(
 ) -> None:
     """Score images with a fitted model: per image a JSON record (score, label, regions, nearest normal
     exemplars) and an overlay PNG. Unreadable images are reported and skipped; the others are still written."""
-    from vlm_ad.data import ImageFolder
     from vlm_ad.detectors import load_detector
-    from vlm_ad.pipeline import Pipeline, load_sample, unique_stems, write_detection
+    from vlm_ad.pipeline import detect_images
 
     det = load_detector(model)
     if threshold is not None:
         det.set_threshold(threshold)
-    pipe = Pipeline(det)
-    items = [it for p in images for it in ImageFolder(p).items]
-    stems = unique_stems([it.path for it in items])
-    out.mkdir(parents=True, exist_ok=True)
-    table = Table(title=f"{len(items)} images, model {model}")
+    with progress_bar() as progress:
+        handle = progress.add_task("detecting", total=None)
+        results = detect_images(images, det, out, on_total=lambda n: progress.update(handle, total=n),
+                                progress=lambda n: progress.advance(handle, n))
+    table = Table(title=f"{len(results)} images, model {model}")
     for col in ("image", "score", "verdict", "regions"):
         table.add_column(col)
-    failed: list[str] = []
-    with progress_bar() as progress:
-        advance = task(progress, "detecting", len(items))
-        for item, stem in zip(items, stems):
-            try:
-                sample = load_sample(item.path)
-                amap = pipe.detect(sample)
-                rec = write_detection(amap, sample.image, out, stem, region_threshold=None)
-                verdict = {1: "[red]ANOMALY[/red]", 0: "normal", None: "-"}[rec["label"]]
-                table.add_row(str(item.path), f"{amap.score:.3f}", verdict, str(len(rec["regions"])))
-            except VlmAdError as exc:
-                failed.append(f"{item.path}: {exc}")
-                table.add_row(str(item.path), "-", "[yellow]skipped[/yellow]", "-")
-            advance(1)
+    for r in results:
+        if r.record is None:
+            table.add_row(str(r.path), "-", "[yellow]skipped[/yellow]", "-")
+        else:
+            verdict = {1: "[red]ANOMALY[/red]", 0: "normal", None: "-"}[r.record["label"]]
+            table.add_row(str(r.path), f"{r.record['score']:.3f}", verdict, str(len(r.record["regions"])))
     console.print(table)
-    for line in failed:
-        console.print(f"[yellow]skipped[/yellow] {line}", soft_wrap=True)
+    failed = [r for r in results if r.record is None]
+    for r in failed:
+        console.print(f"[yellow]skipped[/yellow] {r.path}: {r.error}", soft_wrap=True)
     skipped = f"; {len(failed)} skipped" if failed else ""
-    console.print(f"wrote {len(items) - len(failed)} results to {out}/{skipped}")
-    if len(failed) == len(items):
+    console.print(f"wrote {len(results) - len(failed)} results to {out}/{skipped}")
+    if len(failed) == len(results):
         raise typer.Exit(1)
 
 
