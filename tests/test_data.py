@@ -402,3 +402,29 @@ def test_magnetic_tile_real_data():
         assert s.image.dtype == np.uint8 and s.image.ndim == 3 and s.image.shape[2] == 3
         assert s.mask is not None and s.mask.shape == s.image.shape[:2]
         assert s.label == (0 if dtype == "good" else 1)
+
+
+def test_pixel_cap_refuses_a_decompression_bomb_before_decoding(tmp_path, monkeypatch):
+    import resource
+
+    from PIL import Image
+
+    from vlm_ad.errors import ImageTooLargeError
+
+    path = tmp_path / "flat.png"
+    Image.new("L", (12000, 9000)).save(path)  # ~100 KB on disk, 108 MP
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageTooLargeError, match=r"12000 x 9000 = 108.0 MP, above the 40 MP limit.*VLM_AD_MAX_PIXELS"):
+        load_image(path)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 50, f"the refusal must not decode the pixels (peak RSS grew {grown_mb:.0f} MB)"
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 30)).save(small)
+    monkeypatch.setenv("VLM_AD_MAX_PIXELS", "1000")
+    with pytest.raises(ImageTooLargeError, match="40 x 30"):
+        load_image(small)
+    monkeypatch.setenv("VLM_AD_MAX_PIXELS", "0")  # no cap
+    assert load_image(small).shape == (30, 40, 3)
+    monkeypatch.setenv("VLM_AD_MAX_PIXELS", "lots")
+    with pytest.raises(ConfigError, match="VLM_AD_MAX_PIXELS must be a whole number"):
+        load_image(small)

@@ -11,6 +11,7 @@ Every error says what was wrong, what is allowed, and how to fix it. The tree::
     │                               model weights are not on disk (says how to provide them)
     ├── DataError (ValueError)      input data that cannot be used
     │   ├── ImageReadError          an unreadable, truncated or unsupported image file
+    │   │   └── ImageTooLargeError  more pixels than the memory guard allows ($VLM_AD_MAX_PIXELS)
     │   ├── MaskError               a missing or malformed ground-truth mask
     │   └── EmptyDatasetError       a folder or split with no usable images
     ├── NotFittedError (RuntimeError)
@@ -30,6 +31,7 @@ __all__ = [
     "EmptyDatasetError",
     "ExplanationError",
     "ImageReadError",
+    "ImageTooLargeError",
     "MaskError",
     "MissingDependencyError",
     "NotFittedError",
@@ -69,6 +71,10 @@ class DataError(VlmAdError, ValueError):
 
 class ImageReadError(DataError):
     """An image file that cannot be read (corrupt, truncated, unsupported)."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image with more pixels than the memory guard allows (``$VLM_AD_MAX_PIXELS``)."""
 
 
 class MaskError(DataError):

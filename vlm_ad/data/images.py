@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from os import PathLike
 from pathlib import Path
 from typing import Callable, TypeVar, Union
@@ -27,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from vlm_ad._cache import atomic_write_bytes
-from vlm_ad.errors import ConfigError, ImageReadError, MaskError
+from vlm_ad.errors import ConfigError, ImageReadError, ImageTooLargeError, MaskError
 
 __all__ = ["IMAGE_EXTENSIONS", "is_image_file", "load_image", "load_mask", "save_png"]
 
@@ -44,17 +45,49 @@ def is_image_file(path: PathLikeStr) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
+#: Largest image (width x height) decoded without being asked: 40 MP, e.g. 8000 x 5000. A flat 12000 x 9000 PNG is
+#: 126 KB on disk and gigabytes once decoded, overlaid and measured. ``$VLM_AD_MAX_PIXELS`` changes it (0 = no cap).
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def max_pixels() -> int:
+    """The pixel cap in force: ``$VLM_AD_MAX_PIXELS`` when set (0 = none), else :data:`DEFAULT_MAX_PIXELS`."""
+    raw = os.environ.get("VLM_AD_MAX_PIXELS")
+    if raw is None:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"VLM_AD_MAX_PIXELS must be a whole number of pixels (0 = no cap), got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"VLM_AD_MAX_PIXELS must be >= 0 (0 = no cap), got {value}")
+    return value
+
+
+def _check_size(im: Image.Image, path: Path, what: str, cap: int) -> None:
+    """Refuse an image larger than ``cap`` pixels from its header, before any pixel is decoded."""
+    w, h = im.size
+    if cap and w * h > cap:
+        raise ImageTooLargeError(
+            f"{what} {path} is {w} x {h} = {w * h / 1e6:.1f} MP, above the {cap / 1e6:.0f} MP limit that guards "
+            "memory; downscale it, or raise the limit with VLM_AD_MAX_PIXELS=<pixels> if you have the memory"
+        )
+
+
 def _read(path: Path, error: type[Exception], what: str, convert: Callable[[Image.Image], T]) -> T:
-    """Open ``path``, decode every pixel and ``convert`` the image; failures become ``error`` naming the file."""
+    """Open ``path``, check its size from the header, decode every pixel and ``convert`` the image; failures
+    become ``error`` naming the file."""
     if not path.exists():
         raise error(f"{what} {path} does not exist; check the path")
     if not path.is_file():
         raise error(f"{what} {path} is not a file; pass an image file (one of {', '.join(IMAGE_EXTENSIONS)})")
+    cap = max_pixels()
     try:
         with Image.open(path) as im:
+            _check_size(im, path, what, cap)
             im.load()  # decodes all pixel data of the first frame; truncated files raise here
             return convert(im)
-    except error:
+    except (error, ImageTooLargeError):
         raise
     except Image.UnidentifiedImageError:
         raise error(
@@ -120,6 +153,7 @@ def load_image(path: PathLikeStr) -> np.ndarray:
     Raises:
         ImageReadError: the file is missing, not an image, corrupt or truncated (the message names the file
             and the reason).
+        ImageTooLargeError: it has more pixels than :func:`max_pixels` allows (checked before decoding).
     """
     return _read(Path(path), ImageReadError, "image", _to_rgb)
 
