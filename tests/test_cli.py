@@ -63,8 +63,9 @@ def test_fit_detect_eval_round_trip(category, tmp_path):
     for p in sorted((category / "test").rglob("*.png"))[:2]:
         (images / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    out = _ok(runner.invoke(app, ["detect", str(images), "--model", str(model), "--out", str(tmp_path / "det")]))
-    assert "skipped" in out and "broken.png" in out
+    result = runner.invoke(app, ["detect", str(images), "--model", str(model), "--out", str(tmp_path / "det")])
+    assert result.exit_code == 1, result.output  # 1 = some inputs failed; the others are still written
+    assert "skipped" in result.output and "broken.png" in result.output
     records = sorted((tmp_path / "det").glob("*.json"))
     assert len(records) == 2 and len(list((tmp_path / "det").glob("*_overlay.png"))) == 2
     rec = json.loads(records[0].read_text())

@@ -16,6 +16,7 @@ Folders written before format versions existed carry none and are read as versio
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 from vlm_ad._cache import atomic_write_bytes
 from vlm_ad.errors import ConfigError, DataError
 
-__all__ = ["read_artifact", "read_meta", "write_meta"]
+__all__ = ["fingerprint", "read_artifact", "read_meta", "write_meta"]
 
 
 def write_meta(path: str | Path, *, kind: str, version: int, meta: dict[str, Any]) -> None:
@@ -83,3 +84,15 @@ def read_artifact(directory: str | Path, meta_name: str, tensors_name: str, *, k
         return meta, load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise DataError(f"{path} cannot be read ({exc}); {remedy}") from None
+
+
+def fingerprint(directory: str | Path) -> str:
+    """SHA-256 over the names and bytes of every file in a saved folder (sorted): the folder's identity."""
+    digest = hashlib.sha256()
+    root = Path(directory)
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

@@ -84,6 +84,8 @@ class Record:
         explanation: the reasoner's validated explanation.
         error: ``"ErrorType: message"`` when failed.
         raw: the model's raw output behind a failure, when there was one.
+        key: what makes the record unique in a batch (image id, content hash and the run's model and reasoner),
+            set by the batch writer (:mod:`vlm_ad.report`).
     """
 
     image_id: str
@@ -97,6 +99,7 @@ class Record:
     explanation: Explanation | None = None
     error: str | None = None
     raw: str | None = None
+    key: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -110,6 +113,8 @@ class Record:
     def to_json(self) -> dict[str, Any]:
         """The JSON object of one ``report.jsonl`` line."""
         out: dict[str, Any] = {"path": self.path, "image_id": self.image_id, "status": self.status}
+        if self.key is not None:
+            out["key"] = self.key
         if not self.ok:
             return out | {"error": self.error, "raw": self.raw}
         ev = self.evidence.to_json() if self.evidence is not None else None
@@ -124,7 +129,7 @@ class Record:
         return cls(data["image_id"], data.get("path"), data.get("status", "ok"), data.get("score"),
                    data.get("threshold"), data.get("label"), data.get("overlay"),
                    Evidence.from_json(ev) if ev else None, Explanation.model_validate(ex) if ex else None,
-                   data.get("error"), data.get("raw"))
+                   data.get("error"), data.get("raw"), data.get("key"))
 
 
 @dataclass

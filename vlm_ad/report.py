@@ -1,23 +1,38 @@
 """``run_report``: explain a folder of images into ``report.jsonl``, ``report.md`` and a self-contained
-``report.html``. Resumable (images already in ``report.jsonl`` are skipped); one image's failure is recorded in
-its record and does not stop the batch."""
+``report.html``, exactly once per image.
+
+* Every record has a key: the image's id and content hash plus the run's identity (the model folder's fingerprint
+  and the reasoner). A rerun skips keys that succeeded, retries failures and *replaces* their records.
+* Records are appended (and fsynced) one by one while the run goes, so a run killed at any moment loses at most the
+  image it was on; at the end ``report.jsonl`` is rewritten with one record per key, and ``report.md`` and
+  ``report.html`` are rebuilt from it, so they never disagree with it.
+* ``report.json`` records the provenance (model, its fingerprint, detector, backbone, threshold, reasoner, vlm-ad
+  version, date). A folder made by another model or reasoner is refused unless ``restart=True``.
+* One run at a time per folder: a second one is refused with a clear message (a lock file), never interleaved.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import quote
 
 from vlm_ad._cache import atomic_write_bytes
+from vlm_ad.errors import ConfigError
 from vlm_ad.pipeline import Pipeline, Record, unique_stems
 from vlm_ad.types import Sample
 
-__all__ = ["ReportSummary", "read_records", "render_html", "render_markdown", "run_report"]
+__all__ = ["ReportSummary", "report_provenance", "read_records", "render_html", "render_markdown", "run_report"]
+
+REPORT_FORMAT = 1  # of report.json
 
 
 @dataclass
@@ -31,23 +46,57 @@ class ReportSummary:
     seconds: float
 
 
+def report_provenance(pipeline: Pipeline, model_dir: str | Path | None = None, reasoner: str | None = None
+                      ) -> dict[str, Any]:
+    """Where a report's records come from: the model folder and its fingerprint, detector, backbone, threshold,
+    reasoner, vlm-ad version and date. Its ``identity`` (model fingerprint + reasoner) keys the records."""
+    from vlm_ad import __version__
+    from vlm_ad.artifacts import fingerprint
+
+    det = pipeline.detector
+    reasoner = reasoner or getattr(pipeline.reasoner, "name", "reasoner")
+    model_hash = fingerprint(model_dir) if model_dir is not None else None
+    return {"model": None if model_dir is None else str(model_dir), "model_sha256": model_hash,
+            "detector": getattr(det, "name", None), "backbone": str(getattr(det, "backbone", "")),
+            "threshold": getattr(det, "threshold_", None), "reasoner": reasoner, "vlm_ad": __version__,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "identity": f"{model_hash or 'in-memory model'}|{reasoner}"}
+
+
+def _key(image_id: str, path: Path, identity: str) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{identity}\0{image_id}\0".encode())
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:  # an unreadable file still gets one record (its failure), keyed by its name
+        digest.update(f"unreadable: {exc}".encode())
+    return digest.hexdigest()[:32]
+
+
 def read_records(path: Path) -> list[Record]:
-    """Records of a ``report.jsonl``; the last record of an image wins; a torn last line is ignored."""
+    """Records of a ``report.jsonl``, one per key (the last one wins), in first-seen order; torn lines are ignored."""
     if not path.is_file():
         return []
     latest: dict[str, Record] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             rec = Record.from_json(json.loads(line))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             continue  # an interrupted write
-        latest[rec.path or rec.image_id] = rec
+        latest[rec.key or rec.path or rec.image_id] = rec
     return list(latest.values())
 
 
 def _append(path: Path, record: Record) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record.to_json()) + "\n")
+    with open(path, "ab+") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell():  # a run killed mid-line left a torn last line: start on a line of our own
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+        fh.write((json.dumps(record.to_json()) + "\n").encode())
         fh.flush()
         os.fsync(fh.fileno())
 
@@ -62,46 +111,103 @@ def _explain_one(pipeline: Pipeline, item: Any, stem: str, out_dir: Path) -> Rec
     return explained.record(path=item.path, overlay=rel)
 
 
+def _lock(out: Path):
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out / ".vlm-ad.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(f"another vlm-ad run is writing to {out} (it holds {out / '.vlm-ad.lock'}); wait for it "
+                          "to finish or choose another --out") from None
+    return lock
+
+
+def _check_manifest(out: Path, prov: dict[str, Any], restart: bool) -> None:
+    """Refuse to mix records of two models or reasoners in one folder; write the manifest for this run."""
+    from vlm_ad.artifacts import read_meta, write_meta
+
+    manifest, jsonl = out / "report.json", out / "report.jsonl"
+    if manifest.is_file() and not restart:
+        old = read_meta(manifest, kind="report", version=REPORT_FORMAT, remedy="use another --out, or --restart")
+        if old.get("identity") != prov["identity"]:
+            raise ConfigError(
+                f"{out} holds a report made by model {old.get('model')} (sha256 {str(old.get('model_sha256'))[:12]}) "
+                f"with reasoner {old.get('reasoner')}; this run uses model {prov['model']} (sha256 "
+                f"{str(prov['model_sha256'])[:12]}) with reasoner {prov['reasoner']}. Use another --out, or --restart "
+                "to replace that report")
+    elif jsonl.is_file() and not restart and read_records(jsonl):
+        raise ConfigError(f"{out} holds a report.jsonl without its report.json (made by an older vlm-ad or by hand), "
+                          "so it cannot be told which model made it; use another --out, or --restart to replace it")
+    if restart:
+        jsonl.unlink(missing_ok=True)
+    write_meta(manifest, kind="report", version=REPORT_FORMAT, meta=prov)
+
+
 def run_report(
-    images: str | Path, pipeline: Pipeline, out_dir: str | Path, *, progress: Callable[[int], None] | None = None,
+    images: str | Path, pipeline: Pipeline, out_dir: str | Path, *, provenance: dict[str, Any] | None = None,
+    restart: bool = False, progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> ReportSummary:
-    """Explain every image under ``images`` (a folder, recursive, or one file) into ``out_dir``.
+    """Explain every image under ``images`` (a folder, recursive, or one file) into ``out_dir``, once per image.
 
     Args:
         images: folder of images or one image.
         pipeline: the detector, reasoner, namer and exemplar images to run (:class:`~vlm_ad.pipeline.Pipeline`).
-        out_dir: where ``report.jsonl``, ``report.md``, ``report.html`` and ``overlays/`` go.
+        out_dir: where ``report.jsonl``, ``report.json``, ``report.md``, ``report.html`` and ``overlays/`` go.
+        provenance: the run's :func:`report_provenance` (default: from the pipeline alone, no model fingerprint).
+        restart: replace a report made by another model or reasoner instead of refusing.
         progress: called with 1 after each image (done, skipped or failed).
         on_total: called once with the number of images.
+
+    Raises:
+        ConfigError: another run holds the folder, or the folder holds another model's or reasoner's report.
     """
     from vlm_ad.data import ImageFolder
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    jsonl = out / "report.jsonl"
     items = ImageFolder(images, recursive=True).items
-    stems = unique_stems([Path(it.image_id.replace("/", "__")) for it in items])
-    done_paths = {r.path for r in read_records(jsonl) if r.ok}
-    if on_total:
-        on_total(len(items))
-    t0, counts = time.perf_counter(), {"ok": 0, "skipped": 0, "failed": 0}
-    for item, stem in zip(items, stems):
-        if str(item.path) in done_paths:
-            counts["skipped"] += 1
-        else:
-            try:
-                rec = _explain_one(pipeline, item, stem, out)
-            except Exception as exc:  # noqa: BLE001 - a batch records any per-image failure and goes on
-                rec = Record.failed(item.image_id, str(item.path), exc)
-            _append(jsonl, rec)
-            counts["ok" if rec.ok else "failed"] += 1
-        if progress:
-            progress(1)
-    records = read_records(jsonl)
-    atomic_write_bytes(out / "report.md", render_markdown(records).encode())
-    atomic_write_bytes(out / "report.html", render_html(records, out).encode())
+    prov = provenance or report_provenance(pipeline)
+    lock = _lock(out)
+    try:
+        _check_manifest(out, prov, restart)
+        jsonl = out / "report.jsonl"
+        stems = unique_stems([Path(it.image_id.replace("/", "__")) for it in items])
+        done = {r.key for r in read_records(jsonl) if r.ok}
+        if on_total:
+            on_total(len(items))
+        t0, counts = time.perf_counter(), {"ok": 0, "skipped": 0, "failed": 0}
+        for item, stem in zip(items, stems):
+            key = _key(item.image_id, item.path, prov["identity"])
+            if key in done:
+                counts["skipped"] += 1
+            else:
+                try:
+                    rec = _explain_one(pipeline, item, stem, out)
+                except Exception as exc:  # noqa: BLE001 - a batch records any per-image failure and goes on
+                    rec = Record.failed(item.image_id, str(item.path), exc)
+                rec.key = key
+                _append(jsonl, rec)
+                counts["ok" if rec.ok else "failed"] += 1
+            if progress:
+                progress(1)
+        records = read_records(jsonl)
+        atomic_write_bytes(jsonl, "".join(json.dumps(r.to_json()) + "\n" for r in records).encode())  # one per key
+        atomic_write_bytes(out / "report.md", render_markdown(records).encode())
+        atomic_write_bytes(out / "report.html", render_html(records, out).encode())
+    finally:
+        lock.release()
     return ReportSummary(out, counts["ok"], counts["skipped"], counts["failed"], time.perf_counter() - t0)
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~])")
+
+
+def _md(text: Any) -> str:
+    """User-derived text made inert in a Markdown table cell: no table breaks, headings, links, images or HTML."""
+    flat = " ".join(str(text).split())  # newlines would start new rows or headings
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(flat, quote=False))
 
 
 def _sorted(records: list[Record]) -> list[Record]:
@@ -116,16 +222,17 @@ def render_markdown(records: list[Record]) -> str:
              "| --- | --- | --- | --- | --- |"]
     for r in _sorted(records):
         if not r.ok or r.explanation is None:
-            lines.append(f"| {r.image_id} | - | - | failed | {r.error} |")
+            lines.append(f"| {_md(r.image_id)} | - | - | failed | {_md(r.error)} |")
             continue
         thr = "-" if r.threshold is None else f"{r.threshold:.4f}"
-        lines.append(f"| {r.image_id} | {r.score:.4f} | {thr} | {r.explanation.verdict} | {r.explanation.summary} |")
+        lines.append(f"| {_md(r.image_id)} | {r.score:.4f} | {thr} | {r.explanation.verdict} | "
+                     f"{_md(r.explanation.summary)} |")
     for r in _sorted(ok):
         e = r.explanation
         if e is not None and e.verdict == "anomalous":
-            lines += ["", f"## {r.image_id}", "", f"![overlay]({r.overlay})", ""]
-            lines += [f"{i}. {st.text} [{', '.join(st.evidence)}]" for i, st in enumerate(e.steps, 1)]
-            lines += [f"- flag: {f}" for f in e.flags]
+            lines += ["", f"## {_md(r.image_id)}", "", f"![overlay](<{quote(r.overlay or '')}>)", ""]
+            lines += [f"{i}. {_md(st.text)} \\[{_md(', '.join(st.evidence))}\\]" for i, st in enumerate(e.steps, 1)]
+            lines += [f"- flag: {_md(f)}" for f in e.flags]
     return "\n".join(lines) + "\n"
 
 

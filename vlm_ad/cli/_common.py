@@ -81,6 +81,12 @@ class ReasonerOptions:
     model_dir: Path | None = None
     fallback: str | None = None
 
+    def identity(self) -> str:
+        """The reasoner and the settings that change what it says (e.g. ``llamacpp llm=smollm2``)."""
+        given = {"llm": self.llm, "base_url": self.base_url, "api_model": self.api_model,
+                 "model_dir": self.model_dir, "fallback": self.fallback}
+        return " ".join([self.reasoner] + [f"{k}={v}" for k, v in given.items() if v is not None])
+
     def build(self):
         from vlm_ad.reasoning import create_reasoner
 

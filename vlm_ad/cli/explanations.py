@@ -74,20 +74,30 @@ def report(
     model: Path = typer.Option(..., "--model", help="A model folder written by 'vlm-ad fit'."),
     out: Path = typer.Option(..., "--out", help="Output folder: report.jsonl, report.md, report.html, overlays/."),
     exemplars: Path = typer.Option(None, "--exemplars", help=EXEMPLARS_HELP),
+    restart: bool = typer.Option(False, "--restart", help="Replace a report in OUT made by another model or "
+                                 "reasoner (without it such a folder is refused)."),
     *,
     reasoner: ReasonerOptions,
 ) -> None:
-    """Explain every image into a batch report. Resumable: images already in OUT/report.jsonl are skipped; an
-    unreadable image or an LLM failure is recorded in its record and the batch goes on."""
-    from vlm_ad.report import run_report
+    """Explain every image into a batch report, exactly once per image. Resumable: a rerun skips images already
+    explained by the same model and reasoner and retries failures (their records are replaced, never duplicated);
+    an unreadable image or an LLM failure is recorded and the batch goes on. One run per OUT at a time.
+
+    Exit codes: 0 every image explained, 1 some images failed (see their records), 2 a usage or configuration
+    error (nothing written)."""
+    from vlm_ad.report import report_provenance, run_report
 
     pipe = _pipeline(model, reasoner, exemplars)
+    prov = report_provenance(pipe, model, reasoner.identity())
     with progress_bar() as progress:
         handle = progress.add_task("explaining", total=None)
-        res = run_report(images, pipe, out, on_total=lambda n: progress.update(handle, total=n),
+        res = run_report(images, pipe, out, provenance=prov, restart=restart,
+                         on_total=lambda n: progress.update(handle, total=n),
                          progress=lambda n: progress.advance(handle, n))
     console.print(f"{res.done} explained, {res.skipped} already done, {res.failed} failed in {res.seconds:.1f} s; "
                   f"see {out}/report.html, report.md and report.jsonl")
+    if res.failed:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -119,7 +119,9 @@ def detect(
     threshold: float = typer.Option(None, help="Override the model's image threshold."),
 ) -> None:
     """Score images with a fitted model: per image a JSON record (score, label, regions, nearest normal
-    exemplars) and an overlay PNG. Unreadable images are reported and skipped; the others are still written."""
+    exemplars) and an overlay PNG. Unreadable images are reported and skipped; the others are still written.
+
+    Exit codes: 0 every image written, 1 some images skipped (named above), 2 a usage or configuration error."""
     from vlm_ad.detectors import load_detector
     from vlm_ad.pipeline import detect_images
 
@@ -145,7 +147,7 @@ def detect(
         console.print(f"[yellow]skipped[/yellow] {r.path}: {r.error}", soft_wrap=True)
     skipped = f"; {len(failed)} skipped" if failed else ""
     console.print(f"wrote {len(results) - len(failed)} results to {out}/{skipped}")
-    if len(failed) == len(results):
+    if failed or not results:
         raise typer.Exit(1)
 
 
