@@ -13,6 +13,7 @@ from vlm_ad.adapt import (
     AdaptConfig,
     CosineHead,
     _loss,
+    adapter_backbone,
     head_features,
     inject_lora,
     load_adapter,
@@ -160,3 +161,15 @@ def test_cli_adapt_writes_an_adapter(tmp_path):
     r = CliRunner().invoke(app, ["eval", str(root), "--detector", "adapted", "--adapter", str(tmp_path),
                                  "--shots", "2"])
     assert isinstance(r.exception, ConfigError) and "not an adapter folder" in str(r.exception)
+
+
+def test_adapted_reads_its_backbone_from_the_adapter(tmp_path):
+    cfg = AdaptConfig(**TINY)
+    save_adapter(tmp_path / "ad", inject_lora(_net(cfg), cfg), CosineHead(768, cfg.head_dim), cfg)
+    assert adapter_backbone(tmp_path / "ad") == "dinov2-s14"
+    det = create_detector("adapted", adapter=str(tmp_path / "ad"))  # no backbone given: the adapter's own
+    assert det.backbone == "dinov2-s14"
+    with pytest.raises(ConfigError, match="was trained on backbone 'dinov2-s14', not 'efficientnet-lite0'"):
+        create_detector("adapted", adapter=str(tmp_path / "ad"), backbone="efficientnet-lite0")
+    with pytest.raises(DataError, match="is not a vlm-ad adapter"):
+        create_detector("adapted", adapter=str(tmp_path))

@@ -30,7 +30,8 @@ from vlm_ad._deps import require
 from vlm_ad.artifacts import read_meta, write_meta
 from vlm_ad.errors import ConfigError, DataError
 
-__all__ = ["AdaptConfig", "CosineHead", "TrainResult", "inject_lora", "load_adapter", "save_adapter", "train_adapter"]
+__all__ = ["AdaptConfig", "CosineHead", "TrainResult", "adapter_backbone", "inject_lora", "load_adapter",
+           "save_adapter", "train_adapter"]
 
 ADAPTER_FORMAT = 1  # of adapt.json (see vlm_ad.artifacts)
 _LINEARS = ("qkv", "proj", "fc1", "fc2")
@@ -164,6 +165,20 @@ def save_adapter(directory: str | Path, net: nn.Module, head: CosineHead, cfg: A
     write_meta(directory / "adapt.json", kind="adapter", version=ADAPTER_FORMAT, meta=meta)
     atomic_write_bytes(directory / "README.md", (card or model_card(cfg, history, extra or {})).encode())
     return directory
+
+
+def adapter_backbone(directory: str | Path) -> str:
+    """The backbone name an adapter folder was trained on (recorded in its ``adapt.json``).
+
+    Raises:
+        DataError: the folder is not an adapter folder.
+    """
+    path = Path(directory) / "adapt.json"
+    try:
+        return str(json.loads(path.read_text())["config"]["backbone"])
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{directory} is not a vlm-ad adapter: no readable adapt.json with config.backbone "
+                        f"({exc!r}); create one with 'vlm-ad adapt DATA --out DIR'") from exc
 
 
 def load_adapter(directory: str | Path, *, net: nn.Module | None = None) -> tuple[nn.Module, CosineHead, AdaptConfig]:

@@ -21,13 +21,15 @@ class Backbone(nn.Module):
 
     Subclasses implement :meth:`forward` (a normalised ``(B, 3, S, S)`` tensor -> ``{layer: (B, C, h, w)}``)
     and set ``mean``/``std`` (applied to pixels scaled to [0, 1]) and ``patch_multiple`` (input sizes must be
-    a multiple of it).
+    a multiple of it). ``any_shape`` says whether the network takes non-square inputs of any multiple of
+    ``patch_multiple`` (convolutional nets, ViTs that interpolate their position embedding); others stay square.
     """
 
     name: str = "backbone"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     patch_multiple: int = 1
+    any_shape: bool = False
 
     def __init__(self, *, image_size: int, layers: Sequence[str]) -> None:
         super().__init__()
@@ -51,8 +53,10 @@ class Backbone(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Resize uint8 RGB images (any size) to ``image_size`` and normalise: returns (B, 3, S, S) float32."""
+    def preprocess(self, images: Sequence[np.ndarray], *, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Resize uint8 RGB images (any size) to ``size`` (H, W), by default ``image_size`` square, and normalise:
+        returns (B, 3, H, W) float32."""
+        size = (self.image_size, self.image_size) if size is None else (int(size[0]), int(size[1]))
         batch = []
         for i, img in enumerate(images):
             img = np.asarray(img)
@@ -62,8 +66,8 @@ class Backbone(nn.Module):
                     "load files with vlm_ad.data.load_image"
                 )
             t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
-            if t.shape[-2:] != (self.image_size, self.image_size):
-                t = F.interpolate(t, size=(self.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+            if t.shape[-2:] != size:
+                t = F.interpolate(t, size=size, mode="bilinear", align_corners=False, antialias=True)
             batch.append(t)
         x = torch.cat(batch).clamp_(0, 1)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
@@ -71,17 +75,19 @@ class Backbone(nn.Module):
         return (x - mean) / std
 
     @torch.no_grad()
-    def extract(self, images: Sequence[np.ndarray], *, batch_size: int = 8) -> Features:
-        """Preprocess and run the backbone in batches; features come back on the CPU."""
+    def extract(self, images: Sequence[np.ndarray], *, batch_size: int = 8,
+                size: tuple[int, int] | None = None) -> Features:
+        """Preprocess (to ``size``, default ``image_size`` square) and run the backbone in batches; features come
+        back on the CPU."""
         if len(images) == 0:
             raise DataError("extract() got no images")
         self.eval()
         outs: dict[str, list[torch.Tensor]] = {}
         for start in range(0, len(images), batch_size):
-            x = self.preprocess(images[start : start + batch_size]).to(self.device)
+            x = self.preprocess(images[start : start + batch_size], size=size).to(self.device)
             for name, feat in self(x).items():
                 outs.setdefault(name, []).append(feat.float().cpu())
-        return Features({k: torch.cat(v) for k, v in outs.items()}, (self.image_size, self.image_size))
+        return Features({k: torch.cat(v) for k, v in outs.items()}, tuple(x.shape[-2:]))
 
     def iter_batches(self, images: Iterable[np.ndarray], *, batch_size: int = 8) -> Iterable[Features]:
         """Yield :class:`Features` for consecutive batches of a (possibly lazy) image stream."""

@@ -138,6 +138,7 @@ class DinoV2(Backbone):
 
     name = "dinov2-s14"
     patch_multiple = PATCH
+    any_shape = True
 
     def __init__(self, *, image_size: int = 224, layers: Sequence[str] = ("block5", "block7")) -> None:
         if isinstance(layers, str):

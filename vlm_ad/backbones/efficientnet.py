@@ -25,6 +25,7 @@ class EfficientNetLite0(Backbone):
     mean = (127.0 / 255.0,) * 3
     std = (128.0 / 255.0,) * 3
     patch_multiple = 16
+    any_shape = True
 
     def __init__(self, net: torch.nn.Module, *, image_size: int = 224, layers: Sequence[str] = ("block4", "block10")):
         super().__init__(image_size=image_size, layers=layers)

@@ -28,7 +28,8 @@ class Adapted(Detector):
     """Adapter head + retrieval fusion.
 
     Args:
-        backbone: must be ``dinov2-s14``.
+        backbone: must be ``dinov2-s14``; None (default) takes the backbone recorded in ``adapter``, else
+            ``dinov2-s14``.
         adapter: an adapter folder; None trains one on the fit images.
         adapt: :class:`~vlm_ad.adapt.AdaptConfig` overrides used when training in ``fit``.
         fuse: weight of the retrieval map in the fusion (1 = PatchCore only, 0 = head only).
@@ -39,8 +40,17 @@ class Adapted(Detector):
 
     name = "adapted"
 
-    def __init__(self, backbone="dinov2-s14", *, adapter: str | None = None, adapt: dict | None = None,
+    def __init__(self, backbone: str | None = None, *, adapter: str | None = None, adapt: dict | None = None,
                  fuse: float = 0.5, score: str = "topk", topk: float = 0.01, seed: int = 0, **hyper: Any) -> None:
+        if adapter:
+            from vlm_ad.adapt import adapter_backbone
+
+            recorded = adapter_backbone(adapter)  # the adapter folder records its backbone: no need to repeat it
+            if backbone is not None and backbone != recorded:
+                raise ConfigError(f"adapter {adapter} was trained on backbone {recorded!r}, not {backbone!r}; "
+                                  "leave the backbone out (it is read from the adapter) or pass that one")
+            backbone = recorded
+        backbone = backbone or "dinov2-s14"
         if backbone != "dinov2-s14":
             raise ConfigError(f"adapted needs backbone 'dinov2-s14' (LoRA on its blocks), got {backbone!r}")
         if not 0 <= fuse <= 1 or score not in _SCORES or not 0 < topk <= 1:
@@ -67,7 +77,7 @@ class Adapted(Detector):
         return AdaptConfig(**(kw | self.hyper["adapt"]))
 
     def _use(self, net, head, cfg) -> None:
-        self.embedder_ = PatchEmbedder(net, pool=self.hyper.get("pool", 3))
+        self.embedder_ = PatchEmbedder(net, pool=self.hyper.get("pool", 3), geometry="square")  # as the adapter trained
         self.head_, self.adapt_config_ = head, cfg
 
     def _prepare_adapter(self, arrays: list[np.ndarray]) -> None:

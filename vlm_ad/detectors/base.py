@@ -12,6 +12,7 @@ own resolution.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from vlm_ad._cache import atomic_write_bytes
 from vlm_ad.artifacts import write_meta
 from vlm_ad.backbones import Backbone, create_backbone
+from vlm_ad.backbones.geometry import Geometry, stitch
 from vlm_ad.errors import ConfigError, DataError, NotFittedError
 from vlm_ad.types import AnomalyMap, Sample
 
@@ -29,6 +31,8 @@ ImageLike = Union[np.ndarray, Sample]
 Progress = Callable[[int], None]  # called with the number of images just processed
 
 DEFAULT_LAYERS = {"dinov2-s14": ("block5", "block7"), "efficientnet-lite0": ("block4", "block10")}
+DEFAULT_GEOMETRY = "square"  # for backbones that take any input shape; see eval/results/generalization.md
+DEFAULT_SIZE: dict[str, int] = {}  # input size per backbone when none is given (else 224)
 
 
 def as_images(images: Sequence[ImageLike]) -> tuple[list[np.ndarray], list[str]]:
@@ -45,12 +49,20 @@ def as_images(images: Sequence[ImageLike]) -> tuple[list[np.ndarray], list[str]]
 
 
 class PatchEmbedder:
-    """Backbone + local aggregation: images -> L2-normalised patch grids (B, h, w, C) on the finest layer grid.
+    """Backbone + input geometry + local aggregation: images -> patch grids (B, h, w, C) on the finest layer grid.
 
     Args:
         backbone: a registered backbone name or an instance.
         layers: backbone layers to use (default: the backbone's recommended pair).
-        image_size: input size in pixels (square).
+        image_size: input size in pixels (see ``geometry``; default: :data:`DEFAULT_SIZE` for the backbone, else
+            224).
+        geometry: ``"aspect"`` (keep the aspect ratio, long side ``image_size``), ``"area"`` (keep the aspect ratio
+            at the pixel count of an ``image_size`` square) or ``"square"`` (squash to ``image_size`` x
+            ``image_size``); sides are multiples of the backbone's ``patch_multiple``. Default
+            :data:`DEFAULT_GEOMETRY` for backbones that take any input shape, ``"square"`` for the others (CLIP
+            towers). See :mod:`vlm_ad.backbones.geometry`.
+        tile: tile side in input pixels: larger inputs are embedded as overlapping tiles and stitched (None: off).
+        input_shape: a fixed (H, W) input for every image (PaDiM sets it from its training images).
         pool: side of the average-pooling window applied to each layer (PatchCore's local neighbourhood).
         normalize: L2-normalise each patch vector.
     """
@@ -60,28 +72,48 @@ class PatchEmbedder:
         backbone: str | Backbone = "efficientnet-lite0",
         *,
         layers: Sequence[str] | None = None,
-        image_size: int = 224,
+        image_size: int | None = None,
+        geometry: str | None = None,
+        tile: int | None = None,
+        input_shape: Sequence[int] | None = None,
         pool: int = 3,
         normalize: bool = True,
     ) -> None:
         if isinstance(backbone, Backbone):
             self.backbone_name, self.net = backbone.name, backbone
-            self.layers, self.image_size = tuple(backbone.layers), backbone.image_size
+            self.layers, size = tuple(backbone.layers), image_size or backbone.image_size
         else:
             self.backbone_name = backbone
             self.layers = tuple(layers) if layers else DEFAULT_LAYERS.get(backbone)
-            self.image_size = image_size
-            kw = {"image_size": image_size} | ({"layers": self.layers} if self.layers else {})
+            size = image_size or DEFAULT_SIZE.get(backbone, 224)
+            kw = {"image_size": size} | ({"layers": self.layers} if self.layers else {})
             self.net = create_backbone(backbone, **kw)
             self.layers = tuple(self.net.layers)
         if pool < 1 or pool % 2 == 0:
             raise ConfigError(f"pool must be a positive odd number, got {pool}")
+        any_shape = bool(getattr(self.net, "any_shape", False))
+        size = size if any_shape else self.net.image_size  # fixed-size networks take their own size only
+        geometry = geometry or (DEFAULT_GEOMETRY if any_shape else "square")
+        if not any_shape and (geometry != "square" or tile or input_shape):
+            raise ConfigError(f"{self.backbone_name} takes square inputs of its own size only: use geometry='square' "
+                              "without tile or input_shape")
+        self.geometry = Geometry(mode=geometry, size=int(size), multiple=int(getattr(self.net, "patch_multiple", 1)),
+                                 tile=tile, shape=tuple(input_shape) if input_shape else None)
         self.pool, self.normalize = pool, normalize
 
+    @property
+    def image_size(self) -> int:
+        return self.geometry.size
+
+    def set_input_shape(self, shape: Sequence[int] | None) -> None:
+        """Fix every input to ``shape`` (H, W), or release it (None)."""
+        self.geometry = replace(self.geometry, shape=tuple(int(v) for v in shape) if shape else None)
+
     def grid_shape(self, image_shape: tuple[int, int]) -> tuple[int, int]:
-        """(rows, cols) of the patch grid of an image of ``image_shape`` (H, W): one tiny forward pass, cached."""
+        """(rows, cols) of the patch grid of an image of ``image_shape`` (H, W): one tiny forward pass per input
+        shape, cached."""
         grids = self.__dict__.setdefault("_grids", {})
-        key = (self.image_size, self.image_size)  # every image is resized to this square
+        key = self.geometry.input_shape(*image_shape)
         if key not in grids:
             emb = self([np.zeros((*key, 3), np.uint8)])
             grids[key] = (int(emb.shape[1]), int(emb.shape[2]))
@@ -89,18 +121,62 @@ class PatchEmbedder:
 
     def config(self) -> dict[str, Any]:
         """Settings that rebuild this embedder (saved with a model)."""
-        return {"backbone": self.backbone_name, "layers": list(self.layers), "image_size": self.image_size,
+        g = self.geometry
+        return {"backbone": self.backbone_name, "layers": list(self.layers), "image_size": g.size,
+                "geometry": g.mode, "tile": g.tile, "input_shape": list(g.shape) if g.shape else None,
                 "pool": self.pool, "normalize": self.normalize}
 
+    def input_shape(self, image: np.ndarray) -> tuple[int, int]:
+        """The (H, W) backbone input of an image (images with equal input shapes are embedded together)."""
+        return self.geometry.input_shape(*np.asarray(image).shape[:2])
+
+    def view_fraction(self, grid_hw: Sequence[int]) -> float:
+        """Long side of one view (a tile, or the whole input) over the long side of a patch grid of ``grid_hw``."""
+        cell = getattr(self, "cell_px_", None)  # input pixels per patch, known after the first embedding
+        if self.geometry.tile is None or cell is None:
+            return 1.0
+        return min(1.0, self.geometry.tile / cell / max(grid_hw))
+
+    def groups(self, images: Sequence[np.ndarray]) -> list[list[int]]:
+        """Indices of the images, grouped by input shape (first-seen order)."""
+        out: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            out.setdefault(self.input_shape(img), []).append(i)
+        return list(out.values())
+
     def __call__(self, images: Sequence[np.ndarray], *, batch_size: int = 8, progress: Progress | None = None):
-        """Embed images in batches: returns (B, h, w, C) float32 on the CPU."""
+        """Embed images of one input shape in batches: returns (B, h, w, C) float32 on the CPU."""
+        if len(self.groups(images)) > 1:
+            shapes = sorted({self.input_shape(img) for img in images})
+            raise DataError(f"these images have different input shapes {shapes[:4]} under geometry "
+                            f"{self.geometry.mode!r}; embed each group of embedder.groups(images) separately")
         out = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            out.append(self.aggregate(self.net.extract(chunk, batch_size=batch_size).layers))
+            out.append(self.aggregate(self.layer_features(chunk, batch_size=batch_size)))
             if progress:
                 progress(len(chunk))
+        self.cell_px_ = self.input_shape(images[0])[0] / out[0].shape[1]
         return torch.cat(out)
+
+    def layer_features(self, images: Sequence[np.ndarray], *, batch_size: int = 8) -> dict[str, torch.Tensor]:
+        """Backbone features ``{layer: (B, C, h, w)}`` of images of one input shape, tiled when it is larger than
+        ``tile``."""
+        shape = self.input_shape(images[0])
+        tile_hw, rows, cols = self.geometry.tiles(shape)
+        if len(rows) * len(cols) == 1:
+            return self.net.extract(images, batch_size=batch_size, size=shape).layers
+        net, per_image = self.net.eval(), []
+        for img in images:
+            x = net.preprocess([img], size=shape)  # (1, 3, H, W)
+            crops = torch.cat([x[..., r : r + tile_hw[0], c : c + tile_hw[1]] for r in rows for c in cols])
+            feats: dict[str, list[torch.Tensor]] = {}
+            with torch.no_grad():
+                for start in range(0, len(crops), batch_size):
+                    for name, t in net(crops[start : start + batch_size].to(net.device)).items():
+                        feats.setdefault(name, []).append(t.float().cpu())
+            per_image.append(stitch({k: torch.cat(v) for k, v in feats.items()}, shape, tile_hw, rows, cols))
+        return {name: torch.cat([p[name] for p in per_image]) for name in per_image[0]}
 
     def aggregate(self, layers: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pool each layer, resize to the finest grid, concatenate channels: (B, h, w, C)."""
@@ -126,13 +202,25 @@ def gaussian_blur(grid: torch.Tensor, sigma: float) -> torch.Tensor:
     return g[:, 0]
 
 
-def smooth_grid(grid: torch.Tensor, *, sigma: float = 4.0, work: int = 256) -> torch.Tensor:
-    """Upsample (h, w) or (B, h, w) patch-score grids to a fixed working size and blur them: (work, work) or
-    (B, work, work). Batched, since per-image calls are dominated by call overhead."""
+def work_shape(grid_hw: Sequence[int], *, work: int = 256) -> tuple[int, int]:
+    """The smoothing work grid of an (h, w) patch grid: the same aspect ratio, long side ``work`` (or 8 pixels per
+    patch when the grid is finer than that, e.g. a tiled large image)."""
+    gh, gw = int(grid_hw[0]), int(grid_hw[1])
+    long_side = max(work, 8 * max(gh, gw))
+    short = max(1, int(round(long_side * min(gh, gw) / max(gh, gw))))
+    return (long_side, short) if gh >= gw else (short, long_side)
+
+
+def smooth_grid(grid: torch.Tensor, *, sigma: float = 4.0, work: int = 256, view: float = 1.0) -> torch.Tensor:
+    """Upsample (h, w) or (B, h, w) patch-score grids to their work grid (:func:`work_shape`, aspect kept) and blur
+    them. ``sigma`` is in pixels of a 256-px long side of one view (the whole input, or a ``view`` share of it when
+    tiled), so a square 224/256 input smooths exactly as before geometry existed. Batched, since per-image calls are
+    dominated by call overhead."""
     single = grid.ndim == 2
     g = grid[None] if single else grid
-    g = F.interpolate(g[:, None].float(), size=(work, work), mode="bilinear", align_corners=False)[:, 0]
-    g = gaussian_blur(g, sigma)
+    size = work_shape(g.shape[-2:], work=work)
+    g = F.interpolate(g[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    g = gaussian_blur(g, sigma * view * max(size) / 256)
     return g[0] if single else g
 
 
@@ -143,7 +231,7 @@ def resize_map(work_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 FORMAT_VERSION = 1  # of detector.json (see vlm_ad.artifacts)
-EMBEDDER_KEYS = ("layers", "image_size", "pool")  # hyper-parameters that configure the PatchEmbedder
+EMBEDDER_KEYS = ("layers", "image_size", "pool", "geometry", "tile")  # hyper-parameters of the PatchEmbedder
 
 
 class Detector:
@@ -218,13 +306,18 @@ class Detector:
         arrays, ids = as_images(images)
         if not arrays:
             raise DataError("predict() got no images")
-        t0 = time.perf_counter()
-        emb = self._embed(arrays, progress)
-        t1 = time.perf_counter()
-        grids, hits = self._score_embeddings(emb)
-        self.timings_["embed"] += t1 - t0
-        self.timings_["score"] += time.perf_counter() - t1
-        return self._to_maps(grids, [a.shape[:2] for a in arrays], ids, hits)
+        out: list[AnomalyMap | None] = [None] * len(arrays)
+        for idx in self._shape_groups(arrays):  # images of one input shape share a forward pass and a grid shape
+            t0 = time.perf_counter()
+            emb = self._embed([arrays[i] for i in idx], progress)
+            t1 = time.perf_counter()
+            grids, hits = self._score_embeddings(emb)
+            self.timings_["embed"] += t1 - t0
+            self.timings_["score"] += time.perf_counter() - t1
+            maps = self._to_maps(grids, [arrays[i].shape[:2] for i in idx], [ids[i] for i in idx], hits)
+            for i, amap in zip(idx, maps):
+                out[i] = amap
+        return out
 
     # subclass hooks ---------------------------------------------------------------------------------------
     def _augment(self, arrays: list[np.ndarray], ids: list[str]) -> tuple[list[np.ndarray], list[str]]:
@@ -254,8 +347,11 @@ class Detector:
 
     # shared machinery -------------------------------------------------------------------------------------
     def smooth(self, grid: torch.Tensor) -> torch.Tensor:
-        """The smoothed working-size map of a (h, w) or (B, h, w) patch-score grid (``sigma`` in pixels of 256)."""
-        return smooth_grid(grid, sigma=float(self.hyper.get("sigma", 4.0)))
+        """The smoothed working-size map of a (h, w) or (B, h, w) patch-score grid (``sigma`` in pixels of a 256-px
+        long side of one view; see :func:`smooth_grid`)."""
+        embedder = getattr(self, "embedder", None)
+        view = embedder.view_fraction(grid.shape[-2:]) if isinstance(embedder, PatchEmbedder) else 1.0
+        return smooth_grid(grid, sigma=float(self.hyper.get("sigma", 4.0)), view=view)
 
     def image_score(self, grid: torch.Tensor) -> float:
         """Image score of an (h, w) patch-score grid: :meth:`_work_score` of its smoothed map."""
@@ -266,14 +362,36 @@ class Detector:
         always comes with a map region above it). Subclasses may aggregate differently (e.g. top-k mean)."""
         return float(work.max())
 
-    def _embed(self, arrays: list[np.ndarray], progress: Progress | None) -> torch.Tensor:
-        return self.embedder(arrays, progress=progress)
+    ragged = False  # whether _fit_embeddings / _calibrate accept a list of per-image grids of different shapes
+
+    def _shape_groups(self, arrays: list[np.ndarray]) -> list[list[int]]:
+        """Indices of the images grouped by backbone input shape (one group unless geometry keeps aspect ratios)."""
+        if isinstance(self.embedder, PatchEmbedder):
+            return self.embedder.groups(arrays)
+        return [list(range(len(arrays)))]
+
+    def _embed(self, arrays: list[np.ndarray], progress: Progress | None) -> torch.Tensor | list[torch.Tensor]:
+        """(B, h, w, C) grids of images of one input shape; images of several shapes (``geometry="aspect"``)
+        give a list of (h_i, w_i, C) grids in input order, for detectors with ``ragged = True``."""
+        groups = self._shape_groups(arrays)
+        if len(groups) == 1:
+            return self.embedder(arrays, progress=progress)
+        if not self.ragged:
+            shapes = sorted({self.embedder.input_shape(a) for a in arrays})
+            raise ConfigError(f"{self.name} needs normal images of one input shape, got {shapes[:4]} under "
+                              f"geometry={self.embedder.geometry.mode!r}; resize them to one size or use "
+                              "geometry='square'")
+        out: list[torch.Tensor] = [torch.empty(0)] * len(arrays)
+        for idx in groups:
+            for i, grid in zip(idx, self.embedder([arrays[i] for i in idx], progress=progress)):
+                out[i] = grid
+        return out
 
     def _to_maps(self, grids: torch.Tensor, sizes: list[tuple[int, int]], ids: list[str], hits: list
                  ) -> list[AnomalyMap]:
         """AnomalyMaps from (B, h, w) patch-score grids: smoothed in one batch, resized to each image's size."""
         out = []
-        for start in range(0, len(grids), 64):  # bounded memory: 64 x 256 x 256 floats at a time
+        for start in range(0, len(grids), 64):  # bounded memory: 64 work maps at a time
             work = self.smooth(grids[start : start + 64])
             for j, w in enumerate(work):
                 i = start + j

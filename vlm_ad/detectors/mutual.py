@@ -33,6 +33,7 @@ class Mutual(Detector):
     """
 
     name = "mutual"
+    ragged = True  # references may have grids of other shapes than the query
 
     def __init__(self, backbone="dinov2-s14", *, n_ref: int = 16, frac: float = 0.3, buffer: int = 32,
                  exclude: int = 2, seed: int = 0, **hyper: Any) -> None:
@@ -41,7 +42,7 @@ class Mutual(Detector):
         if isinstance(backbone, str) and "layers" not in hyper and backbone in DEFAULT_LAYERS:
             hyper["layers"] = DEFAULT_LAYERS[backbone]
         super().__init__(backbone, n_ref=n_ref, frac=frac, buffer=buffer, exclude=exclude, seed=seed, **hyper)
-        self.normal_: torch.Tensor | None = None
+        self.normal_: torch.Tensor | list[torch.Tensor] | None = None  # (N, h, w, C), or N grids of varying shapes
         self.normal_ids_: list[str] = []
         self._buffer: list[tuple[str, torch.Tensor]] = []
         self.last_mode_ = ""
@@ -108,7 +109,8 @@ class Mutual(Detector):
         for p in top.tolist():
             r = int(dists[:, p].argmin())
             loc = int(where[r][p])
-            hits.append(ExemplarHit(refs[r][0], loc // w, loc % w, float(dists[r, p])))
+            ref_w = refs[r][1].shape[1]  # the reference's own grid width (aspect geometry: it may differ)
+            hits.append(ExemplarHit(refs[r][0], loc // ref_w, loc % ref_w, float(dists[r, p])))
         return grid, hits
 
     def _self_score(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -127,11 +129,14 @@ class Mutual(Detector):
         self._buffer = self._buffer[-self.hyper["buffer"] :]
 
     def _state(self) -> dict[str, torch.Tensor]:
-        return {"normal": self.normal_.contiguous()}
+        if isinstance(self.normal_, torch.Tensor):
+            return {"normal": self.normal_.contiguous()}
+        return {f"normal.{i}": g.contiguous() for i, g in enumerate(self.normal_)}  # grids of different shapes
 
     def _extra_meta(self, directory: Path) -> dict[str, Any]:
         return {"normal_ids": self.normal_ids_}
 
     def _load_state(self, tensors, meta, directory: Path) -> None:
-        self.normal_ = tensors["normal"]
+        self.normal_ = tensors["normal"] if "normal" in tensors else [
+            tensors[f"normal.{i}"] for i in range(len(meta["extra"]["normal_ids"]))]
         self.normal_ids_ = list(meta["extra"]["normal_ids"])

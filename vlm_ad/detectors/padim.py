@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vlm_ad.detectors.base import Detector
+from vlm_ad.detectors.base import Detector, as_images
 from vlm_ad.errors import ConfigError, DataError
 
 
@@ -19,7 +20,12 @@ class PaDiM(Detector):
         n_features: channels kept (random subset, as in the paper; all when the embedding has fewer).
         eps: ridge added to each covariance (``eps * I``), which also makes few-shot fits well posed.
         seed: seed of the channel subset.
-        **hyper: embedder settings (``layers``, ``image_size``, ``pool`` default 1) and ``sigma``.
+        **hyper: embedder settings (``layers``, ``image_size``, ``geometry``, ``tile``, ``pool`` default 1) and
+            ``sigma``.
+
+    Per-position statistics need one patch grid, so under an aspect-preserving geometry ``fit`` fixes the input shape
+    to the most common input shape of the training images; every later image is resized to it (its map
+    is resized back to its own size), and the saved model records it.
     """
 
     name = "padim"
@@ -32,6 +38,15 @@ class PaDiM(Detector):
         hyper.setdefault("pool", 1)
         super().__init__(backbone, n_features=n_features, eps=eps, seed=seed, **hyper)
         self.mean_: torch.Tensor | None = None
+
+    def fit(self, normal_images, *, progress=None) -> PaDiM:
+        arrays, _ = as_images(normal_images)
+        self._ensure_embedder()
+        self.embedder.set_input_shape(None)
+        if arrays and self.embedder.geometry.mode != "square":
+            shapes = Counter(self.embedder.input_shape(a) for a in arrays)
+            self.embedder.set_input_shape(shapes.most_common(1)[0][0])
+        return super().fit(normal_images, progress=progress)
 
     def _fit_embeddings(self, emb: torch.Tensor, ids: list[str]) -> None:
         if len(ids) == 0:
@@ -52,7 +67,8 @@ class PaDiM(Detector):
     def _score_embeddings(self, emb: torch.Tensor):
         b, h, w, _ = emb.shape
         if (h, w) != tuple(self.grid_):
-            raise DataError(f"padim was fitted on a {self.grid_} patch grid but got {(h, w)}: keep image_size fixed")
+            raise DataError(f"padim was fitted on a {self.grid_} patch grid but got {(h, w)}: keep image_size and "
+                            "geometry fixed")
         x = emb[..., self.channels_].reshape(b, h * w, -1) - self.mean_  # (B, P, d)
         m = torch.einsum("bpi,pij,bpj->bp", x, self.inv_cov_, x).clamp_min(0).sqrt()  # (B, P)
         return m.reshape(b, h, w), [[] for _ in range(b)]
@@ -61,9 +77,12 @@ class PaDiM(Detector):
         return self.mean_ is not None
 
     def _state(self) -> dict[str, torch.Tensor]:
+        shape = self.embedder.geometry.shape
         return {"mean": self.mean_, "inv_cov": self.inv_cov_, "channels": self.channels_,
-                "grid": torch.tensor(self.grid_)}
+                "grid": torch.tensor(self.grid_)} | ({"input_shape": torch.tensor(shape)} if shape else {})
 
     def _load_state(self, tensors, meta, directory: Path) -> None:
         self.mean_, self.inv_cov_, self.channels_ = tensors["mean"], tensors["inv_cov"], tensors["channels"]
         self.grid_ = tuple(int(v) for v in tensors["grid"])
+        if "input_shape" in tensors:
+            self.embedder.set_input_shape(tensors["input_shape"].tolist())

@@ -37,10 +37,12 @@ class PatchCore(Detector):
             CNNs (as in the PatchCore paper; on magnetic_tile 8-shot EfficientNet-Lite0 it lifts image AUROC
             0.769 -> 0.806 and pixel AUROC 0.681 -> 0.745, AUPRO 0.677 -> 0.658, mean of 3 seeds), on for ViTs
             (DINOv2's token norms vary a lot between positions).
-        **hyper: embedder settings (``layers``, ``image_size``, ``pool``) and ``sigma`` (map smoothing).
+        **hyper: embedder settings (``layers``, ``image_size``, ``geometry``, ``tile``, ``pool``; see
+            :class:`~vlm_ad.detectors.base.PatchEmbedder`) and ``sigma`` (map smoothing).
     """
 
     name = "patchcore"
+    ragged = True  # the bank takes patches of grids of any shape
 
     def __init__(self, backbone="efficientnet-lite0", *, coreset: float = 0.1, index: str = "auto",
                  n_hits: int = 5, augment: str = "none", seed: int = 0, normalize: bool | None = None,
@@ -79,7 +81,7 @@ class PatchCore(Detector):
         if len(set(base)) < 2:
             return None
         pick = [j for j, i in enumerate(ids) if _VIEW not in i or i.endswith(f"{_VIEW}0")][:32]
-        grids = self.leave_image_out_scores(emb[pick], [base[j] for j in pick])
+        grids = [self.leave_image_out_scores(emb[j][None], [base[j]])[0] for j in pick]  # grids may differ in shape
         scores = [self.image_score(g) for g in grids if not torch.isnan(g).any()]
         return ThresholdPolicy(quantile=0.99).fit(np.array(scores)).threshold_ if scores else None
 

@@ -36,6 +36,8 @@ class _Perturbed(Detector):
     def __init__(self, backbone, *, epsilon: float, map: str, max_patches: int, seed: int, **hyper: Any) -> None:
         if epsilon < 0 or map not in _MAPS:
             raise ConfigError(f"{self.name}: epsilon must be >= 0 and map one of {_MAPS}, got {epsilon}, {map!r}")
+        if hyper.get("tile"):
+            raise ConfigError(f"{self.name}: the input perturbation needs whole-image inputs; use tile=None")
         super().__init__(backbone, epsilon=epsilon, map=map, max_patches=max_patches, seed=seed, **hyper)
 
     def _patches(self, emb: torch.Tensor) -> torch.Tensor:
@@ -74,32 +76,45 @@ class _Perturbed(Detector):
         arrays, ids = as_images(images)
         if not arrays:
             raise DataError("predict() got no images")
-        net, out = self.embedder.net.eval(), []
-        for start in range(0, len(arrays), 8):
-            chunk = arrays[start : start + 8]
-            clean, moved = self.perturbed_grids(net.preprocess(chunk).to(net.device))
+        self.embedder.net.eval()
+        out = [None] * len(arrays)
+        for chunk, idx in self._chunks(arrays):
+            clean, moved = self.perturbed_grids(self._input(chunk))
             grids = moved if self.hyper["map"] == "perturbed" else clean - moved
-            out += [self._to_map(g.cpu(), a, i, []) for g, a, i in zip(grids, chunk, ids[start : start + 8])]
+            for g, a, i in zip(grids, chunk, idx):
+                out[i] = self._to_map(g.cpu(), a, ids[i], [])
             if progress:
                 progress(len(chunk))
         return out
+
+    def _chunks(self, arrays):
+        """(images, indices) in chunks of 8 images of one input shape."""
+        for group in self._shape_groups(arrays):
+            for start in range(0, len(group), 8):
+                idx = group[start : start + 8]
+                yield [arrays[i] for i in idx], idx
+
+    def _input(self, chunk) -> torch.Tensor:
+        """The normalised backbone input (B, 3, H, W) of images of one input shape."""
+        net = self.embedder.net
+        return net.preprocess(chunk, size=self.embedder.input_shape(chunk[0])).to(net.device)
 
     def attention_maps(self, images: Sequence[ImageLike]) -> list[AnomalyMap]:
         """Grad-CAM of the image's mean patch score over the aggregated backbone features (the last layer used)."""
         self._check_fitted()
         arrays, ids = as_images(images)
-        net, out = self.embedder.net.eval(), []
-        for start in range(0, len(arrays), 8):
-            chunk = arrays[start : start + 8]
+        self.embedder.net.eval()
+        out = [None] * len(arrays)
+        for chunk, idx in self._chunks(arrays):
             with torch.enable_grad():
-                x = net.preprocess(chunk).to(net.device).requires_grad_(True)
+                x = self._input(chunk).requires_grad_(True)
                 emb = self._forward(x).permute(0, 3, 1, 2)  # (B, C, h, w)
                 scores = self._patch_scores(emb.permute(0, 2, 3, 1))
                 cam = cam_from(emb, scores.flatten(1).mean(1)).detach().cpu()
-            for c, s, a, i in zip(cam, scores.detach().cpu(), chunk, ids[start : start + 8]):
-                m = self._to_map(c, a, i, [])
+            for c, s, a, i in zip(cam, scores.detach().cpu(), chunk, idx):
+                m = self._to_map(c, a, ids[i], [])
                 m.score = self.image_score(s)
-                out.append(m)
+                out[i] = m
         return out
 
 

@@ -1,0 +1,187 @@
+"""Input geometry: aspect-preserving shapes, tiling, per-image grids, aligned maps on non-square images, old models."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vlm_ad.backbones import Backbone
+from vlm_ad.backbones.geometry import Geometry, tile_starts
+from vlm_ad.detectors import PatchEmbedder, create_detector, load_detector
+from vlm_ad.detectors.base import smooth_grid, work_shape
+from vlm_ad.errors import ConfigError, DataError
+
+pytest.importorskip("faiss", reason="faiss-cpu (vlm-ad[retrieval]) is needed for the detectors")
+
+
+# ---------------------------------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("hw, size, multiple, expected", [
+    ((500, 1250), 256, 16, (96, 256)),  # elongated crack image: aspect kept, short side a multiple of 16
+    ((1250, 500), 256, 16, (256, 96)),  # portrait
+    ((600, 800), 448, 14, (336, 448)),  # DINOv2: multiples of 14
+    ((256, 256), 256, 16, (256, 256)),
+    ((10, 4000), 256, 16, (16, 256)),  # never below one multiple
+])
+def test_aspect_shapes(hw, size, multiple, expected):
+    assert Geometry("aspect", size, multiple).input_shape(*hw) == expected
+    assert Geometry("square", size, multiple).input_shape(*hw) == (size, size)
+    fixed = (2 * multiple, 4 * multiple)
+    assert Geometry("aspect", size, multiple, shape=fixed).input_shape(*hw) == fixed
+
+
+@pytest.mark.parametrize("hw, size, multiple, expected", [
+    ((500, 1250), 256, 16, (160, 400)),  # the pixel count of a 256 square, aspect kept
+    ((600, 800), 448, 14, (392, 518)),
+    ((300, 300), 224, 16, (224, 224)),
+    ((10, 4000), 256, 16, (16, 1024)),  # long side capped at 4 x size
+])
+def test_equal_area_shapes(hw, size, multiple, expected):
+    assert Geometry("area", size, multiple).input_shape(*hw) == expected
+
+
+def test_geometry_validates():
+    with pytest.raises(ConfigError, match="geometry must be one of"):
+        Geometry("letterbox", 256, 16)
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        Geometry("aspect", 250, 16)
+    with pytest.raises(ConfigError, match="tile must be a positive multiple of 14"):
+        Geometry("aspect", 448, 14, tile=100)
+
+
+@pytest.mark.parametrize("length, tile, multiple", [(1024, 256, 16), (448, 224, 14), (1000, 256, 8), (96, 256, 16)])
+def test_tiles_cover_with_overlap(length, tile, multiple):
+    starts = tile_starts(length, min(tile, length), multiple, 0.25)
+    t = min(tile, length)
+    assert starts[0] == 0 and starts[-1] + t == length and all(s % multiple == 0 for s in starts)
+    assert all(b - a <= 0.75 * t for a, b in zip(starts, starts[1:]))  # neighbours overlap by >= 25%
+
+
+def test_work_grid_keeps_the_aspect_and_old_square_smoothing():
+    assert work_shape((28, 28)) == (256, 256)  # the old square work grid
+    assert work_shape((12, 32)) == (96, 256)
+    assert work_shape((128, 48)) == (1024, 384)  # a tiled large image keeps 8 px per patch
+    g = torch.rand(2, 12, 32)
+    assert smooth_grid(g).shape == (2, 96, 256)
+
+
+# ---------------------------------------------------------------------------------------------------- tiling
+class _LocalNet(Backbone):
+    """A strictly local two-layer conv net (stride 8 and 16): tiled and whole-image features must agree."""
+
+    name, patch_multiple, any_shape = "local", 16, True
+
+    def __init__(self):
+        super().__init__(image_size=64, layers=("a", "b"))
+        torch.manual_seed(0)
+        self.a = nn.Conv2d(3, 4, 8, stride=8)
+        self.b = nn.Conv2d(4, 5, 2, stride=2)
+
+    def available_layers(self):
+        return ("a", "b")
+
+    def forward(self, x):
+        a = self.a(x)  # (B, 4, H/8, W/8)
+        return {"a": a, "b": self.b(a)}  # (B, 5, H/16, W/16)
+
+
+def test_tiling_stitches_to_the_whole_image_features():
+    img = np.random.default_rng(0).integers(0, 255, (300, 700, 3), dtype=np.uint8)
+    whole = PatchEmbedder(_LocalNet(), image_size=320, geometry="aspect", pool=1)
+    tiled = PatchEmbedder(_LocalNet(), image_size=320, geometry="aspect", tile=64, pool=1)
+    assert whole.input_shape(img) == (144, 320) and tiled.geometry.tiles((144, 320))[0] == (64, 64)
+    a, b = whole([img]), tiled([img])
+    assert a.shape == b.shape == (1, 18, 40, 9)
+    torch.testing.assert_close(a, b)  # local features: stitching from nearest tiles is exact
+
+
+@pytest.mark.slow
+def test_tiling_covers_a_large_image_with_a_small_defect():
+    from vlm_ad.testing import texture_crops
+
+    big = np.tile(texture_crops(1, 256, seed=0)[0], (3, 6, 1))  # (768, 1536, 3)
+    normal = [big, np.ascontiguousarray(big[:, ::-1])]
+    test = big.copy()
+    test[400:412, 1000:1030] = (255, 0, 0)  # 0.03% of the image
+    det = create_detector("patchcore", image_size=1024, geometry="aspect", tile=256, coreset=1.0).fit(normal)
+    assert det.embedder([test]).shape[1:3] == (64, 128)  # stride 8 over a 512 x 1024 input
+    amap = det.predict([test])[0].map
+    assert amap.shape == big.shape[:2]
+    y, x = np.unravel_index(amap.argmax(), amap.shape)
+    assert 380 <= y <= 432 and 980 <= x <= 1050, (y, x)
+
+
+# ---------------------------------------------------------------------------------------- detectors, maps
+def _elongated(n, seed, h=96, w=240):
+    from vlm_ad.testing import texture_crops
+
+    return [np.ascontiguousarray(c[:h, :w]) for c in texture_crops(n, max(h, w), seed=seed)]
+
+
+def _plant(img, y0=60, x0=190, side=14):
+    out, mask = img.copy(), np.zeros(img.shape[:2], bool)
+    out[y0 : y0 + side, x0 : x0 + side] = (255, 0, 0)
+    mask[y0 : y0 + side, x0 : x0 + side] = True
+    return out, mask
+
+
+@pytest.mark.parametrize("name, geometry", [("patchcore", "aspect"), ("padim", "aspect"), ("patchcore", "square"),
+                                            ("padim", "square"), ("mutual", "aspect")])
+def test_planted_defect_is_found_where_it_is_on_a_non_square_image(name, geometry, tmp_path):
+    normal = _elongated(6, seed=0)
+    test, mask = _plant(_elongated(1, seed=5)[0])
+    extra = {"n_ref": 3} if name == "mutual" else {}
+    det = create_detector(name, backbone="efficientnet-lite0", image_size=256, geometry=geometry, **extra).fit(normal)
+    amap = det.predict([test])[0].map
+    assert amap.shape == (96, 240)
+    y, x = np.unravel_index(amap.argmax(), amap.shape)
+    assert mask[max(0, y - 6) : y + 7, max(0, x - 6) : x + 7].any(), f"peak at {(y, x)}, defect at (60..74, 190..204)"
+    assert amap[mask].mean() > np.quantile(amap[~mask], 0.95)
+    det.save(tmp_path / "m")
+    again = load_detector(tmp_path / "m")
+    assert again.embedder.geometry == det.embedder.geometry
+    np.testing.assert_allclose(again.predict([test])[0].map, amap, rtol=1e-4, atol=1e-5)
+
+
+def test_images_of_several_shapes_and_a_new_size():
+    landscape, portrait = _elongated(3, seed=0), [np.ascontiguousarray(a.transpose(1, 0, 2)) for a in _elongated(3, 1)]
+    det = create_detector("patchcore", image_size=128, geometry="aspect", coreset=1.0).fit(landscape + portrait)
+    assert len(det.store_.image_ids) == 6 and det.threshold_ is not None
+    odd = np.ascontiguousarray(_elongated(1, seed=3, h=150, w=170)[0])
+    maps = det.predict([portrait[0], odd, landscape[0]])  # three input shapes in one call, order kept
+    assert [m.map.shape for m in maps] == [(240, 96), (150, 170), (96, 240)]
+    assert [m.image_id for m in maps] == ["0", "1", "2"]
+    with pytest.raises(DataError, match="different input shapes"):
+        det.embedder([portrait[0], landscape[0]])
+    with pytest.raises(ConfigError, match="needs normal images of one input shape"):
+        create_detector("feature-ae", image_size=128, geometry="aspect").fit(landscape + portrait)
+
+
+def test_padim_fixes_its_grid_from_training_and_scores_other_shapes():
+    det = create_detector("padim", image_size=128, geometry="aspect").fit(_elongated(4, seed=0))
+    assert det.embedder.geometry.shape == (48, 128)
+    amap = det.predict([np.ascontiguousarray(_elongated(1, seed=1, h=200, w=120)[0])])[0].map
+    assert amap.shape == (200, 120)
+
+
+def test_model_saved_before_geometry_loads_square(tmp_path):
+    normal, (test, _) = _elongated(4, seed=0), _plant(_elongated(1, seed=5)[0])
+    old = create_detector("patchcore", image_size=96, geometry="square", coreset=1.0).fit(normal)
+    old.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "detector.json").read_text())
+    for key in ("geometry", "tile", "input_shape"):  # the keys an older vlm-ad did not write
+        del meta["embedder"][key]
+    (tmp_path / "m" / "detector.json").write_text(json.dumps(meta))
+    again = load_detector(tmp_path / "m")
+    assert again.embedder.geometry.mode == "square" and again.embedder.image_size == 96
+    np.testing.assert_allclose(again.predict([test])[0].map, old.predict([test])[0].map, rtol=1e-5)
+
+
+def test_square_only_backbones_refuse_aspect():
+    class _Square(_LocalNet):
+        any_shape = False
+
+    assert PatchEmbedder(_Square()).geometry.mode == "square"
+    with pytest.raises(ConfigError, match="square inputs of its own size only"):
+        PatchEmbedder(_Square(), geometry="aspect")
