@@ -211,3 +211,22 @@ def test_saved_model_format_version_is_checked(tmp_path, data):
     meta_path.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_detector(tmp_path / "m")
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"image_sise": 128}, "no option 'image_sise'; did you mean 'image_size'?"),
+    ({"coreset": "abc"}, "option 'coreset' takes int or float, got 'abc'"),
+    ({"image_size": "abc"}, "option 'image_size' takes int, got 'abc'"),
+    ({"seed": 1.5}, "option 'seed' takes int, got 1.5"),
+    ({"normalize": "yes"}, None),  # normalize=None by default: any value is passed on (bool() of it)
+    ({"coreset": 5}, r"coreset a fraction in \(0, 1\]"),
+    ({"coreset": True}, "option 'coreset' takes int or float, got True"),
+    ({"sigma": -3}, "'sigma' .* must be >= 0"),
+    ({"n_hits": 0}, "n_hits >= 1"),
+])
+def test_detector_options_are_validated(option, message):
+    if message is None:
+        create_detector("patchcore", **option)
+        return
+    with pytest.raises(ConfigError, match=message):
+        create_detector("patchcore", **option)

@@ -16,15 +16,18 @@ Registered names:
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from pathlib import Path
 from typing import Any
 
 from vlm_ad.artifacts import read_artifact
-from vlm_ad.detectors.base import FORMAT_VERSION, Detector, PatchEmbedder
+from vlm_ad.detectors.base import EMBEDDER_KEYS, FORMAT_VERSION, Detector, PatchEmbedder
 from vlm_ad.errors import ConfigError
 from vlm_ad.registry import Registry
 
-__all__ = ["DETECTORS", "Detector", "PatchEmbedder", "create_detector", "list_detectors", "load_detector"]
+__all__ = ["DETECTORS", "Detector", "PatchEmbedder", "check_options", "create_detector", "detector_options",
+           "list_detectors", "load_detector"]
 
 DETECTORS: Registry[Detector] = Registry("detector")
 
@@ -107,8 +110,55 @@ def _winclip(**kw: Any) -> Detector:
 
 
 def create_detector(name: str, **kwargs: Any) -> Detector:
-    """Build an unfitted detector, e.g. ``create_detector("patchcore", backbone="efficientnet-lite0")``."""
-    return DETECTORS.create(name, **kwargs)
+    """Build an unfitted detector, e.g. ``create_detector("patchcore", backbone="efficientnet-lite0")``.
+
+    Raises:
+        ConfigError: an option the detector does not take (with the closest valid name), or a value of the wrong
+            type for its option (e.g. ``-o image_size=abc``).
+    """
+    det = DETECTORS.create(name, **kwargs)
+    check_options(det, kwargs)
+    return det
+
+
+def detector_options(det: Detector) -> dict[str, Any]:
+    """The options a detector takes: name -> default (``inspect.Parameter.empty`` when it has none)."""
+    out: dict[str, Any] = {k: inspect.Parameter.empty for k in (*EMBEDDER_KEYS, "sigma", "seed", *det.extra_options)}
+    for cls in reversed(type(det).__mro__):
+        init = cls.__dict__.get("__init__")
+        if init is None or cls is object:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+                out[p.name] = p.default
+    return out
+
+
+_TYPES = {"image_size": int, "pool": int, "tile": (int, type(None)), "geometry": str, "sigma": (int, float)}
+
+
+def _type_ok(value: Any, wants: tuple[type, ...]) -> bool:
+    return bool in wants if isinstance(value, bool) else isinstance(value, wants)
+
+
+def check_options(det: Detector, given: dict[str, Any]) -> None:
+    """Refuse unknown option names and values whose type differs from the option's default (ints may stand for
+    floats, nothing stands for a bool)."""
+    valid = detector_options(det)
+    for key, value in given.items():
+        if key not in valid:
+            close = difflib.get_close_matches(key, list(valid), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{det.name} has no option {key!r}{hint} Valid options: {', '.join(sorted(valid))}")
+        default = valid[key]
+        want = _TYPES.get(key) or (type(default) if isinstance(default, (bool, int, float, str)) else None)
+        wants = (int, float) if want is float else want if isinstance(want, tuple) else (want,)
+        if want is not None and not _type_ok(value, wants):
+            names = " or ".join("none" if t is type(None) else t.__name__ for t in wants)
+            raise ConfigError(f"{det.name} option {key!r} takes {names}, got {value!r}")
+    sigma = given.get("sigma")
+    if sigma is not None and sigma < 0:
+        raise ConfigError(f"{det.name} option 'sigma' (map smoothing, pixels) must be >= 0, got {sigma}")
 
 
 def list_detectors(pattern: str | None = None) -> list[str]:

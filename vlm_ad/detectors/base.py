@@ -243,6 +243,7 @@ class Detector:
 
     name = "detector"
     raw_features = False  # True: the detector models raw feature values, so patch vectors are never L2-normalised
+    extra_options: tuple[str, ...] = ()  # options taken through **hyper besides the embedder's and ``sigma``
 
     def __init__(self, backbone: str | Backbone = "efficientnet-lite0", **hyper: Any) -> None:
         self.backbone = backbone

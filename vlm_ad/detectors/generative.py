@@ -143,6 +143,9 @@ class GenerativeMixin:
     Subclasses set ``self.net_`` (built by ``_build``) and receive inputs as (N, C, h, w) tensors.
     """
 
+    extra_options = ("epochs", "batch_size", "lr", "patience", "val_fraction", "max_seconds", "verbose", "beta",
+                     "expansion", "hidden")
+
     net_: nn.Module | None
     history_: _train.History | None
 

@@ -49,6 +49,10 @@ class PatchCore(Detector):
                  **hyper: Any) -> None:
         if augment not in ("none", "flips"):
             raise ConfigError(f"augment must be 'none' or 'flips', got {augment!r}")
+        numbers = isinstance(coreset, (int, float)) and isinstance(n_hits, int)  # wrong types: create_detector says
+        if numbers and (not 0 < coreset <= 1 or n_hits < 1):
+            raise ConfigError(f"patchcore needs coreset a fraction in (0, 1] (1 = keep every patch) and n_hits >= 1, "
+                              f"got coreset={coreset}, n_hits={n_hits}")
         super().__init__(backbone, coreset=coreset, index=index, n_hits=n_hits, augment=augment, seed=seed,
                          normalize=normalize, **hyper)
         self.store_: ExemplarStore | None = None
