@@ -104,3 +104,23 @@ def test_detect_writes_regions_for_a_planted_defect(category, tmp_path):
     assert rec["regions"] and rec["regions"][0]["id"] == 1
     x0, y0, x1, y1 = rec["regions"][0]["box"]
     assert sample.mask[y0:y1, x0:x1].any()  # the strongest region overlaps the true defect
+
+
+def test_eval_names_unusable_masks_before_fitting_and_says_what_it_skipped(category, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "cat"
+    shutil.copytree(category, data)
+    masks = sorted((data / "ground_truth").rglob("*.png"))
+    masks[0].unlink()  # one missing
+    Image.new("L", (10, 10)).save(masks[1])  # one of the wrong size
+    res = tmp_path / "r.json"
+    result = runner.invoke(app, ["eval", str(data), "--shots", "2", "--json", str(res), "-o", "image_size=96"])
+    out = _ok(result)
+    assert out.count("mask problem") == 2 and "no mask file" in out and "is 10 x 10" in out
+    assert out.index("mask problem") < out.index("image_auroc")
+    metrics = json.loads(res.read_text())
+    assert metrics["pixel_metrics"].startswith("skipped: 2 of") and "pixel_auroc" not in metrics
+    assert 0 <= metrics["image_auroc"] <= 1

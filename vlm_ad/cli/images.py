@@ -182,6 +182,12 @@ def eval_cmd(
         return naming_eval(data, shots_per_type=shots_per_type, seed=seed, json_out=json_out)
     train, test = open_data(data, textile_test=textile_test, seed=seed)
     n = len(select_shots(train, shots, seed))
+    problems = test.mask_problems() if any(it.mask_path for it in test.items if it.label == 1) else []
+    for line in problems[:10]:
+        console.print(f"[yellow]mask problem[/yellow] {line}", soft_wrap=True)
+    if problems:
+        console.print(f"[yellow]{len(problems)} anomalous image(s) without a usable mask: pixel metrics (pixel "
+                      "AUROC/AP, AUPRO, IoU, pointing game) will be skipped; image metrics are unaffected[/yellow]")
     with progress_bar() as progress:
         det, fit_seconds = fit_detector(train, detector=detector, backbone=backbone, shots=shots, seed=seed,
                                         progress=task(progress, "fit", n),

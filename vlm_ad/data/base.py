@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +130,31 @@ class ImageDataset:
         """True when the split holds anomalous images and every one of them has a mask file."""
         bad = [it for it in self.items if it.label == 1]
         return bool(bad) and all(it.mask_path is not None for it in bad)
+
+    def mask_problems(self) -> list[str]:
+        """One line per anomalous image whose mask is missing, unreadable or of another size than the image, read
+        from the files' headers (fast, before any fit). Pixel metrics need none of these."""
+        from PIL import Image
+
+        problems = []
+        for it in self.items:
+            if it.label != 1:
+                continue
+            if it.mask_path is None:
+                problems.append(f"{it.image_id}: no mask file (expected ground_truth/<type>/<stem>_mask.png)")
+                continue
+            try:
+                with Image.open(it.path) as im, Image.open(it.mask_path) as mk:
+                    if im.size != mk.size:
+                        problems.append(f"{it.image_id}: mask {it.mask_path.name} is {mk.size[0]} x {mk.size[1]}, "
+                                        f"the image {im.size[0]} x {im.size[1]}")
+            except OSError as exc:
+                problems.append(f"{it.image_id}: cannot read it or its mask ({exc})")
+        return problems
+
+    def drop_masks(self) -> None:
+        """Forget every mask file (samples then carry ``mask=None``), e.g. when some are unusable."""
+        self.items = [replace(it, mask_path=None) for it in self.items]
 
     def normal_indices(self) -> list[int]:
         """Indices of the items labelled normal (0)."""

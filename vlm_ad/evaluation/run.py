@@ -53,7 +53,13 @@ def fit_detector(
 def evaluate_detector(
     det: Detector, test: ImageDataset, *, batch: int = 32, progress: Progress | None = None
 ) -> EvalResult:
-    """Predict every test image and compute the metric suite (pixel metrics when every anomaly has a mask)."""
+    """Predict every test image and compute the metric suite. Pixel metrics need a usable mask for every anomalous
+    image; otherwise they are left out and ``metrics["pixel_metrics"]`` says why (the problems are listed by
+    :meth:`~vlm_ad.data.ImageDataset.mask_problems`)."""
+    any_mask = any(it.mask_path is not None for it in test.items if it.label == 1)
+    problems = test.mask_problems() if any_mask else []
+    if problems:
+        test.drop_masks()
     samples, maps = [], []
     # a seeded shuffle, so that batches mix categories as a user's stream would (it matters to 'mutual' only)
     order = np.random.default_rng(0).permutation(len(test)).tolist()
@@ -64,11 +70,16 @@ def evaluate_detector(
         samples += [Sample(np.empty(0), s.image_id, s.label, s.defect_type, s.mask) for s in chunk]  # drop pixels
     seconds = time.perf_counter() - t0
     labels = [s.label for s in samples]
-    with_masks = test.has_masks
+    with_masks = test.has_masks and not problems
     metrics = evaluate(labels, [m.score for m in maps],
                        masks=[s.mask for s in samples] if with_masks else None,
                        maps=[m.map for m in maps] if with_masks else None)
     metrics.update(n_test=len(samples), predict_seconds=seconds, images_per_second=len(samples) / seconds,
                    backbone_seconds=det.timings_["embed"], scoring_seconds=det.timings_["score"],
                    peak_rss_mb=peak_rss_mb())
+    n_bad = sum(s.label == 1 for s in samples)
+    metrics["pixel_metrics"] = "computed" if with_masks else (
+        f"skipped: {len(problems)} of {n_bad} anomalous images have no usable mask (first: {problems[0]})"
+        if problems else "skipped: no anomalous image has a mask (image labels only)" if n_bad
+        else "skipped: the test split has no anomalous image")
     return EvalResult(metrics, maps)
