@@ -211,6 +211,11 @@ def test_saved_model_format_version_is_checked(tmp_path, data):
     meta_path.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_detector(tmp_path / "m")
+    _make("patchcore").fit(normal[:2]).save(tmp_path / "n")
+    meta = json.loads((tmp_path / "n" / "detector.json").read_text())
+    (tmp_path / "n" / "detector.json").write_text(json.dumps(meta | {"threshold": "high"}))
+    with pytest.raises(ConfigError, match="threshold must be a finite number or null, got 'high'"):
+        load_detector(tmp_path / "n")
 
 
 @pytest.mark.parametrize("option, message", [

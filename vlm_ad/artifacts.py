@@ -81,9 +81,13 @@ def read_artifact(directory: str | Path, meta_name: str, tensors_name: str, *, k
     if not path.is_file():
         raise DataError(f"{directory} is not a {what or 'saved ' + kind}: {tensors_name} is missing ({remedy})")
     try:
-        return meta, load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise DataError(f"{path} cannot be read ({exc}); {remedy}") from None
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:
+        raise DataError(f"{path} holds NaN or infinite values in {', '.join(bad)}; the folder is corrupt ({remedy})")
+    return meta, tensors
 
 
 def fingerprint(directory: str | Path) -> str:

@@ -503,12 +503,13 @@ class HFClipBackbone(Backbone):
             )
         with _hub_offline():
             try:
-                model, info = transformers.CLIPModel.from_pretrained(
-                    str(path), local_files_only=True, output_loading_info=True
+                model, info = transformers.CLIPModel.from_pretrained(  # safetensors only: never unpickle a folder
+                    str(path), local_files_only=True, output_loading_info=True, use_safetensors=True
                 )
             except OSError as exc:
                 raise WeightsNotFoundError(
-                    f"could not load CLIPModel from {str(path)!r}: {exc}; " + _hf_expected(path)
+                    f"could not load CLIPModel from {str(path)!r} (vlm-ad reads model.safetensors only, never a "
+                    f"pickled pytorch_model.bin): {exc}; " + _hf_expected(path)
                 ) from exc
         missing = list(info.get("missing_keys", []) or [])
         if missing:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from pathlib import Path
 from typing import Any
 
@@ -186,5 +187,10 @@ def load_detector(directory: str | Path) -> Detector:
     if det.embedder_ is not None and "normalize" in emb:  # the saved embedder is the truth
         det.embedder_.normalize = bool(emb["normalize"])
     det._load_state(tensors, meta, Path(directory))
-    det.threshold_ = meta.get("threshold")
+    threshold = meta.get("threshold")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise ConfigError(f"{Path(directory) / 'detector.json'}: threshold must be a finite number or null, got "
+                          f"{threshold!r}; fix it or set one with 'vlm-ad detect --threshold'")
+    det.threshold_ = threshold
     return det
