@@ -224,7 +224,13 @@ class ExemplarStore:
         store = cls(index=meta["index"], coreset=meta["coreset"], coreset_dim=meta["coreset_dim"], seed=meta["seed"],
                     ef_search=meta.get("ef_search", 32))
         store.image_ids = list(meta["image_ids"])
-        tensors = load_file(str(paths[1]))
-        store._set_bank(tensors["bank"], tensors["tags"])
+        try:
+            tensors = load_file(str(paths[1]))
+            bank, tags = tensors["bank"], tensors["tags"]
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types on torn files
+            raise DataError(f"{paths[1]} cannot be read ({type(exc).__name__}: {exc}); re-create the model") from None
+        if not bool(bank.isfinite().all()):
+            raise DataError(f"{paths[1]} holds NaN or infinite values in its memory bank; re-create the model")
+        store._set_bank(bank, tags)
         return store
 
