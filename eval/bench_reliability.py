@@ -82,6 +82,8 @@ def cases(root: Path, cat: Path, model: Path, images: Path):
             (d / fname).write_bytes(data)
         return d
 
+    empty = root / "empty"
+    empty.mkdir()
     jpg = root / "x.jpg"
     Image.new("RGB", (64, 64), (90, 90, 90)).save(jpg)
     big = root / "big" / "flat.png"
@@ -118,7 +120,7 @@ def cases(root: Path, cat: Path, model: Path, images: Path):
                                   "--out", o / "c3"], 1, "not a recognised image format", o / "c3"),
         ("12000 x 9000 flat PNG (decompression bomb)", ["detect", big.parent, "--model", model, "--out", o / "c4"],
          1, "above the 40 MP limit", o / "c4"),
-        ("empty folder", ["detect", folder("c5"), "--model", model, "--out", o / "c5"], 0, "wrote 1", o / "c5"),
+        ("empty folder", ["detect", empty, "--model", model, "--out", o / "c5"], 2, "holds no image files", o / "c5"),
         ("missing model folder", ["detect", images, "--model", root / "nope", "--out", o / "c6"], 2,
          "not a saved model", o / "c6"),
         ("model JSON not JSON", ["detect", images, "--model", bad_json, "--out", o / "c7"], 2, "not valid JSON",
