@@ -7,17 +7,24 @@ Registered names:
     hf         a local transformers causal-LM directory (``model_dir``)
     chat       any langchain-core chat model instance (``chat_model=``), e.g. a scripted fake in tests
 
-``create_reasoner(name, fallback="grounded")`` answers with ``grounded`` (and says so in ``flags``) when the
-model cannot be loaded or the server cannot be reached; without ``fallback`` those raise.
+``create_reasoner(name, fallback="grounded")`` answers with ``grounded`` (and says why in ``flags``) whenever the
+model fails: it cannot be loaded, the server cannot be reached or refuses the request (images, context length),
+the reply stays invalid or ungrounded, or a call passes its deadline. Without ``fallback`` those raise.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from vlm_ad.errors import BackendUnavailableError, ConfigError, MissingDependencyError, WeightsNotFoundError
+from vlm_ad.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    MissingDependencyError,
+    ReasonerError,
+    WeightsNotFoundError,
+)
 from vlm_ad.evidence import Evidence
-from vlm_ad.reasoning.base import Reasoner
+from vlm_ad.reasoning.base import ImageViews, Reasoner
 from vlm_ad.reasoning.grounded import GroundedReasoner
 from vlm_ad.reasoning.schema import Explanation, Step, check_grounding, parse_explanation, repair_json
 from vlm_ad.registry import Registry
@@ -27,6 +34,7 @@ __all__ = [
     "Explanation",
     "FallbackReasoner",
     "GroundedReasoner",
+    "ImageViews",
     "Reasoner",
     "Step",
     "check_grounding",
@@ -37,7 +45,7 @@ __all__ = [
 ]
 
 REASONERS: Registry[Reasoner] = Registry("reasoner")
-_LLM_KW = ("max_retries", "on_ungrounded")
+_LLM_KW = ("max_retries", "on_ungrounded", "images", "deadline_s")
 
 
 def _split(kw: dict[str, Any]) -> dict[str, Any]:
@@ -86,25 +94,35 @@ def _hf(*, model_dir: str | None = None, **kw: Any) -> Reasoner:
 
 
 class FallbackReasoner(Reasoner):
-    """Use ``primary``; when its backend is unavailable, answer with ``fallback`` and flag it."""
+    """Use ``primary``; when it fails in any way a reasoner can (server unreachable or refusing, a reply that stays
+    invalid or ungrounded, a context too long, a call past its deadline), answer with ``fallback`` and say why in
+    ``flags`` (or in front of a chat answer)."""
 
     def __init__(self, primary: Reasoner, fallback: Reasoner) -> None:
         self.primary, self.fallback = primary, fallback
         self.name = primary.name
 
-    def explain(self, evidence: Evidence) -> Explanation:
-        try:
-            return self.primary.explain(evidence)
-        except BackendUnavailableError as exc:
-            expl = self.fallback.explain(evidence)
-            return expl.model_copy(update={"flags": expl.flags + [f"fallback to {self.fallback.name}: {exc}"]})
+    @property
+    def sees_images(self) -> bool:
+        return self.primary.sees_images
 
-    def answer(self, evidence: Evidence, question: str, history: list[tuple[str, str]] | None = None) -> str:
+    def explain(self, evidence: Evidence, images: ImageViews | None = None) -> Explanation:
         try:
+            return self.primary.explain(evidence, images) if images is not None else self.primary.explain(evidence)
+        except ReasonerError as exc:
+            expl = self.fallback.explain(evidence)
+            why = f"fallback to {self.fallback.name}: {self.primary.name} failed ({type(exc).__name__}: {exc})"
+            return expl.model_copy(update={"flags": expl.flags + [why]})
+
+    def answer(self, evidence: Evidence, question: str, history: list[tuple[str, str]] | None = None,
+               images: ImageViews | None = None) -> str:
+        try:
+            if images is not None:
+                return self.primary.answer(evidence, question, history, images)
             return self.primary.answer(evidence, question, history)
-        except BackendUnavailableError as exc:
-            return f"[{self.primary.name} unavailable ({exc}); answered by {self.fallback.name}]\n" + \
-                self.fallback.answer(evidence, question, history)
+        except ReasonerError as exc:
+            return f"[{self.primary.name} failed ({type(exc).__name__}: {exc}); answered by {self.fallback.name}]\n" \
+                + self.fallback.answer(evidence, question, history)
 
 
 def create_reasoner(name: str = "grounded", *, fallback: str | None = None, **kwargs: Any) -> Reasoner:
@@ -134,11 +152,12 @@ class _LoadFailed(Reasoner):
     def __init__(self, inner: Reasoner, why: str) -> None:
         self.inner, self.why, self.name = inner, why, inner.name
 
-    def explain(self, evidence: Evidence) -> Explanation:
+    def explain(self, evidence: Evidence, images: ImageViews | None = None) -> Explanation:
         expl = self.inner.explain(evidence)
         return expl.model_copy(update={"flags": expl.flags + [self.why]})
 
-    def answer(self, evidence: Evidence, question: str, history: list[tuple[str, str]] | None = None) -> str:
+    def answer(self, evidence: Evidence, question: str, history: list[tuple[str, str]] | None = None,
+               images: ImageViews | None = None) -> str:
         return f"[{self.why}]\n" + self.inner.answer(evidence, question, history)
 
 
