@@ -399,3 +399,86 @@ def test_pipeline_runs_the_chain_and_records_round_trip(fitted):
     assert back.to_json() == rec.to_json() and back.explanation == ex.explanation and back.label == ex.amap.label
     failed = Record.failed("x.png", "x.png", ValueError("bad"))
     assert Record.from_json(failed.to_json()).error == "ValueError: bad" and not failed.ok
+
+
+def _tiny_llava(directory) -> None:
+    """A random LLaVA (2-layer CLIP vision tower, 32 px images, 8 px patches + 2-layer Llama) with a byte-level
+    tokenizer holding an <image> token, a CLIP image processor and a chat template, built and saved here: the hf
+    reasoner's real vision loading path (AutoProcessor + AutoModelForImageTextToText), no download."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    eos, image_id = len(alphabet), len(alphabet) + 1
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))} | {"<eos>": eos, "<image>": image_id}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    template = ("{% for m in messages %}<|{{ m['role'] }}|>{% for p in m['content'] %}{% if p['type'] == 'image' %}"
+                "<image>{% else %}{{ p['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
+                "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    images = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    # 16 patch tokens + CLS, CLS dropped ("default"): 16 <image> tokens per image
+    transformers.LlavaProcessor(image_processor=images, tokenizer=fast, patch_size=8, chat_template=template,
+                                vision_feature_select_strategy="default", num_additional_image_tokens=1
+                                ).save_pretrained(directory)
+    torch.manual_seed(0)
+    vision = transformers.CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                           num_attention_heads=2, image_size=32, patch_size=8, projection_dim=16)
+    text = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                                    eos_token_id=eos, pad_token_id=eos)
+    cfg = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id,
+                                   image_seq_length=16, vision_feature_layer=-1)
+    transformers.LlavaForConditionalGeneration(cfg).save_pretrained(directory)
+
+
+def test_hf_vision_language_model_sees_the_image_and_falls_back_on_invalid_output(tmp_path, monkeypatch):
+    from vlm_ad.reasoning.backends import HFChat
+
+    _tiny_llava(tmp_path / "vlm")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = create_reasoner("hf", model_dir=str(tmp_path / "vlm"), images=True, max_retries=0, max_new_tokens=12,
+                        fallback="grounded")
+    chat = r.primary.chat_model
+    assert chat.vision and type(chat._model).__name__ == "LlavaForConditionalGeneration"
+    seen = []
+    real = HFChat._vision_inputs
+
+    def spy(self, messages):
+        inputs = real(self, messages)
+        n_image_tokens = int((inputs["input_ids"] == self._model.config.image_token_index).sum())
+        seen.append((tuple(inputs["pixel_values"].shape), n_image_tokens))
+        return inputs
+
+    monkeypatch.setattr(HFChat, "_vision_inputs", spy)
+    image, _, amap = _scene()
+    amap.hits = amap.hits[:1]
+    (tmp_path / "train/good").mkdir(parents=True)
+    from vlm_ad.viz import png_bytes
+
+    (tmp_path / "train/good/000.png").write_bytes(png_bytes(np.full((64, 64, 3), 140, np.uint8)))
+
+    class Grid:
+        grid_shape = (8, 8)
+
+    ex = Pipeline(Grid(), r, exemplar_root=tmp_path).explain_map(amap, image)
+    # the image, the overlay and the exemplar patch went through the processor: 3 images of 16 <image> tokens
+    assert seen == [((3, 3, 32, 32), 48)]
+    # a random model writes bytes, not JSON: the grounded reasoner answers and the flag says why
+    e = ex.explanation
+    assert e.reasoner == "grounded" and "fallback to grounded: hf failed (ExplanationError" in e.flags[-1]
+    with pytest.raises(Exception, match="text-only causal LM.*drop --vision"):
+        _tiny_causal_lm(tmp_path / "lm")
+        create_reasoner("hf", model_dir=str(tmp_path / "lm"), images=True)
+
+
+def test_a_model_folder_that_cannot_load_falls_back(scene_evidence, tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')  # a config but no weights
+    with pytest.raises(BackendUnavailableError, match="(?s)could not load .*--fallback grounded"):
+        create_reasoner("hf", model_dir=str(tmp_path))
+    expl = create_reasoner("hf", model_dir=str(tmp_path), fallback="grounded").explain(scene_evidence)
+    assert expl.reasoner == "grounded" and "hf could not start" in expl.flags[-1]

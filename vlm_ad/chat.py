@@ -36,7 +36,11 @@ class ChatSession:
 
     def ask(self, question: str) -> str:
         """Answer ``question`` with the earlier turns as context; the turn is added to ``history``."""
-        answer = self.reasoner.answer(self.explained.evidence, question, self.history)
+        ex = self.explained
+        if ex.views is not None and getattr(self.reasoner, "sees_images", False):
+            answer = self.reasoner.answer(ex.evidence, question, self.history, ex.views)
+        else:
+            answer = self.reasoner.answer(ex.evidence, question, self.history)
         self.history.append((question, answer))
         return answer
 

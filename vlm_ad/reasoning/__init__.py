@@ -3,8 +3,11 @@
 Registered names:
     grounded   deterministic chain of thought over the evidence, no model (the default)
     llamacpp   a local GGUF model through llama-cpp-python (``llm="smollm2"`` or a path)
-    openai     any OpenAI-compatible server (``base_url``, ``model``, ``api_key`` or $VLM_AD_OPENAI_*)
-    hf         a local transformers causal-LM directory (``model_dir``)
+    openai     any OpenAI-compatible server (``base_url``, ``model``, ``api_key`` or $VLM_AD_OPENAI_*), openai SDK
+    hf         a local transformers folder (``model_dir``): a vision-language model or a causal LM
+
+LLM reasoners also take ``images=True`` (the model accepts images: it is shown the image, the overlay with numbered
+region boxes and the nearest normal exemplar patch) and ``deadline_s`` (the most seconds one model call may take).
     chat       any langchain-core chat model instance (``chat_model=``), e.g. a scripted fake in tests
 
 ``create_reasoner(name, fallback="grounded")`` answers with ``grounded`` (and says why in ``flags``) whenever the
@@ -70,6 +73,10 @@ def _llamacpp(*, llm: str = "smollm2", **kw: Any) -> Reasoner:
     from vlm_ad.reasoning.llm import ChatReasoner
 
     opts = _split(kw)
+    if opts.get("images"):
+        raise ConfigError("the llamacpp reasoner sends text only (images need a multimodal projector it does not "
+                          "load); drop --vision, or use --reasoner openai with a vision server or --reasoner hf with a "
+                          "vision-language model folder")
     return ChatReasoner(LlamaCppChat(model_path=str(resolve_gguf(llm)), **kw), name="llamacpp", **opts)
 
 
@@ -82,15 +89,20 @@ def _openai(**kw: Any) -> Reasoner:
     return ChatReasoner(OpenAICompatChat(**{k: v for k, v in kw.items() if v is not None}), name="openai", **opts)
 
 
-@REASONERS.register("hf", description="local transformers causal-LM directory (model_dir=...)")
+@REASONERS.register("hf", description="local transformers folder: vision-language model or causal LM (model_dir=...)")
 def _hf(*, model_dir: str | None = None, **kw: Any) -> Reasoner:
     from vlm_ad.reasoning.backends import HFChat
     from vlm_ad.reasoning.llm import ChatReasoner
 
     if model_dir is None:
-        raise ConfigError("the hf reasoner needs model_dir (--model-dir DIR: a local transformers causal-LM folder)")
+        raise ConfigError("the hf reasoner needs model_dir (--model-dir DIR: a local transformers folder holding a "
+                          "vision-language model or a causal LM)")
     opts = _split(kw)
-    return ChatReasoner(HFChat(model_dir=str(model_dir), **kw), name="hf", **opts)
+    chat = HFChat(model_dir=str(model_dir), **kw)
+    if opts.get("images") and not chat.vision:
+        raise ConfigError(f"{model_dir} holds a text-only causal LM, which cannot take images; drop --vision, or "
+                          "pass a vision-language model folder (its config.json has a vision_config)")
+    return ChatReasoner(chat, name="hf", **opts)
 
 
 class FallbackReasoner(Reasoner):
