@@ -369,7 +369,7 @@ def test_grounded_chat_answers_every_topic_asked(scene_evidence):
     assert topics_of("Where is the defect?") == ["where"]
     assert topics_of("What type of defect is it, and how sure are you?") == ["type", "sure"]
     assert topics_of("show me the map of the region") == ["map"]
-    assert topics_of("hello") == ["summary"]
+    assert topics_of("hello") == [] and topics_of("is it ok? summarise it") == ["summary"]
     r = create_reasoner("grounded")
     ans = r.answer(scene_evidence, "Where is the defect and how sure are you? How does it differ from normal?")
     assert "R1:" in ans and "confidence" in ans and " vs " in ans  # where, sure and the exemplar comparison
@@ -482,3 +482,46 @@ def test_a_model_folder_that_cannot_load_falls_back(scene_evidence, tmp_path):
         create_reasoner("hf", model_dir=str(tmp_path))
     expl = create_reasoner("hf", model_dir=str(tmp_path), fallback="grounded").explain(scene_evidence)
     assert expl.reasoner == "grounded" and "hf could not start" in expl.flags[-1]
+
+
+def test_grounded_chat_says_when_the_evidence_cannot_answer(scene_evidence):
+    from vlm_ad.reasoning.answers import UNANSWERABLE
+    from vlm_ad.reasoning.llm import load_prompt
+
+    r = create_reasoner("grounded")
+    for question in ("What is the weather in Paris?", "Who made this part?", "hello"):
+        assert r.answer(scene_evidence, question).startswith(UNANSWERABLE)
+    assert r.answer(scene_evidence, "Is it defective?") == r.explain(scene_evidence).summary
+    assert "% of the image" in r.answer(scene_evidence, "how big is it?")
+    assert load_prompt("chat")["unanswerable"] == UNANSWERABLE  # LLM chat is told to say the same sentence
+
+
+def test_chat_ask_prints_flags_through_rich_and_names_with_a_library(fitted, tmp_path):
+    from vlm_ad.cli import app
+    from vlm_ad.data import load_image
+    from vlm_ad.naming import DefectLibrary
+
+    cat, model = fitted
+    image = cat / "test/hole/000.png"
+    mask = load_image(cat / "ground_truth/hole/000_mask.png")[..., 0] > 0
+    lib = DefectLibrary(features="descriptors", k=1).add(load_image(image), mask, "pothole", "test/hole/000.png")
+    lib.save(tmp_path / "lib")
+    # the explanation is not JSON (fallback, flagged); the chat answer quotes a number the evidence lacks
+    url, _, stop = serve_openai_compatible(
+        lambda body: "not json" if "response_format" in body else "R1 covers 42.5% of the image.")
+    try:
+        res = runner.invoke(app, ["chat", str(image), "--model", str(model), "--reasoner", "openai", "--base-url", url,
+                                  "--fallback", "grounded", "--library", str(tmp_path / "lib"),
+                                  "--ask", "what type is it [really]?"])
+    finally:
+        stop()
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "what type is it [really]?" in out  # the question's brackets survive too
+    assert "[unverified: step 1 quotes 42.5, which matches no measured value]" in out
+    assert "flag: fallback to grounded: openai failed (ExplanationError" in out
+    rep = runner.invoke(app, ["report", str(image), "--model", str(model), "--out", str(tmp_path / "rep"),
+                              "--library", str(tmp_path / "lib")])
+    assert rep.exit_code == 0, rep.output
+    rec = json.loads((tmp_path / "rep/report.jsonl").read_text().splitlines()[0])
+    assert rec["evidence"]["regions"][0]["defect"]["name"] == "pothole"
