@@ -152,3 +152,15 @@ def test_a_trickling_server_is_cut_off_by_the_overall_deadline(tmp_path):
         stop()
     assert took < 6, f"the call took {took:.1f} s"
     assert expl.reasoner == "grounded" and "within the deadline of 1.5 s" in expl.flags[-1]
+
+
+def test_cli_reasoner_options_carry_vision_and_deadline():
+    from vlm_ad.cli._common import ReasonerOptions
+    from vlm_ad.errors import ConfigError
+
+    r = ReasonerOptions(reasoner="openai", base_url="http://127.0.0.1:9/v1", vision=True, deadline=5.0,
+                        fallback="grounded").build()
+    assert r.sees_images and r.primary.images and r.primary.deadline_s == 5.0
+    assert not ReasonerOptions(reasoner="openai", base_url="http://127.0.0.1:9/v1").build().sees_images
+    with pytest.raises(ConfigError, match="--vision .* --reasoner openai or hf, not 'grounded'"):
+        ReasonerOptions(vision=True).build()

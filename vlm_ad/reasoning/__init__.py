@@ -92,12 +92,13 @@ def _openai(**kw: Any) -> Reasoner:
 @REASONERS.register("hf", description="local transformers folder: vision-language model or causal LM (model_dir=...)")
 def _hf(*, model_dir: str | None = None, **kw: Any) -> Reasoner:
     from vlm_ad.reasoning.backends import HFChat
-    from vlm_ad.reasoning.llm import ChatReasoner
+    from vlm_ad.reasoning.llm import DEFAULT_DEADLINE_S, ChatReasoner
 
     if model_dir is None:
         raise ConfigError("the hf reasoner needs model_dir (--model-dir DIR: a local transformers folder holding a "
                           "vision-language model or a causal LM)")
     opts = _split(kw)
+    kw.setdefault("max_time", opts.get("deadline_s", DEFAULT_DEADLINE_S))  # generation stops itself at the deadline
     chat = HFChat(model_dir=str(model_dir), **kw)
     if opts.get("images") and not chat.vision:
         raise ConfigError(f"{model_dir} holds a text-only causal LM, which cannot take images; drop --vision, or "
