@@ -356,6 +356,11 @@ def test_hf_backend_loads_a_local_model_and_generates(scene_evidence, tmp_path, 
         again.explain(scene_evidence)
     assert info2.value.raw == info.value.raw  # greedy decoding: same model, same evidence, same text
     assert isinstance(r.answer(scene_evidence, "where is the defect?"), str)
+    # a prompt longer than the model's context is refused before generating, and falls back with the reason
+    short = create_reasoner("hf", model_dir=str(tmp_path / "lm"), max_new_tokens=24, fallback="grounded")
+    short.primary.chat_model._model.config.max_position_embeddings = 256
+    expl = short.explain(scene_evidence)
+    assert expl.reasoner == "grounded" and "more than" in expl.flags[-1] and "context of 256" in expl.flags[-1]
 
 
 def test_hf_backend_rejects_a_folder_without_a_model(tmp_path):

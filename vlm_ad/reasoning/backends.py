@@ -328,12 +328,26 @@ class HFChat(BaseChatModel):
         ids = self._vision_inputs(messages) if self.vision else self._tok(self._prompt(messages), return_tensors="pt")
         extra = {"max_time": self.max_time} if self.max_time else {}
         with torch.no_grad():
-            out = self._model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False,
+            out = self._model.generate(**ids, max_new_tokens=self._room(ids["input_ids"].shape[1]), do_sample=False,
                                        pad_token_id=self._tok.pad_token_id or self._tok.eos_token_id, **extra)
         text = self._tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
         for s in stop or []:
             text = text.split(s)[0]
         return _result(text)
+
+
+    def _room(self, n_prompt: int) -> int:
+        """New tokens that fit after an ``n_prompt``-token prompt; a prompt that fills the context is refused."""
+        cfg = self._model.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        limit = getattr(cfg, "max_position_embeddings", None)
+        if limit is None:
+            return self.max_new_tokens
+        if n_prompt >= limit - 8:
+            raise BackendUnavailableError(
+                f"the prompt has {n_prompt} tokens, more than {self.model_dir}'s context of {limit} allows; use a "
+                "model with a longer context, drop --vision, or pass --fallback grounded")
+        return min(self.max_new_tokens, limit - n_prompt)
 
 
 def _text_of(content: Any) -> str:
