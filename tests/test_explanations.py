@@ -356,6 +356,11 @@ def test_hf_backend_loads_a_local_model_and_generates(scene_evidence, tmp_path, 
         again.explain(scene_evidence)
     assert info2.value.raw == info.value.raw  # greedy decoding: same model, same evidence, same text
     assert isinstance(r.answer(scene_evidence, "where is the defect?"), str)
+    # a prompt longer than the model's context is refused before generating, and falls back with the reason
+    short = create_reasoner("hf", model_dir=str(tmp_path / "lm"), max_new_tokens=24, fallback="grounded")
+    short.primary.chat_model._model.config.max_position_embeddings = 256
+    expl = short.explain(scene_evidence)
+    assert expl.reasoner == "grounded" and "more than" in expl.flags[-1] and "context of 256" in expl.flags[-1]
 
 
 def test_hf_backend_rejects_a_folder_without_a_model(tmp_path):
@@ -369,7 +374,7 @@ def test_grounded_chat_answers_every_topic_asked(scene_evidence):
     assert topics_of("Where is the defect?") == ["where"]
     assert topics_of("What type of defect is it, and how sure are you?") == ["type", "sure"]
     assert topics_of("show me the map of the region") == ["map"]
-    assert topics_of("hello") == ["summary"]
+    assert topics_of("hello") == [] and topics_of("is it ok? summarise it") == ["summary"]
     r = create_reasoner("grounded")
     ans = r.answer(scene_evidence, "Where is the defect and how sure are you? How does it differ from normal?")
     assert "R1:" in ans and "confidence" in ans and " vs " in ans  # where, sure and the exemplar comparison
@@ -399,3 +404,129 @@ def test_pipeline_runs_the_chain_and_records_round_trip(fitted):
     assert back.to_json() == rec.to_json() and back.explanation == ex.explanation and back.label == ex.amap.label
     failed = Record.failed("x.png", "x.png", ValueError("bad"))
     assert Record.from_json(failed.to_json()).error == "ValueError: bad" and not failed.ok
+
+
+def _tiny_llava(directory) -> None:
+    """A random LLaVA (2-layer CLIP vision tower, 32 px images, 8 px patches + 2-layer Llama) with a byte-level
+    tokenizer holding an <image> token, a CLIP image processor and a chat template, built and saved here: the hf
+    reasoner's real vision loading path (AutoProcessor + AutoModelForImageTextToText), no download."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    eos, image_id = len(alphabet), len(alphabet) + 1
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))} | {"<eos>": eos, "<image>": image_id}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    template = ("{% for m in messages %}<|{{ m['role'] }}|>{% for p in m['content'] %}{% if p['type'] == 'image' %}"
+                "<image>{% else %}{{ p['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
+                "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    images = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    # 16 patch tokens + CLS, CLS dropped ("default"): 16 <image> tokens per image
+    transformers.LlavaProcessor(image_processor=images, tokenizer=fast, patch_size=8, chat_template=template,
+                                vision_feature_select_strategy="default", num_additional_image_tokens=1
+                                ).save_pretrained(directory)
+    torch.manual_seed(0)
+    vision = transformers.CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                           num_attention_heads=2, image_size=32, patch_size=8, projection_dim=16)
+    text = transformers.LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096,
+                                    eos_token_id=eos, pad_token_id=eos)
+    cfg = transformers.LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id,
+                                   image_seq_length=16, vision_feature_layer=-1)
+    transformers.LlavaForConditionalGeneration(cfg).save_pretrained(directory)
+
+
+def test_hf_vision_language_model_sees_the_image_and_falls_back_on_invalid_output(tmp_path, monkeypatch):
+    from vlm_ad.reasoning.backends import HFChat
+
+    _tiny_llava(tmp_path / "vlm")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = create_reasoner("hf", model_dir=str(tmp_path / "vlm"), images=True, max_retries=0, max_new_tokens=12,
+                        fallback="grounded")
+    chat = r.primary.chat_model
+    assert chat.vision and type(chat._model).__name__ == "LlavaForConditionalGeneration"
+    seen = []
+    real = HFChat._vision_inputs
+
+    def spy(self, messages):
+        inputs = real(self, messages)
+        n_image_tokens = int((inputs["input_ids"] == self._model.config.image_token_index).sum())
+        seen.append((tuple(inputs["pixel_values"].shape), n_image_tokens))
+        return inputs
+
+    monkeypatch.setattr(HFChat, "_vision_inputs", spy)
+    image, _, amap = _scene()
+    amap.hits = amap.hits[:1]
+    (tmp_path / "train/good").mkdir(parents=True)
+    from vlm_ad.viz import png_bytes
+
+    (tmp_path / "train/good/000.png").write_bytes(png_bytes(np.full((64, 64, 3), 140, np.uint8)))
+
+    class Grid:
+        grid_shape = (8, 8)
+
+    ex = Pipeline(Grid(), r, exemplar_root=tmp_path).explain_map(amap, image)
+    # the image, the overlay and the exemplar patch went through the processor: 3 images of 16 <image> tokens
+    assert seen == [((3, 3, 32, 32), 48)]
+    # a random model writes bytes, not JSON: the grounded reasoner answers and the flag says why
+    e = ex.explanation
+    assert e.reasoner == "grounded" and "fallback to grounded: hf failed (ExplanationError" in e.flags[-1]
+    with pytest.raises(Exception, match="text-only causal LM.*drop --vision"):
+        _tiny_causal_lm(tmp_path / "lm")
+        create_reasoner("hf", model_dir=str(tmp_path / "lm"), images=True)
+
+
+def test_a_model_folder_that_cannot_load_falls_back(scene_evidence, tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')  # a config but no weights
+    with pytest.raises(BackendUnavailableError, match="(?s)could not load .*--fallback grounded"):
+        create_reasoner("hf", model_dir=str(tmp_path))
+    expl = create_reasoner("hf", model_dir=str(tmp_path), fallback="grounded").explain(scene_evidence)
+    assert expl.reasoner == "grounded" and "hf could not start" in expl.flags[-1]
+
+
+def test_grounded_chat_says_when_the_evidence_cannot_answer(scene_evidence):
+    from vlm_ad.reasoning.answers import UNANSWERABLE
+    from vlm_ad.reasoning.llm import load_prompt
+
+    r = create_reasoner("grounded")
+    for question in ("What is the weather in Paris?", "Who made this part?", "hello"):
+        assert r.answer(scene_evidence, question).startswith(UNANSWERABLE)
+    assert r.answer(scene_evidence, "Is it defective?") == r.explain(scene_evidence).summary
+    assert "% of the image" in r.answer(scene_evidence, "how big is it?")
+    assert load_prompt("chat")["unanswerable"] == UNANSWERABLE  # LLM chat is told to say the same sentence
+
+
+def test_chat_ask_prints_flags_through_rich_and_names_with_a_library(fitted, tmp_path):
+    from vlm_ad.cli import app
+    from vlm_ad.data import load_image
+    from vlm_ad.naming import DefectLibrary
+
+    cat, model = fitted
+    image = cat / "test/hole/000.png"
+    mask = load_image(cat / "ground_truth/hole/000_mask.png")[..., 0] > 0
+    lib = DefectLibrary(features="descriptors", k=1).add(load_image(image), mask, "pothole", "test/hole/000.png")
+    lib.save(tmp_path / "lib")
+    # the explanation is not JSON (fallback, flagged); the chat answer quotes a number the evidence lacks
+    url, _, stop = serve_openai_compatible(
+        lambda body: "not json" if "response_format" in body else "R1 covers 42.5% of the image.")
+    try:
+        res = runner.invoke(app, ["chat", str(image), "--model", str(model), "--reasoner", "openai", "--base-url", url,
+                                  "--fallback", "grounded", "--library", str(tmp_path / "lib"),
+                                  "--ask", "what type is it [really]?"])
+    finally:
+        stop()
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "what type is it [really]?" in out  # the question's brackets survive too
+    assert "[unverified: step 1 quotes 42.5, which matches no measured value]" in out
+    assert "flag: fallback to grounded: openai failed (ExplanationError" in out
+    rep = runner.invoke(app, ["report", str(image), "--model", str(model), "--out", str(tmp_path / "rep"),
+                              "--library", str(tmp_path / "lib")])
+    assert rep.exit_code == 0, rep.output
+    rec = json.loads((tmp_path / "rep/report.jsonl").read_text().splitlines()[0])
+    assert rec["evidence"]["regions"][0]["defect"]["name"] == "pothole"

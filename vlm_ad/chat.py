@@ -36,7 +36,11 @@ class ChatSession:
 
     def ask(self, question: str) -> str:
         """Answer ``question`` with the earlier turns as context; the turn is added to ``history``."""
-        answer = self.reasoner.answer(self.explained.evidence, question, self.history)
+        ex = self.explained
+        if ex.views is not None and getattr(self.reasoner, "sees_images", False):
+            answer = self.reasoner.answer(ex.evidence, question, self.history, ex.views)
+        else:
+            answer = self.reasoner.answer(ex.evidence, question, self.history)
         self.history.append((question, answer))
         return answer
 
@@ -49,6 +53,7 @@ class ChatSession:
         record = {"image_id": ex.evidence.image_id, "evidence": ex.evidence.to_json(),
                   "explanation": ex.explanation.model_dump(), "turns": [{"q": q, "a": a} for q, a in self.history]}
         md = [f"# Chat about {ex.evidence.image_id}", "", f"**Explanation:** {ex.explanation.summary}", ""]
+        md += [f"- flag: {f}" for f in ex.explanation.flags] + ([""] if ex.explanation.flags else [])
         md += [line for q, a in self.history for line in (f"**Q:** {q}", "", f"**A:** {a}", "")]
         paths = [out / f"{stem}_transcript.json", out / f"{stem}_transcript.md", out / f"{stem}_overlay.png"]
         atomic_write_bytes(paths[0], json.dumps(record, indent=2).encode())

@@ -25,7 +25,7 @@ import numpy as np
 
 from vlm_ad._cache import atomic_write_bytes
 from vlm_ad.evidence import Evidence, Namer, build_evidence
-from vlm_ad.reasoning import Explanation, Reasoner
+from vlm_ad.reasoning import Explanation, ImageViews, Reasoner
 from vlm_ad.types import AnomalyMap, Sample
 
 __all__ = ["Detection", "Explained", "ImageInput", "Pipeline", "Record", "detect_images", "exemplar_loader",
@@ -134,12 +134,14 @@ class Record:
 
 @dataclass
 class Explained:
-    """One image through the whole chain: its pixels, the map, the evidence and the explanation."""
+    """One image through the whole chain: its pixels, the map, the evidence and the explanation (``views``: the
+    pictures a reasoner that sees images was shown, which chat shows it again)."""
 
     image: np.ndarray = field(repr=False)
     amap: AnomalyMap = field(repr=False)
     evidence: Evidence
     explanation: Explanation
+    views: ImageViews | None = field(default=None, repr=False)
 
     def overlay(self) -> np.ndarray:
         """The map over the image with the evidence's numbered region boxes (R1, R2, ...)."""
@@ -182,14 +184,39 @@ class Pipeline:
         grid = getattr(self.detector, "grid_shape", None)
         return build_evidence(amap, image, namer=self.namer, load_exemplar=self.exemplars, grid_shape=grid)
 
-    def explain(self, evidence: Evidence) -> Explanation:
-        """Step 3: the reasoner's validated explanation of the evidence."""
-        return self.reasoner.explain(evidence)
+    def explain(self, evidence: Evidence, images: ImageViews | None = None) -> Explanation:
+        """Step 3: the reasoner's validated explanation of the evidence (and of ``images``, for a reasoner that
+        sees them)."""
+        return self.reasoner.explain(evidence) if images is None else self.reasoner.explain(evidence, images)
+
+    def views(self, amap: AnomalyMap, image: np.ndarray, evidence: Evidence) -> ImageViews:
+        """What a vision-language reasoner is shown: the image, the overlay with numbered region boxes and the
+        nearest normal exemplar's patch (E1; None without an exemplar folder or when its image does not load)."""
+        from vlm_ad.viz import map_overlay
+
+        overlay = map_overlay(image, amap.map, amap.threshold, [(r.id, r.box) for r in evidence.regions])
+        return ImageViews(image, overlay, self._exemplar_patch(evidence))
+
+    def _exemplar_patch(self, evidence: Evidence) -> np.ndarray | None:
+        """The nearest exemplar's 3x3 feature cells around E1's patch, from the exemplar folder."""
+        if not evidence.exemplars or self.exemplars is None:
+            return None
+        hit = evidence.exemplars[0]
+        pixels = self.exemplars(hit.image_id)
+        grid = getattr(self.detector, "grid_shape", None)
+        if pixels is None or grid is None:
+            return None
+        h, w = pixels.shape[:2]
+        rows, cols = grid((h, w)) if callable(grid) else grid
+        cy, cx, ch, cw = (hit.row + 0.5) * h / rows, (hit.col + 0.5) * w / cols, 1.5 * h / rows, 1.5 * w / cols
+        y0, y1, x0, x1 = int(max(0, cy - ch)), int(min(h, cy + ch)), int(max(0, cx - cw)), int(min(w, cx + cw))
+        return np.ascontiguousarray(pixels[y0:y1, x0:x1]) if y1 > y0 and x1 > x0 else None
 
     def explain_map(self, amap: AnomalyMap, image: np.ndarray) -> Explained:
         """Steps 2 and 3 for a detection that exists already (e.g. in an evaluation)."""
         evidence = self.measure(amap, image)
-        return Explained(image, amap, evidence, self.explain(evidence))
+        views = self.views(amap, image, evidence) if getattr(self.reasoner, "sees_images", False) else None
+        return Explained(image, amap, evidence, self.explain(evidence, views), views)
 
     def run(self, image: ImageInput) -> Explained:
         """The whole chain for one image (a path, an RGB array or a Sample)."""

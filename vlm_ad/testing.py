@@ -112,18 +112,22 @@ def scripted_chat_model(replies):
     return ScriptedChatModel(script=list(replies), calls=[])
 
 
-def serve_openai_compatible(replies):
+def serve_openai_compatible(replies, *, drip_s: float | None = None):
     """Start an OpenAI-compatible chat-completions server on 127.0.0.1 in a thread (for tests and demos).
 
     Args:
-        replies: reply strings in order (the last one repeats), or a callable ``request_json -> str``.
+        replies: reply strings in order (the last one repeats), or a callable ``request_json -> str``. A reply may
+            also be ``(status, message)``: an HTTP error with an OpenAI-style error body, e.g. ``(400, "this model
+            does not support image input")``.
+        drip_s: send each reply body one byte every ``drip_s`` seconds (a server that never quite stops).
 
     Returns:
-        ``(base_url, requests, stop)``: the ``.../v1`` URL, the list of received request bodies, and a function
-        that shuts the server down.
+        ``(base_url, requests, stop)``: the ``.../v1`` URL, the list of received request bodies (each with its
+        ``_path`` and ``_auth`` header added, in arrival order), and a function that shuts the server down.
     """
     import json
     import threading
+    import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     received: list = []
@@ -133,23 +137,37 @@ def serve_openai_compatible(replies):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
             received.append(body | {"_path": self.path, "_auth": self.headers.get("Authorization")})
             if self.path.rstrip("/") != "/v1/chat/completions":
-                self.send_response(404)
-                self.end_headers()
-                return
-            text = replies(body) if callable(replies) else replies[min(len(received) - 1, len(replies) - 1)]
-            data = json.dumps({"id": "x", "object": "chat.completion", "model": body.get("model"),
-                               "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                            "finish_reason": "stop"}]}).encode()
-            self.send_response(200)
+                return self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
+            reply = replies(body) if callable(replies) else replies[min(len(received) - 1, len(replies) - 1)]
+            if isinstance(reply, tuple):
+                status, message = reply
+                return self._send(status, {"error": {"message": message, "type": "invalid_request_error"}})
+            self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body.get("model"),
+                             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
+                                          "finish_reason": "stop"}]})
+
+        def _send(self, status: int, payload: dict) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                if drip_s is None:
+                    self.wfile.write(data)
+                    return
+                for i in range(len(data)):
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(drip_s)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up
+                pass
 
         def log_message(self, *args):  # keep test output clean
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
 

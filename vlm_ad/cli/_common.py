@@ -1,5 +1,6 @@
 """What every command module shares: the console, progress bars, ``-o KEY=VALUE`` parsing and the ONE set of
-reasoner options (``--reasoner --llm --base-url --api-model --api-key --model-dir --fallback``)."""
+reasoner options (``--reasoner --llm --base-url --api-model --api-key --model-dir --vision --deadline
+--fallback``)."""
 
 from __future__ import annotations
 
@@ -79,19 +80,26 @@ class ReasonerOptions:
     api_model: str | None = None
     api_key: str | None = None
     model_dir: Path | None = None
+    vision: bool = False
+    deadline: float | None = None
     fallback: str | None = None
 
     def identity(self) -> str:
         """The reasoner and the settings that change what it says (e.g. ``llamacpp llm=smollm2``)."""
         given = {"llm": self.llm, "base_url": self.base_url, "api_model": self.api_model,
-                 "model_dir": self.model_dir, "fallback": self.fallback}
+                 "model_dir": self.model_dir, "fallback": self.fallback, "vision": self.vision or None}
         return " ".join([self.reasoner] + [f"{k}={v}" for k, v in given.items() if v is not None])
 
     def build(self):
         from vlm_ad.reasoning import create_reasoner
 
-        settings = {"llm": self.llm, "base_url": self.base_url, "model": self.api_model, "api_key": self.api_key,
-                    "model_dir": None if self.model_dir is None else str(self.model_dir)}
+        if self.vision and self.reasoner not in ("openai", "hf"):
+            raise ConfigError(f"--vision shows the images to a vision-language model: use it with --reasoner openai "
+                              f"or hf, not {self.reasoner!r}")
+        settings = {"deadline_s": self.deadline,
+                    "llm": self.llm, "base_url": self.base_url, "model": self.api_model, "api_key": self.api_key,
+                    "model_dir": None if self.model_dir is None else str(self.model_dir),
+                    "images": True if self.vision else None}
         return create_reasoner(self.reasoner, fallback=self.fallback,
                                **{k: v for k, v in settings.items() if v is not None})
 
@@ -103,9 +111,14 @@ _REASONER_HELP = {
     "base_url": ("--base-url", "openai: server URL ($VLM_AD_OPENAI_BASE_URL)."),
     "api_model": ("--api-model", "openai: model name ($VLM_AD_OPENAI_MODEL)."),
     "api_key": ("--api-key", "openai: API key ($VLM_AD_OPENAI_API_KEY)."),
-    "model_dir": ("--model-dir", "hf: a local transformers causal-LM folder."),
-    "fallback": ("--fallback", "'grounded': explain with the grounded reasoner when the model cannot be loaded or "
-                 "reached (said in each explanation's flags)."),
+    "model_dir": ("--model-dir", "hf: a local transformers folder (a vision-language model such as LLaVA, or a "
+                  "causal LM)."),
+    "vision": ("--vision", "The model accepts images (openai, hf): show it the image, the overlay with numbered "
+               "region boxes and the nearest normal exemplar patch next to the evidence."),
+    "deadline": ("--deadline", "LLM reasoners: the most seconds one model call may take in all (default 180)."),
+    "fallback": ("--fallback", "'grounded': explain with the grounded reasoner whenever the model fails (cannot "
+                 "load, unreachable, refuses, invalid or ungrounded reply, past its deadline); the reason is in "
+                 "each explanation's flags."),
 }
 
 
@@ -116,7 +129,7 @@ def with_reasoner_options(command: Callable[..., Any]) -> Callable[..., Any]:
     # real types (not strings): typer reads them from the wrapper's annotations
     types = {"reasoner": str, "llm": Optional[str], "base_url": Optional[str],  # noqa: UP045
              "api_model": Optional[str], "api_key": Optional[str], "model_dir": Optional[Path],  # noqa: UP045
-             "fallback": Optional[str]}  # noqa: UP045
+             "vision": bool, "deadline": Optional[float], "fallback": Optional[str]}  # noqa: UP045
     added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=types[f.name],
                                default=typer.Option(f.default, _REASONER_HELP[f.name][0],
                                                     help=_REASONER_HELP[f.name][1]))

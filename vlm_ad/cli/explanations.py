@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.panel import Panel
 
 from vlm_ad.cli._common import ReasonerOptions, console, progress_bar, with_reasoner_options
@@ -14,13 +15,25 @@ from vlm_ad.cli._common import ReasonerOptions, console, progress_bar, with_reas
 EXEMPLARS_HELP = "Folder the model was fitted on (e.g. the MVTec category); contrasts then use the exemplar images."
 CHAT_HELP = "Questions: where is it? what type? how sure? how does it differ from normal? show the map. " \
             "Commands: /save, /evidence, /help, /quit."
+LIBRARY_HELP = ("A defect library folder written by 'vlm-ad library add' (names each region after its nearest "
+                "labelled defect).")
 
 
-def _pipeline(model: Path, reasoner: ReasonerOptions, exemplars: Path | None):
+def _pipeline(model: Path, reasoner: ReasonerOptions, exemplars: Path | None, library: Path | None):
     from vlm_ad.detectors import load_detector
     from vlm_ad.pipeline import Pipeline
 
-    return Pipeline(load_detector(model), reasoner.build(), exemplar_root=exemplars)
+    namer = None
+    if library is not None:
+        from vlm_ad.naming import DefectLibrary
+
+        namer = DefectLibrary.load(library)
+    return Pipeline(load_detector(model), reasoner.build(), namer=namer, exemplar_root=exemplars)
+
+
+def _flags(flags: list[str]) -> str:
+    """The explanation's flags as printable rich text (brackets in them escaped), or "" without flags."""
+    return "".join(f"\n[yellow]flag:[/yellow] {escape(f)}" for f in flags)
 
 
 @with_reasoner_options
@@ -30,6 +43,7 @@ def chat(
     ask: str = typer.Option(None, "--ask", help="Answer this one question and exit (non-interactive)."),
     out: Path = typer.Option(Path("vlm-ad-chat"), "--out", help="Folder for /save (transcript and overlay)."),
     exemplars: Path = typer.Option(None, "--exemplars", help=EXEMPLARS_HELP),
+    library: Path = typer.Option(None, "--library", help=LIBRARY_HELP),
     *,
     reasoner: ReasonerOptions,
 ) -> None:
@@ -37,16 +51,16 @@ def chat(
     and the overlay). Example: vlm-ad chat part.png --model models/tile --ask "where is the defect?" """
     from vlm_ad.chat import ChatSession
 
-    pipe = _pipeline(model, reasoner, exemplars)
+    pipe = _pipeline(model, reasoner, exemplars, library)
     ex = pipe.run(image)
     session = ChatSession(ex, pipe.reasoner)
-    if ask is not None:
-        console.print(f"[bold]Q:[/bold] {ask}")
-        console.print(f"[bold]A:[/bold] {session.ask(ask)}", soft_wrap=True)
-        return
     e = ex.explanation
-    console.print(Panel(f"{e.summary}\n[dim]verdict {e.verdict}, confidence {e.confidence:.2f}, reasoner "
-                        f"{pipe.reasoner.name}[/dim]", title=str(image)))
+    if ask is not None:  # user and model text is escaped: "[unverified: ...]" must print, not vanish as markup
+        console.print(f"[bold]Q:[/bold] {escape(ask)}")
+        console.print(f"[bold]A:[/bold] {escape(session.ask(ask))}{_flags(e.flags)}", soft_wrap=True)
+        return
+    console.print(Panel(f"{escape(e.summary)}\n[dim]verdict {e.verdict}, confidence {e.confidence:.2f}, reasoner "
+                        f"{escape(pipe.reasoner.name)}[/dim]{_flags(e.flags)}", title=escape(str(image))))
     console.print(f"[dim]{CHAT_HELP}[/dim]")
     while True:
         try:
@@ -74,8 +88,9 @@ def report(
     model: Path = typer.Option(..., "--model", help="A model folder written by 'vlm-ad fit'."),
     out: Path = typer.Option(..., "--out", help="Output folder: report.jsonl, report.md, report.html, overlays/."),
     exemplars: Path = typer.Option(None, "--exemplars", help=EXEMPLARS_HELP),
-    restart: bool = typer.Option(False, "--restart", help="Replace a report in OUT made by another model or "
-                                 "reasoner (without it such a folder is refused)."),
+    library: Path = typer.Option(None, "--library", help=LIBRARY_HELP),
+    restart: bool = typer.Option(False, "--restart", help="Replace a report in OUT made by another model, "
+                                 "reasoner or library (without it such a folder is refused)."),
     *,
     reasoner: ReasonerOptions,
 ) -> None:
@@ -87,8 +102,8 @@ def report(
     error (nothing written)."""
     from vlm_ad.report import report_provenance, run_report
 
-    pipe = _pipeline(model, reasoner, exemplars)
-    prov = report_provenance(pipe, model, reasoner.identity())
+    pipe = _pipeline(model, reasoner, exemplars, library)
+    prov = report_provenance(pipe, model, reasoner.identity() + (f" library={library}" if library else ""))
     with progress_bar() as progress:
         handle = progress.add_task("explaining", total=None)
         res = run_report(images, pipe, out, provenance=prov, restart=restart,

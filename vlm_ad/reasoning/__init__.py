@@ -3,21 +3,31 @@
 Registered names:
     grounded   deterministic chain of thought over the evidence, no model (the default)
     llamacpp   a local GGUF model through llama-cpp-python (``llm="smollm2"`` or a path)
-    openai     any OpenAI-compatible server (``base_url``, ``model``, ``api_key`` or $VLM_AD_OPENAI_*)
-    hf         a local transformers causal-LM directory (``model_dir``)
+    openai     any OpenAI-compatible server (``base_url``, ``model``, ``api_key`` or $VLM_AD_OPENAI_*), openai SDK
+    hf         a local transformers folder (``model_dir``): a vision-language model or a causal LM
+
+LLM reasoners also take ``images=True`` (the model accepts images: it is shown the image, the overlay with numbered
+region boxes and the nearest normal exemplar patch) and ``deadline_s`` (the most seconds one model call may take).
     chat       any langchain-core chat model instance (``chat_model=``), e.g. a scripted fake in tests
 
-``create_reasoner(name, fallback="grounded")`` answers with ``grounded`` (and says so in ``flags``) when the
-model cannot be loaded or the server cannot be reached; without ``fallback`` those raise.
+``create_reasoner(name, fallback="grounded")`` answers with ``grounded`` (and says why in ``flags``) whenever the
+model fails: it cannot be loaded, the server cannot be reached or refuses the request (images, context length),
+the reply stays invalid or ungrounded, or a call passes its deadline. Without ``fallback`` those raise.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from vlm_ad.errors import BackendUnavailableError, ConfigError, MissingDependencyError, WeightsNotFoundError
+from vlm_ad.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    MissingDependencyError,
+    ReasonerError,
+    WeightsNotFoundError,
+)
 from vlm_ad.evidence import Evidence
-from vlm_ad.reasoning.base import Reasoner
+from vlm_ad.reasoning.base import ImageViews, Reasoner
 from vlm_ad.reasoning.grounded import GroundedReasoner
 from vlm_ad.reasoning.schema import Explanation, Step, check_grounding, parse_explanation, repair_json
 from vlm_ad.registry import Registry
@@ -27,6 +37,7 @@ __all__ = [
     "Explanation",
     "FallbackReasoner",
     "GroundedReasoner",
+    "ImageViews",
     "Reasoner",
     "Step",
     "check_grounding",
@@ -37,7 +48,7 @@ __all__ = [
 ]
 
 REASONERS: Registry[Reasoner] = Registry("reasoner")
-_LLM_KW = ("max_retries", "on_ungrounded")
+_LLM_KW = ("max_retries", "on_ungrounded", "images", "deadline_s")
 
 
 def _split(kw: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +73,10 @@ def _llamacpp(*, llm: str = "smollm2", **kw: Any) -> Reasoner:
     from vlm_ad.reasoning.llm import ChatReasoner
 
     opts = _split(kw)
+    if opts.get("images"):
+        raise ConfigError("the llamacpp reasoner sends text only (images need a multimodal projector it does not "
+                          "load); drop --vision, or use --reasoner openai with a vision server or --reasoner hf with a "
+                          "vision-language model folder")
     return ChatReasoner(LlamaCppChat(model_path=str(resolve_gguf(llm)), **kw), name="llamacpp", **opts)
 
 
@@ -74,37 +89,53 @@ def _openai(**kw: Any) -> Reasoner:
     return ChatReasoner(OpenAICompatChat(**{k: v for k, v in kw.items() if v is not None}), name="openai", **opts)
 
 
-@REASONERS.register("hf", description="local transformers causal-LM directory (model_dir=...)")
+@REASONERS.register("hf", description="local transformers folder: vision-language model or causal LM (model_dir=...)")
 def _hf(*, model_dir: str | None = None, **kw: Any) -> Reasoner:
     from vlm_ad.reasoning.backends import HFChat
-    from vlm_ad.reasoning.llm import ChatReasoner
+    from vlm_ad.reasoning.llm import DEFAULT_DEADLINE_S, ChatReasoner
 
     if model_dir is None:
-        raise ConfigError("the hf reasoner needs model_dir (--model-dir DIR: a local transformers causal-LM folder)")
+        raise ConfigError("the hf reasoner needs model_dir (--model-dir DIR: a local transformers folder holding a "
+                          "vision-language model or a causal LM)")
     opts = _split(kw)
-    return ChatReasoner(HFChat(model_dir=str(model_dir), **kw), name="hf", **opts)
+    kw.setdefault("max_time", opts.get("deadline_s", DEFAULT_DEADLINE_S))  # generation stops itself at the deadline
+    chat = HFChat(model_dir=str(model_dir), **kw)
+    if opts.get("images") and not chat.vision:
+        raise ConfigError(f"{model_dir} holds a text-only causal LM, which cannot take images; drop --vision, or "
+                          "pass a vision-language model folder (its config.json has a vision_config)")
+    return ChatReasoner(chat, name="hf", **opts)
 
 
 class FallbackReasoner(Reasoner):
-    """Use ``primary``; when its backend is unavailable, answer with ``fallback`` and flag it."""
+    """Use ``primary``; when it fails in any way a reasoner can (server unreachable or refusing, a reply that stays
+    invalid or ungrounded, a context too long, a call past its deadline), answer with ``fallback`` and say why in
+    ``flags`` (or in front of a chat answer)."""
 
     def __init__(self, primary: Reasoner, fallback: Reasoner) -> None:
         self.primary, self.fallback = primary, fallback
         self.name = primary.name
 
-    def explain(self, evidence: Evidence) -> Explanation:
-        try:
-            return self.primary.explain(evidence)
-        except BackendUnavailableError as exc:
-            expl = self.fallback.explain(evidence)
-            return expl.model_copy(update={"flags": expl.flags + [f"fallback to {self.fallback.name}: {exc}"]})
+    @property
+    def sees_images(self) -> bool:
+        return self.primary.sees_images
 
-    def answer(self, evidence: Evidence, question: str, history: list[tuple[str, str]] | None = None) -> str:
+    def explain(self, evidence: Evidence, images: ImageViews | None = None) -> Explanation:
         try:
+            return self.primary.explain(evidence, images) if images is not None else self.primary.explain(evidence)
+        except ReasonerError as exc:
+            expl = self.fallback.explain(evidence)
+            why = f"fallback to {self.fallback.name}: {self.primary.name} failed ({type(exc).__name__}: {exc})"
+            return expl.model_copy(update={"flags": expl.flags + [why]})
+
+    def answer(self, evidence: Evidence, question: str, history: list[tuple[str, str]] | None = None,
+               images: ImageViews | None = None) -> str:
+        try:
+            if images is not None:
+                return self.primary.answer(evidence, question, history, images)
             return self.primary.answer(evidence, question, history)
-        except BackendUnavailableError as exc:
-            return f"[{self.primary.name} unavailable ({exc}); answered by {self.fallback.name}]\n" + \
-                self.fallback.answer(evidence, question, history)
+        except ReasonerError as exc:
+            return f"[{self.primary.name} failed ({type(exc).__name__}: {exc}); answered by {self.fallback.name}]\n" \
+                + self.fallback.answer(evidence, question, history)
 
 
 def create_reasoner(name: str = "grounded", *, fallback: str | None = None, **kwargs: Any) -> Reasoner:
@@ -134,11 +165,12 @@ class _LoadFailed(Reasoner):
     def __init__(self, inner: Reasoner, why: str) -> None:
         self.inner, self.why, self.name = inner, why, inner.name
 
-    def explain(self, evidence: Evidence) -> Explanation:
+    def explain(self, evidence: Evidence, images: ImageViews | None = None) -> Explanation:
         expl = self.inner.explain(evidence)
         return expl.model_copy(update={"flags": expl.flags + [self.why]})
 
-    def answer(self, evidence: Evidence, question: str, history: list[tuple[str, str]] | None = None) -> str:
+    def answer(self, evidence: Evidence, question: str, history: list[tuple[str, str]] | None = None,
+               images: ImageViews | None = None) -> str:
         return f"[{self.why}]\n" + self.inner.answer(evidence, question, history)
 
 

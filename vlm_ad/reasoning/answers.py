@@ -7,25 +7,40 @@ import re
 from vlm_ad.evidence import Evidence
 from vlm_ad.reasoning.schema import Explanation
 
-__all__ = ["TOPICS", "grounded_answer", "topics_of"]
+__all__ = ["TOPICS", "UNANSWERABLE", "grounded_answer", "topics_of"]
 
 # topic -> words that select it; a question may ask several (answered in this order)
 TOPICS: dict[str, tuple[str, ...]] = {
-    "where": ("where", "location", "region", "locate", "position"),
-    "type": ("type", "what kind", "kind of", "what is it", "what defect", "which defect", "name", "what is wrong"),
+    "where": ("where", "location", "region", "locate", "position", "how big", "how large", "size", "area",
+              "extent"),
+    "type": ("type", "what kind", "kind of", "what is it", "what defect", "which defect", "name", "what is wrong",
+             "shape", "look like", "looks like"),
     "sure": ("sure", "confident", "confidence", "certain", "score", "threshold", "probab"),
     "normal": ("differ", "normal", "exemplar", "compare", "reference", "good"),
     "map": ("map", "show", "overlay", "heatmap", "heat map"),
 }
+# words of a question about the result as a whole, answered with the summary when no topic above is asked
+SUMMARY_WORDS = ("summar", "explain", "overview", "verdict", "result", "anomal", "defect", "wrong", "problem",
+                 "broken", "damage", "ok", "okay", "fine", "pass", "fail", "flaw", "describe", "what happened",
+                 "what did you find", "tell me about")
+#: the answer to a question the evidence cannot answer (the same sentence the LLM chat prompt asks for)
+UNANSWERABLE = "I can't answer that from this image and its evidence."
+_CAN = ("I can say where the anomaly is and how big, what it looks like, how sure the detector is, how it differs "
+        "from the normal exemplar, or show the map.")
+
+
+def _says(question: str, words: tuple[str, ...]) -> bool:
+    return any(re.search(rf"\b{re.escape(w)}", question) for w in words)
 
 
 def topics_of(question: str) -> list[str]:
-    """The topics a question asks about, in :data:`TOPICS` order (``["summary"]`` when no topic word occurs)."""
+    """The topics a question asks about, in :data:`TOPICS` order; ``["summary"]`` for a question about the result
+    as a whole; ``[]`` when it asks about nothing the evidence holds (the answer is then :data:`UNANSWERABLE`)."""
     q = question.lower()
-    found = [t for t, words in TOPICS.items() if any(re.search(rf"\b{re.escape(w)}", q) for w in words)]
+    found = [t for t, words in TOPICS.items() if _says(q, words)]
     if "map" in found and "where" in found:  # the map answer already says where
         found.remove("where")
-    return found or ["summary"]
+    return found or (["summary"] if _says(q, SUMMARY_WORDS) else [])
 
 
 def _where(expl: Explanation, ev: Evidence) -> str:
@@ -76,6 +91,8 @@ def grounded_answer(expl: Explanation, evidence: Evidence, question: str) -> str
     """Answer each topic ``question`` asks about, from the explanation and the evidence only."""
     handlers = {"where": _where, "type": _type, "sure": _sure, "normal": _normal, "map": _map}
     topics = topics_of(question)
+    if not topics:
+        return f"{UNANSWERABLE} {_CAN}"
     if topics == ["summary"]:
         return expl.summary
     if not evidence.regions and {"where", "type"} & set(topics):  # one "nothing found" line, not one per topic

@@ -1,4 +1,4 @@
-"""langchain-core chat models for the LLM backends: an OpenAI-compatible HTTP server (httpx), llama.cpp (GGUF)
+"""langchain-core chat models for the LLM backends: an OpenAI-compatible server (the openai SDK), llama.cpp (GGUF)
 and a local transformers causal LM. Each raises :class:`BackendUnavailableError` with a fix when it cannot run."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm_ad._deps import require
-from vlm_ad.errors import BackendUnavailableError, WeightsNotFoundError
+from vlm_ad.errors import BackendUnavailableError, MissingDependencyError, WeightsNotFoundError
 
 require("langchain_core", "LLM reasoners")
 
@@ -18,39 +18,81 @@ from langchain_core.messages import AIMessage, BaseMessage  # noqa: E402
 from langchain_core.outputs import ChatGeneration, ChatResult  # noqa: E402
 from pydantic import PrivateAttr  # noqa: E402
 
-__all__ = ["HFChat", "LlamaCppChat", "OpenAICompatChat", "resolve_gguf", "to_openai_messages"]
+__all__ = ["HFChat", "LlamaCppChat", "OpenAICompatChat", "has_images", "resolve_gguf", "to_openai_messages"]
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system"}
 
 
-def to_openai_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
-    """langchain messages -> ``[{"role": ..., "content": ...}]``."""
-    return [{"role": _ROLES.get(m.type, "user"), "content": str(m.content)} for m in messages]
+def to_openai_messages(messages: list[BaseMessage]) -> list[dict[str, Any]]:
+    """langchain messages -> ``[{"role": ..., "content": ...}]``; multimodal content (a list of text and
+    ``image_url`` parts) is kept as a list."""
+    return [{"role": _ROLES.get(m.type, "user"),
+             "content": m.content if isinstance(m.content, list) else str(m.content)} for m in messages]
+
+
+def has_images(messages: list[BaseMessage]) -> bool:
+    """Whether any message carries an image part."""
+    return any(isinstance(m.content, list) and any(isinstance(p, dict) and p.get("type") == "image_url"
+                                                   for p in m.content) for m in messages)
 
 
 def _result(text: str) -> ChatResult:
     return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
 
 
+def _mentions(text: str, words: tuple[str, ...]) -> bool:
+    low = text.lower()
+    return any(w in low for w in words)
+
+
 class OpenAICompatChat(BaseChatModel):
-    """Chat completions from any OpenAI-compatible server (Ollama, vLLM, llama.cpp server, OpenAI).
+    """Chat completions from any OpenAI-compatible server (Ollama, vLLM, llama.cpp server, OpenAI) through the
+    ``openai`` SDK (its retries with backoff on connection errors, 429 and 5xx, and its timeouts).
 
     Settings default to ``$VLM_AD_OPENAI_BASE_URL`` (else ``http://127.0.0.1:8000/v1``), ``$VLM_AD_OPENAI_MODEL``
-    and ``$VLM_AD_OPENAI_API_KEY``.
+    and ``$VLM_AD_OPENAI_API_KEY``. A ``json_schema`` keyword (passed by the explain step) is sent as
+    ``response_format`` (structured output); a server that rejects ``response_format`` is asked again without it,
+    once, and not sent it again (the reply is then validated and repaired by the reasoner).
+
+    Args:
+        timeout: seconds the SDK waits per request (connect, each read); the reasoner's ``deadline_s`` bounds the
+            whole call.
+        http_retries: the SDK's retries of a failed request (with exponential backoff).
+        structured: send the reply schema as ``response_format``.
     """
 
     base_url: str = ""
     model: str = ""
     api_key: str | None = None
     timeout: float = 60.0
+    http_retries: int = 2
     temperature: float = 0.0
     max_tokens: int = 768
+    structured: bool = True
+    _client: Any = PrivateAttr(default=None)
 
     def model_post_init(self, __context: Any) -> None:
         self.base_url = (self.base_url or os.environ.get("VLM_AD_OPENAI_BASE_URL") or "http://127.0.0.1:8000/v1")
         self.base_url = self.base_url.rstrip("/")
         self.model = self.model or os.environ.get("VLM_AD_OPENAI_MODEL", "default")
         self.api_key = self.api_key or os.environ.get("VLM_AD_OPENAI_API_KEY")
+        self._client = self._connect()
+
+    def _connect(self) -> Any:
+        try:
+            import openai
+        except ImportError as exc:
+            raise MissingDependencyError("the openai SDK is needed for the openai reasoner; pip install "
+                                         "'vlm-ad[llm]' (or pip install openai)") from exc
+        # local servers need no key; the SDK insists on one
+        return openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "not-needed", timeout=self.timeout,
+                             max_retries=self.http_retries)
+
+    def abort(self) -> None:
+        """Close the HTTP connections of a call that ran past the reasoner's deadline; later calls reconnect."""
+        old, self._client = self._client, self._connect()
+        with contextlib.suppress(Exception):
+            old.close()
 
     @property
     def _llm_type(self) -> str:
@@ -58,25 +100,65 @@ class OpenAICompatChat(BaseChatModel):
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                   **kwargs: Any) -> ChatResult:
-        import httpx
+        body: dict[str, Any] = {"model": self.model, "messages": to_openai_messages(messages),
+                                "temperature": self.temperature, "max_tokens": self.max_tokens}
+        body |= {"stop": stop} if stop else {}
+        schema = kwargs.get("json_schema")
+        if schema is not None and self.structured:
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "explanation", "schema": schema, "strict": False}}
+        return _result(self._create(body, images=has_images(messages)))
 
-        body = {"model": self.model, "messages": to_openai_messages(messages), "temperature": self.temperature,
-                "max_tokens": self.max_tokens} | ({"stop": stop} if stop else {})
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+    def _create(self, body: dict[str, Any], *, images: bool) -> str:
+        """One chat completion; every way it can fail becomes a :class:`BackendUnavailableError` that says why."""
+        import openai
+
         url = f"{self.base_url}/chat/completions"
         try:
-            resp = httpx.post(url, json=body, headers=headers, timeout=self.timeout)
-        except httpx.HTTPError as exc:
+            resp = self._client.chat.completions.create(**body)
+        except openai.APIConnectionError as exc:  # includes APITimeoutError
             raise BackendUnavailableError(
                 f"cannot reach the OpenAI-compatible server at {self.base_url} ({type(exc).__name__}: {exc}); start "
                 "the server, or set --base-url / VLM_AD_OPENAI_BASE_URL, or pass --fallback grounded") from exc
-        if resp.status_code != 200:
-            raise BackendUnavailableError(f"{url} answered HTTP {resp.status_code}: {resp.text[:300]}; check "
-                                          "--api-model / VLM_AD_OPENAI_MODEL and --api-key / VLM_AD_OPENAI_API_KEY")
+        except openai.APIStatusError as exc:
+            msg = _error_text(exc)
+            if "response_format" in body and _mentions(msg, ("response_format", "json_schema", "structured")):
+                self.structured = False  # this server has no structured output: validation + repair only
+                return self._create({k: v for k, v in body.items() if k != "response_format"}, images=images)
+            raise BackendUnavailableError(_refusal(url, exc.status_code, msg, images=images)) from exc
         try:
-            return _result(resp.json()["choices"][0]["message"]["content"] or "")
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise BackendUnavailableError(f"{url} did not answer in the OpenAI chat format: {resp.text[:300]}") from exc
+            message = resp.choices[0].message
+        except (AttributeError, IndexError, TypeError) as exc:
+            raise BackendUnavailableError(f"{url} did not answer in the OpenAI chat format: {str(resp)[:300]}") \
+                from exc
+        if getattr(message, "refusal", None):
+            raise BackendUnavailableError(f"the model at {url} refused to answer: {message.refusal[:300]}")
+        return message.content or ""
+
+
+def _error_text(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        return str(err.get("message", err) if isinstance(err, dict) else err)
+    return str(exc)
+
+
+def _refusal(url: str, status: int, msg: str, *, images: bool) -> str:
+    """What an HTTP error from the server means, and how to fix it."""
+    if images and _mentions(msg, ("image", "vision", "multimodal", "multi-modal")):
+        return (f"the server at {url} refused the image parts (HTTP {status}: {msg[:300]}); this model does not "
+                "accept images: drop --vision (images=False), or serve a vision-language model")
+    if _mentions(msg, ("context length", "context_length", "maximum context", "too long", "too many tokens")):
+        return (f"the prompt does not fit the model's context at {url} (HTTP {status}: {msg[:300]}); use a model with "
+                "a longer context, drop --vision, or pass --fallback grounded")
+    if status in (401, 403):
+        return f"{url} answered HTTP {status}: {msg[:300]}; check --api-key / VLM_AD_OPENAI_API_KEY"
+    if status == 404:
+        return (f"{url} answered HTTP 404: {msg[:300]}; check --base-url (it ends in /v1) and --api-model / "
+                "VLM_AD_OPENAI_MODEL")
+    return (f"{url} answered HTTP {status}: {msg[:300]}; check --api-model / VLM_AD_OPENAI_MODEL and --api-key / "
+            "VLM_AD_OPENAI_API_KEY, or pass --fallback grounded")
 
 
 def resolve_gguf(llm: str) -> Path:
@@ -164,11 +246,23 @@ class LlamaCppChat(BaseChatModel):
 
 
 class HFChat(BaseChatModel):
-    """Greedy chat completions from a local transformers causal-LM directory (its chat template when it has one)."""
+    """Greedy chat completions from a local transformers folder: a vision-language model (its config has a
+    ``vision_config``: LLaVA, Qwen2-VL, Idefics/SmolVLM, PaliGemma, ...) through ``AutoProcessor`` +
+    ``AutoModelForImageTextToText``, which is shown the messages' image parts; otherwise a causal LM through
+    ``AutoTokenizer`` + ``AutoModelForCausalLM``. The folder's chat template is used when it has one.
+
+    Args:
+        model_dir: the folder (config.json, weights, tokenizer or processor files); nothing is downloaded.
+        max_new_tokens: the most tokens one reply may have.
+        max_time: seconds one generation may take (transformers stops it there); None for no limit.
+    """
 
     model_dir: str
     max_new_tokens: int = 512
+    max_time: float | None = None
+    vision: bool = False
     _tok: Any = PrivateAttr(default=None)
+    _processor: Any = PrivateAttr(default=None)
     _model: Any = PrivateAttr(default=None)
 
     def model_post_init(self, __context: Any) -> None:
@@ -176,28 +270,101 @@ class HFChat(BaseChatModel):
         if not (Path(self.model_dir) / "config.json").is_file():
             raise WeightsNotFoundError(f"{self.model_dir} is not a transformers model directory (no config.json); "
                                        "pass --model-dir DIR holding config.json, weights and a tokenizer")
-        self._tok = transformers.AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        self._model = transformers.AutoModelForCausalLM.from_pretrained(self.model_dir, local_files_only=True).eval()
+        kw = {"local_files_only": True}
+        try:
+            config = transformers.AutoConfig.from_pretrained(self.model_dir, **kw)
+            self.vision = getattr(config, "vision_config", None) is not None
+            if self.vision:
+                self._processor = transformers.AutoProcessor.from_pretrained(self.model_dir, **kw)
+                self._tok = getattr(self._processor, "tokenizer", self._processor)
+                self._model = transformers.AutoModelForImageTextToText.from_pretrained(self.model_dir, **kw).eval()
+            else:
+                self._tok = transformers.AutoTokenizer.from_pretrained(self.model_dir, **kw)
+                self._model = transformers.AutoModelForCausalLM.from_pretrained(self.model_dir, **kw).eval()
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            kind = "vision-language model (AutoProcessor + AutoModelForImageTextToText)" if self.vision else \
+                "causal LM (AutoTokenizer + AutoModelForCausalLM)"
+            raise BackendUnavailableError(
+                f"transformers could not load {self.model_dir} as a {kind}: {type(exc).__name__}: {exc}; check the "
+                "folder is complete (config.json, weights, tokenizer/processor files) or pass --fallback grounded"
+            ) from exc
 
     @property
     def _llm_type(self) -> str:
-        return "hf-causal-lm"
+        return "hf-image-text-to-text" if self.vision else "hf-causal-lm"
 
     def _prompt(self, messages: list[BaseMessage]) -> str:
-        chat = to_openai_messages(messages)
+        chat = [{"role": m["role"], "content": _text_of(m["content"])} for m in to_openai_messages(messages)]
         if getattr(self._tok, "chat_template", None):
             return self._tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         return "\n".join(f"{m['role']}: {m['content']}" for m in chat) + "\nassistant:"
+
+    def _vision_inputs(self, messages: list[BaseMessage]) -> Any:
+        """Processor inputs: the chat with an ``{"type": "image"}`` placeholder per image part, and the images."""
+        chat, images = [], []
+        for m in to_openai_messages(messages):
+            parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
+            content = []
+            for part in parts:
+                if part.get("type") == "image_url":
+                    images.append(_image_from_url(part["image_url"]["url"]))
+                    content.append({"type": "image"})
+                else:
+                    content.append({"type": "text", "text": part.get("text", "")})
+            chat.append({"role": m["role"], "content": content})
+        proc = self._processor
+        if getattr(proc, "chat_template", None):
+            prompt = proc.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+        else:
+            token = getattr(proc, "image_token", "<image>")
+            prompt = "\n".join(f"{m['role']}: " + "".join(token if p["type"] == "image" else p["text"]
+                                                           for p in m["content"]) for m in chat) + "\nassistant:"
+        return proc(text=prompt, images=images or None, return_tensors="pt")
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager: Any = None,
                   **kwargs: Any) -> ChatResult:
         import torch
 
-        ids = self._tok(self._prompt(messages), return_tensors="pt")
+        ids = self._vision_inputs(messages) if self.vision else self._tok(self._prompt(messages), return_tensors="pt")
+        extra = {"max_time": self.max_time} if self.max_time else {}
         with torch.no_grad():
-            out = self._model.generate(**ids, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                       pad_token_id=self._tok.pad_token_id or self._tok.eos_token_id)
+            out = self._model.generate(**ids, max_new_tokens=self._room(ids["input_ids"].shape[1]), do_sample=False,
+                                       pad_token_id=self._tok.pad_token_id or self._tok.eos_token_id, **extra)
         text = self._tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
         for s in stop or []:
             text = text.split(s)[0]
         return _result(text)
+
+
+    def _room(self, n_prompt: int) -> int:
+        """New tokens that fit after an ``n_prompt``-token prompt; a prompt that fills the context is refused."""
+        cfg = self._model.config
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        limit = getattr(cfg, "max_position_embeddings", None)
+        if limit is None:
+            return self.max_new_tokens
+        if n_prompt >= limit - 8:
+            raise BackendUnavailableError(
+                f"the prompt has {n_prompt} tokens, more than {self.model_dir}'s context of {limit} allows; use a "
+                "model with a longer context, drop --vision, or pass --fallback grounded")
+        return min(self.max_new_tokens, limit - n_prompt)
+
+
+def _text_of(content: Any) -> str:
+    """The text of a message's content (a text-only model is never sent image parts; see ``has_images``)."""
+    if isinstance(content, list):
+        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return str(content)
+
+
+def _image_from_url(url: str) -> Any:
+    """A PIL image from a ``data:image/...;base64,`` URL (the only kind vlm-ad sends; nothing is fetched)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    head, sep, data = url.partition(",")
+    if not (url.startswith("data:image/") and sep and head.endswith(";base64")):
+        raise ValueError(f"the hf reasoner takes images as base64 data URLs only, got {url[:40]!r}")
+    return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")

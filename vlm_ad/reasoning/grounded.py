@@ -4,7 +4,7 @@ every step cites evidence ids and quotes measured numbers, then a verdict."""
 from __future__ import annotations
 
 from vlm_ad.evidence import Evidence, RegionEvidence
-from vlm_ad.reasoning.base import Reasoner
+from vlm_ad.reasoning.base import ImageViews, Reasoner
 from vlm_ad.reasoning.schema import Explanation, Step
 
 __all__ = ["GroundedReasoner", "confidence_of"]
@@ -72,7 +72,7 @@ class GroundedReasoner(Reasoner):
 
     name = "grounded"
 
-    def explain(self, evidence: Evidence) -> Explanation:
+    def explain(self, evidence: Evidence, images: ImageViews | None = None) -> Explanation:
         """Steps: the score vs the threshold, then per region its extent, shape, contrast and name, then the
         nearest exemplars; the verdict is the score vs the threshold. A video event's evidence gets the event
         chain of :func:`vlm_ad.video.events.explain_event`."""
@@ -100,7 +100,8 @@ class GroundedReasoner(Reasoner):
             steps=steps, summary=_summary(evidence, verdict), reasoner=self.name,
             flags=[] if evidence.score.threshold is not None else ["no threshold: the verdict defaults to normal"])
 
-    def answer(self, evidence: Evidence, question: str, history: list[tuple[str, str]] | None = None) -> str:
+    def answer(self, evidence: Evidence, question: str, history: list[tuple[str, str]] | None = None,
+               images: ImageViews | None = None) -> str:
         """Answer a question from the evidence by topic (where, what type, how sure, versus normal, the map)."""
         from vlm_ad.reasoning.answers import grounded_answer
 
