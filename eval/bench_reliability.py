@@ -173,10 +173,14 @@ def kill_trials(root: Path, model: Path, images: Path, trials: int, seed: int = 
     n = 25
     for t in range(trials):
         out = root / "out" / f"kill{t}"
+        target = rng.randint(1, n - 1)  # kill once this many records are on disk, a random instant after
         p = subprocess.Popen([sys.executable, "-c", RUN, "report", str(d), "--model", str(model), "--out", str(out)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              env=os.environ | {"OMP_NUM_THREADS": "1"})
-        time.sleep(rng.uniform(2.0, 12.0))
+        deadline = time.time() + 120
+        while p.poll() is None and time.time() < deadline and len(records(out)) < target:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.05))
         p.send_signal(signal.SIGKILL)
         p.wait()
         mid += 0 < len({r.get("key") for r in records(out)}) < n

@@ -82,11 +82,17 @@ def demo(
     console.print(f"overlays written to {res.out_dir}/ in {res.seconds:.1f} s")
 
 
+def _backbone(backbone: str | None, adapter: Path | None) -> str | None:
+    """The --backbone to use: as given; else the adapter's own (None lets the detector read it); else the default."""
+    return backbone or (None if adapter else "efficientnet-lite0")
+
+
 def fit(
     data: str = typer.Argument(..., help=DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Folder to save the fitted model in."),
     detector: str = typer.Option("patchcore", help="Detector name (see 'vlm-ad detectors')."),
-    backbone: str = typer.Option("efficientnet-lite0", help="Backbone name (see 'vlm-ad backbones')."),
+    backbone: str = typer.Option(None, help="Backbone name (see 'vlm-ad backbones'); default efficientnet-lite0, "
+                                 "or with --adapter the adapter's own."),
     shots: int = typer.Option(None, help=SHOTS_HELP),
     seed: int = typer.Option(0, help="Seed for drawing shots and for the coreset."),
     option: list[str] = typer.Option([], "--option", "-o", help=OPTION_HELP),
@@ -104,11 +110,11 @@ def fit(
     train, _ = open_data(data, seed=seed)
     n = len(select_shots(train, shots, seed))
     with progress_bar() as progress:
-        det, seconds = fit_detector(train, detector=detector, backbone=backbone, shots=shots, seed=seed,
-                                    progress=task(progress, "embedding normal images", n),
+        det, seconds = fit_detector(train, detector=detector, backbone=_backbone(backbone, adapter), shots=shots,
+                                    seed=seed, progress=task(progress, "embedding normal images", n),
                                     **detector_options(option, detector, adapter))
     det.save(out)
-    console.print(f"fitted {detector} ({backbone}) on {n} normal images in {seconds:.1f} s; "
+    console.print(f"fitted {detector} ({det.backbone}) on {n} normal images in {seconds:.1f} s; "
                   f"threshold {det.threshold_}; saved to {out}/")
 
 
@@ -155,7 +161,8 @@ def detect(
 def eval_cmd(
     data: str = typer.Argument(..., help=DATA_HELP),
     detector: str = typer.Option("patchcore", help="Detector name (see 'vlm-ad detectors')."),
-    backbone: str = typer.Option("efficientnet-lite0", help="Backbone name (see 'vlm-ad backbones')."),
+    backbone: str = typer.Option(None, help="Backbone name (see 'vlm-ad backbones'); default efficientnet-lite0, "
+                                 "or with --adapter the adapter's own."),
     shots: int = typer.Option(None, help=SHOTS_HELP),
     seed: int = typer.Option(0, help="Seed for drawing shots (and the textile split)."),
     json_out: Path = typer.Option(None, "--json", help="Write the metrics to this JSON file."),
@@ -189,12 +196,14 @@ def eval_cmd(
         console.print(f"[yellow]{len(problems)} anomalous image(s) without a usable mask: pixel metrics (pixel "
                       "AUROC/AP, AUPRO, IoU, pointing game) will be skipped; image metrics are unaffected[/yellow]")
     with progress_bar() as progress:
-        det, fit_seconds = fit_detector(train, detector=detector, backbone=backbone, shots=shots, seed=seed,
+        det, fit_seconds = fit_detector(train, detector=detector, backbone=_backbone(backbone, adapter), shots=shots,
+                                        seed=seed,
                                         progress=task(progress, "fit", n),
                                         **detector_options(option, detector, adapter))
         res = evaluate_detector(det, test, progress=task(progress, "test", len(test)))
-    record = {"data": str(data), "detector": detector, "backbone": backbone, "shots": "all" if shots is None else shots,
-              "n_train": n, "seed": seed, "fit_seconds": fit_seconds, **res.metrics}
+    record = {"data": str(data), "detector": detector, "backbone": str(det.backbone),
+              "shots": "all" if shots is None else shots, "n_train": n, "seed": seed, "fit_seconds": fit_seconds,
+              **res.metrics}
     if explanations:
         from vlm_ad.evaluation.explanations import score_explanations
 
@@ -202,7 +211,7 @@ def eval_cmd(
             expl, _ = score_explanations(data, det, test, res.maps, reasoner.build(),
                                          progress=task(progress, "explain", len(test)))
         record |= {f"explain/{k}": v for k, v in expl.items()}
-    table = Table(title=f"{detector} / {backbone} / shots {record['shots']} / seed {seed} on {data}")
+    table = Table(title=f"{detector} / {det.backbone} / shots {record['shots']} / seed {seed} on {data}")
     table.add_column("metric")
     table.add_column("value")
     for key, value in record.items():

@@ -37,14 +37,15 @@ class EvalResult:
 
 
 def fit_detector(
-    train: ImageDataset, *, detector: str, backbone: str, shots: int | None = None, seed: int = 0,
+    train: ImageDataset, *, detector: str, backbone: str | None = None, shots: int | None = None, seed: int = 0,
     progress: Progress | None = None, **kwargs: Any,
 ) -> tuple[Detector, float]:
-    """Create and fit a detector on ``shots`` normal images; returns it and the fit wall time in seconds."""
+    """Create and fit a detector on ``shots`` normal images; returns it and the fit wall time in seconds.
+    ``backbone=None`` keeps the detector's own default (an adapted detector reads it from its adapter)."""
     normal = select_shots(train, shots, seed)
     if shots != 0 and not normal:
         raise ConfigError("no normal training images found; use --shots 0 for zero-shot detectors")
-    det = create_detector(detector, backbone=backbone, seed=seed, **kwargs)
+    det = create_detector(detector, seed=seed, **({"backbone": backbone} if backbone else {}), **kwargs)
     t0 = time.perf_counter()
     det.fit(normal, progress=progress)
     return det, time.perf_counter() - t0
