@@ -277,10 +277,12 @@ class HFChat(BaseChatModel):
             if self.vision:
                 self._processor = transformers.AutoProcessor.from_pretrained(self.model_dir, **kw)
                 self._tok = getattr(self._processor, "tokenizer", self._processor)
-                self._model = transformers.AutoModelForImageTextToText.from_pretrained(self.model_dir, **kw).eval()
+                self._model = transformers.AutoModelForImageTextToText.from_pretrained(
+                    self.model_dir, use_safetensors=True, **kw).eval()  # safetensors only: never unpickle
             else:
                 self._tok = transformers.AutoTokenizer.from_pretrained(self.model_dir, **kw)
-                self._model = transformers.AutoModelForCausalLM.from_pretrained(self.model_dir, **kw).eval()
+                self._model = transformers.AutoModelForCausalLM.from_pretrained(
+                    self.model_dir, use_safetensors=True, **kw).eval()  # safetensors only: never unpickle
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             kind = "vision-language model (AutoProcessor + AutoModelForImageTextToText)" if self.vision else \
                 "causal LM (AutoTokenizer + AutoModelForCausalLM)"
