@@ -496,7 +496,8 @@ def test_grounded_chat_says_when_the_evidence_cannot_answer(scene_evidence):
     r = create_reasoner("grounded")
     for question in ("What is the weather in Paris?", "Who made this part?", "hello"):
         assert r.answer(scene_evidence, question).startswith(UNANSWERABLE)
-    assert r.answer(scene_evidence, "Is it defective?") == r.explain(scene_evidence).summary
+    assert r.answer(scene_evidence, "What did you find?") == r.explain(scene_evidence).summary
+    assert r.answer(scene_evidence, "Is it defective?").startswith("Yes, anomalous: the score 0.9000 is above")
     assert "% of the image" in r.answer(scene_evidence, "how big is it?")
     assert load_prompt("chat")["unanswerable"] == UNANSWERABLE  # LLM chat is told to say the same sentence
 

@@ -173,7 +173,11 @@ def eval_cmd(
                                       "explanations (cited regions vs masks, text vs references)."),
     naming: bool = typer.Option(False, "--naming", help="Instead: leave-image-out defect naming accuracy with a "
                                 "labelled-defect library built from DATA's masked test defects."),
-    shots_per_type: int = typer.Option(3, "--shots-per-type", min=1, help="With --naming: library examples per type."),
+    shots_per_type: int = typer.Option(3, "--shots-per-type", min=1, help="With --naming or --qa: labelled-defect "
+                                       "library examples per type."),
+    qa: bool = typer.Option(False, "--qa", help="Also answer multiple-choice questions about every test image "
+                            "through the chat loop (is there a defect / where / which type / how large) and report "
+                            "accuracy per kind beside chance; the reasoner options choose who answers."),
     *,
     reasoner: ReasonerOptions,
 ) -> None:
@@ -211,6 +215,13 @@ def eval_cmd(
             expl, _ = score_explanations(data, det, test, res.maps, reasoner.build(),
                                          progress=task(progress, "explain", len(test)))
         record |= {f"explain/{k}": v for k, v in expl.items()}
+    if qa:
+        from vlm_ad.evaluation.qa import qa_on_data
+
+        with progress_bar() as progress:
+            qa_metrics, _ = qa_on_data(data, det, test, res.maps, reasoner.build(), shots_per_type=shots_per_type,
+                                       seed=seed, progress=task(progress, "questions", len(test)))
+        record |= qa_metrics
     table = Table(title=f"{detector} / {det.backbone} / shots {record['shots']} / seed {seed} on {data}")
     table.add_column("metric")
     table.add_column("value")

@@ -6,11 +6,14 @@ import re
 
 from vlm_ad.evidence import Evidence
 from vlm_ad.reasoning.schema import Explanation
+from vlm_ad.vocabulary import size_word
 
 __all__ = ["TOPICS", "UNANSWERABLE", "grounded_answer", "topics_of"]
 
 # topic -> words that select it; a question may ask several (answered in this order)
 TOPICS: dict[str, tuple[str, ...]] = {
+    "verdict": ("is there", "are there", "any defect", "any anomal", "yes or no", "is it anomalous",
+                "is this anomalous", "is it defective", "is it normal", "is this normal"),
     "where": ("where", "location", "region", "locate", "position", "how big", "how large", "size", "area",
               "extent"),
     "type": ("type", "what kind", "kind of", "what is it", "what defect", "which defect", "name", "what is wrong",
@@ -43,11 +46,20 @@ def topics_of(question: str) -> list[str]:
     return found or (["summary"] if _says(q, SUMMARY_WORDS) else [])
 
 
+def _verdict(expl: Explanation, ev: Evidence) -> str:
+    s = ev.score
+    if s.threshold is None:
+        return f"I can't say yes or no: the detector has no threshold (score {s.score:.4f})."
+    if s.above:
+        return f"Yes, anomalous: the score {s.score:.4f} is above the threshold {s.threshold:.4f}."
+    return f"No, normal: the score {s.score:.4f} is not above the threshold {s.threshold:.4f}."
+
+
 def _where(expl: Explanation, ev: Evidence) -> str:
     if not ev.regions:
         return "No region exceeds the threshold, so nothing is localised. " + expl.summary
-    lines = [f"{r.id}: {r.location}, box {tuple(r.box)}, {r.area_pct:.2f}% of the image, peak {r.peak:.4f}"
-             for r in ev.regions]
+    lines = [f"{r.id}: {r.location}, {size_word(r.area_pct / 100)}, box {tuple(r.box)}, {r.area_pct:.2f}% of the "
+             f"image, peak {r.peak:.4f}" for r in ev.regions]
     return "Regions above the threshold:\n" + "\n".join(lines)
 
 
@@ -89,7 +101,7 @@ def _map(expl: Explanation, ev: Evidence) -> str:
 
 def grounded_answer(expl: Explanation, evidence: Evidence, question: str) -> str:
     """Answer each topic ``question`` asks about, from the explanation and the evidence only."""
-    handlers = {"where": _where, "type": _type, "sure": _sure, "normal": _normal, "map": _map}
+    handlers = {"verdict": _verdict, "where": _where, "type": _type, "sure": _sure, "normal": _normal, "map": _map}
     topics = topics_of(question)
     if not topics:
         return f"{UNANSWERABLE} {_CAN}"

@@ -1,0 +1,85 @@
+"""The multiple-choice QA benchmark: questions from masks and labels, replies read as options, accuracy vs chance."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from vlm_ad.evaluation.qa import evaluate_qa, make_questions, read_choice
+from vlm_ad.types import AnomalyMap, Sample
+
+pytest.importorskip("faiss")
+
+
+def _sample(label: int, box=None, dtype="hole") -> Sample:
+    mask = np.zeros((90, 90), bool)
+    if box:
+        y0, y1, x0, x1 = box
+        mask[y0:y1, x0:x1] = True
+    return Sample(np.full((90, 90, 3), 128, np.uint8), f"{dtype}/{label}{box}.png", label,
+                  dtype if label else "good", mask)
+
+
+def test_questions_follow_the_mask_and_label():
+    qs = {q.kind: q for q in make_questions(_sample(1, (70, 80, 2, 12)), defect_types=("hole", "stain"),
+                                            with_types=True)}
+    assert qs["defect"].answer == "yes" and qs["where"].answer == "lower left" and len(qs["where"].choices) == 9
+    assert qs["size"].answer == "medium" and qs["type"].answer == "hole"  # 100 px of 8100 = 1.2 %
+    assert [q.kind for q in make_questions(_sample(0))] == ["defect"]
+    assert "type" not in {q.kind for q in make_questions(_sample(1, (0, 5, 0, 5)), defect_types=("hole", "stain"))}
+
+
+def test_replies_are_read_as_the_option_they_name_first():
+    assert read_choice("Yes, anomalous: the score 3 is above the threshold 2.", ("yes", "no")) == "yes"
+    assert read_choice("No, normal: the score is not above the threshold.", ("yes", "no")) == "no"
+    where = ("upper left", "top centre", "upper right", "centre left", "centre", "centre right", "lower left",
+             "bottom centre", "lower right")
+    assert read_choice("R1: centre left, small, box (1, 2, 3, 4)", where) == "centre left"
+    assert read_choice("I can't answer that from this image.", ("small", "medium", "large")) is None
+    assert read_choice("a missing part, like example 3", ("crack", "missing_part")) == "missing_part"
+
+
+class _Always:
+    """A reasoner double that answers every question with the same text."""
+
+    name = "always"
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+
+    def explain(self, evidence, images=None):
+        from vlm_ad.reasoning import create_reasoner
+
+        return create_reasoner("grounded").explain(evidence)
+
+    def answer(self, evidence, question, history=None, images=None):
+        return self.reply
+
+
+def test_accuracy_counts_abstentions_as_wrong_and_reports_chance():
+    from vlm_ad.pipeline import Pipeline
+
+    samples = [_sample(0), _sample(0), _sample(1, (10, 30, 10, 30))]
+    maps = [AnomalyMap(s.image_id, 1.0, np.zeros((90, 90), np.float32), threshold=2.0) for s in samples]
+    m, rows = evaluate_qa(samples, maps, Pipeline(None, _Always("no")))
+    assert m["qa_accuracy_defect"] == pytest.approx(2 / 3) and m["qa_chance_defect"] == 0.5
+    assert m["qa_accuracy_where"] == 0 and m["qa_abstain_where"] == 1 and m["qa_chance_where"] == pytest.approx(1 / 9)
+    assert m["qa_questions"] == len(rows) == 5  # 3 defect + where + size
+
+
+def test_eval_qa_cli_on_a_synthetic_category(tmp_path):
+    from vlm_ad.cli import app
+    from vlm_ad.data import generate_dataset
+
+    cat = generate_dataset(tmp_path / "d", sources=("brick",), n_train=3, n_test_good=2, n_test_per_type=3,
+                           types=("hole", "stain"), image_size=64, seed=0)["brick"]
+    res = CliRunner().invoke(app, ["eval", str(cat), "--shots", "3", "--qa", "--shots-per-type", "1",
+                                   "--json", str(tmp_path / "r.json"), "-o", "image_size=64", "-o", "coreset=1.0"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "r.json").read_text())
+    for kind, chance in (("defect", 0.5), ("where", 1 / 9), ("size", 1 / 3), ("type", 0.5)):
+        assert 0 <= m[f"qa_accuracy_{kind}"] <= 1 and m[f"qa_chance_{kind}"] == pytest.approx(chance)
+    assert m["qa_images"] == 8 - 2 and m["qa_reasoner"] == "grounded" and 0 <= m["qa_accuracy"] <= 1
