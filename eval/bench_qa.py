@@ -94,7 +94,8 @@ def main() -> None:
                  for k in KINDS]
         abst = "/".join(f"{r.get(f'qa_abstain_{k}', 0):.2f}" for k in ("where", "size"))
         lines.append(f"| {r['data']} | {r['reasoner']} | {r['qa_images']} | {r['qa_questions']} | "
-                     f"{r['qa_accuracy']:.3f} | " + " | ".join(cells) + f" | {abst} | {r['qa_seconds_per_answer']:.3f} |")
+                     f"{r['qa_accuracy']:.3f} | " + " | ".join(cells) +
+                     f" | {abst} | {r['qa_seconds_per_answer']:.3f} |")
     (RESULTS / "qa.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
