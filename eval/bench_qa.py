@@ -72,8 +72,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        synth = generate_dataset(Path(tmp) / "qa", sources=("brick", "gravel"), n_train=8, n_test_good=6,
-                                 n_test_per_type=3, types=("scratch", "hole", "stain", "crack"), image_size=256,
+        synth = generate_dataset(Path(tmp) / "qa", sources=("brick", "gravel"), n_train=8, n_test_good=12,
+                                 n_test_per_type=8, types=("scratch", "hole", "stain", "crack"), image_size=256,
                                  seed=0)
         for name, root in synth.items():
             rows += _rows(f"synthetic/{name}", root, args.llm_images)
