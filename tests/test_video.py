@@ -315,7 +315,8 @@ def test_calibration_gives_false_alarm_rates():
     assert TailCalibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
 
 
-def test_fusion_is_not_dragged_below_the_best_cue():
+@pytest.mark.parametrize("fusion", ["max", "mean"])
+def test_fusion_is_not_dragged_below_the_best_cue(fusion: str):
     from vlm_ad.metrics import image_auroc
 
     rng = np.random.default_rng(1)
@@ -325,7 +326,7 @@ def test_fusion_is_not_dragged_below_the_best_cue():
     good = rng.normal(size=600) + 4 * y  # informative
     bad = 100 * rng.standard_t(2, size=600)  # heavy-tailed, on another scale, unrelated to the anomalies
     best = image_auroc(y, good)
-    m = VideoModel(cues=["motion", "flow"], sigma=0).calibrate(cal)
+    m = VideoModel(cues=["motion", "flow"], sigma=0, fusion=fusion).calibrate(cal)
     normed, fused = m.fuse({"motion": good, "flow": bad})
     assert image_auroc(y, normed["motion"]) == pytest.approx(best)  # calibration keeps each cue's order
     assert image_auroc(y, fused) >= best - 0.005
