@@ -136,7 +136,7 @@ class MotionCue(Cue):
 
     name = "motion"
 
-    def __init__(self, *, quantile: float = 0.995, prior: float = 200.0, pool: int = 1,
+    def __init__(self, *, quantile: float = 0.999, prior: float = 20.0, pool: int = 2,
                  direction_weight: float = 0.25, moving: float = 0.5, top_k: int = 3) -> None:
         self.cfg = {"quantile": quantile, "prior": prior, "pool": pool, "direction_weight": direction_weight,
                     "moving": moving, "top_k": top_k}
@@ -334,7 +334,7 @@ class ObjectsCue(Cue):
 
     def __init__(self, *, min_area: int = 12, var_threshold: float = 25.0, min_samples: int = 30,
                  quantiles: tuple[float, float] = (0.01, 0.99), learning_rate: float = 0.002,
-                 warmup: int = 10, size_weight: float = 0.0, speed_from: str = "flow") -> None:
+                 warmup: int = 10, size_weight: float = 0.0, speed_from: str = "track") -> None:
         if speed_from not in ("flow", "track"):
             raise ConfigError(f"speed_from must be 'flow' or 'track', got {speed_from!r}")
         self.cfg = {"min_area": min_area, "var_threshold": var_threshold, "min_samples": min_samples,

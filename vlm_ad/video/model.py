@@ -53,8 +53,8 @@ class VideoModelConfig:
     cue_options: dict[str, dict] = field(default_factory=dict)
     scale: float = 0.5
     cell: int = 16
-    sigma: float = 3.0
-    fusion: str = "max"
+    sigma: float = 8.0
+    fusion: str = "mean"
     tail: float = 0.9
     val_fraction: float = 0.25
     threshold_quantile: float = 0.995
