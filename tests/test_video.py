@@ -56,12 +56,14 @@ def fitted(toy: Path) -> VideoModel:
 
 
 def test_cue_registry():
-    assert list_cues() == ["appearance", "motion", "objects"]
+    assert list_cues() == ["appearance", "flow", "motion", "objects"]
     assert create_cue("motion").name == "motion"
-    with pytest.raises(UnknownNameError, match="Valid names: appearance, motion, objects"):
+    with pytest.raises(UnknownNameError, match="Valid names: appearance, flow, motion, objects"):
         create_cue("motoin")
-    with pytest.raises(ConfigError, match="allowed: appearance, motion, objects"):
+    with pytest.raises(ConfigError, match="allowed: appearance, flow, motion, objects"):
         VideoModel(cues=["sound"])
+    with pytest.raises(ConfigError, match="fusion must be 'max' or 'mean'"):
+        VideoModel(fusion="sum")
 
 
 def test_fast_square_becomes_an_explained_event(toy: Path, fitted: VideoModel):
@@ -249,3 +251,102 @@ def test_events_explained_by_an_llm_reasoner(toy: Path, fitted: VideoModel):
     assert ev.explanation.reasoner == "grounded" and any("liar gave no valid explanation" in f
                                                          for f in ev.explanation.flags)
     assert len(liar.calls) == 2 * len(res.events)  # one retry per event
+
+
+def _contexts(frames: list[np.ndarray], grid: tuple[int, int] = (H // 16, W // 16)):
+    from vlm_ad.video import FrameContext
+
+    prev = None
+    for i, f in enumerate(frames):
+        yield FrameContext(i, np.stack([f] * 3, -1), f, 1.0, grid, prev)
+        prev = f
+
+
+def _fit_cue(cue, clips: list[list[np.ndarray]]):
+    for frames in clips:
+        cue.reset()
+        for ctx in _contexts(frames):
+            cue.observe(ctx)
+    return cue.finish_fit()
+
+
+def test_flow_baseline_on_moving_squares():
+    from vlm_ad.video.cues import moving_average
+
+    cue = _fit_cue(create_cue("flow"), [_frames(50, seed=k) for k in range(3)])
+    assert 1.0 < cue.limit_ < 4.0  # the normal square moves 1.5 px/frame
+    raw = np.array([cue.step(ctx).score for ctx in _contexts(_frames(80, fast=FAST, seed=9))])
+    smooth = moving_average(raw, 15)
+    normal = [i for i in range(5, 80) if i not in range(FAST.start - 8, FAST.stop + 8)]
+    assert raw[list(FAST)].mean() > 2.0 and raw[normal].max() < 1.5
+    assert smooth[50] > smooth[normal].max() and len(smooth) == len(raw)
+    assert moving_average(np.array([0.0, 0, 3, 0, 0]), 3)[1:4].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_motion_limits_shrink_to_the_whole_frame_where_traffic_was_thin():
+    from vlm_ad.video.cues import _SPEED_EDGES
+
+    def fitted(prior: float) -> np.ndarray:
+        cue = create_cue("motion", prior=prior)
+        hist = np.zeros((6, 6, len(_SPEED_EDGES) - 1))
+        at = lambda v: int(np.searchsorted(_SPEED_EDGES, v, side="right") - 1)  # noqa: E731
+        hist[:, :2, at(1.6)] = 300  # a busy walkway: walkers at 1.6 px/frame
+        hist[0, 0, at(3.2)] = 5000  # one cell with plenty of its own, faster traffic
+        hist[3:, 3:, at(0.6)] = 3  # a corner that saw three slow moves each
+        cue._speed_hist, cue._dir_hist = hist, np.zeros((6, 6, 8))
+        return cue.finish_fit().max_speed_
+
+    shrunk, own = fitted(200.0), fitted(1e-6)
+    assert own[5, 5] == pytest.approx(1.0)  # its own three samples (floored at 2 x moving): a walker is 1.6x that
+    assert shrunk[5, 5] >= 1.6  # shrunk to the whole frame: a walker there is normal
+    assert shrunk[0, 0] >= 3.2 and own[0, 0] >= 3.2  # plenty of own traffic keeps its own limit
+
+
+def test_calibration_gives_false_alarm_rates():
+    from vlm_ad.video.calibration import TailCalibration
+
+    normal = np.random.default_rng(0).normal(size=20000)
+    cal = TailCalibration.fit(normal)
+    assert cal.false_alarm_rate(np.quantile(normal, [0.5, 0.99])) == pytest.approx([0.5, 0.01], abs=0.003)
+    far = cal.false_alarm_rate(np.array([-10.0, 3.0, 5.0, 8.0, 50.0]))
+    assert far[0] == 1.0 and far[1] > far[2] > far[3] > far[4] > 0  # beyond the data: still ordered
+    # the exponential tail is conservative for a light (Gaussian) tail: 1 in 1000 reads as about 1 in 500
+    assert 2.4 < cal.surprise(np.array([np.quantile(normal, 0.999)]))[0] <= 3.1
+    assert TailCalibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+
+
+@pytest.mark.parametrize("fusion", ["max", "mean"])
+def test_fusion_is_not_dragged_below_the_best_cue(fusion: str):
+    from vlm_ad.evaluation.detection import image_auroc
+
+    rng = np.random.default_rng(1)
+    cal = [{"motion": rng.normal(size=300), "flow": 100 * rng.standard_t(2, size=300)} for _ in range(3)]
+    y = np.zeros(600, int)
+    y[200:260] = y[400:430] = 1
+    good = rng.normal(size=600) + 4 * y  # informative
+    bad = 100 * rng.standard_t(2, size=600)  # heavy-tailed, on another scale, unrelated to the anomalies
+    best = image_auroc(y, good)
+    m = VideoModel(cues=["motion", "flow"], sigma=0, fusion=fusion).calibrate(cal)
+    normed, fused = m.fuse({"motion": good, "flow": bad})
+    assert image_auroc(y, normed["motion"]) == pytest.approx(best)  # calibration keeps each cue's order
+    assert image_auroc(y, fused) >= best - 0.005
+    # the former rule, a mean of scores scaled by their normal median and 99th percentile, loses more
+    z = {c: (lambda v: ((x - np.median(v)) / (np.quantile(v, 0.99) - np.median(v))))(
+        np.concatenate([r[c] for r in cal])) for c, x in (("motion", good), ("flow", bad))}
+    assert image_auroc(y, (z["motion"] + z["flow"]) / 2) < image_auroc(y, fused) - 0.005
+    # the fused score is calibrated: about 1 in 100 normal calibration frames exceeds 2.0
+    calfused = np.concatenate([m.fuse(r)[1] for r in cal])
+    assert (calfused > 2.0).mean() == pytest.approx(0.01, abs=0.006) and m.threshold_ > 2.0
+
+
+def test_objects_size_only_names_a_merged_crowd_by_default():
+    cue = create_cue("objects")
+    cue.rules_ = {"all": {"speed": [0.2, 2.0], "size": [40.0, 400.0], "directions": [], "samples": 100,
+                          "dwell_max": 0}}
+    crowd = {"zone": "centre", "size": 2000.0, "speed": 1.5, "direction": None, "dwell": 10}
+    rider = {"zone": "centre", "size": 300.0, "speed": 5.0, "direction": None, "dwell": 10}
+    score, broken = cue._judge(dict(crowd))
+    assert score < 1.0 and any("size 2000 px" in b for b in broken)  # cited, not scored
+    assert cue._judge(dict(rider))[0] == pytest.approx(2.5)
+    cue.cfg["size_weight"] = 1.0
+    assert cue._judge(dict(crowd))[0] == pytest.approx(5.0)

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from vlm_ad.evaluation.detection import image_auroc, pixel_auroc
-from vlm_ad.video.events import smooth_scores
 from vlm_ad.video.io import load_mask
 from vlm_ad.video.model import ClipResult, VideoModel
 
@@ -32,14 +31,14 @@ def _frame_aurocs(results: list[ClipResult], labels: dict, key) -> tuple[float |
 def evaluate_results(model: VideoModel, results: list[ClipResult], labels: dict, root: Path | None, *,
                      pixel_scale: float = 0.5) -> dict:
     """Metrics of scored clips against frame labels ({clip: {frame: 0/1}}) and, under ``root``, masks
-    ``ground_truth/<clip>/NNN_mask.png``. Per-cue frame AUROCs use the same temporal smoothing as the
-    fused score. Pixel AUROC is computed at ``pixel_scale`` of the frame size (memory)."""
+    ``ground_truth/<clip>/NNN_mask.png``. Per-cue frame AUROCs use each cue's calibrated surprise (smoothed
+    like the fused score). Pixel AUROC is computed at ``pixel_scale`` of the frame size (memory)."""
     import cv2
 
     out: dict = {"frames": int(sum(len(r.frames) for r in results)), "clips": len(results)}
     out["frame_auroc_micro"], out["frame_auroc_macro"] = _frame_aurocs(results, labels, lambda r: r.smoothed)
     for name in model.cues:
-        mi, ma = _frame_aurocs(results, labels, lambda r, n=name: smooth_scores(r.normed[n], model.config.sigma))
+        mi, ma = _frame_aurocs(results, labels, lambda r, n=name: r.normed[n])  # already smoothed and calibrated
         out[f"frame_auroc_micro/{name}"], out[f"frame_auroc_macro/{name}"] = mi, ma
     masks, maps, hit, total = [], [], 0, 0
     for r in results:

@@ -1,4 +1,4 @@
-"""The three video cues, each a registered component: ``create_cue(name, **kw)``, ``list_cues()``.
+"""The video cues, each a registered component: ``create_cue(name, **kw)``, ``list_cues()``.
 
 Every cue follows one streaming contract. During fitting the model calls ``reset()`` at the start of each
 normal clip, ``observe(ctx)`` for each frame, then ``finish_fit()`` once. When scoring it calls ``reset()``
@@ -7,7 +7,9 @@ anomalous), a (gh, gw) map on the model's cell grid, and details an explanation 
 
 Registered names:
     appearance  PatchCore (the image detector, reused) on frames: patch distance to normal training frames
-    motion      dense optical flow (OpenCV Farneback): cell speed vs the per-location normal speed, and direction
+    flow        the bare baseline: largest optical-flow magnitude over its normal 99.9th percentile
+    motion      dense optical flow (OpenCV Farneback): cell speed vs the per-location normal speed (shrunk to the
+                whole frame's where traffic was thin), and direction
     objects     background subtraction (MOG2) -> blobs -> tracks; speed, size, direction, dwell vs readable rules
 """
 
@@ -20,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from vlm_ad.errors import NotFittedError
+from vlm_ad.errors import ConfigError, NotFittedError
 from vlm_ad.registry import Registry
 from vlm_ad.video.tracking import Tracker, blobs_from_mask, direction_bin, direction_words
 
-__all__ = ["CUES", "Cue", "CueStep", "FrameContext", "create_cue", "list_cues"]
+__all__ = ["CUES", "Cue", "CueStep", "FrameContext", "create_cue", "list_cues", "moving_average"]
 
 CUES: Registry[Cue] = Registry("cue")
 _SPEED_EDGES = np.array([0, .25, .5, .75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 3.5, 4, 5, 6, 8, 10, 15, 20, 1e9], np.float32)
@@ -40,6 +42,7 @@ class FrameContext:
         gray: (h, w) uint8 grayscale frame at ``scale`` (motion and objects work on it).
         scale: gray size / full size.
         grid: (gh, gw) cell grid shared by every cue's map.
+        prev: (h, w) uint8 previous working frame of the same clip, None on its first frame.
     """
 
     index: int
@@ -47,6 +50,17 @@ class FrameContext:
     gray: np.ndarray
     scale: float
     grid: tuple[int, int]
+    prev: np.ndarray | None = None
+    _flow: np.ndarray | None = field(default=None, repr=False)
+
+    def flow(self) -> np.ndarray | None:
+        """(h, w, 2) dense optical flow (OpenCV Farneback) from ``prev``, in full-resolution px/frame; None on a
+        clip's first frame. Computed once per frame and shared by the cues that need it."""
+        import cv2
+
+        if self._flow is None and self.prev is not None and self.prev.shape == self.gray.shape:
+            self._flow = cv2.calcOpticalFlowFarneback(self.prev, self.gray, None, 0.5, 3, 15, 3, 5, 1.2, 0) / self.scale
+        return self._flow
 
 
 @dataclass
@@ -99,12 +113,22 @@ class Cue:
 
 
 # ------------------------------------------------------------------------------------------------------- motion
+def _direction(vec: np.ndarray) -> np.ndarray:
+    """(...,) compass bin 0..7 of (..., 2) flow vectors (0 = right, 2 = down)."""
+    return (np.round(np.arctan2(vec[..., 1], vec[..., 0]) / (np.pi / 4)).astype(int)) % 8
+
+
 class MotionCue(Cue):
-    """Optical-flow speed and direction per cell against per-location normal statistics.
+    """Optical-flow speed and direction per cell against per-location normal statistics, shrunk to the frame's.
+
+    Each cell keeps a histogram of its *moving* speeds (above ``moving``) in the normal clips, mixed with the
+    whole-frame histogram of moving speeds at a weight of ``prior`` samples: where the normal clips had little
+    traffic the limit is (nearly) the whole-frame one, so one walker there does not look like a bicycle.
 
     Args:
-        quantile: the per-cell speed quantile of normal frames taken as "the fastest normal motion here".
-        prior: weight (in frames) of the whole-frame speed distribution mixed into each cell's own.
+        quantile: quantile of a cell's (shrunk) moving speeds taken as "the fastest normal motion here".
+        prior: weight, in moving samples, of the whole-frame distribution mixed into each cell's own.
+        pool: cells are pool x pool blocks of the model grid (2 = cells twice as wide and tall).
         direction_weight: weight of the direction surprise, -log(8 p), added for moving cells.
         moving: speed (px/frame, full resolution) above which a cell counts as moving.
         top_k: the frame score is the mean of the ``top_k`` highest cell scores.
@@ -112,83 +136,80 @@ class MotionCue(Cue):
 
     name = "motion"
 
-    def __init__(self, *, quantile: float = 0.995, prior: float = 50.0, direction_weight: float = 0.25,
-                 moving: float = 0.5, top_k: int = 3) -> None:
-        self.cfg = {"quantile": quantile, "prior": prior, "direction_weight": direction_weight, "moving": moving,
-                    "top_k": top_k}
-        self._prev: np.ndarray | None = None
+    def __init__(self, *, quantile: float = 0.999, prior: float = 20.0, pool: int = 2,
+                 direction_weight: float = 0.25, moving: float = 0.5, top_k: int = 3) -> None:
+        self.cfg = {"quantile": quantile, "prior": prior, "pool": pool, "direction_weight": direction_weight,
+                    "moving": moving, "top_k": top_k}
         self._speed_hist: np.ndarray | None = None
         self._dir_hist: np.ndarray | None = None
-        self.max_speed_: np.ndarray | None = None  # (gh, gw) px/frame
-        self.dir_prob_: np.ndarray | None = None  # (gh, gw, 8)
+        self.max_speed_: np.ndarray | None = None  # (gh', gw') px/frame on the pooled grid
+        self.dir_prob_: np.ndarray | None = None  # (gh', gw', 8)
 
-    def reset(self) -> None:
-        self._prev = None
+    def _grid(self, grid: tuple[int, int]) -> tuple[int, int]:
+        p = self.cfg["pool"]
+        return -(-grid[0] // p), -(-grid[1] // p)
 
-    def _flow(self, ctx: FrameContext) -> tuple[np.ndarray, np.ndarray] | None:
-        """(gh, gw) cell speed in full-resolution px/frame and (gh, gw, 2) cell mean flow, or None on frame 0."""
-        import cv2
-
-        prev, self._prev = self._prev, ctx.gray
-        if prev is None or prev.shape != ctx.gray.shape:
+    def _cells_flow(self, ctx: FrameContext) -> tuple[np.ndarray, np.ndarray] | None:
+        """(gh', gw') cell speed in full-resolution px/frame and (gh', gw', 2) cell mean flow, or None."""
+        flow = ctx.flow()  # (h, w, 2)
+        if flow is None:
             return None
-        flow = cv2.calcOpticalFlowFarneback(prev, ctx.gray, None, 0.5, 3, 15, 3, 5, 1.2, 0) / ctx.scale  # (h, w, 2)
-        speed = _cells(np.linalg.norm(flow, axis=2), ctx.grid)
-        return speed, _cells(flow, ctx.grid)
+        grid = self._grid(ctx.grid)
+        return _cells(np.linalg.norm(flow, axis=2), grid), _cells(flow, grid)
 
     def observe(self, ctx: FrameContext) -> None:
-        out = self._flow(ctx)
+        out = self._cells_flow(ctx)
         if out is None:
             return
         speed, vec = out
-        gh, gw = ctx.grid
+        gh, gw = speed.shape
         if self._speed_hist is None:
             self._speed_hist = np.zeros((gh, gw, len(_SPEED_EDGES) - 1), np.float64)
             self._dir_hist = np.zeros((gh, gw, 8), np.float64)
-        b = np.clip(np.searchsorted(_SPEED_EDGES, speed, side="right") - 1, 0, len(_SPEED_EDGES) - 2)
-        np.add.at(self._speed_hist, (*np.indices((gh, gw)), b), 1)
-        moving = speed > self.cfg["moving"]
-        d = (np.round(np.arctan2(vec[..., 1], vec[..., 0]) / (np.pi / 4)).astype(int)) % 8
-        rows, cols = np.nonzero(moving)
-        np.add.at(self._dir_hist, (rows, cols, d[rows, cols]), 1)
+        rows, cols = np.nonzero(speed > self.cfg["moving"])
+        b = np.clip(np.searchsorted(_SPEED_EDGES, speed[rows, cols], side="right") - 1, 0, len(_SPEED_EDGES) - 2)
+        np.add.at(self._speed_hist, (rows, cols, b), 1)
+        np.add.at(self._dir_hist, (rows, cols, _direction(vec)[rows, cols]), 1)
+
+    @staticmethod
+    def _shrink(hist: np.ndarray, prior: float) -> np.ndarray:
+        """Each cell's histogram plus ``prior`` samples of the whole-frame one, normalised to probabilities."""
+        whole = hist.sum(axis=(0, 1)) + 1e-9
+        h = hist + prior * whole / whole.sum()
+        return h / h.sum(axis=2, keepdims=True)
 
     def finish_fit(self) -> MotionCue:
         from scipy.ndimage import maximum_filter
 
         if self._speed_hist is None:
             raise NotFittedError("the motion cue saw no frame pairs: give it clips of at least two frames")
-        h = self._speed_hist
-        whole = h.sum(axis=(0, 1))
-        h = h + self.cfg["prior"] * whole / whole.sum()
-        cdf = np.cumsum(h, axis=2) / h.sum(axis=2, keepdims=True)
-        idx = np.argmax(cdf >= self.cfg["quantile"], axis=2)
+        cdf = np.cumsum(self._shrink(self._speed_hist, self.cfg["prior"]), axis=2)
+        idx = np.argmax(cdf >= self.cfg["quantile"] - 1e-9, axis=2)
         upper = _SPEED_EDGES[np.minimum(idx + 1, len(_SPEED_EDGES) - 2)]
-        self.max_speed_ = np.maximum(maximum_filter(upper, size=3), 0.5).astype(np.float32)
-        d = self._dir_hist
-        whole_d = d.sum(axis=(0, 1)) + 1.0
-        d = d + 8.0 * whole_d / whole_d.sum()
-        self.dir_prob_ = (d / d.sum(axis=2, keepdims=True)).astype(np.float32)
+        self.max_speed_ = np.maximum(maximum_filter(upper, size=3), 2 * self.cfg["moving"]).astype(np.float32)
+        self.dir_prob_ = self._shrink(self._dir_hist + 1.0 / 8, self.cfg["prior"]).astype(np.float32)
         return self
 
     def step(self, ctx: FrameContext) -> CueStep:
         self._need_fit(self.max_speed_ is not None)
-        out = self._flow(ctx)
+        out = self._cells_flow(ctx)
         if out is None:
             return CueStep(0.0, np.zeros(ctx.grid, np.float32))
         speed, vec = out
         ratio = speed / self.max_speed_
-        d = (np.round(np.arctan2(vec[..., 1], vec[..., 0]) / (np.pi / 4)).astype(int)) % 8
-        p = np.take_along_axis(self.dir_prob_, d[..., None], axis=2)[..., 0]
+        p = np.take_along_axis(self.dir_prob_, _direction(vec)[..., None], axis=2)[..., 0]
         surprise = np.maximum(0.0, -np.log(8 * p)) * (speed > self.cfg["moving"])
         cell = (ratio + self.cfg["direction_weight"] * surprise).astype(np.float32)
         k = min(self.cfg["top_k"], cell.size)
         score = float(np.sort(cell, axis=None)[-k:].mean())
         r, c = np.unravel_index(int(np.argmax(cell)), cell.shape)
-        details = {"cell": [int(r), int(c)], "speed": round(float(speed[r, c]), 2),
+        pool = self.cfg["pool"]
+        details = {"cell": [int(r) * pool, int(c) * pool], "speed": round(float(speed[r, c]), 2),
                    "normal_max_speed": round(float(self.max_speed_[r, c]), 2),
                    "ratio": round(float(ratio[r, c]), 2), "direction": direction_words(tuple(vec[r, c])),
                    "direction_probability": round(float(p[r, c]), 3)}
-        return CueStep(score, cell, details)
+        full = np.repeat(np.repeat(cell, pool, axis=0), pool, axis=1)[: ctx.grid[0], : ctx.grid[1]]
+        return CueStep(score, full, details)
 
     def state(self, directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
         self._need_fit(self.max_speed_ is not None)
@@ -197,6 +218,62 @@ class MotionCue(Cue):
     def load_state(self, meta: dict, arrays: dict[str, np.ndarray], directory: Path) -> MotionCue:
         self.cfg.update(meta)
         self.max_speed_, self.dir_prob_ = arrays["max_speed"], arrays["dir_prob"]
+        return self
+
+
+# --------------------------------------------------------------------------------------------------------- flow
+def moving_average(scores: np.ndarray, window: int = 15) -> np.ndarray:
+    """Centred moving average over ``window`` frames (the flow baseline's temporal smoothing)."""
+    from scipy.ndimage import uniform_filter1d
+
+    scores = np.asarray(scores, np.float64)
+    return scores if window <= 1 or len(scores) < 2 else uniform_filter1d(scores, window, mode="nearest")
+
+
+class FlowCue(Cue):
+    """The bare optical-flow baseline: a frame's largest flow magnitude over its normal ``quantile``.
+
+    No per-location statistics: the score is max |flow| (full-resolution px/frame) divided by the ``quantile``
+    (default 99.9th percentile) of that maximum over the normal frames, so 1.0 = as fast as the fastest normal
+    frames. With a 15-frame :func:`moving_average` it is the baseline every other cue is measured against.
+    """
+
+    name = "flow"
+
+    def __init__(self, *, quantile: float = 0.999) -> None:
+        self.cfg = {"quantile": quantile}
+        self._max: list[float] = []
+        self.limit_: float | None = None
+
+    def observe(self, ctx: FrameContext) -> None:
+        flow = ctx.flow()
+        if flow is not None:
+            self._max.append(float(np.sqrt((flow ** 2).sum(axis=2).max())))
+
+    def finish_fit(self) -> FlowCue:
+        if not self._max:
+            raise NotFittedError("the flow cue saw no frame pairs: give it clips of at least two frames")
+        self.limit_ = max(float(np.quantile(self._max, self.cfg["quantile"])), 1e-3)
+        self._max = []
+        return self
+
+    def step(self, ctx: FrameContext) -> CueStep:
+        self._need_fit(self.limit_ is not None)
+        flow = ctx.flow()
+        if flow is None:
+            return CueStep(0.0, np.zeros(ctx.grid, np.float32))
+        mag = np.sqrt((flow ** 2).sum(axis=2))
+        top = float(mag.max())
+        return CueStep(top / self.limit_, _cells(mag, ctx.grid) / self.limit_,
+                       {"max_speed": round(top, 2), "normal_max_speed": round(self.limit_, 2)})
+
+    def state(self, directory: Path) -> tuple[dict, dict[str, np.ndarray]]:
+        self._need_fit(self.limit_ is not None)
+        return dict(self.cfg) | {"limit": self.limit_}, {}
+
+    def load_state(self, meta: dict, arrays: dict[str, np.ndarray], directory: Path) -> FlowCue:
+        self.limit_ = meta.pop("limit")
+        self.cfg.update(meta)
         return self
 
 
@@ -221,6 +298,19 @@ def object_kind(size_ratio: float, speed_ratio: float | None, *, margin: float =
     return NORMAL_KIND
 
 
+def _flow_motion(flow: np.ndarray | None, fg: np.ndarray, box: list[int], scale: float) -> dict:
+    """Speed (90th percentile of |flow|), mean flow ``_v`` and heading of the foreground pixels in ``box``."""
+    if flow is None:
+        return {"speed": None, "direction": None, "_v": None}
+    x0, y0, x1, y1 = (int(round(v * scale)) for v in box)
+    f = flow[y0: max(y1, y0 + 1), x0: max(x1, x0 + 1)]  # (bh, bw, 2)
+    inside = fg[y0: max(y1, y0 + 1), x0: max(x1, x0 + 1)] > 0
+    f = f[inside] if inside.any() else f.reshape(-1, 2)
+    speed = float(np.quantile(np.linalg.norm(f, axis=1), 0.9))
+    v = tuple(float(x) for x in f.mean(axis=0))
+    return {"speed": round(speed, 2), "direction": direction_words(v) if math.hypot(*v) >= 0.3 else None, "_v": v}
+
+
 class ObjectsCue(Cue):
     """Background subtraction -> blobs -> tracks; each object's attributes against rules learned on normal clips.
 
@@ -231,15 +321,25 @@ class ObjectsCue(Cue):
         quantiles: (low, high) quantiles of normal attributes that bound a rule's range.
         learning_rate: MOG2 learning rate after the start from the learned empty scene.
         warmup: frames at the start of each normal clip not used for rules (the subtractor is still learning).
+        size_weight: weight of the size ratio in an object's score. Crowds merge into one blob far larger than any
+            normal walker, so by default size only names the object (and is cited when it breaks the rule) while
+            speed and heading score it.
+        speed_from: ``"flow"``: an object's speed is the 90th percentile of the optical-flow magnitude over its
+            foreground pixels and its heading the mean flow there, so a crowd merging into one blob still moves at
+            walking speed and a cyclist inside it still stands out; ``"track"``: the displacement of the blob's
+            centroid over the last frames (jumps when blobs merge or split).
     """
 
     name = "objects"
 
     def __init__(self, *, min_area: int = 12, var_threshold: float = 25.0, min_samples: int = 30,
                  quantiles: tuple[float, float] = (0.01, 0.99), learning_rate: float = 0.002,
-                 warmup: int = 10) -> None:
+                 warmup: int = 10, size_weight: float = 0.0, speed_from: str = "track") -> None:
+        if speed_from not in ("flow", "track"):
+            raise ConfigError(f"speed_from must be 'flow' or 'track', got {speed_from!r}")
         self.cfg = {"min_area": min_area, "var_threshold": var_threshold, "min_samples": min_samples,
-                    "quantiles": list(quantiles), "learning_rate": learning_rate, "warmup": warmup}
+                    "quantiles": list(quantiles), "learning_rate": learning_rate, "warmup": warmup,
+                    "size_weight": size_weight, "speed_from": speed_from}
         self._bg_samples: list[np.ndarray] = []
         self._obs: list[tuple[str, float | None, float, int | None]] = []
         self._dwell: list[int] = []
@@ -274,7 +374,12 @@ class ObjectsCue(Cue):
         fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
         blobs = blobs_from_mask(fg, scale=ctx.scale, min_area=self.cfg["min_area"])
         self._shape = ctx.rgb.shape[:2]
-        return [t.attributes(self._shape) | {"_v": t.velocity()} for t in self._tracker.update(ctx.index, blobs)]
+        objs = [t.attributes(self._shape) | {"_v": t.velocity()} for t in self._tracker.update(ctx.index, blobs)]
+        if self.cfg.get("speed_from", "track") == "flow":
+            flow = ctx.flow()
+            for o in objs:
+                o.update(_flow_motion(flow, fg, o["box"], ctx.scale))
+        return objs
 
     def observe(self, ctx: FrameContext) -> None:
         self._n += 1
@@ -332,10 +437,11 @@ class ObjectsCue(Cue):
     def _judge(self, o: dict) -> tuple[float, list[str]]:
         zone_name, r = self.rule_for(o["zone"])
         where = "anywhere" if zone_name == "all" else f"in the {zone_name}"
-        scores, broken = [o["size"] / max(r["size"][1], 1.0)], []
+        size_ratio, broken = o["size"] / max(r["size"][1], 1.0), []
+        scores = [self.cfg.get("size_weight", 1.0) * size_ratio]
         speed_ratio = None if o["speed"] is None else o["speed"] / max(r["speed"][1], 0.1)
-        o["kind"] = object_kind(scores[0], speed_ratio)
-        if scores[0] > 1:
+        o["kind"] = object_kind(size_ratio, speed_ratio)
+        if size_ratio > 1:
             broken.append(f"size {o['size']:.0f} px > {r['size'][1]:.0f} px, the largest normal object {where}")
         if speed_ratio is not None:
             scores.append(speed_ratio)
@@ -444,6 +550,11 @@ def _appearance(**kw: Any) -> Cue:
     return AppearanceCue(**kw)
 
 
+@CUES.register("flow", description="bare baseline: largest optical-flow magnitude over its normal 99.9th percentile")
+def _flow(**kw: Any) -> Cue:
+    return FlowCue(**kw)
+
+
 @CUES.register("motion", description="optical-flow speed and direction per cell vs per-location normal statistics")
 def _motion(**kw: Any) -> Cue:
     return MotionCue(**kw)
@@ -455,7 +566,7 @@ def _objects(**kw: Any) -> Cue:
 
 
 def create_cue(name: str, **kw: Any) -> Cue:
-    """Build the cue registered as ``name`` (``appearance``, ``motion``, ``objects``) with its settings."""
+    """Build the cue registered as ``name`` (``appearance``, ``flow``, ``motion``, ``objects``) with its settings."""
     return CUES.create(name, **kw)
 
 

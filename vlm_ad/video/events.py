@@ -40,7 +40,7 @@ class Event:
         clip: clip name.
         start: first frame index. end: last frame index (inclusive). peak: frame index of the highest score.
         peak_score: the smoothed fused score at ``peak``. threshold: the event threshold it exceeded.
-        cues: cue name -> its normalised score at the peak (1.0 = the 99th percentile on normal validation frames).
+        cues: cue name -> its surprise at the peak, -log10 of the share of normal calibration frames scoring as high.
         cue_details: cue name -> the facts that cue measured at the peak.
         track: per frame, the cited region {"frame", "box": [x0, y0, x1, y1]} (full-resolution px).
         rules: the object rules that apply (readable sentences).
@@ -76,8 +76,12 @@ def _object_step(obj: dict) -> Step:
 
 
 def _cue_step(k: int, name: str, value: float, det: dict) -> Step:
-    text = f"C{k}: the {name} cue scores {value:.2f} at the peak (1.00 = the 99th percentile of normal frames)"
-    if name == "motion" and det:
+    text = (f"C{k}: the {name} cue scores {value:.2f} at the peak (-log10 of the share of normal frames scoring as "
+            f"high: 2.00 = 1 in 100)")
+    if name == "flow" and det:
+        text += (f"; the fastest flow is {det['max_speed']:.2f} px/frame, normal frames reach "
+                 f"{det['normal_max_speed']:.2f}")
+    elif name == "motion" and det:
         text += (f"; the fastest cell moves {det['direction']} at {det['speed']:.2f} px/frame where normal motion "
                  f"reaches {det['normal_max_speed']:.2f} px/frame ({det['ratio']:.2f}x)")
     elif name == "appearance" and det:

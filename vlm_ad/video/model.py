@@ -1,4 +1,13 @@
-"""The video model: cues fitted on normal clips, normalised on held-out normal clips, fused, smoothed, events."""
+"""The video model: cues fitted on normal clips, calibrated to false-alarm rates on held-out normal clips, fused,
+events.
+
+Fusion rule (what the score means): each cue's score is smoothed over time (``sigma``) and turned into a surprise,
+-log10 of the share of normal calibration frames that score at least as high (:class:`TailCalibration`). The cue
+surprises are combined (``fusion="max"``: the most surprising cue, weighted; ``"mean"``: their weighted mean) and the
+combination is calibrated once more on the same normal frames, so the fused score is again -log10 of a false-alarm
+rate: 2.0 = one normal frame in 100 scores this high, 3.0 = one in 1000. A cue with weight 0 explains but does not
+vote.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ import numpy as np
 
 from vlm_ad._cache import atomic_write_bytes
 from vlm_ad.errors import ConfigError, DataError, EmptyDatasetError, NotFittedError
+from vlm_ad.video.calibration import TailCalibration
 from vlm_ad.video.cues import Cue, FrameContext, create_cue, list_cues
 from vlm_ad.video.events import Event, explain_event, find_runs, smooth_scores
 from vlm_ad.video.io import VideoClip
@@ -26,13 +36,15 @@ class VideoModelConfig:
 
     Attributes:
         cues: cue names to use (see ``list_cues()``).
-        weights: fusion weight per cue (missing cues weigh 1).
+        weights: fusion weight per cue (missing cues weigh 1; 0 = the cue explains events but does not vote).
         cue_options: per-cue keyword options for ``create_cue``.
         scale: working scale of the grayscale frame for motion and objects.
         cell: cell size of the shared map grid, in full-resolution pixels.
-        sigma: temporal smoothing (frames) of the fused score.
-        val_fraction: share of the normal clips held out to normalise the cues and set the event threshold.
-        threshold_quantile: quantile of the smoothed fused validation scores used as the event threshold.
+        sigma: temporal smoothing (Gaussian, frames) of each cue's score before calibration.
+        fusion: ``"max"`` (the most surprising cue) or ``"mean"`` (weighted mean of the cue surprises).
+        tail: calibration quantile above which false-alarm rates follow an exponential tail.
+        val_fraction: share of the normal clips held out to calibrate the cues and set the event threshold.
+        threshold_quantile: quantile of the fused calibration scores used as the event threshold.
         min_event: shortest event (frames). merge_gap: gaps up to this many frames join two events.
     """
 
@@ -41,7 +53,9 @@ class VideoModelConfig:
     cue_options: dict[str, dict] = field(default_factory=dict)
     scale: float = 0.5
     cell: int = 16
-    sigma: float = 3.0
+    sigma: float = 8.0
+    fusion: str = "mean"
+    tail: float = 0.9
     val_fraction: float = 0.25
     threshold_quantile: float = 0.995
     min_event: int = 5
@@ -51,6 +65,8 @@ class VideoModelConfig:
         unknown = [c for c in self.cues if c not in list_cues()]
         if unknown or not self.cues:
             raise ConfigError(f"unknown or no cues {unknown}; allowed: {', '.join(list_cues())}")
+        if self.fusion not in ("max", "mean"):
+            raise ConfigError(f"fusion must be 'max' or 'mean', got {self.fusion!r}")
         if not 0 < self.scale <= 1:
             raise ConfigError(f"scale must be in (0, 1], got {self.scale}")
         if not 0 <= self.val_fraction < 1:
@@ -64,9 +80,11 @@ class ClipResult:
 
     Attributes:
         clip: clip name. frames: (T,) frame indices that were read.
-        raw: cue -> (T,) raw cue scores. normed: cue -> (T,) normalised scores (1.0 = normal 99th percentile).
-        fused: (T,) weighted sum of normalised scores. smoothed: (T,) fused after temporal smoothing.
-        maps: (T, gh, gw) float32 fused normalised maps. details: per frame, cue -> facts.
+        raw: cue -> (T,) raw cue scores. normed: cue -> (T,) surprise of the smoothed cue score, -log10 of the share
+            of normal calibration frames scoring as high (2.0 = 1 in 100).
+        fused: (T,) the fused surprise (see the module docstring). smoothed: (T,) the score events are found on;
+            equal to ``fused`` (the cues are smoothed before calibration).
+        maps: (T, gh, gw) float32 fused maps (1.0 = a cue's normal 99th percentile). details: per frame, cue -> facts.
         frame_shape: (H, W). events: the explained events. problems: skipped frames or files. seconds: wall time.
     """
 
@@ -108,6 +126,7 @@ class VideoModel:
         self.cues: dict[str, Cue] = {n: create_cue(n, **self.config.cue_options.get(n, {})) for n in self.config.cues}
         self.norm_: dict[str, tuple[float, float]] | None = None
         self.threshold_: float | None = None
+        self.calibration_: dict[str, TailCalibration] | None = None
         self.grid_: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------------------------------------ frames
@@ -115,6 +134,7 @@ class VideoModel:
         import cv2
 
         c = self.config
+        prev = None
         for frame in clip.frames():
             gray = cv2.cvtColor(frame.image, cv2.COLOR_RGB2GRAY)
             small = cv2.resize(gray, None, fx=c.scale, fy=c.scale, interpolation=cv2.INTER_AREA)
@@ -122,7 +142,8 @@ class VideoModel:
             grid = self.grid_ or (max(1, H // c.cell), max(1, W // c.cell))
             if self.grid_ is None:
                 self.grid_ = grid
-            yield FrameContext(frame.index, frame.image, small, c.scale, grid)
+            yield FrameContext(frame.index, frame.image, small, c.scale, grid, prev)
+            prev = small
             if progress:
                 progress(1)
 
@@ -145,16 +166,50 @@ class VideoModel:
         for cue in self.cues.values():
             cue.finish_fit()
         self.norm_ = {n: (0.0, 1.0) for n in self.cues}
+        self.calibration_ = None
         val_results = [self._score(clip, progress) for clip in val]
-        self.norm_ = {}
+        self.calibrate([r.raw for r in val_results])
+        self.validation_ = {"clips": [c.name for c in val], "frames": int(sum(len(r.frames) for r in val_results)),
+                            "train_clips": len(train)}
+        return self
+
+    def calibrate(self, raws: Sequence[dict[str, np.ndarray]]) -> VideoModel:
+        """Calibrate the fitted cues on the raw scores of normal calibration clips (one cue -> (T,) dict per clip):
+        map normalisation, false-alarm rates per cue and of the fusion, and the event threshold; returns self."""
+        if not raws:
+            raise EmptyDatasetError("calibrate() got no clips: give held-out normal clips")
+        c = self.config
+        self.norm_, self.calibration_ = {}, {}
         for name in self.cues:
-            values = np.concatenate([r.raw[name] for r in val_results])
+            values = np.concatenate([r[name] for r in raws])
             med, hi = float(np.median(values)), float(np.quantile(values, 0.99))
             self.norm_[name] = (med, max(hi - med, 1e-6))
-        fused = np.concatenate([self._fuse(r)[1] for r in val_results])
-        self.threshold_ = float(np.quantile(fused, self.config.threshold_quantile))
-        self.validation_ = {"clips": [c.name for c in val], "frames": int(len(fused)), "train_clips": len(train)}
+            smoothed = np.concatenate([smooth_scores(r[name], c.sigma) for r in raws])
+            self.calibration_[name] = TailCalibration.fit(smoothed, tail=c.tail)
+        combined = np.concatenate([self._combine(self._surprises(r)) for r in raws])
+        self.calibration_["_fused"] = TailCalibration.fit(combined, tail=c.tail)
+        fused = self.calibration_["_fused"].surprise(combined)
+        self.threshold_ = float(np.quantile(fused, c.threshold_quantile))
         return self
+
+    def _surprises(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {n: self.calibration_[n].surprise(smooth_scores(raw[n], self.config.sigma)) for n in self.cues}
+
+    def _combine(self, surprises: dict[str, np.ndarray]) -> np.ndarray:
+        voting = {n: v for n, v in surprises.items() if self._weight(n) > 0}
+        if not voting:
+            raise ConfigError(f"every cue weighs 0 ({self.config.weights}); give at least one cue a positive weight")
+        w = {n: self._weight(n) for n in voting}
+        if self.config.fusion == "max":
+            return np.max(np.stack([w[n] * v for n, v in voting.items()]), axis=0)
+        return sum(w[n] * v for n, v in voting.items()) / sum(w.values())
+
+    def fuse(self, raw: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Raw cue scores of one clip (cue -> (T,)) -> (cue surprises, fused surprise); see the module docstring."""
+        if not self.calibration_:
+            raise NotFittedError("the video model is not calibrated: call fit(normal_clips) or VideoModel.load(dir)")
+        normed = self._surprises(raw)
+        return normed, self.calibration_["_fused"].surprise(self._combine(normed))
 
     # ------------------------------------------------------------------------------------------------ score
     def _score(self, clip: VideoClip, progress=None) -> ClipResult:
@@ -181,8 +236,9 @@ class VideoModel:
             raise DataError(f"clip {clip.name} has no readable frame: {'; '.join(clip.problems[:3])}")
         res = ClipResult(clip.name, np.array(frames), {n: np.array(v) for n, v in raw.items()}, {}, np.empty(0),
                          np.empty(0), np.stack(maps), details, shape, problems=list(clip.problems))
-        res.normed, res.smoothed = self._fuse(res)
-        res.fused = sum(self._weight(n) * v for n, v in res.normed.items()) / self._total_weight()
+        if self.calibration_:
+            res.normed, res.fused = self.fuse(res.raw)
+            res.smoothed = res.fused
         res.seconds, res.cue_seconds = time.perf_counter() - t0, spent
         return res
 
@@ -192,15 +248,10 @@ class VideoModel:
     def _total_weight(self) -> float:
         return sum(self._weight(n) for n in self.cues) or 1.0
 
-    def _fuse(self, res: ClipResult) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        normed = {n: (res.raw[n] - self.norm_[n][0]) / self.norm_[n][1] for n in self.cues}
-        fused = sum(self._weight(n) * v for n, v in normed.items()) / self._total_weight()
-        return normed, smooth_scores(fused, self.config.sigma)
-
     def score_clip(self, clip: VideoClip, *, progress: Callable[[int], None] | None = None,
                    reasoner: Any = None) -> ClipResult:
         """Score every readable frame of ``clip`` and find its explained events (``reasoner``: see :meth:`events`)."""
-        if self.norm_ is None:
+        if not getattr(self, "calibration_", None):
             raise NotFittedError("the video model is not fitted: call fit(normal_clips) or VideoModel.load(dir)")
         res = self._score(clip, progress)
         res.events = self.events(res, reasoner=reasoner)
@@ -260,7 +311,7 @@ class VideoModel:
         """Write ``video_model.json`` and ``video_model.safetensors`` (plus ``appearance/`` for that cue)."""
         from safetensors.numpy import save
 
-        if self.norm_ is None:
+        if not self.calibration_:
             raise NotFittedError("the video model is not fitted: nothing to save")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -270,6 +321,7 @@ class VideoModel:
             arrays |= {f"{name}.{k}": np.ascontiguousarray(v) for k, v in arr.items()}
         atomic_write_bytes(directory / "video_model.safetensors", save(arrays))
         meta = {"config": asdict(self.config), "cues": metas, "norm": self.norm_, "threshold": self.threshold_,
+                "calibration": {k: v.to_dict() for k, v in self.calibration_.items()},
                 "grid": list(self.grid_), "validation": getattr(self, "validation_", {})}
         atomic_write_bytes(directory / "video_model.json", json.dumps(meta, indent=2).encode())
         return directory
@@ -284,12 +336,16 @@ class VideoModel:
         if not path.exists():
             raise DataError(f"{directory} holds no video_model.json; give a folder written by 'vlm-ad video fit'")
         meta = json.loads(path.read_text())
+        if "calibration" not in meta:
+            raise DataError(f"{directory} holds a video model saved before cue calibration existed; refit it with "
+                            "'vlm-ad video fit'")
         model = cls(VideoModelConfig(**meta["config"]))
         arrays = load_file(directory / "video_model.safetensors")
         for name, cue in model.cues.items():
             mine = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(name + ".")}
             cue.load_state(meta["cues"][name], mine, directory)
         model.norm_ = {k: tuple(v) for k, v in meta["norm"].items()}
+        model.calibration_ = {k: TailCalibration.from_dict(v) for k, v in meta["calibration"].items()}
         model.threshold_, model.grid_ = meta["threshold"], tuple(meta["grid"])
         model.validation_ = meta.get("validation", {})
         return model
