@@ -100,6 +100,13 @@ def test_save_load_round_trip(toy: Path, fitted: VideoModel, tmp_path: Path):
     a, b = fitted.score_clip(clip), loaded.score_clip(clip)
     np.testing.assert_allclose(a.smoothed, b.smoothed, atol=1e-5)
     assert loaded.cues["objects"].rules_text() == fitted.cues["objects"].rules_text()
+    meta_path = tmp_path / "m" / "video_model.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["kind"] == "video-model" and meta["format_version"] == 2
+    del meta["format_version"]  # a folder from before calibration (format 1)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="old format version 1 .* refit it with 'vlm-ad video fit'"):
+        VideoModel.load(tmp_path / "m")
 
 
 def test_corrupt_frame_is_reported_and_skipped(fitted: VideoModel, tmp_path: Path):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from vlm_ad.cli._common import ReasonerOptions, console, progress_bar, with_reasoner_options
 from vlm_ad.cli._common import task as _task
@@ -15,7 +14,8 @@ from vlm_ad.cli._common import task as _task
 video_app = typer.Typer(help="Video: fit on normal clips, detect explained anomalous events, evaluate.",
                         no_args_is_help=True)
 
-CUES_HELP = "Comma-separated cues: motion, objects, appearance (see vlm_ad.video.list_cues())."
+CUES_HELP = ("Comma-separated cues: motion, objects, appearance, flow (the bare optical-flow baseline); see "
+             "vlm_ad.video.list_cues().")
 
 
 def _model_kw(cues: str, appearance_stride: int, appearance_frames: int) -> dict:
@@ -51,7 +51,8 @@ def fit_cmd(
     appearance_stride: int = typer.Option(1, min=1, help="Score every N-th frame with the appearance cue."),
     appearance_frames: int = typer.Option(120, min=1, help="Normal frames in the appearance memory bank."),
 ) -> None:
-    """Fit the cues on normal clips, normalise them on held-out normal clips, and save the model.
+    """Fit the cues on normal clips, calibrate them on held-out normal clips (a score becomes how rare it is among
+    normal frames), and save the model.
 
     Example: vlm-ad video fit ../shared/data/ucsd_ped2 --out models/ped2
     """
@@ -61,18 +62,6 @@ def fit_cmd(
                   f"saved to {out}/")
     for rule in model.cues["objects"].rules_text() if "objects" in model.cues else []:
         console.print(f"  rule: {rule}", soft_wrap=True)
-
-
-def _write_scores(res, path: Path) -> None:
-    from vlm_ad._cache import atomic_write_bytes
-
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["frame", "score", "fused", *[f"{n}_raw" for n in res.raw], *[f"{n}_norm" for n in res.normed]])
-    for i, f in enumerate(res.frames):
-        w.writerow([int(f), f"{res.smoothed[i]:.5f}", f"{res.fused[i]:.5f}",
-                    *[f"{v[i]:.5f}" for v in res.raw.values()], *[f"{v[i]:.5f}" for v in res.normed.values()]])
-    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 @video_app.command("detect")
@@ -92,37 +81,22 @@ def detect_cmd(
 
     Example: vlm-ad video detect ../shared/data/ucsd_ped2/test/Test001 --model models/ped2 --out out/ped2
     """
-    from vlm_ad._cache import atomic_write_bytes
-    from vlm_ad.errors import VlmAdError
-    from vlm_ad.video import VideoModel, open_clips
-    from vlm_ad.video.render import write_gif
+    from vlm_ad.video import VideoModel
+    from vlm_ad.video.batch import detect_clips
 
     model = VideoModel.load(model_path)
     explainer = None if reasoner.reasoner == "grounded" else reasoner.build()
-    clips = open_clips(input_path)
-    out.mkdir(parents=True, exist_ok=True)
-    events, failed = [], []
-    for clip in clips:
-        try:
-            with progress_bar() as progress:
-                res = model.score_clip(clip, progress=_task(progress, f"scoring {clip.name}", None),
-                                       reasoner=explainer)
-        except VlmAdError as exc:
-            failed.append(f"{clip.name}: {exc}")
-            continue
-        _write_scores(res, out / f"{clip.name}_scores.csv")
-        if gif:
-            write_gif(model, res, clip, out / f"{clip.name}.gif", stride=gif_stride)
-        events += [e.to_dict() for e in res.events]
-        failed += res.problems
-        for e in res.events:
-            console.print(f"[red]event[/red] {clip.name} {e.explanation.summary}", soft_wrap=True)
-        console.print(f"{clip.name}: {len(res.frames)} frames, {len(res.events)} events, "
-                      f"{len(res.frames) / max(res.seconds, 1e-9):.1f} frames/s")
-    record = {"model": str(model_path), "threshold": model.threshold_, "events": events, "skipped": failed}
-    atomic_write_bytes(out / "events.json", json.dumps(record, indent=2).encode())
-    for line in failed:
-        console.print(f"[yellow]skipped[/yellow] {line}", soft_wrap=True)
+    with progress_bar() as progress:
+        res = detect_clips(model, input_path, out, gif=gif, gif_stride=gif_stride, reasoner=explainer,
+                           model_name=str(model_path), progress=lambda name: _task(progress, f"scoring {name}", None))
+    for clip in res.clips:
+        for e in clip.events:
+            console.print(f"[red]event[/red] {clip.name} {escape(e.explanation.summary)}", soft_wrap=True)
+        console.print(f"{clip.name}: {clip.frames} frames, {len(clip.events)} events, "
+                      f"{clip.frames_per_second:.1f} frames/s")
+    for line in res.skipped:
+        console.print(f"[yellow]skipped[/yellow] {escape(line)}", soft_wrap=True)
+    events = res.events
     console.print(f"wrote {len(events)} events to {out}/events.json")
 
 

@@ -11,7 +11,6 @@ vote.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,11 +20,14 @@ from typing import Any
 import numpy as np
 
 from vlm_ad._cache import atomic_write_bytes
+from vlm_ad.artifacts import read_meta, write_meta
 from vlm_ad.errors import ConfigError, DataError, EmptyDatasetError, NotFittedError
 from vlm_ad.video.calibration import TailCalibration
 from vlm_ad.video.cues import Cue, FrameContext, create_cue, list_cues
 from vlm_ad.video.events import Event, explain_event, find_runs, smooth_scores
 from vlm_ad.video.io import VideoClip
+
+VIDEO_FORMAT = 2  # of video_model.json (see vlm_ad.artifacts); 2 = calibrated cues
 
 __all__ = ["ClipResult", "VideoModel", "VideoModelConfig"]
 
@@ -323,7 +325,7 @@ class VideoModel:
         meta = {"config": asdict(self.config), "cues": metas, "norm": self.norm_, "threshold": self.threshold_,
                 "calibration": {k: v.to_dict() for k, v in self.calibration_.items()},
                 "grid": list(self.grid_), "validation": getattr(self, "validation_", {})}
-        atomic_write_bytes(directory / "video_model.json", json.dumps(meta, indent=2).encode())
+        write_meta(directory / "video_model.json", kind="video-model", version=VIDEO_FORMAT, meta=meta)
         return directory
 
     @classmethod
@@ -332,15 +334,15 @@ class VideoModel:
         from safetensors.numpy import load_file
 
         directory = Path(directory)
-        path = directory / "video_model.json"
-        if not path.exists():
-            raise DataError(f"{directory} holds no video_model.json; give a folder written by 'vlm-ad video fit'")
-        meta = json.loads(path.read_text())
-        if "calibration" not in meta:
-            raise DataError(f"{directory} holds a video model saved before cue calibration existed; refit it with "
-                            "'vlm-ad video fit'")
-        model = cls(VideoModelConfig(**meta["config"]))
-        arrays = load_file(directory / "video_model.safetensors")
+        # version 1 (no format_version in the file) predates cue calibration and is refused with the remedy
+        meta = read_meta(directory / "video_model.json", kind="video-model", version=VIDEO_FORMAT, what="video model",
+                         remedy="refit it with 'vlm-ad video fit'")
+        try:
+            model = cls(VideoModelConfig(**meta["config"]))
+            arrays = load_file(directory / "video_model.safetensors")
+        except (KeyError, TypeError, OSError, ValueError) as exc:
+            raise DataError(f"{directory} is not a readable video model ({type(exc).__name__}: {exc}); refit it with "
+                            "'vlm-ad video fit'") from None
         for name, cue in model.cues.items():
             mine = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(name + ".")}
             cue.load_state(meta["cues"][name], mine, directory)
