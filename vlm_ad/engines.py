@@ -26,7 +26,7 @@ from vlm_ad.errors import ConfigError
 from vlm_ad.pipeline import Pipeline, Record
 
 __all__ = ["ENGINES", "Computed", "Engine", "LocalEngine", "PipelineSpec", "RayEngine", "WorkItem", "create_engine",
-           "detect_item", "explain_item"]
+           "detect_item", "explain_item", "start_local_cluster"]
 
 ENGINES = ("local", "ray")
 _MAX_TRIES = 2  # times a batch may lose its worker before its images are recorded as failed
@@ -189,6 +189,19 @@ def _check_address(address: str) -> None:
                           "local cluster") from None
 
 
+def start_local_cluster(num_cpus: int, **kwargs: Any) -> Any:
+    """Start a Ray cluster on this machine for this process (``kwargs`` go to ``ray.init``); returns ``ray``.
+    Its workers import the same vlm_ad as this process, even when another copy is installed."""
+    import vlm_ad
+
+    ray = _ray()
+    pkg_parent = str(Path(vlm_ad.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (pkg_parent, os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": {"PYTHONPATH": path}}, **kwargs)
+    return ray
+
+
 @dataclass
 class RayEngine:
     """Ray actors, one per worker, each loading the model once (:class:`PipelineSpec`).
@@ -209,6 +222,7 @@ class RayEngine:
     cpus_per_worker: int = 1
     name: str = "ray"
     actors: list[Any] = field(default_factory=list, repr=False)
+    lost_batches: int = 0  # batches whose worker died under them (each was queued again or recorded as failed)
     _started: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -228,15 +242,8 @@ class RayEngine:
         return ray
 
     def _init(self, ray: Any) -> None:
-        import vlm_ad
-
         if self.address is None:
-            # workers import the same vlm_ad as this process, even when another copy is installed
-            pkg_parent = str(Path(vlm_ad.__file__).resolve().parents[1])
-            path = os.pathsep.join(p for p in (pkg_parent, os.environ.get("PYTHONPATH")) if p)
-            ray.init(num_cpus=(self.workers or os.cpu_count() or 1) * self.cpus_per_worker, include_dashboard=False,
-                     log_to_driver=False, logging_level=logging.WARNING,
-                     runtime_env={"env_vars": {"PYTHONPATH": path}})
+            start_local_cluster((self.workers or os.cpu_count() or 1) * self.cpus_per_worker)
         else:
             _check_address(self.address)
             try:
@@ -278,6 +285,7 @@ class RayEngine:
     def _lost(self, ray: Any, actor: Any, batch: list[WorkItem], tries: int, exc: Exception, todo: deque
               ) -> list[Computed]:
         """A worker died with ``batch``: replace it and queue the batch again, or record its images as failed."""
+        self.lost_batches += 1
         if actor in self.actors:
             self.actors[self.actors.index(actor)] = self._actor(ray)
         if tries + 1 < _MAX_TRIES:
