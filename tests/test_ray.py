@@ -89,7 +89,7 @@ def _check_once(out: Path, images: Path) -> list[dict]:
 
 
 def test_engine_errors_say_how_to_fix_them(monkeypatch, model):
-    from vlm_ad.engines import PipelineSpec, RayEngine, create_engine
+    from vlm_ad.engines import PipelineSpec, create_engine
 
     model_dir, _ = model
     pipe, _ = _pipe(model_dir)
@@ -97,15 +97,26 @@ def test_engine_errors_say_how_to_fix_them(monkeypatch, model):
         create_engine("spark", pipe)
     with pytest.raises(ConfigError, match="--address is for --engine ray"):
         create_engine("local", pipe, address="10.0.0.1:6379")
-    if ray.is_initialized():  # first in this file, so only when run after other Ray tests in one process
-        pytest.skip("a cluster is connected in this process; RayEngine would use it, not the address")
     t0 = time.monotonic()
     with pytest.raises(ConfigError, match=r"cannot reach a Ray cluster at --address 127.0.0.1:1 .*ray start --head"):
-        RayEngine(PipelineSpec(model_dir), address="127.0.0.1:1").start()
+        create_engine("ray", pipe, PipelineSpec(model_dir), address="127.0.0.1:1")
     assert time.monotonic() - t0 < 10
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(MissingDependencyError, match=r"ray is needed for --engine ray; pip install 'vlm-ad\[scale\]'"):
         create_engine("ray", pipe, PipelineSpec(model_dir))
+
+
+def test_cli_refuses_an_unreachable_address_before_writing_anything(model, tmp_path, monkeypatch, capsys):
+    from vlm_ad.cli import main
+
+    model_dir, images = model
+    monkeypatch.setattr(sys, "argv", ["vlm-ad", "report", str(images), "--model", str(model_dir), "--out",
+                                      str(tmp_path / "r"), "--engine", "ray", "--address", "127.0.0.1:1"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2  # a configuration error
+    assert "cannot reach a Ray cluster at --address 127.0.0.1:1" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "r").exists()  # nothing written
 
 
 def test_ray_gives_the_same_records_as_local(cluster, model, tmp_path):

@@ -323,5 +323,7 @@ def create_engine(name: str, pipeline: Pipeline, spec: PipelineSpec | None = Non
         if spec is None:
             raise ConfigError("--engine ray needs a model folder every worker can load (--model)")
         _ray()
+        if address is not None:
+            _check_address(address)  # before anything is written
         return RayEngine(spec, address=address, workers=workers)
     raise ConfigError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
