@@ -166,6 +166,29 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(cluster, model, tm
     _check_once(tmp_path / "out", images)
 
 
+def test_an_image_that_kills_its_worker_fails_alone(cluster, model):
+    from vlm_ad.data import ImageFolder
+    from vlm_ad.engines import WorkItem, explain_item
+
+    model_dir, images = model
+
+    def task(pipeline, item):  # a nested function: Ray ships it by value to the workers
+        if item.image_id == "03_good.png":
+            os._exit(1)  # as a decoder crash or the OOM killer would
+        return explain_item(pipeline, item)
+
+    work = [WorkItem(it.image_id, str(it.path), str(i), str(i)) for i, it in enumerate(ImageFolder(images).items)]
+    engine = _ray_engine(model_dir)
+    try:
+        results = list(engine.map(task, work[:10]))
+    finally:
+        engine.close()
+    assert sorted(r.item.key for r in results) == sorted(w.key for w in work[:10])  # each once
+    failed = {r.item.image_id: r.record["error"] for r in results if r.record["status"] == "failed"}
+    assert list(failed) == ["03_good.png"] and "died 2 times" in failed["03_good.png"]
+    assert engine.lost_batches >= 3  # twice in its batch, once alone (and any batch queued on the same worker)
+
+
 DRIVER = """
 import sys
 from vlm_ad.detectors import load_detector

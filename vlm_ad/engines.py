@@ -5,9 +5,9 @@
 * :class:`RayEngine` starts a local Ray cluster (or joins one started with ``ray start --head``), loads the model
   once per worker actor (:class:`PipelineSpec`) and maps batches of images over the actors. Results (the record as
   JSON and the overlay PNG bytes) stream back to the driver as batches finish. A worker that dies mid-batch is
-  replaced and its batch is given to another worker; a batch that loses its worker twice is recorded as failed
-  (a rerun retries it). Image, model and exemplar paths must be readable by every worker (one machine, or a shared
-  filesystem).
+  replaced and its batch is given to another worker; a batch that loses its worker twice is split and each image
+  tried once more alone, and an image whose worker dies then is recorded as failed (a rerun retries it). Image,
+  model and exemplar paths must be readable by every worker (one machine, or a shared filesystem).
 
 Both engines call the same per-image task (:func:`explain_item`, :func:`detect_item`), so they give the same records.
 """
@@ -290,6 +290,9 @@ class RayEngine:
             self.actors[self.actors.index(actor)] = self._actor(ray)
         if tries + 1 < _MAX_TRIES:
             todo.appendleft((batch, tries + 1))
+            return []
+        if len(batch) > 1:  # one image may be killing its worker: one more try each, alone, spares the others
+            todo.extendleft(([item], _MAX_TRIES - 1) for item in reversed(batch))
             return []
         reason = RuntimeError(f"the Ray worker running this image died {_MAX_TRIES} times ({str(exc)[:200]}); "
                               "rerun the same command to retry it")
