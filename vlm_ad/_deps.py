@@ -20,6 +20,7 @@ _KNOWN = {
     "av": ("av", "video"),
     "cv2": ("opencv-python-headless", "video"),
     "anomalib": ("anomalib", "bench"),
+    "ray": ("ray", "scale"),
     "conformal_clip_data": ("conformal-clip-data==0.1.4", "all"),
 }
 

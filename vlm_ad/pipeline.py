@@ -28,8 +28,8 @@ from vlm_ad.evidence import Evidence, Namer, build_evidence
 from vlm_ad.reasoning import Explanation, ImageViews, Reasoner
 from vlm_ad.types import AnomalyMap, Sample
 
-__all__ = ["Detection", "Explained", "ImageInput", "Pipeline", "Record", "detect_images", "exemplar_loader",
-           "load_sample", "unique_stems", "write_detection"]
+__all__ = ["Detection", "Explained", "ImageInput", "Pipeline", "Record", "detect_images", "detection_outputs",
+           "exemplar_loader", "load_sample", "unique_stems", "write_detection"]
 
 ImageInput = Union[str, Path, np.ndarray, Sample]
 ExemplarLoader = Callable[[str], "np.ndarray | None"]
@@ -235,44 +235,58 @@ class Detection:
 
 def detect_images(images: Sequence[str | Path], detector: Any, out_dir: str | Path, *,
                   progress: Callable[[int], None] | None = None,
-                  on_total: Callable[[int], None] | None = None) -> list[Detection]:
+                  on_total: Callable[[int], None] | None = None, engine: Any = None) -> list[Detection]:
     """``vlm-ad detect``: score every image (files, or folders of images) and write each one's outputs
     (:func:`write_detection`) into ``out_dir``. An unreadable image is skipped with its error; the others are written.
+
+    ``engine`` computes the detections (:mod:`vlm_ad.engines`; default: this process); the files are written here.
     """
     from vlm_ad.data import ImageFolder
-    from vlm_ad.errors import VlmAdError
+    from vlm_ad.engines import LocalEngine, WorkItem, detect_item
 
     out = Path(out_dir)
     items = [it for p in images for it in ImageFolder(p).items]
     out.mkdir(parents=True, exist_ok=True)
     if on_total:
         on_total(len(items))
-    pipe, results = Pipeline(detector), []
-    for item, stem in zip(items, unique_stems([it.path for it in items])):
-        try:
-            sample = load_sample(item.path)
-            rec = write_detection(pipe.detect(sample), sample.image, out, stem, region_threshold=None)
-            results.append(Detection(item.path, rec))
-        except VlmAdError as exc:
-            results.append(Detection(item.path, error=str(exc)))
-        if progress:
-            progress(1)
-    return results
+    stems = unique_stems([it.path for it in items])
+    work = [WorkItem(it.image_id, str(it.path), stem) for it, stem in zip(items, stems)]
+    engine = engine or LocalEngine(Pipeline(detector))
+    found: dict[str, Detection] = {}
+    try:
+        for res in engine.map(detect_item, work):
+            if res.overlay_png is None:
+                found[res.item.stem] = Detection(Path(res.item.path), error=res.record["error"])
+            else:
+                atomic_write_bytes(out / f"{res.item.stem}_overlay.png", res.overlay_png)
+                atomic_write_bytes(out / f"{res.item.stem}.json", json.dumps(res.record, indent=2).encode())
+                found[res.item.stem] = Detection(Path(res.item.path), res.record)
+            if progress:
+                progress(1)
+    finally:
+        engine.close()
+    return [found[w.stem] for w in work]
 
 
 def write_detection(amap: AnomalyMap, image: np.ndarray, out_dir: Path, stem: str, *, region_threshold: float | None
                     ) -> dict[str, Any]:
     """``vlm-ad detect``'s outputs: ``<stem>.json`` (score, label, threshold, regions, nearest exemplars) and
     ``<stem>_overlay.png``; returns the JSON record."""
+    record, png = detection_outputs(amap, image, region_threshold=region_threshold)
+    atomic_write_bytes(out_dir / f"{stem}_overlay.png", png)
+    atomic_write_bytes(out_dir / f"{stem}.json", json.dumps(record, indent=2).encode())
+    return record
+
+
+def detection_outputs(amap: AnomalyMap, image: np.ndarray, *, region_threshold: float | None
+                      ) -> tuple[dict[str, Any], bytes]:
+    """What :func:`write_detection` writes, in memory: the JSON record and the overlay PNG bytes."""
     from vlm_ad.regions import find_regions
     from vlm_ad.viz import map_overlay, png_bytes
 
     thr = amap.threshold if region_threshold is None else region_threshold
     amap.regions = find_regions(amap.map, thr) if thr is not None else []
-    record = amap.to_json()
-    atomic_write_bytes(out_dir / f"{stem}_overlay.png", png_bytes(map_overlay(image, amap.map, thr)))
-    atomic_write_bytes(out_dir / f"{stem}.json", json.dumps(record, indent=2).encode())
-    return record
+    return amap.to_json(), png_bytes(map_overlay(image, amap.map, thr))
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:

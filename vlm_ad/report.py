@@ -22,13 +22,15 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import quote
 
 from vlm_ad._cache import atomic_write_bytes
 from vlm_ad.errors import ConfigError
 from vlm_ad.pipeline import Pipeline, Record, unique_stems
-from vlm_ad.types import Sample
+
+if TYPE_CHECKING:
+    from vlm_ad.engines import Computed, Engine
 
 __all__ = ["ReportSummary", "report_provenance", "read_records", "render_html", "render_markdown", "run_report"]
 
@@ -101,16 +103,6 @@ def _append(path: Path, record: Record) -> None:
         os.fsync(fh.fileno())
 
 
-def _explain_one(pipeline: Pipeline, item: Any, stem: str, out_dir: Path) -> Record:
-    from vlm_ad.data import load_image
-    from vlm_ad.viz import png_bytes
-
-    explained = pipeline.run(Sample(load_image(item.path), item.image_id, path=item.path))
-    rel = f"overlays/{stem}.png"
-    atomic_write_bytes(out_dir / rel, png_bytes(explained.overlay()))
-    return explained.record(path=item.path, overlay=rel)
-
-
 def _lock(out: Path):
     from filelock import FileLock, Timeout
 
@@ -147,7 +139,7 @@ def _check_manifest(out: Path, prov: dict[str, Any], restart: bool) -> None:
 def run_report(
     images: str | Path, pipeline: Pipeline, out_dir: str | Path, *, provenance: dict[str, Any] | None = None,
     restart: bool = False, progress: Callable[[int], None] | None = None,
-    on_total: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None, engine: Engine | None = None,
 ) -> ReportSummary:
     """Explain every image under ``images`` (a folder, recursive, or one file) into ``out_dir``, once per image.
 
@@ -159,46 +151,71 @@ def run_report(
         restart: replace a report made by another model or reasoner instead of refusing.
         progress: called with 1 after each image (done, skipped or failed).
         on_total: called once with the number of images.
+        engine: who computes the records (:mod:`vlm_ad.engines`; default: ``pipeline`` in this process). Keys, the
+            manifest, the lock, writing and compaction stay here whatever the engine; it is closed at the end.
 
     Raises:
         ConfigError: another run holds the folder, or the folder holds another model's or reasoner's report.
     """
     from vlm_ad.data import ImageFolder
+    from vlm_ad.engines import LocalEngine, WorkItem, explain_item
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     items = ImageFolder(images, recursive=True).items
     prov = provenance or report_provenance(pipeline)
+    engine = engine or LocalEngine(pipeline)
     lock = _lock(out)
     try:
         _check_manifest(out, prov, restart)
         jsonl = out / "report.jsonl"
         stems = unique_stems([Path(it.image_id.replace("/", "__")) for it in items])
+        work = [WorkItem(it.image_id, str(it.path), stem, _key(it.image_id, it.path, prov["identity"]))
+                for it, stem in zip(items, stems)]
         done = {r.key for r in read_records(jsonl) if r.ok}
         if on_total:
             on_total(len(items))
         t0, counts = time.perf_counter(), {"ok": 0, "skipped": 0, "failed": 0}
-        for item, stem in zip(items, stems):
-            key = _key(item.image_id, item.path, prov["identity"])
-            if key in done:
-                counts["skipped"] += 1
-            else:
-                try:
-                    rec = _explain_one(pipeline, item, stem, out)
-                except Exception as exc:  # noqa: BLE001 - a batch records any per-image failure and goes on
-                    rec = Record.failed(item.image_id, str(item.path), exc)
-                rec.key = key
-                _append(jsonl, rec)
-                counts["ok" if rec.ok else "failed"] += 1
+        todo = [w for w in work if w.key not in done]
+        counts["skipped"] = len(work) - len(todo)
+        if progress and counts["skipped"]:
+            progress(counts["skipped"])
+        for res in engine.map(explain_item, todo):
+            rec = _write(out, res)
+            _append(jsonl, rec)
+            counts["ok" if rec.ok else "failed"] += 1
             if progress:
                 progress(1)
-        records = read_records(jsonl)
-        atomic_write_bytes(jsonl, "".join(json.dumps(r.to_json()) + "\n" for r in records).encode())  # one per key
-        atomic_write_bytes(out / "report.md", render_markdown(records).encode())
-        atomic_write_bytes(out / "report.html", render_html(records, out).encode())
+        _compact(out, [w.key for w in work])
     finally:
-        lock.release()
+        try:
+            engine.close()
+        finally:
+            lock.release()
     return ReportSummary(out, counts["ok"], counts["skipped"], counts["failed"], time.perf_counter() - t0)
+
+
+def _write(out: Path, res: Computed) -> Record:
+    """The record of one computed image, its overlay written first (a record never names a missing overlay)."""
+    rec = Record.from_json(res.record)
+    if res.overlay_png is not None and rec.overlay:
+        try:
+            atomic_write_bytes(out / rec.overlay, res.overlay_png)
+        except OSError as exc:
+            rec = Record.failed(rec.image_id, rec.path, exc)
+            rec.key = res.item.key
+    return rec
+
+
+def _compact(out: Path, order: list[str | None]) -> None:
+    """One record per key in ``report.jsonl`` (this run's images in input order, then any others), and the Markdown
+    and HTML rebuilt from it."""
+    jsonl = out / "report.jsonl"
+    rank = {key: i for i, key in enumerate(order)}
+    records = sorted(read_records(jsonl), key=lambda r: rank.get(r.key, len(rank)))
+    atomic_write_bytes(jsonl, "".join(json.dumps(r.to_json()) + "\n" for r in records).encode())
+    atomic_write_bytes(out / "report.md", render_markdown(records).encode())
+    atomic_write_bytes(out / "report.html", render_html(records, out).encode())
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~])")

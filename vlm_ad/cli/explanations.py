@@ -13,6 +13,11 @@ from rich.panel import Panel
 from vlm_ad.cli._common import ReasonerOptions, console, progress_bar, with_reasoner_options
 
 EXEMPLARS_HELP = "Folder the model was fitted on (e.g. the MVTec category); contrasts then use the exemplar images."
+ENGINE_HELP = ("Who computes: local (this process) or ray (a Ray actor per CPU, each loading the model once; "
+               "pip install 'vlm-ad[scale]'). Same records either way.")
+ADDRESS_HELP = ("With --engine ray: join the cluster at this address (printed by 'ray start --head'; 'auto' finds one "
+                "on this machine). Default: start a local cluster for this run. Every worker must be able to read "
+                "the images and the model.")
 CHAT_HELP = "Questions: where is it? what type? how sure? how does it differ from normal? show the map. " \
             "Commands: /save, /evidence, /help, /quit."
 LIBRARY_HELP = ("A defect library folder written by 'vlm-ad library add' (names each region after its nearest "
@@ -91,6 +96,8 @@ def report(
     library: Path = typer.Option(None, "--library", help=LIBRARY_HELP),
     restart: bool = typer.Option(False, "--restart", help="Replace a report in OUT made by another model, "
                                  "reasoner or library (without it such a folder is refused)."),
+    engine: str = typer.Option("local", "--engine", help=ENGINE_HELP),
+    address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
     *,
     reasoner: ReasonerOptions,
 ) -> None:
@@ -100,13 +107,16 @@ def report(
 
     Exit codes: 0 every image explained, 1 some images failed (see their records), 2 a usage or configuration
     error (nothing written)."""
+    from vlm_ad.engines import PipelineSpec, create_engine
     from vlm_ad.report import report_provenance, run_report
 
     pipe = _pipeline(model, reasoner, exemplars, library)
     prov = report_provenance(pipe, model, reasoner.identity() + (f" library={library}" if library else ""))
+    runner = create_engine(engine, pipe, PipelineSpec(model, reasoner.build, exemplars, library=library),
+                           address=address)
     with progress_bar() as progress:
         handle = progress.add_task("explaining", total=None)
-        res = run_report(images, pipe, out, provenance=prov, restart=restart,
+        res = run_report(images, pipe, out, provenance=prov, restart=restart, engine=runner,
                          on_total=lambda n: progress.update(handle, total=n),
                          progress=lambda n: progress.advance(handle, n))
     console.print(f"{res.done} explained, {res.skipped} already done, {res.failed} failed in {res.seconds:.1f} s; "

@@ -21,6 +21,7 @@ from vlm_ad.cli._common import (
     task,
     with_reasoner_options,
 )
+from vlm_ad.cli.explanations import ADDRESS_HELP, ENGINE_HELP
 
 
 def backbones() -> None:
@@ -165,20 +166,24 @@ def detect(
     model: Path = typer.Option(..., "--model", help="A model folder written by 'vlm-ad fit'."),
     out: Path = typer.Option(..., "--out", help="Output folder: <stem>.json and <stem>_overlay.png per image."),
     threshold: float = typer.Option(None, help="Override the model's image threshold."),
+    engine: str = typer.Option("local", "--engine", help=ENGINE_HELP),
+    address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Score images with a fitted model: per image a JSON record (score, label, regions, nearest normal
     exemplars) and an overlay PNG. Unreadable images are reported and skipped; the others are still written.
 
     Exit codes: 0 every image written, 1 some images skipped (named above), 2 a usage or configuration error."""
     from vlm_ad.detectors import load_detector
-    from vlm_ad.pipeline import detect_images
+    from vlm_ad.engines import PipelineSpec, create_engine
+    from vlm_ad.pipeline import Pipeline, detect_images
 
     det = load_detector(model)
     if threshold is not None:
         det.set_threshold(threshold)
+    runner = create_engine(engine, Pipeline(det), PipelineSpec(model, threshold=threshold), address=address)
     with progress_bar() as progress:
         handle = progress.add_task("detecting", total=None)
-        results = detect_images(images, det, out, on_total=lambda n: progress.update(handle, total=n),
+        results = detect_images(images, det, out, engine=runner, on_total=lambda n: progress.update(handle, total=n),
                                 progress=lambda n: progress.advance(handle, n))
     table = Table(title=f"{len(results)} images, model {model}")
     for col in ("image", "score", "verdict", "regions"):

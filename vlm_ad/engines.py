@@ -1,0 +1,342 @@
+"""Engines: who computes a batch's per-image results. The writer (exactly-once keys, manifest, lock, compaction in
+:mod:`vlm_ad.report`, output files in :func:`vlm_ad.pipeline.detect_images`) stays in the driver whatever the engine.
+
+* :class:`LocalEngine` runs the given pipeline in this process, one image after the other.
+* :class:`RayEngine` starts a local Ray cluster (or joins one started with ``ray start --head``), loads the model
+  once per worker actor (:class:`PipelineSpec`) and maps batches of images over the actors. Results (the record as
+  JSON and the overlay PNG bytes) stream back to the driver as batches finish. A worker that dies mid-batch is
+  replaced and its batch is given to another worker; a batch that loses its worker twice is split and each image
+  tried once more alone, and an image whose worker dies then is recorded as failed (a rerun retries it). Image,
+  model and exemplar paths must be readable by every worker (one machine, or a shared filesystem).
+
+Both engines call the same per-image task (:func:`explain_item`, :func:`detect_item`), so they give the same records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+from vlm_ad.errors import ConfigError
+from vlm_ad.pipeline import Pipeline, Record
+
+__all__ = ["ENGINES", "Computed", "Engine", "LocalEngine", "PipelineSpec", "RayEngine", "WorkItem", "create_engine",
+           "detect_item", "explain_item", "start_local_cluster"]
+
+ENGINES = ("local", "ray")
+_MAX_TRIES = 2  # times a batch may lose its worker before its images are recorded as failed
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One image of a batch: its id, path (as recorded), output stem (unique in the batch), exactly-once key and
+    the absolute file a worker reads (another process may not share this one's working directory)."""
+
+    image_id: str
+    path: str
+    stem: str
+    key: str | None = None
+    file: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.file:
+            object.__setattr__(self, "file", str(Path(self.path).absolute()))
+
+
+@dataclass
+class Computed:
+    """One image's result as it travels back to the writer: the record (JSON) and the overlay PNG to write."""
+
+    item: WorkItem
+    record: dict[str, Any]
+    overlay_png: bytes | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class PipelineSpec:
+    """How to build the same :class:`~vlm_ad.pipeline.Pipeline` in another process.
+
+    Args:
+        model_dir: a model folder written by ``vlm-ad fit`` (read by every worker).
+        reasoner: a picklable zero-argument factory of the reasoner (e.g. ``ReasonerOptions(...).build``); None
+            for the grounded reasoner.
+        exemplar_root: the folder the model was fitted on, or None.
+        threshold: overrides the model's image threshold when given.
+        library: a defect library folder that names regions, or None.
+    """
+
+    model_dir: str | Path
+    reasoner: Callable[[], Any] | None = None
+    exemplar_root: str | Path | None = None
+    threshold: float | None = None
+    library: str | Path | None = None
+
+    def __post_init__(self) -> None:  # workers may run in another working directory
+        self.model_dir = Path(self.model_dir).absolute()
+        if self.exemplar_root is not None:
+            self.exemplar_root = Path(self.exemplar_root).absolute()
+        if self.library is not None:
+            self.library = Path(self.library).absolute()
+
+    def build(self) -> Pipeline:
+        from vlm_ad.detectors import load_detector
+
+        det = load_detector(self.model_dir)
+        if self.threshold is not None:
+            det.set_threshold(self.threshold)
+        namer = None
+        if self.library is not None:
+            from vlm_ad.naming import DefectLibrary
+
+            namer = DefectLibrary.load(self.library)
+        return Pipeline(det, self.reasoner() if self.reasoner else None, namer=namer,
+                        exemplar_root=self.exemplar_root)
+
+
+# ----------------------------------------------------------------------------------------------- per-image tasks
+def explain_item(pipeline: Pipeline, item: WorkItem) -> Computed:
+    """``vlm-ad report``'s step for one image: the whole chain, its record and overlay; any failure is recorded."""
+    from vlm_ad.data import load_image
+    from vlm_ad.types import Sample
+    from vlm_ad.viz import png_bytes
+
+    t0 = time.perf_counter()
+    try:
+        explained = pipeline.run(Sample(load_image(item.file), item.image_id, path=Path(item.path)))
+        rec, png = explained.record(path=item.path, overlay=f"overlays/{item.stem}.png"), png_bytes(explained.overlay())
+    except Exception as exc:  # noqa: BLE001 - a batch records any per-image failure and goes on
+        rec, png = Record.failed(item.image_id, item.path, exc), None
+    rec.key = item.key
+    return Computed(item, rec.to_json(), png, time.perf_counter() - t0)
+
+
+def detect_item(pipeline: Pipeline, item: WorkItem) -> Computed:
+    """``vlm-ad detect``'s step for one image: score, map, regions and overlay (no explanation)."""
+    from vlm_ad.data import load_image
+    from vlm_ad.errors import VlmAdError
+    from vlm_ad.pipeline import detection_outputs
+    from vlm_ad.types import Sample
+
+    t0 = time.perf_counter()
+    try:
+        sample = Sample(load_image(item.file), Path(item.path).name, path=Path(item.path))
+        record, png = detection_outputs(pipeline.detect(sample), sample.image, region_threshold=None)
+        return Computed(item, record, png, time.perf_counter() - t0)
+    except VlmAdError as exc:
+        return Computed(item, {"error": str(exc)}, None, time.perf_counter() - t0)
+
+
+Task = Callable[[Pipeline, WorkItem], Computed]
+
+
+class Engine(Protocol):
+    """Computes one task over many images and yields each result once, in any order."""
+
+    name: str
+
+    def map(self, task: Task, items: Sequence[WorkItem]) -> Iterator[Computed]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalEngine:
+    """This process, one image after the other."""
+
+    name = "local"
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    def map(self, task: Task, items: Sequence[WorkItem]) -> Iterator[Computed]:
+        for item in items:
+            yield task(self.pipeline, item)
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------------------------ Ray
+class _Worker:
+    """A Ray actor: builds the pipeline once, then runs the task on batches."""
+
+    def __init__(self, spec: PipelineSpec, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)  # one actor per CPU: no oversubscription
+        self.pipeline = spec.build()
+
+    def run(self, task: Task, items: list[WorkItem]) -> list[Computed]:
+        return [task(self.pipeline, item) for item in items]
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def _ray():
+    from vlm_ad._deps import require
+
+    return require("ray", "--engine ray")
+
+
+def _check_address(address: str) -> None:
+    """Fail fast (2 s) with a clear message when a host:port address cannot be reached."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # 'auto' and other forms: Ray itself says what is wrong
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach a Ray cluster at --address {address} ({exc}); start one there with "
+                          "'ray start --head' (it prints the address to use), or leave out --address to start a "
+                          "local cluster") from None
+
+
+def start_local_cluster(num_cpus: int, **kwargs: Any) -> Any:
+    """Start a Ray cluster on this machine for this process (``kwargs`` go to ``ray.init``); returns ``ray``.
+    Its workers import the same vlm_ad as this process, even when another copy is installed."""
+    import vlm_ad
+
+    ray = _ray()
+    pkg_parent = str(Path(vlm_ad.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (pkg_parent, os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": {"PYTHONPATH": path}}, **kwargs)
+    return ray
+
+
+@dataclass
+class RayEngine:
+    """Ray actors, one per worker, each loading the model once (:class:`PipelineSpec`).
+
+    Args:
+        spec: how every worker builds the pipeline.
+        address: join this cluster (``ray start --head`` prints it; ``auto`` finds one on this machine); None starts
+            a local cluster for this run and stops it at :meth:`close`.
+        workers: actors to start (default: the cluster's CPUs).
+        batch_size: images per call to a worker.
+        cpus_per_worker: CPUs each actor reserves (and torch threads it uses).
+    """
+
+    spec: PipelineSpec
+    address: str | None = None
+    workers: int | None = None
+    batch_size: int = 4
+    cpus_per_worker: int = 1
+    name: str = "ray"
+    actors: list[Any] = field(default_factory=list, repr=False)
+    lost_batches: int = 0  # batches whose worker died under them (each was queued again or recorded as failed)
+    _started: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+
+    def start(self) -> Any:
+        """Connect to (or start) the cluster and start the actors; returns the ``ray`` module."""
+        ray = _ray()
+        if not ray.is_initialized():
+            self._init(ray)
+        if not self.actors:
+            n = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // self.cpus_per_worker)
+            self.actors = [self._actor(ray) for _ in range(n)]
+        return ray
+
+    def _init(self, ray: Any) -> None:
+        if self.address is None:
+            start_local_cluster((self.workers or os.cpu_count() or 1) * self.cpus_per_worker)
+        else:
+            _check_address(self.address)
+            try:
+                ray.init(address=self.address, log_to_driver=False, logging_level=logging.WARNING)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ConfigError(f"cannot join the Ray cluster at --address {self.address}: {exc}. Start one with "
+                                  "'ray start --head' and pass the address it prints, or leave out --address") from None
+        self._started = True
+
+    def _actor(self, ray: Any) -> Any:
+        cls = ray.remote(num_cpus=self.cpus_per_worker, max_restarts=0)(_Worker)
+        return cls.remote(self.spec, self.cpus_per_worker)
+
+    def map(self, task: Task, items: Sequence[WorkItem]) -> Iterator[Computed]:
+        ray = self.start()
+        from ray.exceptions import RayActorError
+
+        todo = deque((list(items[i:i + self.batch_size]), 0) for i in range(0, len(items), self.batch_size))
+        inflight: dict[Any, tuple[Any, list[WorkItem], int]] = {}
+
+        def refill() -> None:  # two batches per worker: the next one waits while one returns
+            while todo and len(inflight) < 2 * len(self.actors):
+                busy = [a for a, _, _ in inflight.values()]
+                actor = min(self.actors, key=busy.count)
+                batch, tries = todo.popleft()
+                inflight[actor.run.remote(task, batch)] = (actor, batch, tries)
+
+        refill()
+        while inflight:
+            [ref], _ = ray.wait(list(inflight), num_returns=1)
+            actor, batch, tries = inflight.pop(ref)
+            try:
+                results = ray.get(ref)
+            except RayActorError as exc:
+                results = self._lost(ray, actor, batch, tries, exc, todo)
+            yield from results
+            refill()
+
+    def _lost(self, ray: Any, actor: Any, batch: list[WorkItem], tries: int, exc: Exception, todo: deque
+              ) -> list[Computed]:
+        """A worker died with ``batch``: replace it and queue the batch again, or record its images as failed."""
+        self.lost_batches += 1
+        if actor in self.actors:
+            self.actors[self.actors.index(actor)] = self._actor(ray)
+        if tries + 1 < _MAX_TRIES:
+            todo.appendleft((batch, tries + 1))
+            return []
+        if len(batch) > 1:  # one image may be killing its worker: one more try each, alone, spares the others
+            todo.extendleft(([item], _MAX_TRIES - 1) for item in reversed(batch))
+            return []
+        reason = RuntimeError(f"the Ray worker running this image died {_MAX_TRIES} times ({str(exc)[:200]}); "
+                              "rerun the same command to retry it")
+        out = []
+        for item in batch:
+            rec = Record.failed(item.image_id, item.path, reason)
+            rec.key = item.key
+            out.append(Computed(item, rec.to_json()))
+        return out
+
+    def close(self) -> None:
+        if not self.actors and not self._started:
+            return
+        ray = _ray()
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+        if self._started:
+            ray.shutdown()
+            self._started = False
+
+
+def create_engine(name: str, pipeline: Pipeline, spec: PipelineSpec | None = None, *, address: str | None = None,
+                  workers: int | None = None) -> Engine:
+    """``local`` (this process, ``pipeline``) or ``ray`` (actors building ``spec``; ``address`` to join a cluster)."""
+    if name == "local":
+        if address is not None:
+            raise ConfigError("--address is for --engine ray; add --engine ray or leave out --address")
+        return LocalEngine(pipeline)
+    if name == "ray":
+        if spec is None:
+            raise ConfigError("--engine ray needs a model folder every worker can load (--model)")
+        _ray()
+        if address is not None:
+            _check_address(address)  # before anything is written
+        return RayEngine(spec, address=address, workers=workers)
+    raise ConfigError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
