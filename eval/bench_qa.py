@@ -69,7 +69,10 @@ def _rows(name: str, root: Path, llm_images: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llm-images", type=int, default=12, help="images answered by SmolLM2 per dataset (0 = none)")
+    ap.add_argument("--render", action="store_true", help="only rewrite qa.md from the rows in qa.jsonl")
     args = ap.parse_args()
+    if args.render:
+        return render([json.loads(x) for x in (RESULTS / "qa.jsonl").read_text().splitlines()], args)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         synth = generate_dataset(Path(tmp) / "qa", sources=("brick", "gravel"), n_train=8, n_test_good=12,
@@ -81,6 +84,10 @@ def main() -> None:
         rows += _rows("magnetic_tile", TILE, args.llm_images)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    render(rows, args)
+
+
+def render(rows: list[dict], args) -> None:
     lines = ["# Question answering (multiple choice) through the chat loop", "",
              f"Command: `python eval/bench_qa.py --llm-images {args.llm_images}`. Detector: PatchCore, "
              "efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0. Type questions use a labelled-defect library "
@@ -88,12 +95,13 @@ def main() -> None:
              "reply naming no option) as wrong; chance = mean 1 / options.", "",
              "| data | reasoner | images | questions | accuracy | " + " | ".join(
                  f"{k} (chance)" for k in KINDS) + " | abstain where/size | s per answer |",
-             "| --- " * (8 + len(KINDS) - 2) + "|"]
+             "| --- " * (7 + len(KINDS)) + "|"]
     for r in rows:
         cells = [f"{r[f'qa_accuracy_{k}']:.3f} ({r[f'qa_chance_{k}']:.3f})" if f"qa_accuracy_{k}" in r else "-"
                  for k in KINDS]
         abst = "/".join(f"{r.get(f'qa_abstain_{k}', 0):.2f}" for k in ("where", "size"))
-        lines.append(f"| {r['data']} | {r['reasoner']} | {r['qa_images']} | {r['qa_questions']} | "
+        images = r["qa_questions_defect"]  # one yes/no question per image asked about
+        lines.append(f"| {r['data']} | {r['reasoner']} | {images} | {r['qa_questions']} | "
                      f"{r['qa_accuracy']:.3f} | " + " | ".join(cells) +
                      f" | {abst} | {r['qa_seconds_per_answer']:.3f} |")
     (RESULTS / "qa.md").write_text("\n".join(lines) + "\n")

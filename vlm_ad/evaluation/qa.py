@@ -144,8 +144,8 @@ def qa_on_data(data: Any, detector: Any, test: Any, maps: Sequence[AnomalyMap], 
         namer = DefectLibrary(features="descriptors").add_mvtec(root, per_type=shots_per_type, seed=seed)
         held = set(namer.example_ids)
     pipeline = Pipeline(detector, reasoner, namer=namer, exemplar_root=root if root.is_dir() else None)
-    metrics, rows = evaluate_qa([s for s in samples if s.image_id not in held], maps, pipeline,
-                                defect_types=types, progress=progress)
+    asked = [s for s in samples if s.image_id not in held]
+    metrics, rows = evaluate_qa(asked, maps, pipeline, defect_types=types, progress=progress)
     metrics |= {"qa_reasoner": getattr(reasoner, "name", str(reasoner)), "qa_library_shots_per_type":
-                shots_per_type if namer is not None else 0, "qa_images": len(samples) - len(held)}
+                shots_per_type if namer is not None else 0, "qa_images": len(asked)}
     return metrics, rows
