@@ -531,3 +531,4 @@ def test_chat_ask_prints_flags_through_rich_and_names_with_a_library(fitted, tmp
     assert rep.exit_code == 0, rep.output
     rec = json.loads((tmp_path / "rep/report.jsonl").read_text().splitlines()[0])
     assert rec["evidence"]["regions"][0]["defect"]["name"] == "pothole"
+

@@ -51,14 +51,19 @@ class OpenAICompatChat(BaseChatModel):
 
     Settings default to ``$VLM_AD_OPENAI_BASE_URL`` (else ``http://127.0.0.1:8000/v1``), ``$VLM_AD_OPENAI_MODEL``
     and ``$VLM_AD_OPENAI_API_KEY``. A ``json_schema`` keyword (passed by the explain step) is sent as
-    ``response_format`` (structured output); a server that rejects ``response_format`` is asked again without it,
-    once, and not sent it again (the reply is then validated and repaired by the reasoner).
+    ``response_format`` (structured output) in OpenAI's ``json_schema`` form; a server that rejects that form is asked
+    again with llama.cpp's ``{"type": "json_object", "schema": ...}`` (what llama-cpp-python's server accepts), and a
+    server that rejects both is asked without it, once, and not sent it again (the reply is then validated and
+    repaired by the reasoner).
 
     Args:
         timeout: seconds the SDK waits per request (connect, each read); the reasoner's ``deadline_s`` bounds the
             whole call.
         http_retries: the SDK's retries of a failed request (with exponential backoff).
         structured: send the reply schema as ``response_format``.
+        schema_style: ``"json_schema"`` (OpenAI, vLLM) or ``"json_object"`` (llama.cpp's ``{"type": "json_object",
+            "schema": ...}``). llama-cpp-python 0.3.36's own server answers the OpenAI form with HTTP 500 and
+            crashes (segmentation fault) on the llama.cpp form; use the in-process ``llamacpp`` reasoner there.
     """
 
     base_url: str = ""
@@ -69,6 +74,7 @@ class OpenAICompatChat(BaseChatModel):
     temperature: float = 0.0
     max_tokens: int = 768
     structured: bool = True
+    schema_style: str = "json_schema"  # or "json_object": llama.cpp's form (llama-cpp-python's server needs it)
     _client: Any = PrivateAttr(default=None)
 
     def model_post_init(self, __context: Any) -> None:
@@ -105,8 +111,7 @@ class OpenAICompatChat(BaseChatModel):
         body |= {"stop": stop} if stop else {}
         schema = kwargs.get("json_schema")
         if schema is not None and self.structured:
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "explanation", "schema": schema, "strict": False}}
+            body["response_format"] = _response_format(schema, self.schema_style)
         return _result(self._create(body, images=has_images(messages)))
 
     def _create(self, body: dict[str, Any], *, images: bool) -> str:
@@ -123,6 +128,12 @@ class OpenAICompatChat(BaseChatModel):
         except openai.APIStatusError as exc:
             msg = _error_text(exc)
             if "response_format" in body and _mentions(msg, ("response_format", "json_schema", "structured")):
+                fmt = body["response_format"]
+                if fmt.get("type") == "json_schema":  # try llama.cpp's form of the same schema
+                    self.schema_style = "json_object"
+                    schema = fmt["json_schema"]["schema"]
+                    return self._create(body | {"response_format": _response_format(schema, "json_object")},
+                                        images=images)
                 self.structured = False  # this server has no structured output: validation + repair only
                 return self._create({k: v for k, v in body.items() if k != "response_format"}, images=images)
             raise BackendUnavailableError(_refusal(url, exc.status_code, msg, images=images)) from exc
@@ -134,6 +145,12 @@ class OpenAICompatChat(BaseChatModel):
         if getattr(message, "refusal", None):
             raise BackendUnavailableError(f"the model at {url} refused to answer: {message.refusal[:300]}")
         return message.content or ""
+
+
+def _response_format(schema: dict[str, Any], style: str) -> dict[str, Any]:
+    if style == "json_object":
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_schema", "json_schema": {"name": "explanation", "schema": schema, "strict": False}}
 
 
 def _error_text(exc: Any) -> str:
