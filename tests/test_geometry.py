@@ -185,3 +185,16 @@ def test_square_only_backbones_refuse_aspect():
     assert PatchEmbedder(_Square()).geometry.mode == "square"
     with pytest.raises(ConfigError, match="square inputs of its own size only"):
         PatchEmbedder(_Square(), geometry="aspect")
+
+
+def test_mutual_uses_images_of_other_shapes_as_references():
+    landscape = _elongated(2, seed=0)
+    portrait = [np.ascontiguousarray(a.transpose(1, 0, 2)) for a in _elongated(2, seed=1)]
+    det = create_detector("mutual", backbone="efficientnet-lite0", image_size=128, geometry="aspect", n_ref=3,
+                          buffer=0)
+    maps = det.predict([landscape[0], portrait[0], landscape[1], portrait[1]])
+    assert det.last_mode_ == "other images"  # no image fell back to self-similarity
+    assert [m.map.shape for m in maps] == [(96, 240), (240, 96), (96, 240), (240, 96)]
+    grids = {f"batch:{j}": (6, 16) if j % 2 == 0 else (16, 6) for j in range(4)}  # stride 8 over 48 x 128
+    for m in maps:  # each hit is a patch position inside its reference's own grid
+        assert all(h.row < grids[h.image_id][0] and h.col < grids[h.image_id][1] for h in m.hits)
