@@ -154,8 +154,9 @@ def test_images_of_several_shapes_and_a_new_size():
     assert [m.image_id for m in maps] == ["0", "1", "2"]
     with pytest.raises(DataError, match="different input shapes"):
         det.embedder([portrait[0], landscape[0]])
-    with pytest.raises(ConfigError, match="needs normal images of one input shape"):
-        create_detector("feature-ae", image_size=128, geometry="aspect").fit(landscape + portrait)
+    one_grid = create_detector("mahalanobis", image_size=128, geometry="aspect").fit(landscape + portrait[:2])
+    assert one_grid.embedder.geometry.shape == (48, 128)  # the most common input shape of its training images
+    assert one_grid.predict([portrait[0]])[0].map.shape == (240, 96)
 
 
 def test_padim_fixes_its_grid_from_training_and_scores_other_shapes():

@@ -228,7 +228,7 @@ class Detector:
     def __init__(self, backbone: str | Backbone = "efficientnet-lite0", **hyper: Any) -> None:
         self.backbone = backbone
         self.hyper = hyper
-        keys = ("layers", "image_size", "pool", "geometry", "tile")
+        keys = ("layers", "image_size", "pool", "geometry", "tile", "input_shape")
         self.embedder = PatchEmbedder(backbone, **{k: hyper[k] for k in keys if k in hyper})
         self.threshold_: float | None = None
         self.timings_ = {"embed": 0.0, "score": 0.0}  # seconds spent in predict: backbone vs scoring/search
@@ -325,6 +325,7 @@ class Detector:
         return float(work.max())
 
     ragged = False  # whether _fit_embeddings / _calibrate accept a list of per-image grids of different shapes
+    # (detectors without it fix their input shape to the most common one when given images of several shapes)
 
     def _shape_groups(self, arrays: list[np.ndarray]) -> list[list[int]]:
         """Indices of the images grouped by backbone input shape (one group unless geometry keeps aspect ratios)."""
@@ -333,16 +334,15 @@ class Detector:
         return [list(range(len(arrays)))]
 
     def _embed(self, arrays: list[np.ndarray], progress: Progress | None) -> torch.Tensor | list[torch.Tensor]:
-        """(B, h, w, C) grids of images of one input shape; images of several shapes (``geometry="aspect"``)
-        give a list of (h_i, w_i, C) grids in input order, for detectors with ``ragged = True``."""
+        """(B, h, w, C) grids of images of one input shape; images of several shapes (aspect-keeping geometry) give
+        a list of (h_i, w_i, C) grids in input order for detectors with ``ragged = True``; the others fix the
+        embedder's input shape to the most common one and get one (B, h, w, C) tensor."""
         groups = self._shape_groups(arrays)
         if len(groups) == 1:
             return self.embedder(arrays, progress=progress)
-        if not self.ragged:
-            shapes = sorted({self.embedder.input_shape(a) for a in arrays})
-            raise ConfigError(f"{self.name} needs normal images of one input shape, got {shapes[:4]} under "
-                              f"geometry={self.embedder.geometry.mode!r}; resize them to one size or use "
-                              "geometry='square'")
+        if not self.ragged:  # one grid for all: the most common input shape, recorded in the saved model
+            self.embedder.set_input_shape(self.embedder.input_shape(arrays[max(groups, key=len)[0]]))
+            return self.embedder(arrays, progress=progress)
         out: list[torch.Tensor] = [torch.empty(0)] * len(arrays)
         for idx in groups:
             for i, grid in zip(idx, self.embedder([arrays[i] for i in idx], progress=progress)):

@@ -25,7 +25,7 @@ class PaDiM(Detector):
 
     Per-position statistics need one patch grid, so under an aspect-preserving geometry ``fit`` fixes the input shape
     to the most common input shape of the training images; every later image is resized to it (its map
-    is resized back to its own size), and the saved model records it.
+    is resized back to its own size), and the saved model records it (``input_shape`` of its embedder).
     """
 
     name = "padim"
@@ -76,13 +76,10 @@ class PaDiM(Detector):
         return self.mean_ is not None
 
     def _state(self) -> dict[str, torch.Tensor]:
-        shape = self.embedder.geometry.shape
         return {"mean": self.mean_, "inv_cov": self.inv_cov_, "channels": self.channels_,
-                "grid": torch.tensor(self.grid_)} | ({"input_shape": torch.tensor(shape)} if shape else {})
+                "grid": torch.tensor(self.grid_)}
 
     def _load_state(self, tensors, meta, directory: Path) -> None:
         self.mean_, self.inv_cov_, self.channels_ = tensors["mean"], tensors["inv_cov"], tensors["channels"]
         self.grid_ = tuple(int(v) for v in tensors["grid"])
         self.embedder.normalize = False
-        if "input_shape" in tensors:
-            self.embedder.set_input_shape(tensors["input_shape"].tolist())
