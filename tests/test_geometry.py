@@ -199,3 +199,10 @@ def test_mutual_uses_images_of_other_shapes_as_references():
     grids = {f"batch:{j}": (6, 16) if j % 2 == 0 else (16, 6) for j in range(4)}  # stride 8 over 48 x 128
     for m in maps:  # each hit is a patch position inside its reference's own grid
         assert all(h.row < grids[h.image_id][0] and h.col < grids[h.image_id][1] for h in m.hits)
+
+
+def test_default_input_per_backbone():
+    assert create_detector("patchcore").embedder.geometry.mode == "area"  # chosen in eval/results/generalization.md
+    assert create_detector("patchcore").embedder.image_size == 224
+    assert create_detector("patchcore", backbone="dinov2-s14").embedder.geometry.mode == "square"
+    assert create_detector("patchcore", image_size=320).embedder.geometry.mode == "area"
