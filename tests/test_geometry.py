@@ -154,8 +154,9 @@ def test_images_of_several_shapes_and_a_new_size():
     assert [m.image_id for m in maps] == ["0", "1", "2"]
     with pytest.raises(DataError, match="different input shapes"):
         det.embedder([portrait[0], landscape[0]])
-    with pytest.raises(ConfigError, match="needs normal images of one input shape"):
-        create_detector("feature-ae", image_size=128, geometry="aspect").fit(landscape + portrait)
+    one_grid = create_detector("mahalanobis", image_size=128, geometry="aspect").fit(landscape + portrait[:2])
+    assert one_grid.embedder.geometry.shape == (48, 128)  # the most common input shape of its training images
+    assert one_grid.predict([portrait[0]])[0].map.shape == (240, 96)
 
 
 def test_padim_fixes_its_grid_from_training_and_scores_other_shapes():
@@ -185,3 +186,23 @@ def test_square_only_backbones_refuse_aspect():
     assert PatchEmbedder(_Square()).geometry.mode == "square"
     with pytest.raises(ConfigError, match="square inputs of its own size only"):
         PatchEmbedder(_Square(), geometry="aspect")
+
+
+def test_mutual_uses_images_of_other_shapes_as_references():
+    landscape = _elongated(2, seed=0)
+    portrait = [np.ascontiguousarray(a.transpose(1, 0, 2)) for a in _elongated(2, seed=1)]
+    det = create_detector("mutual", backbone="efficientnet-lite0", image_size=128, geometry="aspect", n_ref=3,
+                          buffer=0)
+    maps = det.predict([landscape[0], portrait[0], landscape[1], portrait[1]])
+    assert det.last_mode_ == "other images"  # no image fell back to self-similarity
+    assert [m.map.shape for m in maps] == [(96, 240), (240, 96), (96, 240), (240, 96)]
+    grids = {f"batch:{j}": (6, 16) if j % 2 == 0 else (16, 6) for j in range(4)}  # stride 8 over 48 x 128
+    for m in maps:  # each hit is a patch position inside its reference's own grid
+        assert all(h.row < grids[h.image_id][0] and h.col < grids[h.image_id][1] for h in m.hits)
+
+
+def test_default_input_per_backbone():
+    assert create_detector("patchcore")._make_embedder().geometry.mode == "area"  # chosen in eval/results/generalization.md
+    assert create_detector("patchcore")._make_embedder().image_size == 224
+    assert create_detector("patchcore", backbone="dinov2-s14")._make_embedder().geometry.mode == "square"
+    assert create_detector("patchcore", image_size=320)._make_embedder().geometry.mode == "area"

@@ -174,12 +174,13 @@ def load_detector(directory: str | Path) -> Detector:
                                   remedy="create one with 'vlm-ad fit DATA --out DIR'")
     try:
         emb = meta["embedder"]
-        geometry = {"geometry": emb.get("geometry", "square"), "tile": emb.get("tile")}  # older models: square
+        geometry = {"geometry": emb.get("geometry", "square"), "tile": emb.get("tile"),  # older models: square
+                    "input_shape": emb.get("input_shape")}
         geometry = geometry if emb["backbone"] != "pixels" else {}
         det = create_detector(meta["detector"], backbone=emb["backbone"], layers=emb["layers"],
                               image_size=emb["image_size"], pool=emb["pool"], **geometry,
                               **{k: v for k, v in meta["hyper"].items()
-                                 if k not in ("layers", "image_size", "pool", "geometry", "tile")})
+                                 if k not in ("layers", "image_size", "pool", "geometry", "tile", "input_shape")})
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"{Path(directory) / 'detector.json'} is malformed ({exc!r}); re-create the model with "
                           "'vlm-ad fit'") from exc

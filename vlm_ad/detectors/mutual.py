@@ -9,13 +9,14 @@ image outside a window around it (weaker; a warning is recorded in ``last_mode_`
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vlm_ad.detectors.base import DEFAULT_LAYERS, Detector
-from vlm_ad.errors import ConfigError
+from vlm_ad.detectors.base import DEFAULT_LAYERS, Detector, as_images
+from vlm_ad.errors import ConfigError, DataError
 from vlm_ad.types import ExemplarHit
 
 
@@ -55,10 +56,30 @@ class Mutual(Detector):
         return self.normal_ is not None
 
     def predict(self, images, *, progress=None):
+        """Score images; every image of the call is a reference for the others, whatever its input shape."""
         if self.normal_ is None:  # zero-shot needs no fit: predict builds what fit would
             self._ensure_embedder()
             self.normal_ = torch.empty(0)
-        return super().predict(images, progress=progress)
+        arrays, ids = as_images(images)
+        if not arrays:
+            raise DataError("predict() got no images")
+        t0 = time.perf_counter()
+        grids: list[torch.Tensor] = [torch.empty(0)] * len(arrays)
+        for idx in self._shape_groups(arrays):  # one forward pass per input shape
+            for i, grid in zip(idx, self._embed([arrays[i] for i in idx], progress)):
+                grids[i] = grid
+        t1 = time.perf_counter()
+        scores, hits = self._score_grids(grids)
+        self.timings_["embed"] += t1 - t0
+        self.timings_["score"] += time.perf_counter() - t1
+        out: list = [None] * len(arrays)
+        for shape in {tuple(g.shape) for g in scores}:  # maps are smoothed in batches of one grid shape
+            idx = [i for i, g in enumerate(scores) if tuple(g.shape) == shape]
+            maps = self._to_maps(torch.stack([scores[i] for i in idx]), [arrays[i].shape[:2] for i in idx],
+                                 [ids[i] for i in idx], [hits[i] for i in idx])
+            for i, amap in zip(idx, maps):
+                out[i] = amap
+        return out
 
     def _references(self, i: int, emb: torch.Tensor, ids: list[str], gen: torch.Generator):
         n_ref = self.hyper["n_ref"]
@@ -74,12 +95,17 @@ class Mutual(Detector):
         return pool
 
     def _score_embeddings(self, emb: torch.Tensor):
-        b, h, w, c = emb.shape
-        ids = [f"batch:{j}" for j in range(b)]
+        grids, hits = self._score_grids(list(emb))
+        return torch.stack(grids), hits
+
+    def _score_grids(self, emb: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[list]]:
+        """Patch scores (h_i, w_i) and hits of each (h_i, w_i, C) grid against the other grids (any shapes)."""
+        ids = [f"batch:{j}" for j in range(len(emb))]
         gen = torch.Generator().manual_seed(self.hyper["seed"])
         grids, hits, modes = [], [], set()
-        for i in range(b):
+        for i in range(len(emb)):
             refs = self._references(i, emb, ids, gen)
+            h, w, c = emb[i].shape
             q = emb[i].reshape(-1, c)  # (P, C)
             if refs:
                 g, hit = self._mutual(q, refs, h, w)
@@ -91,7 +117,7 @@ class Mutual(Detector):
             hits.append(hit)
         self._remember(emb, ids)
         self.last_mode_ = ", ".join(sorted(modes))
-        return torch.stack(grids), hits
+        return grids, hits
 
     def _mutual(self, q: torch.Tensor, refs, h: int, w: int):
         dists, where = [], []

@@ -23,9 +23,9 @@ class PaDiM(Detector):
         **hyper: embedder settings (``layers``, ``image_size``, ``geometry``, ``tile``, ``pool`` default 1) and
             ``sigma``.
 
-    Per-position statistics need one patch grid, so under an aspect-preserving geometry ``fit`` fixes the input shape
-    to the most common input shape of the training images; every later image is resized to it (its map
-    is resized back to its own size), and the saved model records it.
+    Default geometry ``"square"``. Per-position statistics need one patch grid, so under an aspect-preserving geometry
+    ``fit`` fixes the input shape to the most common input shape of the training images; every later image is resized
+    to it (its map is resized back to its own size), and the saved model records it (``input_shape`` of its embedder).
     """
 
     name = "padim"
@@ -36,6 +36,8 @@ class PaDiM(Detector):
         if n_features < 1 or eps <= 0:
             raise ConfigError(f"padim needs n_features >= 1 and eps > 0, got {n_features} and {eps}")
         hyper.setdefault("pool", 1)
+        # square by default: "area" lost to it on every differing PaDiM cell of eval/results/generalization.md
+        hyper.setdefault("geometry", "square")
         super().__init__(backbone, n_features=n_features, eps=eps, seed=seed, **hyper)
         self.mean_: torch.Tensor | None = None
 
@@ -77,12 +79,9 @@ class PaDiM(Detector):
         return self.mean_ is not None
 
     def _state(self) -> dict[str, torch.Tensor]:
-        shape = self.embedder.geometry.shape
         return {"mean": self.mean_, "inv_cov": self.inv_cov_, "channels": self.channels_,
-                "grid": torch.tensor(self.grid_)} | ({"input_shape": torch.tensor(shape)} if shape else {})
+                "grid": torch.tensor(self.grid_)}
 
     def _load_state(self, tensors, meta, directory: Path) -> None:
         self.mean_, self.inv_cov_, self.channels_ = tensors["mean"], tensors["inv_cov"], tensors["channels"]
         self.grid_ = tuple(int(v) for v in tensors["grid"])
-        if "input_shape" in tensors:
-            self.embedder.set_input_shape(tensors["input_shape"].tolist())

@@ -1,0 +1,351 @@
+"""Input geometry across a varied dev suite: the old square squash vs aspect-preserving long sides vs tiling.
+
+Suite (all 8 normal shots, drawn with each seed; test images split in two seeded halves per set, ``dev`` used to
+choose defaults and ``unseen`` kept out of the choice, both reported):
+
+    square     synthetic defects on real gravel texture (scikit-image), 256 x 256
+    elongated  synthetic thin defects (crack, scratch) and holes on real brick texture, 320 x 800 (1:2.5)
+    large      synthetic small defects (crack, scratch, hole) on real grass texture, 1536 x 2048; each defect is
+               painted in a 512-px window, so it covers 0.01-0.05% of the image
+    magnetic   real magnetic_tile (../shared/data/magnetic_tile): a seeded subsample of the test split
+    textile    simulated textile (PyPI conformal-clip-data): a balanced subsample, image labels only
+
+Rows: a simple baseline (intensity z-score against the normal pixels, no backbone), PatchCore (coreset off,
+8 shots) with EfficientNet-Lite0 and DINOv2-S/14 under each geometry, tiling on the large set, PaDiM, and mutual
+zero-shot scoring. Pixel metrics of the large set are computed on maps and masks downsampled to a 1024-px long side.
+Writes eval/results/generalization.{jsonl,md} (the jsonl anew each run).
+
+    nice python eval/bench_generalization.py [--seeds 0 1 2] [--threads 2] [--rows NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from vlm_ad.metrics import evaluate
+
+from vlm_ad.detectors import create_detector
+from vlm_ad.detectors.base import gaussian_blur
+from vlm_ad.types import Sample
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "eval" / "results"
+MAGNETIC = ROOT.parent / "shared" / "data" / "magnetic_tile"
+METRICS = ("image_auroc", "pixel_auroc", "aupro")
+SHOTS = 8
+EFF, DINO = "efficientnet-lite0", "dinov2-s14"
+OLD = "patchcore effnet square 224 (old default)"
+# row name -> (detector, backbone, settings, datasets it runs on (None = all), seeds used (None = all))
+ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
+    "baseline: intensity z-score": ("zscore", None, {}, None, 1),
+    OLD: ("patchcore", EFF, {"geometry": "square", "image_size": 224}, None, None),
+    "patchcore effnet aspect 256": ("patchcore", EFF, {"geometry": "aspect", "image_size": 256}, None, None),
+    "patchcore effnet aspect 320": ("patchcore", EFF, {"geometry": "aspect", "image_size": 320}, None, None),
+    "patchcore effnet area 224": ("patchcore", EFF, {"geometry": "area", "image_size": 224}, None, None),
+    "patchcore effnet area 256": ("patchcore", EFF, {"geometry": "area", "image_size": 256}, None, None),
+    "patchcore effnet aspect 1024 tile 256": ("patchcore", EFF, {"geometry": "aspect", "image_size": 1024,
+                                                                  "tile": 256}, ("large",), None),
+    "padim effnet square 224": ("padim", EFF, {"geometry": "square", "image_size": 224}, None, 1),
+    "padim effnet area 224": ("padim", EFF, {"geometry": "area", "image_size": 224}, None, 1),
+    "patchcore dinov2 square 224": ("patchcore", DINO, {"geometry": "square", "image_size": 224}, None, 1),
+    "patchcore dinov2 area 224": ("patchcore", DINO, {"geometry": "area", "image_size": 224}, None, 1),
+    "patchcore dinov2 aspect 448": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448}, None, 1),
+    "mutual dinov2 zero-shot square 224": ("mutual", DINO, {"geometry": "square", "image_size": 224}, None, 1),
+    "mutual dinov2 zero-shot aspect 448": ("mutual", DINO, {"geometry": "aspect", "image_size": 448}, None, 1),
+}
+N_TRAIN, N_GOOD, N_DEFECT = 16, 16, 16  # per synthetic set
+
+
+# ------------------------------------------------------------------------------------------------- data
+def _synthetic(name: str, source: str, shape: tuple[int, int], types: tuple[str, ...], *, size: str | None,
+               window: int | None = None) -> tuple[list[Sample], list[Sample]]:
+    from vlm_ad.data.synthetic import load_source, make_defect, random_crop
+
+    texture = load_source(source)
+    rng = np.random.default_rng([7, zlib.crc32(name.encode())])  # the same images every run
+    train = [Sample(random_crop(texture, shape, rng), f"{name}/train/{i}", 0) for i in range(N_TRAIN)]
+    test = []
+    for i in range(N_GOOD):
+        img = random_crop(texture, shape, rng)
+        test.append(Sample(img, f"{name}/good/{i}", 0, "good", np.zeros(shape, bool)))
+    for i in range(N_DEFECT):
+        img, kind = random_crop(texture, shape, rng), types[i % len(types)]
+        if window is None:
+            out, mask, _ = make_defect(img, kind, rng, size=size)
+        else:  # paint into a window, so that the defect is a tiny share of the large image
+            y, x = (int(rng.integers(0, s - window)) for s in shape)
+            sub, sub_mask, _ = make_defect(img[y : y + window, x : x + window], kind, rng, size=size)
+            out, mask = img.copy(), np.zeros(shape, bool)
+            out[y : y + window, x : x + window], mask[y : y + window, x : x + window] = sub, sub_mask
+        test.append(Sample(out, f"{name}/{kind}/{i}", 1, kind, mask))
+    return train, test
+
+
+def _magnetic(n_good: int = 40, n_defect: int = 40) -> tuple[list[Sample], list[Sample]]:
+    from vlm_ad.data import MVTecDataset
+
+    train, test = MVTecDataset(MAGNETIC, "train"), MVTecDataset(MAGNETIC, "test")
+    rng = np.random.default_rng(0)
+    labels = np.array(test.labels)
+    pick = np.concatenate([rng.choice(np.flatnonzero(labels == 0), n_good, replace=False),
+                           rng.choice(np.flatnonzero(labels == 1), n_defect, replace=False)])
+    normal = rng.choice(train.normal_indices(), N_TRAIN, replace=False)
+    return [train[int(i)] for i in normal], [test[int(i)] for i in pick]
+
+
+def _textile(n_test: int = 60) -> tuple[list[Sample], list[Sample]]:
+    from vlm_ad.data import TextileDataset
+
+    train = TextileDataset("train", n_train=N_TRAIN, seed=0)
+    test = TextileDataset("test", n_train=N_TRAIN, seed=0, limit_test=n_test)
+    return list(train), list(test)
+
+
+def load_suite() -> dict[str, tuple[list[Sample], list[Sample]]]:
+    return {
+        "square": _synthetic("square", "gravel", (256, 256), ("scratch", "hole", "crack", "stain", "contamination"),
+                             size=None),
+        "elongated": _synthetic("elongated", "brick", (320, 800), ("crack", "scratch", "hole"), size="small"),
+        "large": _synthetic("large", "grass", (1536, 2048), ("crack", "scratch", "hole"), size="small", window=512),
+        "magnetic": _magnetic(),
+        "textile": _textile(),
+    }
+
+
+def halves(test: list[Sample]) -> list[str]:
+    """``dev`` / ``unseen`` per test image: a seeded half of the normal and half of the anomalous images each."""
+    rng = np.random.default_rng(1)
+    out = [""] * len(test)
+    for label in (0, 1):
+        idx = [i for i, s in enumerate(test) if s.label == label]
+        for j, i in enumerate(rng.permutation(idx)):
+            out[int(i)] = "dev" if j % 2 == 0 else "unseen"
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- rows
+class ZScore:
+    """Baseline: |gray - mean| / std of the normal images' pixels, blurred (sigma 1% of the long side); score max."""
+
+    def fit(self, normal: list[Sample]) -> ZScore:
+        px = np.concatenate([_gray(s.image).ravel()[::7] for s in normal])
+        self.mu, self.sd = float(px.mean()), float(px.std() + 1e-6)
+        return self
+
+    def predict(self, images: list[Sample]) -> list[tuple[float, np.ndarray]]:
+        out = []
+        for s in images:
+            g = torch.from_numpy(np.abs(_gray(s.image) - self.mu) / self.sd)
+            m = gaussian_blur(g[None], 0.01 * max(g.shape))[0].numpy()
+            out.append((float(m.max()), m))
+        return out
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    return img.astype(np.float32).mean(axis=2)
+
+
+def _shots(train: list[Sample], seed: int) -> list[Sample]:
+    return [train[int(i)] for i in np.random.default_rng(seed).choice(len(train), SHOTS, replace=False)]
+
+
+def run_row(row: str, train: list[Sample], test: list[Sample], seed: int) -> tuple[list, float, float]:
+    """(per-image (score, map) pairs, fit seconds, predict seconds)."""
+    detector, backbone, kw, _, _ = ROWS[row]
+    normal = _shots(train, seed)
+    t0 = time.perf_counter()
+    if detector == "zscore":
+        det = ZScore().fit(normal)
+    else:
+        extra = {"coreset": 1.0} if detector == "patchcore" else {}
+        det = create_detector(detector, backbone=backbone, seed=seed, **extra, **kw)
+        det.fit([] if detector == "mutual" else normal)
+    t1 = time.perf_counter()
+    if detector == "zscore":
+        out = det.predict(test)
+    else:
+        out = []
+        for start in range(0, len(test), 16):  # mutual: batches of 16 test images score each other
+            out += [(m.score, m.map) for m in det.predict(test[start : start + 16])]
+    return out, t1 - t0, time.perf_counter() - t1
+
+
+def _small(a: np.ndarray, limit: int = 1024) -> np.ndarray:
+    """Downsample a map (area average) or mask (any pixel) so that its long side is at most ``limit``."""
+    f = int(np.ceil(max(a.shape) / limit))
+    if f <= 1:
+        return a
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
+    t = F.avg_pool2d(t, f, ceil_mode=True)[0, 0].numpy()
+    return t > 0 if a.dtype == bool else t
+
+
+def score(test: list[Sample], preds: list, which: list[bool]) -> dict[str, float | None]:
+    sel = [i for i, w in enumerate(which) if w]
+    labels = [test[i].label for i in sel]
+    scores = [preds[i][0] for i in sel]
+    if test[0].mask is None and all(test[i].mask is None for i in sel if test[i].label == 1):
+        res = evaluate(labels, scores)  # image labels only (textile)
+    else:
+        masks = [_small(test[i].mask if test[i].mask is not None else np.zeros(test[i].image.shape[:2], bool))
+                 for i in sel]
+        res = evaluate(labels, scores, masks=masks, maps=[_small(preds[i][1]) for i in sel])
+    return {k: res.get(k) for k in METRICS}
+
+
+# ------------------------------------------------------------------------------------------------- tables
+def _cell(rows: list[dict], metric: str) -> str:
+    vals = [r[metric] for r in rows if r.get(metric) is not None]
+    if not vals:
+        return "-"
+    spread = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
+    return f"{statistics.mean(vals):.3f}{spread}"
+
+
+def table(rows: list[dict], half: str, datasets: list[str]) -> list[str]:
+    head = "| row | " + " | ".join(f"{d} img / pix / pro" for d in datasets) + " |"
+    lines = [head, "|---|" + "---|" * len(datasets)]
+    for name in ROWS:
+        cells = []
+        for d in datasets:
+            g = [r for r in rows if r["row"] == name and r["dataset"] == d and r["half"] == half]
+            cells.append(" / ".join(_cell(g, m) for m in METRICS) if g else "n/a")
+        if any(c != "n/a" for c in cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def speed_table(rows: list[dict], datasets: list[str]) -> list[str]:
+    lines = ["| row | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+    for name in ROWS:
+        cells = []
+        for d in datasets:
+            g = [r["images_per_second"] for r in rows if r["row"] == name and r["dataset"] == d and r["half"] == "all"]
+            cells.append(f"{statistics.median(g):.1f}" if g else "n/a")
+        if any(c != "n/a" for c in cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def compare(rows: list[dict], new: str, old: str, half: str) -> str:
+    """Wins / losses of ``new`` vs ``old`` over (dataset, metric) cells, seed means, with the seed spread."""
+    wins = losses = 0
+    worst, spread_at_worst = 0.0, 0.0
+    for d in sorted({r["dataset"] for r in rows}):
+        for m in METRICS:
+            a = [r[m] for r in rows if r["row"] == new and r["dataset"] == d and r["half"] == half and r[m] is not None]
+            b = [r[m] for r in rows if r["row"] == old and r["dataset"] == d and r["half"] == half and r[m] is not None]
+            if not a or not b:
+                continue
+            diff = statistics.mean(a) - statistics.mean(b)
+            spread = max(statistics.stdev(a) if len(a) > 1 else 0.0, statistics.stdev(b) if len(b) > 1 else 0.0)
+            wins, losses = wins + (diff > 0), losses + (diff < 0)
+            if diff < worst:
+                worst, spread_at_worst = diff, spread
+    return (f"{new} vs {old} ({half}): better on {wins}, worse on {losses} (dataset, metric) cells; largest loss "
+            f"{worst:+.3f} (seed spread there {spread_at_worst:.3f})")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), help="row names to run (default: all)")
+    ap.add_argument("--datasets", nargs="+", default=None, help="dataset names to run (default: all)")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the jsonl rows of other (row, dataset) pairs and rewrite the tables from all of them")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    suite = load_suite()
+    datasets = args.datasets or list(suite)
+    out = RESULTS / "generalization.jsonl"
+    rows = []
+    if args.update and out.is_file():
+        redo = {(r, d) for r in args.rows for d in datasets}
+        rows = [r for r in map(json.loads, out.read_text().splitlines()) if (r["row"], r["dataset"]) not in redo]
+        datasets = list(dict.fromkeys([r["dataset"] for r in rows] + datasets))
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    command = shlex.join(["PYTHONPATH=.", "nice", "python", "eval/bench_generalization.py", *(argv or sys.argv[1:])])
+    for d in args.datasets or list(suite):
+        train, test = suite[d]
+        half = halves(test)
+        for name in args.rows:
+            _, backbone, kw, only, n_seeds = ROWS[name]
+            if only and d not in only:
+                continue
+            for seed in args.seeds[: n_seeds or None]:
+                preds, fit_s, pred_s = run_row(name, train, test, seed)
+                base = {"command": command, "row": name, "dataset": d, "seed": seed,
+                        "shots": 0 if name.startswith("mutual") else SHOTS,
+                        "backbone": backbone, **kw, "n_test": len(test), "fit_seconds": round(fit_s, 2),
+                        "images_per_second": round(len(test) / pred_s, 2)}
+                for h in ("all", "dev", "unseen"):
+                    row = base | {"half": h} | score(test, preds, [h == "all" or x == h for x in half])
+                    rows.append(row)
+                    with out.open("a") as fh:
+                        fh.write(json.dumps(row) + "\n")
+                print(d, name, seed, {k: None if rows[-3][k] is None else round(rows[-3][k], 3) for k in METRICS},
+                      f"{base['images_per_second']} img/s", file=sys.stderr, flush=True)
+    write_markdown(rows, datasets, args)
+    return 0
+
+
+def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
+    sizes = {d: rows_n for d, rows_n in {r["dataset"]: r["n_test"] for r in rows}.items()}
+    first = "PYTHONPATH=. nice python eval/bench_generalization.py --seeds 0 1 2 --threads 2"  # rows of the first
+    cmd = "`, then `".join(dict.fromkeys(r.get("command", first) for r in rows))  # run did not record their command
+    text = [
+        "# Generalization: input geometry across a varied suite",
+        "",
+        f"Produced by `{cmd}` (2 shared CPU cores). 8 normal shots drawn from {N_TRAIN} training images with each "
+        "seed (PatchCore coreset off; mutual is zero-shot: batches of 16 test images score each other); cells with ± "
+        "are mean ± std over seeds 0, 1, 2 (efficientnet PatchCore rows), the others seed 0 only. Test images per set: "
+        + ", ".join(f"{d} {n}" for d, n in sizes.items())
+        + " (halves: seeded, half of the normal and half of the anomalous images each). Datasets: see the module "
+        "docstring of eval/bench_generalization.py. Cells: image AUROC / pixel AUROC / AUPRO@0.3 (textile: image "
+        "labels only).",
+        "",
+        "## dev half (used to choose the defaults)",
+        "",
+        *table(rows, "dev", datasets),
+        "",
+        "## unseen half (kept out of the choice)",
+        "",
+        *table(rows, "unseen", datasets),
+        "",
+        "## all test images",
+        "",
+        *table(rows, "all", datasets),
+        "",
+        "## images/s at predict (median over seeds; includes preprocessing, backbone, search and map resizing)",
+        "",
+        *speed_table(rows, datasets),
+        "",
+        "## decision",
+        "",
+    ]
+    pairs = [(n, OLD) for n in ROWS if n.startswith("patchcore effnet") and n != OLD] + [
+        ("patchcore dinov2 area 224", "patchcore dinov2 square 224"),
+        ("patchcore dinov2 aspect 448", "patchcore dinov2 square 224"),
+        ("padim effnet area 224", "padim effnet square 224"),
+        ("mutual dinov2 zero-shot aspect 448", "mutual dinov2 zero-shot square 224")]
+    for new, old in pairs:
+        for h in ("dev", "unseen"):
+            if any(r["row"] == new for r in rows) and any(r["row"] == old for r in rows):
+                text.append(f"- {compare(rows, new, old, h)}")
+    (RESULTS / "generalization.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
