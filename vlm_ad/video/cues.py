@@ -502,7 +502,8 @@ class AppearanceCue(Cue):
     def __init__(self, *, backbone: str = "efficientnet-lite0", sample_every: int = 10, max_frames: int = 120,
                  stride: int = 1, **detector_kw: Any) -> None:
         self.cfg = {"backbone": backbone, "sample_every": sample_every, "max_frames": max_frames, "stride": stride,
-                    "detector": {"coreset": 0.1, "image_size": 224} | detector_kw}
+                    # square: the input the video defaults were chosen with (eval/results/video.md)
+                    "detector": {"coreset": 0.1, "image_size": 224, "geometry": "square"} | detector_kw}
         self._frames: list[np.ndarray] = []
         self._n = 0
         self._last: CueStep | None = None
