@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from vlm_ad.metrics import evaluate
 
 from vlm_ad.detectors import create_detector
 from vlm_ad.detectors.base import gaussian_blur
+from vlm_ad.evaluation.detection import evaluate
 from vlm_ad.types import Sample
 
 ROOT = Path(__file__).resolve().parents[1]
