@@ -235,3 +235,19 @@ def test_detector_options_are_validated(option, message):
         return
     with pytest.raises(ConfigError, match=message):
         create_detector("patchcore", **option)
+
+
+def test_few_shot_threshold_rule(data):
+    from vlm_ad.detectors.threshold import threshold_from_normal
+
+    scores = np.array([1.0, 2.0, 3.0, 6.0])
+    assert threshold_from_normal(scores) == pytest.approx(scores.mean() + scores.std(ddof=1))
+    assert threshold_from_normal(scores, "q99") > 5.9  # the quantile of a few scores is about their maximum
+    with pytest.raises(ConfigError, match="threshold rule must be one of"):
+        threshold_from_normal(scores, "q95")
+    normal, _, _ = data
+    det = _make("patchcore").fit(normal[:4])
+    loo = det.calibration_scores_
+    assert len(loo) == 4 and det.threshold_ == pytest.approx(loo.mean() + loo.std(ddof=1))
+    old = create_detector("patchcore", image_size=SIZE, threshold_rule="q99").fit(normal[:4])
+    assert old.threshold_ == pytest.approx(np.quantile(loo, 0.99), rel=1e-5)

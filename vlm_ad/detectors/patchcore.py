@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from vlm_ad.detectors.base import Detector
-from vlm_ad.detectors.threshold import ThresholdPolicy
+from vlm_ad.detectors.threshold import THRESHOLD_RULES, threshold_from_normal
 from vlm_ad.errors import ConfigError, DataError
 from vlm_ad.retrieval import ExemplarStore
 
@@ -37,6 +37,9 @@ class PatchCore(Detector):
             CNNs (as in the PatchCore paper; on magnetic_tile 8-shot EfficientNet-Lite0 it lifts image AUROC
             0.769 -> 0.806 and pixel AUROC 0.681 -> 0.745, AUPRO 0.677 -> 0.658, mean of 3 seeds), on for ViTs
             (DINOv2's token norms vary a lot between positions).
+        threshold_rule: how the image threshold is set from the normal images' leave-image-out scores:
+            ``"mean+1sd"`` (default; right more often with 4-8 shots across the dev suite, eval/results/thresholds.md)
+            or ``"q99"`` (their 0.99 quantile, the earlier default: with few shots it is their maximum).
         **hyper: embedder settings (``layers``, ``image_size``, ``geometry``, ``tile``, ``pool``; see
             :class:`~vlm_ad.detectors.base.PatchEmbedder`) and ``sigma`` (map smoothing).
     """
@@ -46,15 +49,17 @@ class PatchCore(Detector):
 
     def __init__(self, backbone="efficientnet-lite0", *, coreset: float = 0.1, index: str = "auto",
                  n_hits: int = 5, augment: str = "none", seed: int = 0, normalize: bool | None = None,
-                 **hyper: Any) -> None:
+                 threshold_rule: str = "mean+1sd", **hyper: Any) -> None:
         if augment not in ("none", "flips"):
             raise ConfigError(f"augment must be 'none' or 'flips', got {augment!r}")
+        if threshold_rule not in THRESHOLD_RULES:
+            raise ConfigError(f"threshold_rule must be one of {THRESHOLD_RULES}, got {threshold_rule!r}")
         numbers = isinstance(coreset, (int, float)) and isinstance(n_hits, int)  # wrong types: create_detector says
         if numbers and (not 0 < coreset <= 1 or n_hits < 1):
             raise ConfigError(f"patchcore needs coreset a fraction in (0, 1] (1 = keep every patch) and n_hits >= 1, "
                               f"got coreset={coreset}, n_hits={n_hits}")
         super().__init__(backbone, coreset=coreset, index=index, n_hits=n_hits, augment=augment, seed=seed,
-                         normalize=normalize, **hyper)
+                         normalize=normalize, threshold_rule=threshold_rule, **hyper)
         self.store_: ExemplarStore | None = None
 
     def _make_embedder(self):
@@ -80,14 +85,16 @@ class PatchCore(Detector):
         self.store_ = store.build()
 
     def _calibrate(self, emb: torch.Tensor, ids: list[str]) -> float | None:
-        """Quantile of leave-image-out scores of (up to 32) normal training images; None with one image."""
+        """The ``threshold_rule`` over the leave-image-out scores of (up to 32) normal training images; None with one
+        image."""
         base = [i.split(_VIEW)[0] for i in ids]
         if len(set(base)) < 2:
             return None
         pick = [j for j, i in enumerate(ids) if _VIEW not in i or i.endswith(f"{_VIEW}0")][:32]
         grids = [self.leave_image_out_scores(emb[j][None], [base[j]])[0] for j in pick]  # grids may differ in shape
         scores = [self.image_score(g) for g in grids if not torch.isnan(g).any()]
-        return ThresholdPolicy(quantile=0.99).fit(np.array(scores)).threshold_ if scores else None
+        self.calibration_scores_ = np.array(scores)  # leave-image-out scores of normal images (other policies)
+        return threshold_from_normal(self.calibration_scores_, self.hyper["threshold_rule"]) if scores else None
 
     def _score_embeddings(self, emb: torch.Tensor):
         b, gh, gw, c = emb.shape

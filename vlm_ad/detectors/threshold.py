@@ -9,7 +9,26 @@ import numpy as np
 from vlm_ad.errors import ConfigError, DataError, NotFittedError
 from vlm_ad.evaluation.detection import check_labels_scores, check_scores, f1_threshold
 
-__all__ = ["ThresholdPolicy"]
+__all__ = ["THRESHOLD_RULES", "ThresholdPolicy", "threshold_from_normal"]
+
+#: rules that set a threshold from the scores of normal images only (e.g. PatchCore's leave-image-out scores)
+THRESHOLD_RULES = ("mean+1sd", "q99")
+
+
+def threshold_from_normal(scores: Any, rule: str = "mean+1sd") -> float:
+    """A threshold from normal images' scores alone: ``"mean+1sd"`` (mean + one standard deviation) or ``"q99"``
+    (the 0.99 quantile, nudged above ties). With 4-8 normal shots the 0.99 quantile is their maximum and flagged too
+    few defects; mean + 1 sd was right more often across the dev suite (eval/results/thresholds.md).
+
+    Raises:
+        ConfigError: an unknown rule. DataError: empty or non-finite scores.
+    """
+    if rule not in THRESHOLD_RULES:
+        raise ConfigError(f"threshold rule must be one of {THRESHOLD_RULES}, got {rule!r}")
+    s = check_scores(scores, "scores")
+    if rule == "q99" or len(s) < 2:
+        return ThresholdPolicy(quantile=0.99).fit(s).threshold_
+    return float(s.mean() + s.std(ddof=1))
 
 
 class ThresholdPolicy:
