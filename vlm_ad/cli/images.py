@@ -85,7 +85,7 @@ def demo(
                       f"{ex.amap.score:.3f}", shown, escape(ex.explanation.summary))
     console.print(table)
     console.print(f"{correct} of {len(res.rows)} verdicts right; threshold {res.rows[0][2].amap.threshold:.3f} "
-                  "(99% quantile of the normal shots' leave-image-out scores)")
+                  "(mean + 1 sd of the normal shots' leave-image-out scores)")
     console.print(f"[bold]Q[/bold] ({res.chat_image.name}): {res.question}")
     console.print(f"[bold]A:[/bold] {escape(res.answer)}", soft_wrap=True)
     console.print(f"model: {res.model_dir}/   report: {res.report_dir}/report.html (overlays with numbered regions)   "
@@ -118,7 +118,7 @@ def _textile_demo(out: Path, backbone: str, image_size: int, shots: int, per_cla
     correct = sum(int(m.label == y) for m, y in zip(res.maps, res.labels))
     thr = "none" if res.threshold is None else f"{res.threshold:.3f}"
     console.print(
-        f"threshold {thr} (99% quantile of leave-image-out scores of the normal shots); "
+        f"threshold {thr} (mean + 1 sd of the normal shots' leave-image-out scores); "
         f"image AUROC on these {len(scores)} images: {roc_auc_score(res.labels, scores):.3f}; "
         f"correct verdicts: {correct}/{len(scores)} - global texture defects are what local patch methods miss"
     )
