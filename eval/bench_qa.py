@@ -91,7 +91,8 @@ def main() -> None:
 def render(rows: list[dict], args) -> None:
     lines = ["# Question answering (multiple choice) through the chat loop", "",
              f"Command: `python eval/bench_qa.py --llm-images {args.llm_images}`. Detector: PatchCore, "
-             "efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0, threshold rule q99. Type questions use a labelled-defect library "
+             "efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0, threshold rule q99. Type questions use a "
+             "labelled-defect library "
              "of 3 examples per type (seed 0) whose images are not asked about. Accuracy counts an abstention (a "
              "reply naming no option) as wrong; chance = mean 1 / options.", "",
              "| data | reasoner | images | questions | accuracy | " + " | ".join(
