@@ -202,7 +202,7 @@ def test_mutual_uses_images_of_other_shapes_as_references():
 
 
 def test_default_input_per_backbone():
-    assert create_detector("patchcore")._make_embedder().geometry.mode == "area"  # chosen in eval/results/generalization.md
+    assert create_detector("patchcore")._make_embedder().geometry.mode == "area"  # see generalization.md
     assert create_detector("patchcore")._make_embedder().image_size == 224
     assert create_detector("patchcore", backbone="dinov2-s14")._make_embedder().geometry.mode == "square"
     assert create_detector("patchcore", image_size=320)._make_embedder().geometry.mode == "area"
