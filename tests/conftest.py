@@ -65,3 +65,18 @@ def mvtec_root(tmp_path: Path) -> Path:
 def write_image():
     """``write_image(path, array, mode=None)``: save an array with Pillow (optionally converted to ``mode``)."""
     return _write
+
+
+def build_tiny_model(root: Path, *, n_test_good: int, n_test_per_type: int) -> tuple[Path, Path]:
+    """A synthetic 64 px brick category (hole defects) and a PatchCore model fitted on it and saved with threshold
+    0.5: returns (category folder, model folder). For the report, engine and chat tests."""
+    from vlm_ad.data import generate_dataset, open_data
+    from vlm_ad.evaluation.run import fit_detector
+
+    cat = generate_dataset(root / "data", sources=("brick",), n_train=3, n_test_good=n_test_good,
+                           n_test_per_type=n_test_per_type, types=("hole",), image_size=64, seed=0)["brick"]
+    det, _ = fit_detector(open_data(cat)[0], detector="patchcore", backbone="efficientnet-lite0", coreset=1.0,
+                          image_size=64)
+    det.set_threshold(0.5)
+    det.save(root / "model")
+    return cat, root / "model"

@@ -36,16 +36,10 @@ def cluster():
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """A PatchCore model on 64 px synthetic bricks and 24 images to report on: 18 good, 3 with defects, 3 bad."""
-    from vlm_ad.data import generate_dataset, open_data
-    from vlm_ad.evaluation.run import fit_detector
+    from tests.conftest import build_tiny_model
 
     root = tmp_path_factory.mktemp("ray")
-    cat = generate_dataset(root / "data", sources=("brick",), n_train=3, n_test_good=4, n_test_per_type=3,
-                           types=("hole",), image_size=64, seed=0)["brick"]
-    det, _ = fit_detector(open_data(cat)[0], detector="patchcore", backbone="efficientnet-lite0", coreset=1.0,
-                          image_size=64)
-    det.set_threshold(0.5)
-    det.save(root / "model")
+    cat, _ = build_tiny_model(root, n_test_good=4, n_test_per_type=3)
     images = root / "images"
     (images / "sub").mkdir(parents=True)
     files = sorted((cat / "test").rglob("*.png"))

@@ -21,17 +21,9 @@ HOSTILE = ["a|b.png", "x\n# injected\n| row | row |.png", "<img src=x onerror=al
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from vlm_ad.data import generate_dataset, open_data
-    from vlm_ad.evaluation.run import fit_detector
+    from tests.conftest import build_tiny_model
 
-    root = tmp_path_factory.mktemp("report")
-    cat = generate_dataset(root / "data", sources=("brick",), n_train=3, n_test_good=2, n_test_per_type=2,
-                           types=("hole",), image_size=64, seed=0)["brick"]
-    det, _ = fit_detector(open_data(cat)[0], detector="patchcore", backbone="efficientnet-lite0", coreset=1.0,
-                          image_size=64)
-    det.set_threshold(0.5)
-    det.save(root / "model")
-    return cat, root / "model"
+    return build_tiny_model(tmp_path_factory.mktemp("report"), n_test_good=2, n_test_per_type=2)
 
 
 def _images(cat: Path, dest: Path, names=None) -> Path:
