@@ -21,6 +21,9 @@ _KNOWN = {
     "cv2": ("opencv-python-headless", "video"),
     "anomalib": ("anomalib", "bench"),
     "ray": ("ray", "scale"),
+    "fastapi": ("fastapi", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
+    "python_multipart": ("python-multipart", "serve"),
     "conformal_clip_data": ("conformal-clip-data==0.1.4", "all"),
 }
 
