@@ -176,3 +176,15 @@ def serve_openai_compatible(replies, *, drip_s: float | None = None):
         server.server_close()
 
     return f"http://127.0.0.1:{server.server_address[1]}/v1", received, stop
+
+
+#: the system browser the browser tests drive (Debian's ``apt-get install chromium``; never a downloaded one)
+CHROMIUM = "/usr/bin/chromium"
+#: flags for a headless run that never talks to the network on its own
+CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run")
+
+
+def launch_chromium(playwright, executable: str | Path = CHROMIUM):
+    """A headless Debian chromium driven by Playwright (``playwright.sync_api.sync_playwright()``'s object)."""
+    return playwright.chromium.launch(executable_path=str(executable), args=list(CHROMIUM_ARGS), headless=True)
