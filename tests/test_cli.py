@@ -36,7 +36,7 @@ def test_help_teaches():
     out = _ok(runner.invoke(app, ["--help"]))
     listed = {line.strip("│ ").split()[0] for line in out.splitlines() if line.startswith("│ ") and line.strip("│ ")}
     assert {"demo", "backbones", "detectors", "fit", "detect", "eval", "chat", "report", "adapt", "library",
-            "video"} <= listed
+            "video", "serve"} <= listed
     assert "--shots" in _ok(runner.invoke(app, ["eval", "--help"]))
     assert _ok(runner.invoke(app, ["--version"])).strip() == f"vlm-ad {__import__('vlm_ad').__version__}"
 
@@ -89,6 +89,8 @@ def test_clear_errors(tmp_path):
     assert "not a saved model" in str(result.exception)
     result = runner.invoke(app, ["fit", "textile", "--out", str(tmp_path / "m"), "-o", "coreset"])
     assert "KEY=VALUE" in str(result.exception)
+    result = runner.invoke(app, ["serve", "--model", str(tmp_path), "--reports", str(tmp_path / "none")])
+    assert f"--reports {tmp_path / 'none'} is not a folder" in str(result.exception)
 
 
 def test_detect_writes_regions_for_a_planted_defect(category, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -257,7 +258,8 @@ def test_report_survives_corrupt_image_and_resumes(fitted, tmp_path):
     records = read_records(out / "report.jsonl")
     assert len(records) == 4 and "ImageReadError" in next(r for r in records if not r.ok).error
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "sortBy" in page
+    assert page.count('loading="lazy"') == 3 and "base64" not in page and "sortBy" in page  # overlays linked
+    assert all((out / src).is_file() for src in re.findall(r'<img src="([^"]+)"', page))
     assert "failed" in (out / "report.md").read_text()
 
 

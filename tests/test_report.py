@@ -106,6 +106,31 @@ def test_hostile_file_names_cannot_break_the_markdown(model, tmp_path):
     assert not any(line.startswith("| row") for line in md.splitlines())
 
 
+def test_html_stays_small_per_image_at_a_thousand_images(model, tmp_path):
+    """1,000 records: pages of 100, overlays linked (lazy) rather than inlined, a few KB of HTML per image."""
+    from vlm_ad.report import read_records, write_html
+
+    cat, model_dir = model
+    images, out = _images(cat, tmp_path / "in"), tmp_path / "out"
+    _run(images, model_dir, out)
+    real = [r for r in read_records(out / "report.jsonl") if r.ok and r.explanation.verdict == "anomalous"][0]
+    many = []
+    for i in range(1000):
+        rec = type(real).from_json(real.to_json() | {"image_id": f"batch/{i:04d}.png", "score": real.score + i})
+        many.append(rec)
+    pages = write_html(many, out)
+    assert [p.name for p in pages] == ["report.html"] + [f"report-{k}.html" for k in range(2, 11)]
+    first = (out / "report.html").read_text()
+    assert first.count("<tr>") == 101 and first.count('loading="lazy"') == 100 and "base64" not in first
+    assert 'href="report-10.html"' in first and "1000 images" in first
+    assert "batch/0999.png" in first and "batch/0899.png" not in first  # highest score first across pages
+    assert "batch/0899.png" in (out / "report-2.html").read_text()
+    per_image = sum(p.stat().st_size for p in pages) / 1000
+    assert per_image < 3000, f"{per_image:.0f} bytes of HTML per image"  # was ~130 KB with inlined overlays
+    write_html(many[:150], out)  # a smaller report later: stale pages go
+    assert sorted(p.name for p in out.glob("report*.html")) == ["report-2.html", "report.html"]
+
+
 KILL_SCRIPT = """
 import sys
 from vlm_ad.detectors import load_detector

@@ -1,11 +1,14 @@
-"""``run_report``: explain a folder of images into ``report.jsonl``, ``report.md`` and a self-contained
-``report.html``, exactly once per image.
+"""``run_report``: explain a folder of images into ``report.jsonl``, ``report.md`` and ``report.html``, exactly
+once per image.
 
 * Every record has a key: the image's id and content hash plus the run's identity (the model folder's fingerprint
   and the reasoner). A rerun skips keys that succeeded, retries failures and *replaces* their records.
 * Records are appended (and fsynced) one by one while the run goes, so a run killed at any moment loses at most the
   image it was on; at the end ``report.jsonl`` is rewritten with one record per key, and ``report.md`` and
   ``report.html`` are rebuilt from it, so they never disagree with it.
+* The HTML stays usable at thousands of images: overlays are linked files under ``overlays/`` loaded lazily (the
+  folder is the report: move it whole), and past :data:`HTML_PAGE_SIZE` records the pages are split
+  (``report.html``, ``report-2.html``, ...), highest score first.
 * ``report.json`` records the provenance (model, its fingerprint, detector, backbone, threshold, reasoner, vlm-ad
   version, date). A folder made by another model or reasoner is refused unless ``restart=True``.
 * One run at a time per folder: a second one is refused with a clear message (a lock file), never interleaved.
@@ -13,7 +16,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
 import json
@@ -32,7 +34,8 @@ from vlm_ad.pipeline import Pipeline, Record, unique_stems
 if TYPE_CHECKING:
     from vlm_ad.engines import Computed, Engine
 
-__all__ = ["ReportSummary", "report_provenance", "read_records", "render_html", "render_markdown", "run_report"]
+__all__ = ["HTML_PAGE_SIZE", "ReportSummary", "html_page_name", "report_provenance", "read_records", "render_html",
+           "render_markdown", "run_report", "write_html"]
 
 REPORT_FORMAT = 1  # of report.json
 
@@ -215,7 +218,7 @@ def _compact(out: Path, order: list[str | None]) -> None:
     records = sorted(read_records(jsonl), key=lambda r: rank.get(r.key, len(rank)))
     atomic_write_bytes(jsonl, "".join(json.dumps(r.to_json()) + "\n" for r in records).encode())
     atomic_write_bytes(out / "report.md", render_markdown(records).encode())
-    atomic_write_bytes(out / "report.html", render_html(records, out).encode())
+    write_html(records, out)
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~])")
@@ -261,39 +264,90 @@ function sortBy(col, numeric) {
     if (numeric) { x = parseFloat(x); y = parseFloat(y); }
     return (x < y ? -1 : x > y ? 1 : 0) * (dir == 'asc' ? 1 : -1); });
   rows.forEach(r => tb.appendChild(r)); tb.dataset.col = col; tb.dataset.dir = dir;
+}
+function filterBy(verdict) {
+  Array.from(document.querySelector('#rows').rows).forEach(r => {
+    r.hidden = verdict != 'all' && r.cells[2].dataset.v != verdict; });
 }"""
 
+#: records per HTML page: a page stays small and quick to open however large the batch
+HTML_PAGE_SIZE = 100
 
-def _img_tag(out_dir: Path, rel: str) -> str:
-    path = out_dir / rel
-    if not rel or not path.is_file():
+
+def html_page_name(page: int) -> str:
+    """File name of HTML page ``page`` (1-based): ``report.html``, ``report-2.html``, ..."""
+    return "report.html" if page == 1 else f"report-{page}.html"
+
+
+def _img_tag(out_dir: Path | None, rel: str) -> str:
+    """A link to the overlay file (never inlined), loaded only when scrolled into view."""
+    if not rel or (out_dir is not None and not (out_dir / rel).is_file()):
         return ""
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" style="max-width:220px">'
+    src = html.escape(quote(rel))
+    return f'<a href="{src}"><img src="{src}" loading="lazy" decoding="async" width="220" alt="overlay"></a>'
 
 
-def render_html(records: list[Record], out_dir: Path) -> str:
-    """One self-contained HTML page: overlays embedded as base64 PNG, columns sortable (score first, highest on top)."""
+def _row(r: Record, out_dir: Path | None) -> str:
     esc = html.escape
-    rows = []
-    for r in _sorted(records):
-        if not r.ok or r.explanation is None:
-            rows.append(f'<tr><td data-v="{esc(r.image_id)}">{esc(r.image_id)}</td><td data-v="-1e9">-</td>'
-                        f'<td data-v="failed">failed</td><td></td><td data-v="">{esc(str(r.error))}</td></tr>')
-            continue
-        e = r.explanation
-        steps = "".join(f"<li>{esc(st.text)} <small>[{esc(', '.join(st.evidence))}]</small></li>" for st in e.steps)
-        flags = "".join(f"<li class=flag>{esc(f)}</li>" for f in e.flags)
-        rows.append(f'<tr><td data-v="{esc(r.image_id)}">{esc(r.image_id)}</td>'
-                    f'<td data-v="{r.score}">{r.score:.4f}</td><td data-v="{e.verdict}">{e.verdict}'
-                    f' ({e.confidence:.2f})</td><td>{_img_tag(out_dir, r.overlay or "")}</td>'
-                    f'<td data-v=""><b>{esc(e.summary)}</b><details><summary>reasoning</summary><ol>{steps}</ol>'
-                    f'<ul>{flags}</ul></details></td></tr>')
+    if not r.ok or r.explanation is None:
+        return (f'<tr><td data-v="{esc(r.image_id)}">{esc(r.image_id)}</td><td data-v="-1e9">-</td>'
+                f'<td data-v="failed">failed</td><td></td><td data-v="">{esc(str(r.error))}</td></tr>')
+    e = r.explanation
+    steps = "".join(f"<li>{esc(st.text)} <small>[{esc(', '.join(st.evidence))}]</small></li>" for st in e.steps)
+    flags = "".join(f"<li class=flag>{esc(f)}</li>" for f in e.flags)
+    return (f'<tr><td data-v="{esc(r.image_id)}">{esc(r.image_id)}</td>'
+            f'<td data-v="{r.score}">{r.score:.4f}</td><td data-v="{e.verdict}">{e.verdict}'
+            f' ({e.confidence:.2f})</td><td>{_img_tag(out_dir, r.overlay or "")}</td>'
+            f'<td data-v=""><b>{esc(e.summary)}</b><details><summary>reasoning</summary><ol>{steps}</ol>'
+            f'<ul>{flags}</ul></details></td></tr>')
+
+
+def _nav(page: int, pages: int) -> str:
+    if pages == 1:
+        return ""
+    links = [f"<b>{k}</b>" if k == page else f'<a href="{html_page_name(k)}">{k}</a>' for k in range(1, pages + 1)]
+    return f"<p class=nav>page {' '.join(links)}</p>"
+
+
+def render_html(records: list[Record], out_dir: Path | None = None, *, page: int = 1,
+                page_size: int = HTML_PAGE_SIZE) -> str:
+    """HTML page ``page`` of a report: its share of the records, highest score first across all pages, overlays
+    linked as files under ``overlays/`` (loaded lazily, never inlined), columns sortable and a verdict filter
+    within the page, links to the other pages. ``out_dir``: leave out overlays whose file is missing there."""
+    ordered = _sorted(records)
+    pages = max(1, -(-len(ordered) // page_size))
+    if not 1 <= page <= pages:
+        raise ValueError(f"page must be in 1..{pages}, got {page}")
+    chunk = ordered[(page - 1) * page_size: page * page_size]
+    ok = [r for r in records if r.ok]
+    counts = (f"{len(records)} images: {sum(r.label == 1 for r in ok)} anomalous, {len(records) - len(ok)} failed; "
+              f"this page shows {len(chunk)} of them (ranks {(page - 1) * page_size + 1}-"
+              f"{(page - 1) * page_size + len(chunk)} by score).")
     head = ("<tr><th onclick=\"sortBy(0,false)\">image</th><th onclick=\"sortBy(1,true)\">score &#x25BE;</th>"
             "<th onclick=\"sortBy(2,false)\">verdict</th><th>overlay</th><th>explanation</th></tr>")
+    verdicts = "".join(f"<option>{v}</option>" for v in ("all", "anomalous", "normal", "failed"))
+    nav = _nav(page, pages)
     return ("<!doctype html><html><head><meta charset=utf-8><title>vlm-ad report</title><style>"
             "body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px;"
-            "vertical-align:top}th{cursor:pointer;background:#eee}.flag{color:#b00}</style>"
-            f"<script>{_JS}</script></head><body><h1>vlm-ad report</h1><p>{len(records)} images; click a column "
-            f"header to sort.</p><table><thead>{head}</thead><tbody id=rows data-col=1 data-dir=desc>{''.join(rows)}"
-            "</tbody></table></body></html>")
+            "vertical-align:top}th{cursor:pointer;background:#eee}.flag{color:#b00}img{max-width:220px}</style>"
+            f"<script>{_JS}</script></head><body><h1>vlm-ad report</h1><p>{counts} Click a column header to sort "
+            "this page; show <select onchange=\"filterBy(this.value)\">"
+            f"{verdicts}</select>.</p>{nav}<table><thead>{head}</thead><tbody id=rows data-col=1 data-dir=desc>"
+            f"{''.join(_row(r, out_dir) for r in chunk)}</tbody></table>{nav}</body></html>")
+
+
+def write_html(records: list[Record], out_dir: str | Path, *, page_size: int = HTML_PAGE_SIZE) -> list[Path]:
+    """Write ``report.html`` (and ``report-2.html``, ... past ``page_size`` records) into ``out_dir``; pages left
+    over from a larger earlier report are removed. Returns the pages written."""
+    out = Path(out_dir)
+    pages = max(1, -(-len(records) // page_size))
+    written = []
+    for page in range(1, pages + 1):
+        path = out / html_page_name(page)
+        atomic_write_bytes(path, render_html(records, out, page=page, page_size=page_size).encode())
+        written.append(path)
+    for stale in out.glob("report-*.html"):
+        m = re.fullmatch(r"report-(\d+)\.html", stale.name)
+        if m and int(m.group(1)) > pages:
+            stale.unlink(missing_ok=True)
+    return written

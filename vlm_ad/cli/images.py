@@ -93,10 +93,13 @@ def demo(
     console.print("Where it fails: texture-wide (global) defects, e.g. the simulated textile set - "
                   "'vlm-ad demo --data textile' shows image AUROC near chance there.")
     console.print("Next:\n"
+                  f"  vlm-ad serve --model {res.model_dir} --exemplars {res.data_dir} --examples "
+                  f"{res.data_dir / 'test'} --reports {res.report_dir}   # the web page: look, point and ask\n"
                   f"  vlm-ad chat {res.chat_image} --model {res.model_dir}        # ask your own questions\n"
                   f"  vlm-ad report {res.data_dir / 'test'} --model {res.model_dir} --out my-report   "
                   "# explain a folder\n"
-                  f"  vlm-ad fit YOUR_CATEGORY --shots 8 --out my-model         # your own images (MVTec layout)")
+                  "Your own images: vlm-ad fit YOUR_CATEGORY --shots 8 --out my-model (MVTec layout)",
+                  soft_wrap=True)  # whole command lines, so they can be copied
 
 
 def _textile_demo(out: Path, backbone: str, image_size: int, shots: int, per_class: int, seed: int) -> None:
