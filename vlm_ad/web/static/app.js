@@ -151,7 +151,11 @@ async function loadReport() {
       tr.appendChild(el("td", r.verdict + (r.confidence === null ? "" : " (" + r.confidence.toFixed(2) + ")")));
       tr.appendChild(el("td", r.flags ? String(r.flags) : ""));
       tr.appendChild(el("td", r.summary));
-      tr.onclick = () => openRecord(r.index);
+      tr.onclick = () => {
+        rows.querySelectorAll("tr.selected").forEach((x) => x.classList.remove("selected"));
+        tr.classList.add("selected");
+        openRecord(r.index);
+      };
       rows.appendChild(tr);
     });
     const end = Math.min(res.offset + res.rows.length, res.matched);
