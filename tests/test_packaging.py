@@ -26,8 +26,9 @@ from vlm_ad.clip_prompts import load_prompt_set
 root = Path(vlm_ad.__file__).parent
 names = sorted(p.stem for p in (root / "prompts").iterdir() if p.suffix in (".yaml", ".json"))
 loaded = {n: sorted(load_prompt(n)) for n in names if n != "winclip"}
+static = sorted(p.name for p in (root / "web" / "static").iterdir())  # the page of vlm-ad serve
 print(json.dumps({"package": str(root), "prompts_dir": str(prompts_dir()), "names": names, "loaded": loaded,
-                  "winclip": len(load_prompt_set().templates), "version": vlm_ad.__version__}))
+                  "winclip": len(load_prompt_set().templates), "version": vlm_ad.__version__, "static": static}))
 """
 
 
@@ -59,3 +60,4 @@ def test_wheel_installs_every_prompt(tmp_path):
     assert res["names"] == shipped and "winclip" in shipped
     assert all(keys for keys in res["loaded"].values())  # every YAML prompt parsed into a non-empty mapping
     assert res["winclip"] > 0
+    assert res["static"] == ["app.css", "app.js", "index.html"]

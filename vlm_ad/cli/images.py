@@ -94,7 +94,8 @@ def demo(
                   "'vlm-ad demo --data textile' shows image AUROC near chance there.")
     console.print("Next:\n"
                   f"  vlm-ad serve --model {res.model_dir} --exemplars {res.data_dir} --examples "
-                  f"{res.data_dir / 'test'} --reports {res.report_dir}   # the web page: look, point and ask\n"
+                  f"{res.data_dir / 'test'} --reports {res.report_dir}   "
+                  "# the web page (pip install 'vlm-ad\\[serve]')\n"
                   f"  vlm-ad chat {res.chat_image} --model {res.model_dir}        # ask your own questions\n"
                   f"  vlm-ad report {res.data_dir / 'test'} --model {res.model_dir} --out my-report   "
                   "# explain a folder\n"

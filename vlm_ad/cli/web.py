@@ -38,6 +38,10 @@ def serve(
 
     Example: vlm-ad serve --model vlm-ad-demo/model --exemplars vlm-ad-demo/data/brick
     --examples vlm-ad-demo/data/brick/test --reports vlm-ad-demo/report"""
+    from vlm_ad._deps import require
+
+    for module in ("fastapi", "uvicorn", "python_multipart"):  # before the model loads: say what to install first
+        require(module, "vlm-ad serve")
     from vlm_ad.web import serve as run
 
     if max_upload_mb <= 0:
