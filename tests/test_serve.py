@@ -64,7 +64,8 @@ def test_upload_gives_overlay_regions_exemplars_and_a_chat(served):
     ("notes.txt", b"hello, not an image", 400, "not a recognised image format"),
     ("empty.png", b"", 400, "is empty"),
     ("cut.png", None, 400, "truncated"),
-    ("huge.png", b"\0" * 1_100_000, 413, "upload limit"),
+    ("big.png", b"\0" * 1_030_000, 413, "big.png is 1.0 MB, above this server's 1 MB upload limit"),  # read
+    ("huge.png", b"\0" * 3_000_000, 413, "the upload is 3.0 MB, above"),  # refused from its Content-Length
 ])
 def test_bad_uploads_give_a_clear_4xx_message(served, name, data, status, words):
     client, cat = served
@@ -152,3 +153,40 @@ def test_views_exemplar_window_is_centred_on_the_hit():
     win = exemplar_window(img, 5, 1, (8, 8), (0.125, 0.125))
     assert win.shape[:2] == (24, 24) and (win[8:16, 8:16] == 255).all() and win.sum() == img.sum()  # centred
     assert exemplar_window(img, 0, 0, (8, 8), (0.5, 0.5)).shape[:2] == (28, 28)  # 4 +- 24, clipped at 0
+
+
+def test_a_server_failure_is_a_json_500_without_a_traceback(served):
+    from fastapi.testclient import TestClient
+
+    from vlm_ad.pipeline import Pipeline
+    from vlm_ad.web import create_app
+
+    class Broken:
+        def predict(self, samples):
+            raise RuntimeError("secret internals at /srv/model")
+
+    client, cat = served
+    app = create_app(Pipeline(Broken()))
+    resp = TestClient(app, raise_server_exceptions=False).post(
+        "/api/analyze", files={"file": ("a.png", _png(_hole(cat)), "image/png")})
+    assert resp.status_code == 500
+    assert resp.json() == {"error": "internal error (RuntimeError); the server log has the details"}
+
+
+def test_sessions_are_dropped_by_count_and_by_pixels():
+    from types import SimpleNamespace
+
+    from vlm_ad.web.app import Sessions, WebError
+
+    def session(side):
+        return SimpleNamespace(explained=SimpleNamespace(image=np.zeros((side, side, 3), np.uint8)))
+
+    s = Sessions(limit=3, max_pixels=10_000)
+    ids = [s.add(session(10)) for _ in range(5)]
+    assert len(s) == 3 and s.get(ids[-1])
+    with pytest.raises(WebError, match="expired"):
+        s.get(ids[0])
+    big = s.add(session(99))  # 9,801 pixels: only one 100-pixel session still fits beside it
+    assert len(s) == 2 and s.get(big)
+    s.add(session(200))  # larger than the budget alone: kept, as the only one
+    assert len(s) == 1

@@ -118,6 +118,12 @@ def test_a_corrupt_upload_shows_a_message_not_a_trace(page, site, tmp_path):
     text = page.locator("#message").inner_text()
     assert "Could not analyse broken.png" in text and "cannot read image broken.png" in text
     assert "Traceback" not in text and "/tmp" not in text
+    huge = tmp_path / "huge.png"
+    with open(huge, "wb") as fh:
+        fh.truncate(51_000_000)  # above the default 50 MB limit (sparse: costs no disk)
+    page.set_input_files("#file", str(huge))
+    page.wait_for_function("document.getElementById('message').textContent.includes('huge.png')")
+    assert "51.0 MB, above this server's 50 MB upload limit" in page.locator("#message").inner_text()
 
 
 def test_unverified_claim_flags_are_shown(browser, site):

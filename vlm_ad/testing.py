@@ -5,6 +5,7 @@ Downstream code (and vlm-ad's own tests) use these to check a new detector honou
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -178,8 +179,9 @@ def serve_openai_compatible(replies, *, drip_s: float | None = None):
     return f"http://127.0.0.1:{server.server_address[1]}/v1", received, stop
 
 
-#: the system browser the browser tests drive (Debian's ``apt-get install chromium``; never a downloaded one)
-CHROMIUM = "/usr/bin/chromium"
+#: the system browser the browser tests drive (Debian's ``apt-get install chromium``; never a downloaded one);
+#: ``$VLM_AD_CHROMIUM`` points elsewhere (e.g. /usr/bin/chromium-browser)
+CHROMIUM = os.environ.get("VLM_AD_CHROMIUM", "/usr/bin/chromium")
 #: flags for a headless run that never talks to the network on its own
 CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run")

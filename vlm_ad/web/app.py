@@ -53,24 +53,33 @@ class WebError(Exception):
 
 
 class Sessions:
-    """Chat sessions by id, the oldest dropped past ``limit`` (each holds one image's map and evidence)."""
+    """Chat sessions by id; the oldest are dropped past ``limit`` sessions or ``max_pixels`` pixels in all (each
+    holds one image, its map and its evidence in memory)."""
 
-    def __init__(self, limit: int = 32) -> None:
-        self.limit, self._items, self._lock = limit, OrderedDict[str, ChatSession](), threading.Lock()
+    def __init__(self, limit: int = 32, max_pixels: int = 120_000_000) -> None:
+        self.limit, self.max_pixels = limit, max_pixels
+        self._items: OrderedDict[str, ChatSession] = OrderedDict()
+        self._lock = threading.Lock()
 
     def add(self, session: ChatSession) -> str:
         sid = uuid.uuid4().hex
         with self._lock:
             self._items[sid] = session
-            while len(self._items) > self.limit:
+            while len(self._items) > 1 and (len(self._items) > self.limit or self._pixels() > self.max_pixels):
                 self._items.popitem(last=False)
         return sid
+
+    def _pixels(self) -> int:
+        return sum(int(s.explained.image.shape[0]) * int(s.explained.image.shape[1]) for s in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, sid: str) -> ChatSession:
         with self._lock:
             if sid not in self._items:
-                raise WebError(404, "this chat session has expired (the server keeps the latest "
-                                    f"{self.limit} images); analyse the image again")
+                raise WebError(404, "this chat session has expired (the server keeps only the latest images in "
+                                    "memory); analyse the image again")
             self._items.move_to_end(sid)
             return self._items[sid]
 
@@ -185,6 +194,16 @@ def create_app(pipeline: Pipeline, *, reports: str | Path | None = None, example
                   info=info or {})
     app = FastAPI(title="vlm-ad", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
+
+    @app.middleware("http")
+    async def _upload_size(request: Request, call_next):
+        # refuse an oversized upload from its header, before the body is read and spooled to disk
+        size = request.headers.get("content-length", "")
+        if request.url.path == "/api/analyze" and size.isdigit() and int(size) > svc.max_bytes + 65536:
+            return JSONResponse({"error": f"the upload is {int(size) / 1e6:.1f} MB, above this server's "
+                                          f"{svc.max_bytes / 1e6:.0f} MB upload limit (vlm-ad serve --max-upload-mb)"},
+                                status_code=413)
+        return await call_next(request)
 
     @app.exception_handler(WebError)
     async def _web_error(request: Request, exc: WebError):

@@ -1,7 +1,7 @@
 // vlm-ad serve: the page. Everything the server sends is put in with textContent (never as HTML).
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { session: null, offset: 0, limit: 50 };
+const state = { session: null, offset: 0, limit: 50, maxUploadMb: Infinity };
 // time from an upload to its overlay on screen, read by eval/bench_serve.py
 window.vlmAd = { timings: [] };
 
@@ -206,10 +206,15 @@ async function init() {
   $("file").onchange = () => {
     const f = $("file").files[0];
     if (!f) return;
+    $("file").value = "";
+    if (f.size > state.maxUploadMb * 1e6) {  // the server would refuse it too (413); say so without sending it
+      showMessage("Could not analyse " + f.name + ": it is " + (f.size / 1e6).toFixed(1) + " MB, above this " +
+                  "server's " + state.maxUploadMb + " MB upload limit (vlm-ad serve --max-upload-mb)");
+      return;
+    }
     const form = new FormData();
     form.append("file", f, f.name);
     analyze({ url: "/api/analyze", options: { method: "POST", body: form } }, f.name);
-    $("file").value = "";
   };
   $("example").onchange = () => {
     const name = $("example").value;
@@ -223,6 +228,7 @@ async function init() {
   $("next").onclick = () => { state.offset += state.limit; loadReport(); };
   try {
     const info = await api("/api/info");
+    state.maxUploadMb = info.max_upload_mb;
     $("model-info").textContent = "model " + (info.model || "?") + " - reasoner " + (info.reasoner || "?");
     if (info.examples.length) {
       $("example-box").hidden = false;
