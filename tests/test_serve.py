@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,20 +156,27 @@ def test_views_exemplar_window_is_centred_on_the_hit():
     assert exemplar_window(img, 0, 0, (8, 8), (0.5, 0.5)).shape[:2] == (28, 28)  # 4 +- 24, clipped at 0
 
 
+def test_an_image_the_chain_cannot_analyse_is_a_422_naming_it(served):
+    client, _ = served
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    resp = client.post("/api/analyze", files={"file": ("dot.png", buf.getvalue(), "image/png")})
+    assert resp.status_code == 422 and "could not analyse dot.png (1 x 1 px)" in resp.json()["error"]
+
+
 def test_a_server_failure_is_a_json_500_without_a_traceback(served):
     from fastapi.testclient import TestClient
 
-    from vlm_ad.pipeline import Pipeline
     from vlm_ad.web import create_app
 
-    class Broken:
-        def predict(self, samples):
-            raise RuntimeError("secret internals at /srv/model")
+    client, _ = served
+    app = create_app(client.app.state.service.pipeline, reports=Path("/nonexistent"))
 
-    client, cat = served
-    app = create_app(Pipeline(Broken()))
-    resp = TestClient(app, raise_server_exceptions=False).post(
-        "/api/analyze", files={"file": ("a.png", _png(_hole(cat)), "image/png")})
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals at /srv/model")
+
+    app.state.service.report.rows = broken
+    resp = TestClient(app, raise_server_exceptions=False).get("/api/report")
     assert resp.status_code == 500
     assert resp.json() == {"error": "internal error (RuntimeError); the server log has the details"}
 

@@ -148,6 +148,12 @@ class Service:
             raise WebError(502, f"the reasoner failed: {exc}") from None
         except (ConfigError, DataError) as exc:
             raise WebError(400, str(exc)) from None
+        except Exception as exc:  # a failure inside the chain on an image that did load: say which, log the rest
+            log.exception("analysing %s failed", sample.image_id)
+            h, w = sample.image.shape[:2]
+            raise WebError(422, f"vlm-ad could not analyse {sample.image_id} ({w} x {h} px): {type(exc).__name__} "
+                                "inside the detector or the evidence (very small images and extreme aspect ratios "
+                                "are known to fail); the server log has the details") from None
 
     def chat(self, sid: str, question: str) -> dict[str, Any]:
         question = question.strip()
