@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from vlm_ad.errors import ConfigError
 
@@ -159,3 +161,29 @@ def test_sigkill_at_any_moment_then_rerun_loses_and_duplicates_nothing(model, tm
     lines = _lines(out)
     assert len(lines) == n and len({r["key"] for r in lines}) == n, (res, len(lines))
     assert sum(r["status"] == "failed" for r in lines) == 1  # only broken.png
+
+
+@pytest.mark.parametrize("size", [(2000, 20), (20, 2000), (40, 8)])
+def test_thin_and_small_images_run_the_whole_chain(model, tmp_path, size):
+    """Very elongated or small images (down to 8 px a side) give a map at their own size and a record; the map blur
+    used to need every side longer than its radius."""
+    from vlm_ad.detectors import load_detector
+    from vlm_ad.pipeline import Pipeline
+
+    w, h = size
+    pixels = (np.random.default_rng(0).random((h, w, 3)) * 255).astype("uint8")
+    Image.fromarray(pixels).save(tmp_path / "thin.png")
+    result = Pipeline(load_detector(model[1])).run(tmp_path / "thin.png")
+    assert result.amap.map.shape == (h, w)
+    assert np.isfinite(result.amap.map).all() and result.record().status == "ok"
+
+
+def test_an_image_below_eight_pixels_a_side_is_refused_by_name(tmp_path):
+    from vlm_ad.errors import DataError
+    from vlm_ad.pipeline import load_sample
+
+    Image.fromarray(np.zeros((3, 300, 3), "uint8")).save(tmp_path / "sliver.png")
+    with pytest.raises(DataError, match=r"sliver\.png is 300 x 3 pixels.*at least 8"):
+        load_sample(tmp_path / "sliver.png")
+    with pytest.raises(ValueError, match="at least 8 pixels"):
+        load_sample(np.zeros((1, 1, 3), "uint8"))

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 
 from vlm_ad._cache import atomic_write_bytes
+from vlm_ad.errors import DataError
 from vlm_ad.evidence import Evidence, Namer, build_evidence
 from vlm_ad.reasoning import Explanation, ImageViews, Reasoner
 from vlm_ad.types import AnomalyMap, Sample
@@ -42,8 +43,22 @@ def load_sample(image: ImageInput) -> Sample:
     if isinstance(image, Sample):
         return image
     if isinstance(image, (str, Path)):
-        return Sample(load_image(image), Path(image).name, path=Path(image))
-    return Sample(np.asarray(image), "image")
+        return check_measurable(Sample(load_image(image), Path(image).name, path=Path(image)))
+    return check_measurable(Sample(np.asarray(image), "image"))
+
+
+MIN_SIDE = 8  # pixels: below this no region, gradient or contrast can be measured
+
+
+def check_measurable(sample: Sample) -> Sample:
+    """``sample`` itself when the chain can measure it (H x W or H x W x C, at least :data:`MIN_SIDE` pixels a
+    side); else a :class:`DataError` naming it."""
+    shape = np.shape(sample.image)
+    if len(shape) not in (2, 3) or min(shape[:2]) < MIN_SIDE:
+        size = f"{shape[1]} x {shape[0]} pixels" if len(shape) in (2, 3) else f"an array of shape {shape}"
+        raise DataError(f"image {sample.image_id} is {size}; vlm-ad needs an H x W (x C) image with at least "
+                        f"{MIN_SIDE} pixels on each side to measure anything (upscale it or crop a larger region)")
+    return sample
 
 
 def exemplar_loader(root: str | Path | None) -> ExemplarLoader | None:
@@ -177,7 +192,7 @@ class Pipeline:
 
     def detect(self, sample: Sample) -> AnomalyMap:
         """Step 1: the anomaly map, score and nearest exemplars of one image."""
-        return self.detector.predict([sample])[0]
+        return self.detector.predict([check_measurable(sample)])[0]
 
     def measure(self, amap: AnomalyMap, image: np.ndarray) -> Evidence:
         """Step 2: regions, shapes, contrasts against the nearest exemplar, defect names."""

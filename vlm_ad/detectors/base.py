@@ -192,7 +192,8 @@ class PatchEmbedder:
 
 
 def gaussian_blur(grid: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Blur (B, H, W) maps with a Gaussian of std ``sigma`` pixels (reflect padding)."""
+    """Blur (B, H, W) maps with a Gaussian of std ``sigma`` pixels (reflect padding; edge-replicate padding along
+    a side shorter than the kernel's radius, where reflection is undefined: very thin or tiny inputs)."""
     if sigma <= 0:
         return grid
     radius = int(4 * sigma + 0.5)
@@ -200,8 +201,9 @@ def gaussian_blur(grid: torch.Tensor, sigma: float) -> torch.Tensor:
     k = torch.exp(-(x**2) / (2 * sigma**2))
     k = (k / k.sum()).to(grid.dtype)
     g = grid[:, None]
-    g = F.conv2d(F.pad(g, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
-    g = F.conv2d(F.pad(g, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
+    h, w = g.shape[-2:]
+    g = F.conv2d(F.pad(g, (radius, radius, 0, 0), mode="reflect" if radius < w else "replicate"), k.view(1, 1, 1, -1))
+    g = F.conv2d(F.pad(g, (0, 0, radius, radius), mode="reflect" if radius < h else "replicate"), k.view(1, 1, -1, 1))
     return g[:, 0]
 
 
