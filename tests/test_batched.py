@@ -122,3 +122,21 @@ def test_bad_batch_size_is_refused(tiny):
 
     with pytest.raises(ConfigError, match="batch_size and workers must be at least 1, got 0"):
         LocalEngine(Pipeline(load_detector(tiny[1])), batch_size=0)
+
+
+def test_batch_dependent_detectors_are_called_image_by_image(tiny, tmp_path):
+    """mutual scores the images of one predict call against each other: a batch must not change its results."""
+    from vlm_ad.detectors import create_detector
+    from vlm_ad.engines import LocalEngine
+    from vlm_ad.pipeline import Pipeline, detect_images
+
+    _, _, imgs = tiny
+    records = []
+    for bs in (1, 4):
+        det = create_detector("mutual", backbone="efficientnet-lite0", image_size=64).fit([])
+        res = detect_images([imgs], det, tmp_path / f"m{bs}", engine=LocalEngine(Pipeline(det), batch_size=bs))
+        records.append([r.record for r in res])
+    for a, b in zip(*records):
+        assert (a is None) == (b is None)
+        if a is not None:
+            _same_records(a, b)

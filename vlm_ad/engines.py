@@ -36,6 +36,9 @@ __all__ = ["ENGINES", "Computed", "Engine", "LocalEngine", "PipelineSpec", "RayE
 
 ENGINES = ("local", "ray")
 _MAX_TRIES = 2  # times a batch may lose its worker before its images are recorded as failed
+# detectors whose result for an image does not depend on the other images of a predict call, so a batch may share one
+# call (others, e.g. mutual, which scores the images of a call against each other, are called image by image)
+BATCH_INVARIANT = ("patchcore",)
 
 
 @dataclass(frozen=True)
@@ -161,7 +164,12 @@ def _predict(pipeline: Pipeline, decoded: list[tuple[Any, Any]]) -> list[Any]:
     samples = [decoded[i][0] for i in ok]
     inputs = [decoded[i][1] for i in ok]
     det = pipeline.detector
-    maps = det.predict(samples, inputs=inputs) if inputs[0] is not None else det.predict(samples)
+    if getattr(det, "name", None) not in BATCH_INVARIANT:  # e.g. mutual scores the images of a call against each other
+        maps = [det.predict([s])[0] for s in samples]
+    elif inputs[0] is not None:
+        maps = det.predict(samples, inputs=inputs)
+    else:
+        maps = det.predict(samples)
     for i, amap in zip(ok, maps):
         out[i] = amap
     return out
