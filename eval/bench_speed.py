@@ -27,6 +27,8 @@ machine (2 cores, other jobs running: the 1-minute load average is printed besid
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import os
 import statistics
 import sys
@@ -129,6 +131,19 @@ def stages(det, runtime: str, files: list[Path], batch: int, out: Path) -> dict[
         atomic_write_bytes(out / f"{i}.json", str(record).encode())
     t["write"] = time.perf_counter() - t0
     return {k: 1e3 * v / len(files) for k, v in t.items()}
+
+
+@contextlib.contextmanager
+def png_level(level: int):
+    """Overlays encoded at zlib ``level`` (6: Pillow's default, what detect used before this change; 1: now)."""
+    import vlm_ad.viz as viz
+
+    orig = viz.png_bytes
+    viz.png_bytes = functools.partial(orig, compress_level=level)
+    try:
+        yield
+    finally:
+        viz.png_bytes = orig
 
 
 def end_to_end(det, files: list[Path], batch: int, out: Path) -> tuple[float, list[float]]:
@@ -235,22 +250,23 @@ def main(argv: list[str] | None = None) -> None:
         model, export = fit_and_export(backbone, shots, work)
         floors[backbone] = network_gflop(model, files)
         dets = {rt: load(model, export, rt, args.threads) for rt in RUNTIMES}
-        settings = [("torch", 1)] + [(rt, BATCH) for rt in RUNTIMES]
+        settings = [("torch", 1, 6), ("torch", 1, 1)] + [(rt, BATCH, 1) for rt in RUNTIMES]
         st: dict = {s: [] for s in settings}
         ee: dict = {s: [] for s in settings}
         scores: dict = {}
         loads: dict = {s: [] for s in settings}
         for r in range(args.repeats):
             for s in settings:
-                rt, batch = s
-                out = work / f"out-{backbone}-{rt}-{batch}-{r}"
+                rt, batch, level = s
+                out = work / f"out-{backbone}-{rt}-{batch}-{level}-{r}"
                 out.mkdir()
                 loads[s].append(os.getloadavg()[0])
-                st[s].append(stages(dets[rt], rt, files, batch, out))
-                ips, sc = end_to_end(dets[rt], files, batch, work / f"e2e-{backbone}-{rt}-{batch}-{r}")
+                with png_level(level):
+                    st[s].append(stages(dets[rt], rt, files, batch, out))
+                    ips, sc = end_to_end(dets[rt], files, batch, work / f"e2e-{backbone}-{rt}-{batch}-{level}-{r}")
                 ee[s].append(ips)
                 scores[s] = sc
-                print(f"{backbone} {rt} batch {batch} round {r}: {ips:.2f} images/s", flush=True)
+                print(f"{backbone} {rt} batch {batch} png {level} round {r}: {ips:.2f} images/s", flush=True)
         for s in settings:
             med = {k: statistics.median(x[k] for x in st[s]) for k in STAGES}
             rows.append((backbone, *s, med, statistics.median(loads[s])))
@@ -272,13 +288,14 @@ def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes)
              "busy before this job).", "",
              f"fp32 matmul here: **{gflops:.0f} GFLOP/s** (2048 x 2048 torch.mm, {args.threads} threads).", "",
              "## ms per image, by stage", "",
-             "| backbone | runtime | batch | decode | resize | backbone | search | map | write | total | "
-             "backbone / FLOP floor | load |", "|" + " --- |" * 12]
-    for backbone, rt, batch, med, load in rows:
+             "| backbone | runtime | batch | PNG level | decode | resize | backbone | search | map | write | total | "
+             "backbone / FLOP floor | load |", "|" + " --- |" * 13]
+    for backbone, rt, batch, level, med, load in rows:
         floor_ms = floors[backbone][0] / gflops * 1e3
-        lines.append(f"| {backbone} | {rt} | {batch} | " + " | ".join(f"{med[k]:.1f}" for k in STAGES) +
+        lines.append(f"| {backbone} | {rt} | {batch} | {level} | " + " | ".join(f"{med[k]:.1f}" for k in STAGES) +
                      f" | {sum(med.values()):.1f} | {med['backbone'] / floor_ms:.1f}x | {load:.1f} |")
-    lines += ["", "Batch 1 torch is the old `detect` (one image at a time); batched rows group images of equal input "
+    lines += ["", "torch, batch 1, PNG level 6 is the old `detect` (one image at a time, Pillow's default zlib level "
+              "for the overlay); batched rows group images of equal input "
               "shape (magnetic_tile images come in many sizes, so with aspect-keeping geometry many groups hold one "
               "image: batching gains little there, the runtime gains the rest).", "",
               "## FLOP floor", "",
@@ -291,30 +308,35 @@ def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes)
               "pooling/activations/norms not counted. Floor = FLOPs / the matmul rate above. Depthwise convolutions "
               "(EfficientNet) cannot reach matmul speed.", "",
               "## End to end (`detect_images`: decode, detect, regions, overlay, files written)", "",
-              "| backbone | runtime | batch | images/s | vs old path | image AUROC | load |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    base = {b: ips for b, rt, batch, ips, _, _ in e2e if rt == "torch" and batch == 1}
-    for backbone, rt, batch, ips, auc, load in e2e:
-        lines.append(f"| {backbone} | {rt} | {batch} | {ips:.2f} | {ips / base[backbone]:.2f}x | {auc:.4f} | "
-                     f"{load:.1f} |")
+              "| backbone | runtime | batch | PNG level | images/s | vs old path | image AUROC | load |",
+              "|" + " --- |" * 8]
+    base = {b: ips for b, rt, batch, level, ips, _, _ in e2e if (rt, batch, level) == ("torch", 1, 6)}
+    for backbone, rt, batch, level, ips, auc, load in e2e:
+        lines.append(f"| {backbone} | {rt} | {batch} | {level} | {ips:.2f} | {ips / base[backbone]:.2f}x | "
+                     f"{auc:.4f} | {load:.1f} |")
     lines += ["", "## anomalib", ""]
     eff = next((r for r in e2e if r[0] == "efficientnet-lite0" and r[1] != "torch"), None)
     if ano_ms is None:
         lines.append(f"anomalib 2.7 inferencer: {ano_note}.")
     else:
-        best = max((r for r in e2e if r[0] == "efficientnet-lite0"), key=lambda r: r[3]) if eff else None
-        predict = {(b, rt, batch): sum(med[k] for k in STAGES if k != "write") for b, rt, batch, med, _ in rows}
+        best = max((r for r in e2e if r[0] == "efficientnet-lite0"), key=lambda r: r[4]) if eff else None
+        predict = {(b, rt, batch): sum(med[k] for k in STAGES if k != "write") for b, rt, batch, _, med, _ in rows}
         fast = min((v, k) for k, v in predict.items() if k[0] == "efficientnet-lite0")
         lines.append(f"anomalib 2.7 PatchCore (timm tf_efficientnet_lite0 with the same weights, layers blocks.2 + "
                      f"blocks.4, 224 px, coreset 0.1), {ano_note}: **{ano_ms:.1f} ms per image** "
                      f"({1e3 / ano_ms:.2f} images/s; no overlay or files written)." +
                      (f" vlm-ad's fastest efficientnet-lite0 row ({best[1]}, batch {best[2]}, files written): "
-                      f"{best[3]:.2f} images/s = **{best[3] * ano_ms / 1e3:.2f}x** anomalib's rate." if best else "") +
+                      f"{best[4]:.2f} images/s = **{best[4] * ano_ms / 1e3:.2f}x** anomalib's rate." if best else "") +
                      f" Like for like (decode to map, no files): vlm-ad {fast[1][1]} batch {fast[1][2]} "
                      f"{fast[0]:.1f} ms per image = **{ano_ms / fast[0]:.1f}x** faster than anomalib's inferencer; "
                      f"the old torch path {predict[('efficientnet-lite0', 'torch', 1)]:.1f} ms. anomalib's inferencer "
                      "uses its default pre-processing (resize 256, centre crop 224, ImageNet normalisation): the "
                      "same network at the same 224 x 224 cost, not the same scores.")
+    if args.threads == 1:
+        lines += ["", "Why 1 thread: on these shared cores (see the load column) torch's two OpenMP workers stall "
+                  "each other; a probe in the same hour (efficientnet-lite0 forward at 224 px, 7 calls) took 370-3,500 "
+                  "ms per call with 2 threads and 43-88 ms with 1, so every runtime here runs on 1 thread and the "
+                  "matmul rate (the floor) is measured on 1 thread too."]
     lines += notes
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines) + "\n")

@@ -95,10 +95,12 @@ class PipelineSpec:
         if self.library is not None:
             self.library = Path(self.library).absolute()
 
-    def build(self) -> Pipeline:
+    def build(self, threads: int | None = None) -> Pipeline:
+        """The pipeline (``threads``: intra-op threads of an onnx/openvino runtime; None = its default)."""
         from vlm_ad.runtime import load_runtime_detector
 
-        det = load_runtime_detector(self.model_dir, self.runtime)
+        kw = {"threads": threads} if self.runtime != "torch" else {}
+        det = load_runtime_detector(self.model_dir, self.runtime, **kw)
         if self.threshold is not None:
             det.set_threshold(self.threshold)
         namer = None
@@ -307,7 +309,7 @@ class _Worker:
         import torch
 
         torch.set_num_threads(threads)  # one actor per CPU: no oversubscription
-        self.pipeline = spec.build()
+        self.pipeline = spec.build(threads)
 
     def run(self, task: Task, items: list[WorkItem]) -> list[Computed]:
         return [task(self.pipeline, item) for item in items]
