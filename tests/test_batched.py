@@ -140,3 +140,32 @@ def test_batch_dependent_detectors_are_called_image_by_image(tiny, tmp_path):
         assert (a is None) == (b is None)
         if a is not None:
             _same_records(a, b)
+
+
+def test_a_failing_batch_call_falls_back_to_one_image_at_a_time(tiny, tmp_path):
+    from vlm_ad.detectors import load_detector
+    from vlm_ad.engines import LocalEngine
+    from vlm_ad.errors import DataError
+    from vlm_ad.pipeline import Pipeline, detect_images
+
+    _, model, imgs = tiny
+    real = load_detector(model)
+
+    class Picky:  # refuses any call with more than one image
+        name = "patchcore"
+        calls: list[int] = []
+
+        def predict(self, images, **kw):
+            self.calls.append(len(images))
+            if len(images) > 1:
+                raise DataError("one image per call, please")
+            return real.predict(images)
+
+    det = Picky()
+    res = detect_images([imgs], det, tmp_path / "out", engine=LocalEngine(Pipeline(det), batch_size=4))
+    single, _ = _detect(model, imgs, tmp_path / "one", 1)
+    assert max(det.calls) == 4 and det.calls.count(1) == 7
+    for a, b in zip(single, res):
+        assert (a.record is None) == (b.record is None)
+        if a.record is not None:
+            _same_records(a.record, b.record)

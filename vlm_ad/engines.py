@@ -187,8 +187,8 @@ def detect_batch(pipeline: Pipeline, items: Sequence[WorkItem], decoded: list[tu
     t0 = time.perf_counter()
     try:
         maps = _predict(pipeline, decoded)
-    except VlmAdError:  # one bad image fails the batch call: each image alone, as the one-at-a-time path
-        return [pool.submit(detect_item, pipeline, item) for item in items]
+    except VlmAdError:  # one bad image fails the batch call: each image alone, as the one-at-a-time path (in this
+        return [_done(detect_item(pipeline, item)) for item in items]  # thread: a runtime's session is not shared)
     share = (time.perf_counter() - t0) / len(items)
 
     def finish(item: WorkItem, sample: Any, amap: Any) -> Computed:
