@@ -9,6 +9,7 @@ detector            detector.json          ``Detector.save`` (vlm-ad fit)  1
 adapter             adapt.json             ``save_adapter`` (vlm-ad adapt)  1
 video-model         video_model.json       ``VideoModel.save``             1
 defect-library      library.json           ``DefectLibrary.save``          1
+export              export.json            ``export_model`` (vlm-ad export) 1
 ==================  =====================  ==============================  =======
 
 Folders written before format versions existed carry none and are read as version 1.

