@@ -169,3 +169,17 @@ def test_a_failing_batch_call_falls_back_to_one_image_at_a_time(tiny, tmp_path):
         assert (a.record is None) == (b.record is None)
         if a.record is not None:
             _same_records(a.record, b.record)
+
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_a_too_small_image_fails_alone_by_name(tiny, tmp_path, batch_size):
+    """An image under 8 px a side is refused by name on both paths, and the others are written."""
+    _, model, imgs = tiny
+    folder = tmp_path / "in"
+    shutil.copytree(imgs, folder)
+    Image.new("RGB", (300, 4)).save(folder / "sliver.png")
+    res, _ = _detect(model, folder, tmp_path / "out", batch_size)
+    errors = {d.path.name: d.error for d in res if d.error}
+    assert "300 x 4 pixels" in errors["sliver.png"] and "at least 8" in errors["sliver.png"]
+    assert set(errors) == {"sliver.png", "broken.png"} and sum(d.record is not None for d in res) == len(res) - 2

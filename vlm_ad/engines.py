@@ -148,10 +148,11 @@ def detect_item(pipeline: Pipeline, item: WorkItem) -> Computed:
 def _decode(item: WorkItem, image_id: str, prepare: Callable[[Any], Any] | None) -> tuple[Any, Any]:
     """(Sample, prepared network input or None), or (the exception, None) when the image cannot be read."""
     from vlm_ad.data import load_image
+    from vlm_ad.pipeline import check_measurable
     from vlm_ad.types import Sample
 
     try:
-        sample = Sample(load_image(item.file), image_id, path=Path(item.path))
+        sample = check_measurable(Sample(load_image(item.file), image_id, path=Path(item.path)))
         return sample, (prepare(sample.image) if prepare is not None else None)
     except Exception as exc:  # noqa: BLE001 - handed to the task, which records it as the per-image path would
         return exc, None
