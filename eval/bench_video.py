@@ -55,13 +55,28 @@ def variants(appearance: dict) -> dict[str, dict[str, dict]]:
             "appearance": {"patchcore": appearance}}
 
 
-def run_cues(data: Path, cands: dict, fit_clips, cal_clips, test_clips) -> tuple[dict, dict, dict]:
+def _load_cache(path: Path | None) -> dict:
+    if path is None or not path.exists():
+        return {}
+    return json.loads(path.read_text())
+
+
+def run_cues(data: Path, cands: dict, fit_clips, cal_clips, test_clips, cache: Path | None = None
+             ) -> tuple[dict, dict, dict]:
     """Fit every candidate cue once (sharing decoding and optical flow), score calibration and test clips.
+
+    ``cache``: a JSON file of raw scores and timings from an earlier run; a candidate whose settings are unchanged
+    there is still fitted (the end-to-end run needs it) but not scored again; new scores are added to the file.
 
     Returns (fitted cues {(cue, variant): Cue}, raw scores {(cue, variant): {clip: (T,)}}, seconds per part on the
     test clips: "io", "flow_field" and each (cue, variant))."""
     ctxs = VideoModel(cues=["flow"])  # only for its frame contexts: scale 0.5 gray, 16 px cell grid
     cues = {(c, v): create_cue(c, **opts) for c, vs in cands.items() for v, opts in vs.items()}
+    stored = _load_cache(cache)
+    clip_names = [c.name for c in [*cal_clips, *test_clips]]
+    tag = lambda k: f"{k[0]}/{k[1]}"  # noqa: E731
+    done = {k for k, cue in cues.items() if tag(k) in stored and stored[tag(k)]["cfg"] == json.loads(
+        json.dumps(cue.cfg)) and set(clip_names) <= set(stored[tag(k)]["raw"])}
     for clip in fit_clips:
         for cue in cues.values():
             cue.reset()
@@ -71,13 +86,17 @@ def run_cues(data: Path, cands: dict, fit_clips, cal_clips, test_clips) -> tuple
         print(f"fit {clip.name}", flush=True)
     for cue in cues.values():
         cue.finish_fit()
-    raw = {k: {} for k in cues}
-    spent = {k: 0.0 for k in cues} | {"io": 0.0, "flow_field": 0.0}
-    for clip in [*cal_clips, *test_clips]:
+    raw = {k: {c: np.array(stored[tag(k)]["raw"][c]) for c in clip_names} if k in done else {} for k in cues}
+    spent = {k: stored[tag(k)]["seconds"] if k in done else 0.0 for k in cues}
+    spent |= {p: stored.get(f"_{p}", {}).get("seconds", 0.0) for p in ("io", "flow_field")}
+    todo = {k: cue for k, cue in cues.items() if k not in done}
+    if todo:
+        spent["io"] = spent["flow_field"] = 0.0
+    for clip in [*cal_clips, *test_clips] if todo else []:
         test = clip in test_clips
-        for cue in cues.values():
+        for cue in todo.values():
             cue.reset()
-        out = {k: [] for k in cues}
+        out = {k: [] for k in todo}
         t = time.perf_counter()
         for ctx in ctxs._contexts(clip):
             t1 = time.perf_counter()
@@ -85,14 +104,18 @@ def run_cues(data: Path, cands: dict, fit_clips, cal_clips, test_clips) -> tuple
             ctx.flow()
             t = time.perf_counter()
             spent["flow_field"] += (t - t1) * test
-            for k, cue in cues.items():
+            for k, cue in todo.items():
                 out[k].append(cue.step(ctx).score)
                 t2 = time.perf_counter()
                 spent[k] += (t2 - t) * test
                 t = t2
-        for k in cues:
+        for k in todo:
             raw[k][clip.name] = np.array(out[k])
         print(f"scored {clip.name}", flush=True)
+    if cache is not None and todo:
+        stored |= {tag(k): {"cfg": cues[k].cfg, "seconds": spent[k], "raw": {c: v.tolist() for c, v in raw[k].items()}}
+                   for k in todo} | {f"_{p}": {"cfg": {}, "seconds": spent[p], "raw": {}} for p in ("io", "flow_field")}
+        atomic_write_bytes(cache, json.dumps(stored).encode())
     return cues, raw, spent
 
 
@@ -163,20 +186,23 @@ def report(bench: Bench, choice: dict, spent: dict, n_test: int) -> list[dict]:
     chosen, sigma = choice["variants"], choice["sigma"]
     m = bench.model(chosen, sigma, choice["fusion"], choice["fused"])
     per, fused = bench.scores(m, chosen)
-    fps = lambda keys, flow: round(n_test / (spent["io"] + flow * spent["flow_field"] + sum(spent[k] for k in keys)), 1)  # noqa: E731,E501
-    needs_flow = lambda cues: any(c in ("flow", "motion") for c in cues)  # noqa: E731
+    def fps(keys: list[tuple[str, str]]) -> float:
+        """Frames/s of these cues together: decoding, the shared optical flow when one of them uses it, and theirs."""
+        flow = any(c in ("flow", "motion") or bench.cues[(c, v)].cfg.get("speed_from") == "flow" for c, v in keys)
+        return round(n_test / (spent["io"] + flow * spent["flow_field"] + sum(spent[k] for k in keys)), 1)
+
     rows = [{"cue": "flow baseline (max |flow| / p99.9, 15-frame mean)", "setting": "fixed recipe",
-             "scores": bench.baseline(), "fps": fps([("flow", "q0.999")], True)}]
+             "scores": bench.baseline(), "fps": fps([("flow", "q0.999")])}]
     rows += [{"cue": c, "setting": f"{v}, sigma {sigma:g}", "in_fusion": c in choice["fused"], "scores": per[c],
-              "fps": fps([(c, v)], needs_flow([c]))} for c, v in chosen.items()]
+              "fps": fps([(c, v)])} for c, v in chosen.items()]
     if "motion" in chosen and "objects" in chosen:
         mo = {k: chosen[k] for k in ("motion", "objects")}
         mm = bench.model(mo, sigma, choice["fusion"], list(mo))
         rows.append({"cue": "motion+objects", "setting": f"{choice['fusion']} of calibrated surprises",
-                     "scores": bench.scores(mm, mo)[1], "fps": fps(list(mo.items()), True)})
+                     "scores": bench.scores(mm, mo)[1], "fps": fps(list(mo.items()))})
     rows.append({"cue": "fused: " + "+".join(choice["fused"]), "setting": f"{choice['fusion']} of calibrated "
                  f"surprises, sigma {sigma:g}", "scores": fused,
-                 "fps": fps([(c, chosen[c]) for c in chosen], needs_flow(chosen))})
+                 "fps": fps([(c, chosen[c]) for c in chosen])})
     for r in rows:
         s = r.pop("scores")
         for h, clips in HALVES.items():
@@ -228,6 +254,8 @@ def main() -> None:
     ap.add_argument("--appearance-frames", type=int, default=120)
     ap.add_argument("--no-appearance", action="store_true", help="leave the (slow) appearance cue out")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--raw-cache", type=Path, default=None,
+                    help="JSON file of raw cue scores: reused for unchanged candidates, written after scoring")
     args = ap.parse_args()
     torch.set_num_threads(2)
     np.random.seed(args.seed)
@@ -241,7 +269,7 @@ def main() -> None:
     test_clips = [c for c in open_clips(data, "test") if c.name in HALVES["A"] + HALVES["B"]]
     labels = load_frame_labels(data / "frame_labels.csv")
     t0 = time.perf_counter()
-    cues, raw, spent = run_cues(data, cands, fit_clips, cal_clips, test_clips)
+    cues, raw, spent = run_cues(data, cands, fit_clips, cal_clips, test_clips, args.raw_cache)
     run_s = time.perf_counter() - t0
     bench = Bench(cues, raw, [c.name for c in cal_clips], [c.name for c in test_clips], labels)
     n_test = sum(len(raw[("flow", "q0.999")][c]) for c in bench.test)
