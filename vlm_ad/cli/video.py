@@ -19,14 +19,15 @@ CUES_HELP = ("Comma-separated cues: motion, objects, appearance, flow (the bare 
 
 
 SIGMA_HELP = ("Temporal smoothing of each cue's score, in frames (Gaussian sigma; 0 = none) before it is calibrated. "
-              "More smoothing hides flicker and short false alarms but blurs the start and end of short events. "
-              "Default: the model's (8, chosen on UCSD Ped2, eval/results/video.md); changing it on a fitted model "
-              "recalibrates it on its normal calibration clips.")
-FUSION_HELP = ("How the calibrated cues are combined: 'max' (default) takes the most surprising cue, so a cue that "
-               "sees nothing cannot hide one that fires; 'mean' averages the cue surprises, which rewards cues that "
-               "agree but lets a silent cue halve a firing one. Either way the fused score is recalibrated on the "
-               "normal calibration clips: 2.0 = one normal frame in 100 scores this high, 3.0 = one in 1000.")
-
+              "More smoothing hides flicker and one-frame false alarms but blurs the start and end of short events. "
+              "Default: the model's (4, chosen on UCSD Ped2 Test001-003, eval/results/video.md); on a saved model a "
+              "new value recalibrates it on its normal calibration clips, no refit.")
+FUSION_HELP = ("How the calibrated cues are combined. 'mean' (default): the mean of the cue surprises, i.e. the "
+               "product of their false-alarm rates (Fisher's rule), so cues that agree add up; it matched or beat the "
+               "best single cue on both unseen halves of UCSD Ped2. 'max': the most surprising cue; it catches what "
+               "only one cue sees but adds every cue's false alarms (below the best cue on Ped2). Either way the fused "
+               "score is recalibrated on the normal calibration clips: 2.0 = one normal frame in 100 scores this high, "
+               "3.0 = one in 1000.")
 
 def _model_kw(cues: str, appearance_stride: int, appearance_frames: int, *, sigma: float | None = None,
               fusion: str | None = None) -> dict:

@@ -136,7 +136,7 @@ class MotionCue(Cue):
 
     name = "motion"
 
-    def __init__(self, *, quantile: float = 0.999, prior: float = 20.0, pool: int = 2,
+    def __init__(self, *, quantile: float = 0.99, prior: float = 500.0, pool: int = 2,
                  direction_weight: float = 0.25, moving: float = 0.5, top_k: int = 3) -> None:
         self.cfg = {"quantile": quantile, "prior": prior, "pool": pool, "direction_weight": direction_weight,
                     "moving": moving, "top_k": top_k}
