@@ -18,6 +18,9 @@ Protocol (no test label ever reaches a model; test labels only choose among a fi
 Writes eval/results/video.json and eval/results/video.md.
 
     PYTHONPATH=. nice .venv/bin/python eval/bench_video.py --data ../shared/data/ucsd_ped2
+
+``--raw-cache FILE`` keeps the raw scores and per-cue timings of every candidate: a rerun refits the cues but scores
+only candidates whose settings changed (the frames/s then come from the pass that scored them).
 """
 
 from __future__ import annotations
