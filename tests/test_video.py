@@ -109,6 +109,26 @@ def test_save_load_round_trip(toy: Path, fitted: VideoModel, tmp_path: Path):
         VideoModel.load(tmp_path / "m")
 
 
+def test_a_saved_model_recalibrates_with_other_smoothing_and_fusion(toy: Path, fitted: VideoModel, tmp_path: Path):
+    fitted.save(tmp_path / "m")
+    loaded = VideoModel.load(tmp_path / "m")
+    assert len(loaded.calibration_raw_) == len(fitted.calibration_raw_) > 0
+    fusion = "mean" if fitted.config.fusion == "max" else "max"
+    loaded.recalibrated(sigma=1.0, fusion=fusion)
+    assert (loaded.config.sigma, loaded.config.fusion) == (1.0, fusion)
+    fresh = VideoModel(cues=list(fitted.cues), sigma=1.0, fusion=fusion)
+    fresh.cues = fitted.cues
+    fresh.calibrate(fitted.calibration_raw_)
+    assert loaded.threshold_ == pytest.approx(fresh.threshold_)
+    clip = open_clips(toy, "test")[0]
+    np.testing.assert_allclose(loaded.score_clip(clip).smoothed, fresh.score_clip(clip).smoothed, atol=1e-5)
+    with pytest.raises(ConfigError, match="fusion must be"):
+        loaded.recalibrated(fusion="sum")
+    loaded.calibration_raw_ = []
+    with pytest.raises(ConfigError, match="refit it with 'vlm-ad video fit'"):
+        loaded.recalibrated(sigma=2.0)
+
+
 def test_corrupt_frame_is_reported_and_skipped(fitted: VideoModel, tmp_path: Path):
     folder = _write_clip(tmp_path / "Broken", _frames(20, seed=3))
     (folder / "007.png").write_bytes(b"not a png")
@@ -190,6 +210,18 @@ def test_cli_fit_detect_eval(toy: Path, tmp_path: Path):
     assert r.exit_code == 0, r.output
     rec = json.loads((tmp_path / "r.json").read_text())
     assert rec["frame_auroc_micro"] > 0.8 and rec["pixel_auroc"] is None
+    # smoothing and fusion of a saved model change without refitting; the help teaches what they do
+    r = runner.invoke(app, ["video", "eval", str(toy), "--model", str(tmp_path / "m"), "--json",
+                            str(tmp_path / "r2.json"), "--sigma", "2", "--fusion", "mean"])
+    assert r.exit_code == 0 and "recalibrated" in r.output, r.output
+    rec = json.loads((tmp_path / "r2.json").read_text())
+    assert (rec["sigma"], rec["fusion"]) == (2.0, "mean") and rec["frame_auroc_micro"] > 0.8
+    r = runner.invoke(app, ["video", "detect", "--model", str(tmp_path / "m"), str(toy / "test"), "--out",
+                            str(tmp_path / "o3"), "--no-gif", "--fusion", "sum"])
+    assert r.exit_code != 0 and "fusion must be" in str(r.exception)
+    r = runner.invoke(app, ["video", "detect", "--help"])
+    text = " ".join(r.output.replace("│", " ").split())  # rich wraps the help inside a box
+    assert "one normal frame in 100" in text and "--sigma" in text
 
 
 @pytest.mark.realdata
@@ -354,6 +386,10 @@ def test_objects_size_only_names_a_merged_crowd_by_default():
     rider = {"zone": "centre", "size": 300.0, "speed": 5.0, "direction": None, "dwell": 10}
     score, broken = cue._judge(dict(crowd))
     assert score < 1.0 and any("size 2000 px" in b for b in broken)  # cited, not scored
+    # the rule is quoted: which quantile, how many normal objects, and that size does not score
+    assert "size rule: the 99th percentile of 100 normal objects anywhere; size names the object" in broken[0]
     assert cue._judge(dict(rider))[0] == pytest.approx(2.5)
+    score, broken = cue._judge(dict(crowd, speed=5.0))  # a large, fast blob: the speed that scored comes first
+    assert broken[0].startswith("speed 5.00 px/frame is 2.5x 2.00 px/frame (speed rule") and "size" in broken[1]
     cue.cfg["size_weight"] = 1.0
     assert cue._judge(dict(crowd))[0] == pytest.approx(5.0)
