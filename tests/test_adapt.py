@@ -234,5 +234,10 @@ def test_adapted_auto_fusion_falls_back_to_retrieval_when_the_head_is_noise(tmp_
     assert back.fusion_ == f and back.fuse_ == 1.0 and "retrieval alone" in back.summary()
     img = texture_crops(1, size=112, seed=9)[0]
     assert back.predict([img])[0].score == pytest.approx(det.predict([img])[0].score, rel=1e-5)  # head has weight 0
+    # retrieval alone on the frozen backbone (LoRA off) is the PatchCore being adapted: the same map up to scale
+    pc = create_detector("patchcore", backbone="dinov2-s14", image_size=112, coreset=1.0, sigma=1.0)
+    pc.fit(texture_crops(8, size=112, seed=1))
+    a, b = det.predict([img])[0].map, pc.predict([img])[0].map
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
     given = create_detector("adapted", adapter=str(tmp_path / "ad"), fuse=0.5).fit(texture_crops(3, size=112))
     assert given.fusion_ == {"fuse": 0.5, "chosen": "given"} and "fuse=0.5 given" in given.summary()

@@ -2,7 +2,10 @@
 
 ``fit(normal_images)`` loads the adapter given as ``adapter=DIR`` (made by ``vlm-ad adapt``), or trains one on the
 fit images themselves (:func:`vlm_ad.adapt.train_adapter`, settings from ``adapt={...}``), then builds a PatchCore
-memory bank from the *adapted* backbone's patch features. A patch's score is the weighted sum of the two
+memory bank from the *frozen* backbone's patch features (``retrieval="frozen"``, the default: LoRA switched off, so
+the retrieval half is exactly the PatchCore being adapted and ``fuse=1`` is that PatchCore; on the dev suite the
+adapted features lost AUPRO to it) or from the adapted ones (``retrieval="adapted"``, the behaviour before; two
+backbone passes per image become one). A patch's score is the weighted sum of the two
 standardised maps, ``fuse * z(retrieval distance) + (1 - fuse) * z(head logit)``, each standardised by its mean and
 spread over the normal training patches (retrieval distances leave each image's own patches out). The image score is
 the map maximum (``score="max"``) or the mean of its top ``topk`` share of pixels (``score="topk"``).
@@ -46,10 +49,11 @@ class Adapted(Detector):
             ``dinov2-s14``.
         adapter: an adapter folder; None trains one on the fit images.
         adapt: :class:`~vlm_ad.adapt.AdaptConfig` overrides used when training in ``fit``.
-        fuse: weight of the retrieval map in the fusion (1 = PatchCore on adapted features only, 0 = head only), or
+        fuse: weight of the retrieval map in the fusion (1 = retrieval only, 0 = head only), or
             ``"auto"`` (default): chosen at fit time on the fit images plus synthetic anomalies made on them,
             falling back to 1 when the head does not help (see the module docstring).
         score: image score, ``"max"`` or ``"topk"``; ``topk``: share of the top map pixels averaged.
+        retrieval: ``"frozen"`` (default: the bank holds the frozen backbone's features) or ``"adapted"``.
         seed: coreset / training seed.
         **hyper: embedder settings (``image_size``, ``pool``) and ``sigma``.
     """
@@ -57,8 +61,8 @@ class Adapted(Detector):
     name = "adapted"
 
     def __init__(self, backbone: str | None = None, *, adapter: str | None = None, adapt: dict | None = None,
-                 fuse: float | str = "auto", score: str = "topk", topk: float = 0.01, seed: int = 0,
-                 **hyper: Any) -> None:
+                 fuse: float | str = "auto", score: str = "topk", topk: float = 0.01, retrieval: str = "frozen",
+                 seed: int = 0, **hyper: Any) -> None:
         if adapter:
             from vlm_ad.adapt import adapter_backbone
 
@@ -71,12 +75,13 @@ class Adapted(Detector):
         if backbone != "dinov2-s14":
             raise ConfigError(f"adapted needs backbone 'dinov2-s14' (LoRA on its blocks), got {backbone!r}")
         bad_fuse = fuse != "auto" and not (isinstance(fuse, (int, float)) and 0 <= fuse <= 1)
-        if bad_fuse or score not in _SCORES or not 0 < topk <= 1:
-            raise ConfigError(f"adapted needs fuse 'auto' or a weight in [0, 1], score in {_SCORES}, 0 < topk <= 1; "
-                              f"got fuse={fuse!r}, score={score!r}, topk={topk}")
+        if bad_fuse or score not in _SCORES or not 0 < topk <= 1 or retrieval not in ("frozen", "adapted"):
+            raise ConfigError(f"adapted needs fuse 'auto' or a weight in [0, 1], score in {_SCORES}, 0 < topk <= 1, "
+                              "retrieval 'frozen' or 'adapted'; "
+                              f"got fuse={fuse!r}, score={score!r}, topk={topk}, retrieval={retrieval!r}")
         hyper.setdefault("layers", ("block5", "block7"))
         self.backbone, self.hyper = backbone, dict(adapter=adapter, adapt=dict(adapt or {}), fuse=fuse, score=score,
-                                                   topk=topk, seed=seed, **hyper)
+                                                   topk=topk, retrieval=retrieval, seed=seed, **hyper)
         self.threshold_ = None
         self.timings_ = {"embed": 0.0, "score": 0.0}
         self.embedder_: PatchEmbedder | None = None  # built with the adapted backbone in fit / load
@@ -141,14 +146,17 @@ class Adapted(Detector):
 
     # embedding: retrieval features + the head's logit as one extra channel -------------------------------------
     def _embed(self, arrays, progress) -> torch.Tensor:
-        from vlm_ad.adapt import head_features
+        from vlm_ad.adapt import head_features, lora_disabled
 
-        out = []
+        out, net = [], self.embedder.net
         for start in range(0, len(arrays), 8):
             chunk = arrays[start : start + 8]
-            layers = self.embedder.net.extract(chunk, batch_size=8).layers
+            layers = net.extract(chunk, batch_size=8).layers
             with torch.no_grad():
                 logit = self.head_(head_features(layers))  # (B, h, w)
+            if self.hyper["retrieval"] == "frozen":
+                with lora_disabled(net):
+                    layers = net.extract(chunk, batch_size=8).layers
             out.append(torch.cat([self.embedder.aggregate(layers), logit[..., None]], dim=-1))  # (B, h, w, C + 1)
             if progress:
                 progress(len(chunk))
@@ -215,7 +223,7 @@ class Adapted(Detector):
             return f"adapted (not fitted; fuse={self.hyper['fuse']!r})"
         f = self.fusion_
         w = self.fuse_
-        part = ("retrieval alone (adapted features)" if w == 1 else "head alone" if w == 0
+        part = (f"retrieval alone ({self.hyper['retrieval']} features)" if w == 1 else "head alone" if w == 0
                 else f"{w:g} x retrieval + {1 - w:g} x head")
         if f.get("chosen") != "auto":
             return f"adapted: {part} (fuse={w:g} given)"
@@ -270,6 +278,8 @@ class Adapted(Detector):
         self._use(*load_adapter(directory / meta["extra"]["adapter"]))
         self.store_ = ExemplarStore.load(directory)
         self.stats_ = tensors["stats"]
+        if "retrieval" not in meta["hyper"]:  # saved before the option existed: its bank holds adapted features
+            self.hyper["retrieval"] = "adapted"
         fusion = meta["extra"].get("fusion")
         if fusion is None and self.hyper["fuse"] == "auto":  # a model saved before fuse="auto" existed: 0.5
             fusion = {"fuse": 0.5, "chosen": "given"}
