@@ -47,7 +47,7 @@ def run(train, test, seed: int, recipe: dict) -> list[dict]:
     emb = det._embed(arrays, None)
     chosen = det.fusion_
     for name, w in ((f"adapted fuse=auto (chose {chosen['fuse']:g})", chosen["fuse"]), ("adapted fuse=0.5 (old)", 0.5),
-                    ("adapted fuse=1 (adapted retrieval only)", 1.0)):
+                    ("adapted fuse=1 (retrieval alone, topk score)", 1.0)):
         det.fusion_ = chosen | {"fuse": w}
         grids, hits = det._score_embeddings(emb)
         preds = [(m.score, m.map) for m in det._to_maps(grids, [a.shape[:2] for a in arrays],
