@@ -30,6 +30,7 @@ from vlm_ad.adapt import AdaptConfig, train_adapter  # noqa: E402
 from vlm_ad.detectors import create_detector  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+RENAMED = {"adapted fuse=1 (adapted retrieval only)": "adapted fuse=1 (retrieval alone, topk score)"}
 REF = "patchcore dinov2 b5+b7 square 224 (frozen, what adapted adapts)"
 
 
@@ -59,10 +60,15 @@ def run(train, test, seed: int, recipe: dict) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], command: str) -> str:
+FIRST = "PYTHONPATH=. nice python eval/bench_adapted_suite.py --datasets square elongated magnetic textile --seeds 0"
+
+
+def markdown(rows: list[dict]) -> str:
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    command = "`, `".join(dict.fromkeys(r.get("command", FIRST) for r in rows))  # the first run did not record it
     out = ["# adapted vs the PatchCore it adapts (dev suite)", "",
-           f"Written by `{command}` (2 shared CPU cores). Data: the dev suite of eval/bench_generalization.py (all "
+           f"Written by `{command}` (2 CPU cores shared with other jobs; a run keeps the rows of other (data, seed) "
+           "pairs). Data: the dev suite of eval/bench_generalization.py (all "
            "test images of each set; textile: image labels only). 8 normal shots per seed (the suite's draw); "
            "DINOv2-S/14 blocks 5+7, 224 px square for every row. The adapter trains on the same 8 shots (small "
            "recipe, see the command), so every row sees only those 8 normal images. Cells: image AUROC / pixel AUROC "
@@ -70,12 +76,12 @@ def markdown(rows: list[dict], command: str) -> str:
            "test labels are never used.", "",
            "| data | seed | row | image AUROC | pixel AUROC | AUPRO | fit s |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["seed"])):
         out.append(f"| {r['dataset']} | {r['seed']} | {r['row']} | {f(r['image_auroc'])} | {f(r['pixel_auroc'])} | "
                    f"{f(r['aupro'])} | {r['fit_seconds']} |")
     out += ["", "Fusion chosen at fit (validation mean of image and patch AUROC per retrieval weight):", ""]
     seen = set()
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["seed"])):
         key = (r["dataset"], r["seed"])
         if key in seen:
             continue
@@ -106,16 +112,21 @@ def main(argv=None) -> int:
     suite = load_suite()
     recipe = {"epochs": args.epochs, "steps_per_epoch": args.steps, "batch_size": 4}
     out = RESULTS / "adapted_suite.jsonl"
-    rows = []
+    redo = {(d, seed) for d in args.datasets for seed in args.seeds}  # rows of other (data, seed) pairs are kept
+    rows = [r for r in map(json.loads, out.read_text().splitlines()) if (r["dataset"], r["seed"]) not in redo
+            ] if out.is_file() else []
+    for r in rows:  # the first run named the fuse=1 row before the retrieval half was the frozen backbone's
+        r["row"] = RENAMED.get(r["row"], r["row"])
     for d in args.datasets:
         train, test = suite[d]
         for seed in args.seeds:
             for r in run(train, test, seed, recipe):
-                rows.append(r | {"dataset": d, "seed": seed, "shots": 8, "n_test": len(test), "recipe": recipe})
+                rows.append(r | {"dataset": d, "seed": seed, "shots": 8, "n_test": len(test), "recipe": recipe,
+                                 "command": command})
                 print(d, seed, r["row"], {m: r[m] for m in METRICS}, file=sys.stderr, flush=True)
             atomic_write_bytes(out, "".join(json.dumps(r) + "\n" for r in rows).encode())
-            atomic_write_bytes(RESULTS / "adapted_suite.md", markdown(rows, command).encode())
-    print(markdown(rows, command))
+            atomic_write_bytes(RESULTS / "adapted_suite.md", markdown(rows).encode())
+    print(markdown(rows))
     return 0
 
 
