@@ -4,9 +4,10 @@ For each data set and seed: 8 normal shots (the suite's draw); ``patchcore`` (fr
 square, coreset off) is the reference. The ``adapted`` detector trains its adapter on the same 8 shots (LoRA + head
 against synthetic defects, a small recipe: ``--epochs`` x ``--steps`` x batch 4), builds its bank from them, and is
 scored three ways from one embedding of the test images: ``fuse="auto"`` (the weight it chose at fit time on the
-shots + synthetic anomalies, never test labels), ``fuse=0.5`` (the old fixed default) and ``fuse=1`` (retrieval on
-adapted features alone). Cells: image AUROC / pixel AUROC / AUPRO@0.3 on all test images of the set (textile: image
-labels only). Writes eval/results/adapted_suite.{jsonl,md}.
+shots + synthetic anomalies, never test labels), ``fuse=0.5`` (the old fixed weight, here with the frozen bank) and
+``fuse=1`` (retrieval alone: the reference PatchCore's map, with the adapted detector's top-1% image score).
+Cells: image AUROC / pixel AUROC / AUPRO@0.3 on all test images of the set (textile: image labels only).
+Writes eval/results/adapted_suite.{jsonl,md}.
 
     PYTHONPATH=. nice python eval/bench_adapted_suite.py --datasets square elongated magnetic textile --seeds 0
 """
