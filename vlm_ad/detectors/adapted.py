@@ -281,8 +281,9 @@ class Adapted(Detector):
         if "retrieval" not in meta["hyper"]:  # saved before the option existed: its bank holds adapted features
             self.hyper["retrieval"] = "adapted"
         fusion = meta["extra"].get("fusion")
-        if fusion is None and self.hyper["fuse"] == "auto":  # a model saved before fuse="auto" existed: 0.5
-            fusion = {"fuse": 0.5, "chosen": "given"}
+        if fusion is None:  # a model saved before fuse="auto" existed: its fixed weight (0.5 was the default)
+            w = self.hyper["fuse"]
+            fusion = {"fuse": 0.5 if w == "auto" else float(w), "chosen": "given"}
         self.fusion_ = fusion
 
 
