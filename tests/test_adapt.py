@@ -239,5 +239,13 @@ def test_adapted_auto_fusion_falls_back_to_retrieval_when_the_head_is_noise(tmp_
     pc.fit(texture_crops(8, size=112, seed=1))
     a, b = det.predict([img])[0].map, pc.predict([img])[0].map
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
+    # a model saved before fuse="auto" and retrieval= existed: its fixed weight, its bank of adapted features
+    meta_path = tmp_path / "m" / "detector.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["extra"]["fusion"], meta["hyper"]["retrieval"]
+    meta["hyper"]["fuse"] = 0.5
+    meta_path.write_text(json.dumps(meta))
+    old = load_detector(tmp_path / "m")
+    assert old.fuse_ == 0.5 and old.hyper["retrieval"] == "adapted" and "fuse=0.5 given" in old.summary()
     given = create_detector("adapted", adapter=str(tmp_path / "ad"), fuse=0.5).fit(texture_crops(3, size=112))
     assert given.fusion_ == {"fuse": 0.5, "chosen": "given"} and "fuse=0.5 given" in given.summary()
