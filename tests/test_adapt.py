@@ -173,3 +173,79 @@ def test_adapted_reads_its_backbone_from_the_adapter(tmp_path):
         create_detector("adapted", adapter=str(tmp_path / "ad"), backbone="efficientnet-lite0")
     with pytest.raises(DataError, match="is not a vlm-ad adapter"):
         create_detector("adapted", adapter=str(tmp_path))
+
+
+def test_pick_fuse_keeps_the_head_only_when_it_beats_retrieval_alone():
+    from vlm_ad.detectors.adapted import pick_fuse
+
+    def table(**means):
+        return {k.replace("w", "").replace("_", "."): {"mean": v} for k, v in means.items()}
+
+    assert pick_fuse(table(w0_0=0.70, w0_5=0.90, w1_0=0.85)) == (0.5, "head helps", 0.05)
+    # a gain within the margin is not worth the head's risk on real defects: retrieval alone
+    assert pick_fuse(table(w0_0=0.70, w0_5=0.855, w1_0=0.85)) == (1.0, "head does not help", 0.005)
+    assert pick_fuse(table(w0_0=0.95, w0_5=0.80, w1_0=0.96))[0] == 1.0
+    assert pick_fuse(table(w0_5=0.9, w1_0=0.9))[0] == 1.0  # ties go to retrieval
+    # a better mean that costs pixel AUROC is not taken: never worse than retrieval alone on either metric
+    t = {"0.5": {"image_auroc": 0.99, "patch_auroc": 0.80, "mean": 0.895}, "1.0": {"image_auroc": 0.8,
+                                                                                  "patch_auroc": 0.9, "mean": 0.85}}
+    assert pick_fuse(t)[0] == 1.0
+
+
+def test_synthetic_validation_marks_exactly_the_changed_pixels():
+    from vlm_ad.detectors.adapted import cut_paste, synthetic_validation
+
+    imgs = texture_crops(5, size=64, seed=3)
+    syn, masks, src = synthetic_validation(imgs, seed=0, n=4)
+    assert len(syn) == len(masks) == 4 and len(set(src)) == 4
+    for out, mask, i in zip(syn, masks, src):
+        changed = np.any(out != imgs[i], axis=2)
+        assert mask.any() and np.array_equal(changed, mask)
+    out, mask = cut_paste(imgs[0], imgs[1], np.random.default_rng(0))
+    assert 0.005 < mask.mean() < 0.1 and np.array_equal(np.any(out != imgs[0], axis=2), mask)
+
+
+class _NoiseHead(CosineHead):
+    """A head whose logits are noise, whatever the patch."""
+
+    def forward(self, feats):
+        return torch.randn(feats.shape[:-1], generator=torch.Generator().manual_seed(feats.shape[0]))
+
+
+def test_adapted_auto_fusion_falls_back_to_retrieval_when_the_head_is_noise(tmp_path):
+    from vlm_ad.detectors import load_detector
+
+    cfg = AdaptConfig(**(TINY | {"image_size": 112}))
+    net = inject_lora(_net(cfg), cfg)
+    save_adapter(tmp_path / "ad", net, CosineHead(768, cfg.head_dim), cfg)
+    det = create_detector("adapted", sigma=1.0).use_trained(net, _NoiseHead(768, cfg.head_dim), cfg)
+    with pytest.raises(ConfigError, match="fuse 'auto' or a weight"):
+        create_detector("adapted", fuse="half")
+    det.fit(texture_crops(8, size=112, seed=1))
+    f = det.fusion_
+    assert f["chosen"] == "auto" and set(f["validation"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    assert f["n_normal"] == 8 and f["n_synthetic"] == 8
+    # a random head does not separate synthetic anomalies; retrieval does, so the detector uses retrieval alone
+    assert f["validation"]["0.0"]["mean"] < f["validation"]["1.0"]["mean"]
+    assert f["fuse"] == 1.0 and f["reason"] == "head does not help"
+    assert "retrieval alone" in det.summary() and "head does not help" in det.summary()
+    det.save(tmp_path / "m")
+    back = load_detector(tmp_path / "m")
+    assert back.fusion_ == f and back.fuse_ == 1.0 and "retrieval alone" in back.summary()
+    img = texture_crops(1, size=112, seed=9)[0]
+    assert back.predict([img])[0].score == pytest.approx(det.predict([img])[0].score, rel=1e-5)  # head has weight 0
+    # retrieval alone on the frozen backbone (LoRA off) is the PatchCore being adapted: the same map up to scale
+    pc = create_detector("patchcore", backbone="dinov2-s14", image_size=112, coreset=1.0, sigma=1.0)
+    pc.fit(texture_crops(8, size=112, seed=1))
+    a, b = det.predict([img])[0].map, pc.predict([img])[0].map
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
+    # a model saved before fuse="auto" and retrieval= existed: its fixed weight, its bank of adapted features
+    meta_path = tmp_path / "m" / "detector.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["extra"]["fusion"], meta["hyper"]["retrieval"]
+    meta["hyper"]["fuse"] = 0.5
+    meta_path.write_text(json.dumps(meta))
+    old = load_detector(tmp_path / "m")
+    assert old.fuse_ == 0.5 and old.hyper["retrieval"] == "adapted" and "fuse=0.5 given" in old.summary()
+    given = create_detector("adapted", adapter=str(tmp_path / "ad"), fuse=0.5).fit(texture_crops(3, size=112))
+    assert given.fusion_ == {"fuse": 0.5, "chosen": "given"} and "fuse=0.5 given" in given.summary()

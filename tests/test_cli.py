@@ -57,6 +57,7 @@ def test_fit_detect_eval_round_trip(category, tmp_path):
     model = tmp_path / "model"
     out = _ok(runner.invoke(app, ["fit", str(category), "--shots", "3", "--out", str(model), "-o", "image_size=96"]))
     assert "fitted patchcore" in out and (model / "detector.json").is_file()
+    assert "patchcore on efficientnet-lite0 (block4, block10), input area 96 px" in out  # what the model does
     # a corrupt file among the inputs is reported and skipped; the good images are still written
     images = tmp_path / "in"
     images.mkdir()
@@ -66,6 +67,7 @@ def test_fit_detect_eval_round_trip(category, tmp_path):
     result = runner.invoke(app, ["detect", str(images), "--model", str(model), "--out", str(tmp_path / "det")])
     assert result.exit_code == 1, result.output  # 1 = some inputs failed; the others are still written
     assert "skipped" in result.output and "broken.png" in result.output
+    assert "patchcore on efficientnet-lite0" in result.output
     records = sorted((tmp_path / "det").glob("*.json"))
     assert len(records) == 2 and len(list((tmp_path / "det").glob("*_overlay.png"))) == 2
     rec = json.loads(records[0].read_text())

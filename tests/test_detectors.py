@@ -126,6 +126,27 @@ def test_coreset_is_a_good_cover_and_deterministic():
     assert cover < rand  # k-center covers the worst-served point better than a random subset
 
 
+def test_pruned_greedy_matches_plain_farthest_point_selection():
+    from vlm_ad.retrieval import _greedy
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((50, 16)).astype(np.float32) * 3  # clustered, as patch features are
+    z = (centres[rng.integers(0, 50, 4000)] + rng.standard_normal((4000, 16))).astype(np.float32)
+
+    def plain(z, n, first):  # textbook farthest-point selection, no pruning
+        mind, out, idx = np.full(len(z), np.inf), [], first
+        for _ in range(n):
+            out.append(idx)
+            mind = np.minimum(mind, ((z - z[idx]) ** 2).sum(1))
+            idx = int(mind.argmax())
+        return np.array(out)
+
+    got, ref = _greedy(z, 400, 7), plain(z, 400, 7)
+    assert len(np.unique(got)) == 400 and (got == ref).mean() > 0.99  # exact up to float ties
+    cover = lambda idx: np.sqrt(((z[:, None] - z[idx][None]) ** 2).sum(-1).min(1).max())  # noqa: E731
+    assert cover(got) == pytest.approx(cover(ref), rel=1e-4)
+
+
 def test_store_search_save_load(tmp_path):
     store = ExemplarStore()
     grids = [torch.randn(4, 5, 8) for _ in range(3)]

@@ -13,6 +13,7 @@ An adapter folder holds the peft files ``adapter_config.json`` + ``adapter_model
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -31,7 +32,7 @@ from vlm_ad.artifacts import read_meta, write_meta
 from vlm_ad.errors import ConfigError, DataError
 
 __all__ = ["AdaptConfig", "CosineHead", "TrainResult", "adapter_backbone", "inject_lora", "load_adapter",
-           "save_adapter", "train_adapter"]
+           "lora_disabled", "save_adapter", "train_adapter"]
 
 ADAPTER_FORMAT = 1  # of adapt.json (see vlm_ad.artifacts)
 _LINEARS = ("qkv", "proj", "fc1", "fc2")
@@ -165,6 +166,21 @@ def save_adapter(directory: str | Path, net: nn.Module, head: CosineHead, cfg: A
     write_meta(directory / "adapt.json", kind="adapter", version=ADAPTER_FORMAT, meta=meta)
     atomic_write_bytes(directory / "README.md", (card or model_card(cfg, history, extra or {})).encode())
     return directory
+
+
+@contextlib.contextmanager
+def lora_disabled(net: nn.Module):
+    """Run ``net`` as the frozen backbone inside the block: every LoRA layer (peft) is switched off, then back on."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in net.modules() if isinstance(m, BaseTunerLayer)]
+    for m in layers:
+        m.enable_adapters(False)
+    try:
+        yield net
+    finally:
+        for m in layers:
+            m.enable_adapters(True)
 
 
 def adapter_backbone(directory: str | Path) -> str:

@@ -164,6 +164,7 @@ def fit(
     det.save(out)
     console.print(f"fitted {detector} ({det.backbone}) on {n} normal images in {seconds:.1f} s; "
                   f"threshold {det.threshold_}; saved to {out}/")
+    console.print(det.summary(), soft_wrap=True)
 
 
 def detect(
@@ -204,6 +205,7 @@ def detect(
             verdict = {1: "[red]ANOMALY[/red]", 0: "normal", None: "-"}[r.record["label"]]
             table.add_row(str(r.path), f"{r.record['score']:.3f}", verdict, str(len(r.record["regions"])))
     console.print(table)
+    console.print(det.summary(), soft_wrap=True)
     failed = [r for r in results if r.record is None]
     for r in failed:
         console.print(f"[yellow]skipped[/yellow] {r.path}: {r.error}", soft_wrap=True)

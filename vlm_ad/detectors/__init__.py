@@ -135,7 +135,8 @@ def detector_options(det: Detector) -> dict[str, Any]:
     return out
 
 
-_TYPES = {"image_size": int, "pool": int, "tile": (int, type(None)), "geometry": str, "sigma": (int, float)}
+_TYPES = {"image_size": int, "pool": int, "tile": (int, type(None)), "geometry": str, "sigma": (int, float),
+          "fuse": (str, int, float)}  # adapted: "auto" or a weight
 
 
 def _type_ok(value: Any, wants: tuple[type, ...]) -> bool:

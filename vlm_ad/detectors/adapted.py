@@ -2,10 +2,23 @@
 
 ``fit(normal_images)`` loads the adapter given as ``adapter=DIR`` (made by ``vlm-ad adapt``), or trains one on the
 fit images themselves (:func:`vlm_ad.adapt.train_adapter`, settings from ``adapt={...}``), then builds a PatchCore
-memory bank from the *adapted* backbone's patch features. A patch's score is the mean of the two standardised
-maps, ``fuse * z(retrieval distance) + (1 - fuse) * z(head logit)``, each standardised by its mean and spread over
-the normal training patches (retrieval distances leave each image's own patches out). The image score is the map
-maximum (``score="max"``) or the mean of its top ``topk`` share of pixels (``score="topk"``).
+memory bank from the *frozen* backbone's patch features (``retrieval="frozen"``, the default: LoRA switched off, so
+the retrieval half is exactly the PatchCore being adapted and ``fuse=1`` is that PatchCore; on the dev suite the
+adapted features lost AUPRO to it) or from the adapted ones (``retrieval="adapted"``, the behaviour before; two
+backbone passes per image become one). A patch's score is the weighted sum of the two
+standardised maps, ``fuse * z(retrieval distance) + (1 - fuse) * z(head logit)``, each standardised by its mean and
+spread over the normal training patches (retrieval distances leave each image's own patches out). The image score is
+the map maximum (``score="max"``) or the mean of its top ``topk`` share of pixels (``score="topk"``).
+
+``fuse="auto"`` (the default) chooses the weight at fit time, never on test labels: the fit images (scored
+leave-image-out) are the normal validation set, and copies of them with synthetic anomalies are the anomalous one -
+half painted by :func:`vlm_ad.data.make_defect` with a seed the adapter never trained on, half a cut-paste of a
+rotated patch of *another* normal image (a generator the head never saw, so a head that only learned the painter's
+defects gets no credit for it). Each weight in :data:`FUSE_GRID` is scored by the mean of its image AUROC (normal vs
+synthetic) and patch AUROC; a weight that gives the head a say is kept only when it beats retrieval alone (``fuse``
+1) by more than :data:`FUSE_MARGIN` and loses to it on neither AUROC (:func:`pick_fuse`), else the detector falls
+back to retrieval alone. The choice and its validation
+figures are saved with the model (``fusion_``) and said by :meth:`Adapted.summary`.
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vlm_ad.detectors.base import Detector, PatchEmbedder
 from vlm_ad.detectors.patchcore import PatchCore
@@ -22,6 +36,9 @@ from vlm_ad.detectors.threshold import ThresholdPolicy
 from vlm_ad.errors import ConfigError, DataError
 
 _SCORES = ("max", "topk")
+FUSE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)  # candidate retrieval weights for fuse="auto"
+FUSE_MARGIN = 0.01  # the head must beat retrieval alone by more than this (mean of image and patch AUROC)
+N_VALIDATION = 16  # at most this many fit images get a synthetic-anomaly copy for the choice
 
 
 class Adapted(Detector):
@@ -32,8 +49,11 @@ class Adapted(Detector):
             ``dinov2-s14``.
         adapter: an adapter folder; None trains one on the fit images.
         adapt: :class:`~vlm_ad.adapt.AdaptConfig` overrides used when training in ``fit``.
-        fuse: weight of the retrieval map in the fusion (1 = PatchCore only, 0 = head only).
+        fuse: weight of the retrieval map in the fusion (1 = retrieval only, 0 = head only), or
+            ``"auto"`` (default): chosen at fit time on the fit images plus synthetic anomalies made on them,
+            falling back to 1 when the head does not help (see the module docstring).
         score: image score, ``"max"`` or ``"topk"``; ``topk``: share of the top map pixels averaged.
+        retrieval: ``"frozen"`` (default: the bank holds the frozen backbone's features) or ``"adapted"``.
         seed: coreset / training seed.
         **hyper: embedder settings (``image_size``, ``pool``) and ``sigma``.
     """
@@ -41,7 +61,8 @@ class Adapted(Detector):
     name = "adapted"
 
     def __init__(self, backbone: str | None = None, *, adapter: str | None = None, adapt: dict | None = None,
-                 fuse: float = 0.5, score: str = "topk", topk: float = 0.01, seed: int = 0, **hyper: Any) -> None:
+                 fuse: float | str = "auto", score: str = "topk", topk: float = 0.01, retrieval: str = "frozen",
+                 seed: int = 0, **hyper: Any) -> None:
         if adapter:
             from vlm_ad.adapt import adapter_backbone
 
@@ -53,12 +74,14 @@ class Adapted(Detector):
         backbone = backbone or "dinov2-s14"
         if backbone != "dinov2-s14":
             raise ConfigError(f"adapted needs backbone 'dinov2-s14' (LoRA on its blocks), got {backbone!r}")
-        if not 0 <= fuse <= 1 or score not in _SCORES or not 0 < topk <= 1:
-            raise ConfigError(f"adapted needs 0 <= fuse <= 1, score in {_SCORES}, 0 < topk <= 1; "
-                              f"got {fuse}, {score!r}, {topk}")
+        bad_fuse = fuse != "auto" and not (isinstance(fuse, (int, float)) and 0 <= fuse <= 1)
+        if bad_fuse or score not in _SCORES or not 0 < topk <= 1 or retrieval not in ("frozen", "adapted"):
+            raise ConfigError(f"adapted needs fuse 'auto' or a weight in [0, 1], score in {_SCORES}, 0 < topk <= 1, "
+                              "retrieval 'frozen' or 'adapted'; "
+                              f"got fuse={fuse!r}, score={score!r}, topk={topk}, retrieval={retrieval!r}")
         hyper.setdefault("layers", ("block5", "block7"))
         self.backbone, self.hyper = backbone, dict(adapter=adapter, adapt=dict(adapt or {}), fuse=fuse, score=score,
-                                                   topk=topk, seed=seed, **hyper)
+                                                   topk=topk, retrieval=retrieval, seed=seed, **hyper)
         self.threshold_ = None
         self.timings_ = {"embed": 0.0, "score": 0.0}
         self.embedder_: PatchEmbedder | None = None  # built with the adapted backbone in fit / load
@@ -66,6 +89,8 @@ class Adapted(Detector):
         self.adapt_config_ = None
         self.store_ = None
         self.stats_: torch.Tensor | None = None  # (4,) retrieval mean, sd, head mean, sd over normal patches
+        self.fusion_: dict[str, Any] | None = None  # the retrieval weight in use and how it was chosen
+        self._preset = False  # use_trained() gave the adapter: fit does not load or train one
 
     # adapter --------------------------------------------------------------------------------------------------
     def _adapt_config(self):
@@ -89,14 +114,26 @@ class Adapted(Detector):
             res = train_adapter(arrays, self._adapt_config())
             self._use(res.net, res.head, res.config)
 
+    def use_trained(self, net, head, cfg) -> Adapted:
+        """Use an adapter trained in this process (:class:`~vlm_ad.adapt.TrainResult` parts) instead of the
+        ``adapter`` folder or training one in :meth:`fit`; returns self."""
+        self._use(net, head, cfg)
+        self._preset = True
+        return self
+
     def fit(self, normal_images, *, progress=None) -> Adapted:
         from vlm_ad.detectors.base import as_images
 
         arrays, _ = as_images(normal_images)
         if len(arrays) < 2:
             raise DataError(f"adapted needs at least 2 normal images to fit, got {len(arrays)}")
-        self._prepare_adapter(arrays)
-        return super().fit(normal_images, progress=progress)
+        if not self._preset:
+            self._prepare_adapter(arrays)
+        self._fit_arrays = arrays  # the synthetic-anomaly copies for fuse="auto" are made from these
+        try:
+            return super().fit(normal_images, progress=progress)
+        finally:
+            self._fit_arrays = None
 
     def _make_embedder(self):
         return None  # the adapted backbone comes from the adapter (see _use)
@@ -109,14 +146,17 @@ class Adapted(Detector):
 
     # embedding: retrieval features + the head's logit as one extra channel -------------------------------------
     def _embed(self, arrays, progress) -> torch.Tensor:
-        from vlm_ad.adapt import head_features
+        from vlm_ad.adapt import head_features, lora_disabled
 
-        out = []
+        out, net = [], self.embedder.net
         for start in range(0, len(arrays), 8):
             chunk = arrays[start : start + 8]
-            layers = self.embedder.net.extract(chunk, batch_size=8).layers
+            layers = net.extract(chunk, batch_size=8).layers
             with torch.no_grad():
                 logit = self.head_(head_features(layers))  # (B, h, w)
+            if self.hyper["retrieval"] == "frozen":
+                with lora_disabled(net):
+                    layers = net.extract(chunk, batch_size=8).layers
             out.append(torch.cat([self.embedder.aggregate(layers), logit[..., None]], dim=-1))  # (B, h, w, C + 1)
             if progress:
                 progress(len(chunk))
@@ -130,11 +170,67 @@ class Adapted(Detector):
         seen = loo[~torch.isnan(loo)]
         head = emb[..., -1]
         self.stats_ = torch.stack([seen.mean(), seen.std().clamp(min=1e-6), head.mean(), head.std().clamp(min=1e-6)])
-        self._loo = self._fuse(torch.nan_to_num(loo, nan=float(seen.mean())), head)
+        loo = torch.nan_to_num(loo, nan=float(seen.mean()))
+        if self.hyper["fuse"] == "auto":
+            arrays = getattr(self, "_fit_arrays", None)
+            if arrays is None:
+                raise ConfigError("adapted with fuse='auto' needs the fit images: call fit(images)")
+            self.fusion_ = self._choose_fuse(arrays, ids, loo, head, pc)
+        else:
+            self.fusion_ = {"fuse": float(self.hyper["fuse"]), "chosen": "given"}
+        self._loo = self._fuse(loo, head)
 
-    def _fuse(self, retr: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-        s, w = self.stats_, self.hyper["fuse"]
+    @property
+    def fuse_(self) -> float:
+        """The retrieval weight in use (chosen at fit time with ``fuse="auto"``)."""
+        return float(self.fusion_["fuse"]) if self.fusion_ else float(self.hyper["fuse"])
+
+    def _fuse(self, retr: torch.Tensor, head: torch.Tensor, w: float | None = None) -> torch.Tensor:
+        s, w = self.stats_, self.fuse_ if w is None else w
         return w * (retr - s[0]) / s[1] + (1 - w) * (head - s[2]) / s[3]
+
+    # fusion choice --------------------------------------------------------------------------------------------
+    def _choose_fuse(self, arrays, ids, loo: torch.Tensor, head: torch.Tensor, pc: PatchCore) -> dict[str, Any]:
+        """Score every weight of :data:`FUSE_GRID` on the fit images (leave-image-out) vs synthetic-anomaly copies
+        of them; keep the head only when it beats retrieval alone by more than :data:`FUSE_MARGIN`."""
+        from sklearn.metrics import roc_auc_score
+
+        syn, masks, src = synthetic_validation(arrays, seed=self.hyper["seed"])
+        emb = self._embed(syn, None)
+        s_loo = pc.leave_image_out_scores(emb[..., :-1], [ids[i] for i in src])  # own clean patches left out
+        s_loo = torch.nan_to_num(s_loo, nan=float(self.stats_[0]))
+        s_head = emb[..., -1]
+        grid = tuple(emb.shape[1:3])
+        labels = torch.stack([F.adaptive_avg_pool2d(torch.from_numpy(m.astype(np.float32))[None, None], grid)[0, 0]
+                              for m in masks]) >= 0.25  # (S, h, w) patches a quarter covered or more
+        y_img = np.r_[np.zeros(len(loo)), np.ones(len(syn))]
+        y_pix = np.r_[np.zeros(loo.numel()), labels.reshape(-1).numpy()]  # every normal patch counts
+        table = {}
+        for w in FUSE_GRID:
+            normal, anomalous = self._fuse(loo, head, w), self._fuse(s_loo, s_head, w)
+            img = roc_auc_score(y_img, [self.image_score(g) for g in torch.cat([normal, anomalous])])
+            pix = roc_auc_score(y_pix, torch.cat([normal.reshape(-1), anomalous.reshape(-1)]).numpy())
+            table[str(w)] = {"image_auroc": round(float(img), 4), "patch_auroc": round(float(pix), 4),
+                             "mean": round(float(img + pix) / 2, 4)}
+        fuse, why, gain = pick_fuse(table)
+        return {"fuse": fuse, "chosen": "auto", "reason": why, "gain_over_retrieval": gain,
+                "validation": table, "n_normal": len(loo), "n_synthetic": len(syn),
+                "note": "fit images leave-image-out vs synthetic copies (painted + cut-paste); no test labels"}
+
+    def summary(self) -> str:
+        """One line saying how the map is made (which fusion weight, and why)."""
+        if self.fusion_ is None:
+            return f"adapted (not fitted; fuse={self.hyper['fuse']!r})"
+        f = self.fusion_
+        w = self.fuse_
+        part = (f"retrieval alone ({self.hyper['retrieval']} features)" if w == 1 else "head alone" if w == 0
+                else f"{w:g} x retrieval + {1 - w:g} x head")
+        if f.get("chosen") != "auto":
+            return f"adapted: {part} (fuse={w:g} given)"
+        v = f["validation"]
+        return (f"adapted: {part}, chosen at fit on {f['n_normal']} normal + {f['n_synthetic']} synthetic-anomaly "
+                f"images ({f['reason']}: best mean AUROC {max(r['mean'] for r in v.values()):.3f} vs retrieval alone "
+                f"{v['1.0']['mean']:.3f})")
 
     def _calibrate(self, emb: torch.Tensor, ids: list[str]) -> float | None:
         """99th percentile of leave-image-out fused image scores of the normal training images."""
@@ -173,7 +269,7 @@ class Adapted(Detector):
 
         self.store_.save(directory)
         save_adapter(directory / "adapter", self.embedder.net, self.head_, self.adapt_config_)
-        return {"store": "store.json", "adapter": "adapter"}
+        return {"store": "store.json", "adapter": "adapter", "fusion": self.fusion_}
 
     def _load_state(self, tensors, meta, directory: Path) -> None:
         from vlm_ad.adapt import load_adapter
@@ -182,3 +278,69 @@ class Adapted(Detector):
         self._use(*load_adapter(directory / meta["extra"]["adapter"]))
         self.store_ = ExemplarStore.load(directory)
         self.stats_ = tensors["stats"]
+        if "retrieval" not in meta["hyper"]:  # saved before the option existed: its bank holds adapted features
+            self.hyper["retrieval"] = "adapted"
+        fusion = meta["extra"].get("fusion")
+        if fusion is None:  # a model saved before fuse="auto" existed: its fixed weight (0.5 was the default)
+            w = self.hyper["fuse"]
+            fusion = {"fuse": 0.5 if w == "auto" else float(w), "chosen": "given"}
+        self.fusion_ = fusion
+
+
+def pick_fuse(table: dict[str, dict[str, float]], *, margin: float = FUSE_MARGIN) -> tuple[float, str, float]:
+    """The retrieval weight to use from validation figures ``{str(weight): {"image_auroc", "patch_auroc", "mean"}}``
+    (must hold ``"1.0"``, retrieval alone). A weight that gives the head a say is eligible only when it loses to
+    retrieval alone on neither AUROC by more than half the ``margin``; the best eligible one is kept when its mean beats
+    retrieval alone by more than ``margin``, else 1.0. Returns (weight, reason, gain of the kept or best weight)."""
+    ref = table["1.0"]
+    ok = [w for w in table if all(table[w].get(k, 1.0) >= ref.get(k, 0.0) - margin / 2
+                                  for k in ("image_auroc", "patch_auroc"))]
+    best = max(ok, key=lambda w: (table[w]["mean"], float(w)))  # ties: more retrieval
+    gain = round(float(table[best]["mean"] - ref["mean"]), 4)
+    if float(best) < 1 and gain > margin:
+        return float(best), "head helps", gain
+    return 1.0, "head does not help", gain
+
+
+def synthetic_validation(arrays: list[np.ndarray], *, seed: int, n: int = N_VALIDATION
+                         ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Anomalous copies of (up to ``n``) normal images: even ones painted by :func:`vlm_ad.data.make_defect`, odd
+    ones a cut-paste of a rotated patch of another image. Returns (images, masks (H, W) bool, source indices)."""
+    from vlm_ad.data import make_defect
+
+    rng = np.random.default_rng([seed, 7919])  # not a seed the adapter trains with ([seed, epoch], [seed, 999])
+    src = [int(i) for i in rng.permutation(len(arrays))[:n]]
+    images, masks = [], []
+    for j, i in enumerate(src):
+        img = np.asarray(arrays[i])
+        if j % 2 == 0:
+            out, mask, _ = make_defect(img, None, rng)
+        else:
+            donor = np.asarray(arrays[(i + 1 + int(rng.integers(len(arrays) - 1))) % len(arrays)])
+            out, mask = cut_paste(img, donor, rng)
+        images.append(out)
+        masks.append(mask)
+    return images, masks, src
+
+
+def cut_paste(image: np.ndarray, donor: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Paste a rotated rectangle of ``donor`` (2-6% of ``image``'s area) at a random place of ``image``."""
+    img = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+    don = donor if donor.ndim == 3 else np.repeat(donor[..., None], 3, axis=2)
+    h, w = img.shape[:2]
+    area = rng.uniform(0.02, 0.06) * h * w
+    aspect = rng.uniform(0.3, 3.0)
+    ph = int(np.clip(np.sqrt(area * aspect), 4, min(h, don.shape[0]) - 1))
+    pw = int(np.clip(area / ph, 4, min(w, don.shape[1]) - 1))
+    y0, x0 = int(rng.integers(don.shape[0] - ph)), int(rng.integers(don.shape[1] - pw))
+    patch = np.rot90(don[y0 : y0 + ph, x0 : x0 + pw], int(rng.integers(1, 4)))
+    ph, pw = patch.shape[:2]
+    if ph >= h or pw >= w:
+        patch = patch[: h - 1, : w - 1]
+        ph, pw = patch.shape[:2]
+    y, x = int(rng.integers(h - ph)), int(rng.integers(w - pw))
+    out = img.copy()
+    out[y : y + ph, x : x + pw] = patch
+    mask = np.zeros((h, w), bool)
+    mask[y : y + ph, x : x + pw] = np.any(out[y : y + ph, x : x + pw] != img[y : y + ph, x : x + pw], axis=2)
+    return out, mask

@@ -438,6 +438,15 @@ class Detector:
             return None
         return embedder.grid_shape(tuple(image_shape))
 
+    def summary(self) -> str:
+        """One line saying how this fitted detector makes its maps (printed by ``vlm-ad fit`` and ``detect``)."""
+        emb = getattr(self, "embedder_", None)
+        if not isinstance(emb, PatchEmbedder):
+            return self.name
+        g = emb.geometry
+        tiled = f", tiles of {g.tile} px" if g.tile else ""
+        return f"{self.name} on {emb.backbone_name} ({', '.join(emb.layers)}), input {g.mode} {g.size} px{tiled}"
+
     def set_threshold(self, value: float | None) -> Detector:
         """Set the image-level decision threshold (used for ``AnomalyMap.label``)."""
         self.threshold_ = None if value is None else float(value)
