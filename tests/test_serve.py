@@ -199,3 +199,25 @@ def test_sessions_are_dropped_by_count_and_by_pixels():
     assert len(s) == 2 and s.get(big)
     s.add(session(200))  # larger than the budget alone: kept, as the only one
     assert len(s) == 1
+
+
+def test_the_page_runs_an_onnx_export_as_the_torch_model(served, tmp_path):
+    """serve --runtime onnx: the same verdict and regions as the torch model behind `served`."""
+    pytest.importorskip("onnxruntime", reason="pip install 'vlm-ad[export]'")
+    pytest.importorskip("cv2", reason="pip install 'vlm-ad[export]'")
+    from fastapi.testclient import TestClient
+
+    from vlm_ad.export import export_model
+    from vlm_ad.pipeline import Pipeline
+    from vlm_ad.runtime import load_runtime_detector
+    from vlm_ad.web import create_app
+
+    client, cat = served
+    model_dir = Path(client.app.state.service.info["model"])
+    export_model(model_dir, tmp_path / "export", fmt="onnx")
+    onnx = TestClient(create_app(Pipeline(load_runtime_detector(tmp_path / "export", "onnx"), exemplar_root=cat),
+                                 info={"model": str(tmp_path / "export"), "runtime": "onnx"}))
+    upload = {"file": ("part.png", _png(_hole(cat)), "image/png")}
+    a, b = client.post("/api/analyze", files=upload).json(), onnx.post("/api/analyze", files=upload).json()
+    assert b["verdict"] == a["verdict"] == "anomalous"
+    assert [r["box"] for r in b["regions"]] == [r["box"] for r in a["regions"]]

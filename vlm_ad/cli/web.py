@@ -8,6 +8,7 @@ import typer
 
 from vlm_ad.cli._common import ReasonerOptions, console, with_reasoner_options
 from vlm_ad.cli.explanations import EXEMPLARS_HELP, LIBRARY_HELP, _pipeline
+from vlm_ad.cli.export import RUNTIME_HELP
 from vlm_ad.errors import ConfigError
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -28,6 +29,7 @@ def serve(
     port: int = typer.Option(7860, "--port", help="Port to listen on."),
     max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", help="Refuse uploads larger than this (the "
                                         "pixel cap $VLM_AD_MAX_PIXELS, default 40 MP, applies as well)."),
+    runtime: str = typer.Option("torch", "--runtime", help=RUNTIME_HELP),
     *,
     reasoner: ReasonerOptions,
 ) -> None:
@@ -49,14 +51,14 @@ def serve(
     for name, folder in (("--reports", reports), ("--examples", examples), ("--exemplars", exemplars)):
         if folder is not None and not folder.is_dir():
             raise ConfigError(f"{name} {folder} is not a folder")
-    pipe = _pipeline(model, reasoner, exemplars, library)
+    pipe = _pipeline(model, reasoner, exemplars, library, runtime)
     if host not in LOCAL_HOSTS:
         console.print(f"[yellow]warning:[/yellow] binding {host}: anyone who can reach this address can upload "
                       "images and use the model (no authentication)")
     shown = f"[{host}]" if ":" in host else host
     console.print(f"vlm-ad serving {model} at http://{shown}:{port}/  (Ctrl+C stops it)")
     run(pipe, host=host, port=port, reports=reports, examples=examples, max_upload_mb=max_upload_mb,
-        info={"model": str(model), "reasoner": reasoner.identity()})
+        info={"model": str(model), "reasoner": reasoner.identity(), "runtime": runtime})
 
 
 def register(app: typer.Typer) -> None:
