@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from vlm_ad.errors import BackendUnavailableError, ExplanationError
 from vlm_ad.evaluation.explanations import evaluate_explanations, rouge_l
-from vlm_ad.evidence import build_evidence
+from vlm_ad.evidence import Evidence, build_evidence
 from vlm_ad.pipeline import Pipeline
 from vlm_ad.reasoning import Explanation, check_grounding, create_reasoner, list_reasoners, parse_explanation
 from vlm_ad.testing import scripted_chat_model, serve_openai_compatible
@@ -98,6 +98,11 @@ def test_normal_image_has_no_regions():
     assert ev.regions == [] and ev.score.above is False
     expl = create_reasoner("grounded").explain(ev)
     assert expl.verdict == "normal" and expl.cited_regions == []
+    # its strongest response is measured (P1), citable, and survives the JSON round trip; it is no region
+    assert ev.peak is not None and ev.peak.id == "P1" and "P1" in ev.ids and ev.peak.peak in ev.numbers()
+    assert Evidence.from_json(json.loads(json.dumps(ev.to_json()))).peak == ev.peak
+    amap.score = 5.0
+    assert "peak" not in build_evidence(amap, image).to_json()  # an anomalous image has regions instead
 
 
 # ----------------------------------------------------------------------------------------------- reasoners
