@@ -7,6 +7,7 @@ module            commands
 ``explanations``  chat, report
 ``adapters``      library add|show|name, adapt
 ``video``         video fit|detect|eval
+``llm``           llm list|fetch (named local GGUF models)
 ================  ===========================================================
 
 Commands only parse options, call library functions and print; what they share (console, progress bars,
@@ -18,7 +19,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from vlm_ad.cli import adapters, explanations, images, video
+from vlm_ad.cli import adapters, explanations, images, llm, video
 from vlm_ad.errors import VlmAdError
 
 __all__ = ["app", "main"]
@@ -50,7 +51,7 @@ def _root(
     """vlm-ad: explainable visual anomaly detection."""
 
 
-for _module in (images, explanations, adapters, video):
+for _module in (images, explanations, adapters, video, llm):
     _module.register(app)
 
 

