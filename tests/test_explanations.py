@@ -319,6 +319,30 @@ def test_reply_schema_admits_only_the_evidence(scene_evidence):
         assert LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False) is not None
 
 
+def test_reply_texts_may_only_quote_measured_numbers(scene_evidence):
+    """The text pattern of the schema: every digit belongs to a number, id or file name of the evidence, and a
+    quoted number cannot run on into a longer (unmeasured) one."""
+    import re
+
+    from vlm_ad.reasoning.schema import quotable_pattern, reply_schema
+
+    ev = scene_evidence
+    pattern = quotable_pattern(ev)
+    assert reply_schema(ev)["properties"]["summary"]["pattern"] == pattern
+    r, s = ev.regions[0], ev.score
+    ok = [f"R1 covers {r.area_pct}% of the image in the {r.location}.", f"The score {s.score} is above {s.threshold}.",
+          f"Like {ev.exemplars[0].image_id} (E1).", "Two regions, 3 x 3 grid", f"peak {r.peak}"]
+    for text in ok:
+        assert re.fullmatch(pattern, text), text
+    bad = [f"The score {s.score}7 is high.", "R1 covers 12.3456% of the image.", f"{r.area_pct + 0.01:.2f}%",
+           'a "quote"', "two\nlines", "R9 is large"]
+    for text in bad:
+        assert not re.fullmatch(pattern, text), text
+    # the texts of the grounded chain quote the same numbers, at most rounded: they pass the grounding check
+    for step in create_reasoner("grounded").explain(ev).steps:
+        assert not check_grounding(Explanation(verdict="normal", confidence=0.5, steps=[step], summary="-"), ev)
+
+
 # ------------------------------------------------------------------------------------------------ hf backend
 def _tiny_causal_lm(directory) -> None:
     """A random 2-layer Llama with a byte-level tokenizer (256 byte symbols + <eos>) and a chat template, built and
