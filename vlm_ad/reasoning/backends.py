@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ require("langchain_core", "LLM reasoners")
 from langchain_core.language_models import BaseChatModel  # noqa: E402
 from langchain_core.messages import AIMessage, BaseMessage  # noqa: E402
 from langchain_core.outputs import ChatGeneration, ChatResult  # noqa: E402
-from pydantic import PrivateAttr  # noqa: E402
+from pydantic import Field, PrivateAttr  # noqa: E402
 
 __all__ = ["HFChat", "LlamaCppChat", "OpenAICompatChat", "has_images", "resolve_gguf", "to_openai_messages"]
 
@@ -251,6 +252,8 @@ class LlamaCppChat(BaseChatModel):
     seed: int = 0
     n_threads: int | None = None
     constrained: bool = True
+    #: the last call's token counts (prompt_tokens, completion_tokens) and its seconds, for speed figures
+    last_usage: dict[str, Any] = Field(default_factory=dict)
     _llm: Any = PrivateAttr(default=None)
 
     def model_post_init(self, __context: Any) -> None:
@@ -271,8 +274,10 @@ class LlamaCppChat(BaseChatModel):
                   **kwargs: Any) -> ChatResult:
         schema = kwargs.get("json_schema")
         fmt = {"response_format": {"type": "json_object", "schema": schema}} if schema and self.constrained else {}
+        t0 = time.perf_counter()
         out = self._llm.create_chat_completion(messages=to_openai_messages(messages), temperature=self.temperature,
                                                max_tokens=self.max_tokens, stop=stop, seed=self.seed, **fmt)
+        self.last_usage = dict(out.get("usage") or {}) | {"seconds": time.perf_counter() - t0}
         return _result(out["choices"][0]["message"]["content"] or "")
 
 
