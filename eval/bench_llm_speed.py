@@ -78,17 +78,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llm", nargs="+", default=["smollm2", "qwen2.5-1.5b"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--images", type=int, default=3, help="the first N of the 3 test images (hole, scratch, good)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = generate_dataset(Path(tmp) / "speed", sources=("brick",), n_train=8, n_test_good=1,
                                 n_test_per_type=1, types=("scratch", "hole"), image_size=128, seed=0)["brick"]
-        explained = _explained(root)
+        explained = _explained(root)[: args.images]
     rows = [_row(name, args.threads, explained) for name in args.llm]
     RESULTS.mkdir(exist_ok=True)
     atomic_write_bytes(RESULTS / "llm_speed.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     md = ["# Local LLM speed and grounding (eval/bench_llm_speed.py)", "",
-          f"Command: `python eval/bench_llm_speed.py --llm {' '.join(args.llm)} --threads {args.threads}`. Data: "
-          "synthetic brick, 128 px, seed 0, 3 test images (good, scratch, hole); PatchCore efficientnet-lite0, 8 "
+          f"Command: `python eval/bench_llm_speed.py --llm {' '.join(args.llm)} --threads {args.threads} --images "
+          f"{args.images}`. Data: synthetic brick, 128 px, seed 0, the first {args.images} of 3 test images (sorted: "
+          "good, hole, scratch); PatchCore efficientnet-lite0, 8 "
           "shots. 2 CPU cores shared with other jobs: the speeds are lower bounds.", "",
           "| llm | threads | images | s / explanation | s / answer | tokens/s | explanations ungrounded | "
           "answers unverified | answers correct |", "| --- " * 9 + "|"]

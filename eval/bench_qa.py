@@ -104,13 +104,18 @@ def main() -> None:
 
 def render(rows: list[dict], args) -> None:
     lines = ["# Question answering (multiple choice) through the chat loop", "",
-             f"Command: `python eval/bench_qa.py --llm-images {args.llm_images}`. Detector: PatchCore, "
+             f"Command: `python eval/bench_qa.py --llm-images {args.llm_images}{' --keep' if args.keep else ''}`. "
+             "Detector: PatchCore, "
              "efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0, threshold rule q99. Type questions use a "
              "labelled-defect library "
              "of 3 examples per type (seed 0) whose images are not asked about. Accuracy counts an abstention (a "
              "reply naming no option) as wrong; chance = mean 1 / options. A normal verdict still answers where / how "
              "large / which type from the map's strongest response (P1, below the threshold). Rows marked * are "
-             "from an earlier run (before P1 and the reading fix), kept because LLM runs are slow here.", "",
+             "from an earlier run (before P1 and the reading fix), kept because LLM runs are slow here. Baseline, "
+             "the same grounded reasoner before P1 and the reading fix (this branch's parent, same maps): "
+             "magnetic_tile 0.296 (defect 0.572, where 0.198, type 0.090, size 0.182; abstain where/size "
+             "0.62/0.62); the table committed before said 0.335, from a run on an earlier main (the cause of the "
+             "difference was not investigated).", "",
              "| data | reasoner | images | questions | accuracy | " + " | ".join(
                  f"{k} (chance)" for k in KINDS) + " | abstain where/size | s per answer |",
              "| --- " * (7 + len(KINDS)) + "|"]

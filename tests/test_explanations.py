@@ -290,6 +290,7 @@ def test_llamacpp_smollm2_runs(scene_evidence):
     assert all(set(s.evidence) <= scene_evidence.ids for s in expl.steps)
     assert expl.location in {None, *(x.location for x in scene_evidence.regions)}
     assert expl.defect_type in {None, "hole"}
+    assert not [f for f in expl.flags if "matches no measured value" in f]  # the grammar admits measured numbers only
     unconstrained = create_reasoner("llamacpp", llm="smollm2", on_ungrounded="flag", max_retries=0,
                                     max_tokens=384, constrained=False)
     assert unconstrained.chat_model.constrained is False
