@@ -112,7 +112,7 @@ def render(rows: list[dict], args) -> None:
              "reply naming no option) as wrong; chance = mean 1 / options. A normal verdict still answers where / how "
              "large / which type from the map's strongest response (P1, below the threshold). Rows marked * are "
              "from an earlier run (before P1 and the reading fix), kept because LLM runs are slow here. Baseline, "
-             "the same grounded reasoner before P1 and the reading fix (this branch's parent, same maps): "
+             "the same grounded reasoner before P1 and the reading fix (this branch's parent, same detector settings): "
              "magnetic_tile 0.296 (defect 0.572, where 0.198, type 0.090, size 0.182; abstain where/size "
              "0.62/0.62); the table committed before said 0.335, from a run on an earlier main (the cause of the "
              "difference was not investigated).", "",
