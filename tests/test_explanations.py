@@ -321,22 +321,25 @@ def test_reply_schema_admits_only_the_evidence(scene_evidence):
 
 
 def test_reply_texts_may_only_quote_measured_numbers(scene_evidence):
-    """The text pattern of the schema: every digit belongs to a number, id or file name of the evidence, and a
-    quoted number cannot run on into a longer (unmeasured) one."""
+    """The text pattern of the schema: every digit belongs to a number, id or file name of the evidence, a quoted
+    number cannot run on into a longer (unmeasured) one, and letters + digits cannot make an id the evidence lacks."""
     import re
 
     from vlm_ad.reasoning.schema import quotable_pattern, reply_schema
 
     ev = scene_evidence
     pattern = quotable_pattern(ev)
-    assert reply_schema(ev)["properties"]["summary"]["pattern"] == pattern
+    summary = reply_schema(ev)["properties"]["summary"]["pattern"]
+    assert summary == quotable_pattern(ev, max_units=240)
+    assert re.fullmatch(summary, "a" * 240) and not re.fullmatch(summary, "a" * 241)  # bounded: no endless text
     r, s = ev.regions[0], ev.score
     ok = [f"R1 covers {r.area_pct}% of the image in the {r.location}.", f"The score {s.score} is above {s.threshold}.",
-          f"Like {ev.exemplars[0].image_id} (E1).", "Two regions, 3 x 3 grid", f"peak {r.peak}"]
+          f"Like {ev.exemplars[0].image_id} (E1).", "Two regions on a three by three grid", f"peak {r.peak}"]
     for text in ok:
         assert re.fullmatch(pattern, text), text
     bad = [f"The score {s.score}7 is high.", "R1 covers 12.3456% of the image.", f"{r.area_pct + 0.01:.2f}%",
-           'a "quote"', "two\nlines", "R9 is large"]
+           'a "quote"', "two\nlines", "R9 is large", "R" + str(len(ev.regions) + 1) + " is small", "see E10",
+           f"{len(ev.regions)}.{len(ev.regions)}9%"]  # two quotables chained over a full stop
     for text in bad:
         assert not re.fullmatch(pattern, text), text
     # the texts of the grounded chain quote the same numbers, at most rounded: they pass the grounding check

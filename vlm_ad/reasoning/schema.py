@@ -70,8 +70,10 @@ def reply_schema(evidence: Evidence | None = None) -> dict:
     ids = sorted(evidence.ids) if evidence else []
     regions = [r.id for r in evidence.regions] if evidence else []
     text = {"type": "string", "minLength": 1, "maxLength": 400}
-    if evidence is not None:
-        text = {"type": "string", "pattern": quotable_pattern(evidence)}  # the grammar ignores lengths next to it
+    summary = text
+    if evidence is not None:  # a pattern bounds its own length (the grammar ignores maxLength next to a pattern)
+        text = {"type": "string", "pattern": quotable_pattern(evidence, max_units=160)}
+        summary = {"type": "string", "pattern": quotable_pattern(evidence, max_units=240)}
     return {
         "type": "object",
         "properties": {
@@ -85,7 +87,7 @@ def reply_schema(evidence: Evidence | None = None) -> dict:
                       "items": {"type": "object", "required": ["text", "evidence"],
                                 "properties": {"text": text, "evidence": {"type": "array", "maxItems": 4,
                                                                           "items": one_of(ids, nullable=False)}}}},
-            "summary": text,
+            "summary": summary,
         },
         "required": ["verdict", "confidence", "defect_type", "location", "cited_regions", "steps", "summary"],
     }
@@ -97,8 +99,9 @@ def _number_text(v: float) -> str:
 
 def quotable(evidence: Evidence) -> list[str]:
     """Every digit-bearing text an explanation of ``evidence`` may write: its numbers as the evidence JSON writes them
-    (and the derived ones of :meth:`Evidence.numbers`), its ids, the file names it holds, and the free numbers."""
-    found: set[str] = {_number_text(v) for v in _FREE_NUMBERS} | set(evidence.ids)
+    (and the derived ones of :meth:`Evidence.numbers`), its ids and the file names it holds. (The grounding check also
+    lets small counts pass; under the grammar a model writes them as words.)"""
+    found: set[str] = set(evidence.ids)
 
     def walk(x) -> None:
         if isinstance(x, bool) or x is None:
@@ -120,13 +123,21 @@ def quotable(evidence: Evidence) -> list[str]:
     return sorted(found, key=lambda t: (-len(t), t))
 
 
-def quotable_pattern(evidence: Evidence) -> str:
+def quotable_pattern(evidence: Evidence, *, max_units: int | None = None) -> str:
     """A regular expression (JSON-schema ``pattern``, which llama.cpp turns into grammar) for a text whose every digit
-    belongs to one of :func:`quotable` ``(evidence)``, and no number runs on into another digit ("0.43" may not grow
-    into "0.435"). Quotes, backslashes and newlines are left out so the text stays a plain JSON string."""
-    plain, after = r'[^0-9"\\\n]', r'[^0-9."\\\n]'
+    belongs to one of :func:`quotable` ``(evidence)``: a quotable starts the text or follows a character that is not a
+    letter or digit, and is followed by one ("0.43" cannot grow into "0.435", "R" + "1" cannot make an id the evidence
+    lacks). Quotes, backslashes and newlines are left out so the text stays a plain JSON string.
+
+    ``max_units`` bounds the text to about that many characters (a quoted number counts as one), so that a model under
+    the grammar cannot write on until it runs out of tokens."""
+    other, letter, stop = r'[^0-9A-Za-z"\\\n]', "[A-Za-z]", r'[^0-9A-Za-z."\\\n]'
     alts = "|".join(_literal(t) for t in quotable(evidence) if not _SPECIAL.intersection(t))
-    return rf"^({plain}|({alts})({after}|[.]{after}))*(({alts})[.]?)?$"
+    # a quotable, then (after an optional full stop) a character that is no letter, digit or full stop: "1" + "." +
+    # "20" cannot chain into "1.20"
+    quoted = rf"({alts})([.]?){stop}"
+    times = "*" if max_units is None else f"{{1,{max_units}}}"
+    return rf"^({quoted})*({letter}|{other}({quoted}){{0,3}}){times}({other}({alts})[.]?)?$"
 
 
 # regex characters a quotable text may not hold; "." and "-" are written as [.] and [-], the one form both Python's
