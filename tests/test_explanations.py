@@ -330,8 +330,8 @@ def test_reply_texts_may_only_quote_measured_numbers(scene_evidence):
     ev = scene_evidence
     pattern = quotable_pattern(ev)
     summary = reply_schema(ev)["properties"]["summary"]["pattern"]
-    assert summary == quotable_pattern(ev, max_units=240)
-    assert re.fullmatch(summary, "a" * 240) and not re.fullmatch(summary, "a" * 241)  # bounded: no endless text
+    assert summary == quotable_pattern(ev, max_units=160)
+    assert re.fullmatch(summary, "a" * 160) and not re.fullmatch(summary, "a" * 161)  # bounded: no endless text
     r, s = ev.regions[0], ev.score
     ok = [f"R1 covers {r.area_pct}% of the image in the {r.location}.", f"The score {s.score} is above {s.threshold}.",
           f"Like {ev.exemplars[0].image_id} (E1).", "Two regions on a three by three grid", f"peak {r.peak}"]

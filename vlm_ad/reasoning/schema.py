@@ -72,8 +72,8 @@ def reply_schema(evidence: Evidence | None = None) -> dict:
     text = {"type": "string", "minLength": 1, "maxLength": 400}
     summary = text
     if evidence is not None:  # a pattern bounds its own length (the grammar ignores maxLength next to a pattern)
-        text = {"type": "string", "pattern": quotable_pattern(evidence, max_units=160)}
-        summary = {"type": "string", "pattern": quotable_pattern(evidence, max_units=240)}
+        text = {"type": "string", "pattern": quotable_pattern(evidence, max_units=80)}
+        summary = {"type": "string", "pattern": quotable_pattern(evidence, max_units=160)}
     return {
         "type": "object",
         "properties": {
@@ -83,7 +83,7 @@ def reply_schema(evidence: Evidence | None = None) -> dict:
             "location": one_of([r.location for r in evidence.regions] if evidence else []),
             "cited_regions": {"type": "array", "items": one_of(regions, nullable=False),
                               "maxItems": len(regions) if evidence else 8},
-            "steps": {"type": "array", "minItems": 1, "maxItems": 6,
+            "steps": {"type": "array", "minItems": 1, "maxItems": 6 if evidence is None else 4,
                       "items": {"type": "object", "required": ["text", "evidence"],
                                 "properties": {"text": text, "evidence": {"type": "array", "maxItems": 4,
                                                                           "items": one_of(ids, nullable=False)}}}},
