@@ -60,6 +60,16 @@ def _llm_configs(samples, llm_subset: int, llms: list[str], threads: int) -> lis
     return configs
 
 
+def _replace(rows: list[dict], new: list[dict]) -> list[dict]:
+    """``rows`` with ``new`` in place of the rows of the same data, reasoner and namer (appended when none)."""
+    def key(r: dict) -> tuple:
+        return r["data"], r["reasoner"], r["namer"]
+
+    fresh = {key(r): r for r in new}
+    out = [fresh.pop(key(r), r) for r in rows]
+    return out + list(fresh.values())
+
+
 def _run(name: str, root: Path, *, namer_lib, held_out: set[str], minilm: MiniLM, llm_subset: int, shots: int,
          llms: list[str], threads: int, grounded: bool = True):
     train, test = open_data(root)
@@ -96,11 +106,13 @@ def write_results(rows: list[dict]) -> None:
     rows = [r | {"s_per_image": r["explain_seconds"] / max(r["n_images"], 1)} for r in rows]
     md = ["# Explanation quality (eval/bench_explanations.py)", "", "| " + " | ".join(cols) + " |",
           "|" + " --- |" * len(cols)]
-    md += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    md += ["| " + " | ".join(_fmt(r.get(c)) + (" *" if c == "reasoner" and r.get("earlier_run") else "")
+                             for c in cols) + " |" for r in rows]
     md += ["", "flagged: explanations with any flag; ungrounded: with an id or number not in the evidence; overruled: "
            "with a verdict or location the measurement replaced (see vlm_ad/reasoning/verify.py). LLM rows: a seeded "
            "subset, max_retries 1, on_ungrounded=flag, 384 new tokens at most, texts constrained to the evidence's "
-           "numbers by the reply schema's grammar."]
+           "numbers by the reply schema's grammar. Rows marked * are from an earlier run, before that constraint "
+           "(kept where the new run did not redo them: SmolLM2 took minutes per explanation on the shared cores)."]
     atomic_write_bytes(RESULTS / "explanations.md", ("\n".join(md) + "\n").encode())
     print("\n".join(md))
 
@@ -120,8 +132,9 @@ def main() -> None:
     path = RESULTS / "explanations.jsonl"
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if args.append and path.is_file() else []
     opts = {"llms": args.llm, "threads": args.threads, "grounded": not args.llm_only}
-    if args.llm_only:  # the new LLM rows replace the old ones of the same reasoner
-        rows = [r for r in rows if r["reasoner"] not in {f"llamacpp:{n}" for n in args.llm}]
+    if args.llm_only:  # the old LLM rows stay, marked, until this run redoes their dataset
+        rows = [r | {"earlier_run": True} if r["reasoner"] in {f"llamacpp:{n}" for n in args.llm} else r
+                for r in rows]
     if "synthetic" in args.data:
         with tempfile.TemporaryDirectory() as tmp:
             per_type = 2 if args.quick else 4
@@ -131,14 +144,14 @@ def main() -> None:
                                         n_test_per_type=6, image_size=256, seed=1)
             lib = _library(list(lib_cats.values()))
             for cat, root in synth.items():
-                rows += _run(f"synthetic/{cat}", root, namer_lib=lib, held_out=set(), minilm=minilm,
-                             llm_subset=args.llm_subset, shots=8, **opts)
+                rows = _replace(rows, _run(f"synthetic/{cat}", root, namer_lib=lib, held_out=set(), minilm=minilm,
+                                           llm_subset=args.llm_subset, shots=8, **opts))
                 write_results(rows)  # after each dataset, so a cut run keeps what it finished
     if "tile" in args.data and TILE.is_dir() and not args.quick:
         tile_lib = _library(TILE, exclude_per_type=10)
         held = set(tile_lib.example_ids)  # labelled examples of the namer are not scored
-        rows += _run("magnetic_tile", TILE, namer_lib=tile_lib, held_out=held, minilm=minilm,
-                     llm_subset=args.llm_subset, shots=8, **opts)
+        rows = _replace(rows, _run("magnetic_tile", TILE, namer_lib=tile_lib, held_out=held, minilm=minilm,
+                                   llm_subset=args.llm_subset, shots=8, **opts))
     write_results(rows)
 
 
