@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from vlm_ad.errors import BackendUnavailableError, ExplanationError
 from vlm_ad.evaluation.explanations import evaluate_explanations, rouge_l
-from vlm_ad.evidence import build_evidence
+from vlm_ad.evidence import Evidence, build_evidence
 from vlm_ad.pipeline import Pipeline
 from vlm_ad.reasoning import Explanation, check_grounding, create_reasoner, list_reasoners, parse_explanation
 from vlm_ad.testing import scripted_chat_model, serve_openai_compatible
@@ -99,6 +99,11 @@ def test_normal_image_has_no_regions():
     assert ev.regions == [] and ev.score.above is False
     expl = create_reasoner("grounded").explain(ev)
     assert expl.verdict == "normal" and expl.cited_regions == []
+    # its strongest response is measured (P1), citable, and survives the JSON round trip; it is no region
+    assert ev.peak is not None and ev.peak.id == "P1" and "P1" in ev.ids and ev.peak.peak in ev.numbers()
+    assert Evidence.from_json(json.loads(json.dumps(ev.to_json()))).peak == ev.peak
+    amap.score = 5.0
+    assert "peak" not in build_evidence(amap, image).to_json()  # an anomalous image has regions instead
 
 
 # ----------------------------------------------------------------------------------------------- reasoners
@@ -287,6 +292,7 @@ def test_llamacpp_smollm2_runs(scene_evidence):
     assert all(set(s.evidence) <= scene_evidence.ids for s in expl.steps)
     assert expl.location in {None, *(x.location for x in scene_evidence.regions)}
     assert expl.defect_type in {None, "hole"}
+    assert not [f for f in expl.flags if "matches no measured value" in f]  # the grammar admits measured numbers only
     unconstrained = create_reasoner("llamacpp", llm="smollm2", on_ungrounded="flag", max_retries=0,
                                     max_tokens=384, constrained=False)
     assert unconstrained.chat_model.constrained is False
@@ -314,6 +320,33 @@ def test_reply_schema_admits_only_the_evidence(scene_evidence):
         from llama_cpp import LlamaGrammar
 
         assert LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False) is not None
+
+
+def test_reply_texts_may_only_quote_measured_numbers(scene_evidence):
+    """The text pattern of the schema: every digit belongs to a number, id or file name of the evidence, a quoted
+    number cannot run on into a longer (unmeasured) one, and letters + digits cannot make an id the evidence lacks."""
+    import re
+
+    from vlm_ad.reasoning.schema import quotable_pattern, reply_schema
+
+    ev = scene_evidence
+    pattern = quotable_pattern(ev)
+    summary = reply_schema(ev)["properties"]["summary"]["pattern"]
+    assert summary == quotable_pattern(ev, max_units=160)
+    assert re.fullmatch(summary, "a" * 160) and not re.fullmatch(summary, "a" * 161)  # bounded: no endless text
+    r, s = ev.regions[0], ev.score
+    ok = [f"R1 covers {r.area_pct}% of the image in the {r.location}.", f"The score {s.score} is above {s.threshold}.",
+          f"Like {ev.exemplars[0].image_id} (E1).", "Two regions on a three by three grid", f"peak {r.peak}"]
+    for text in ok:
+        assert re.fullmatch(pattern, text), text
+    bad = [f"The score {s.score}7 is high.", "R1 covers 12.3456% of the image.", f"{r.area_pct + 0.01:.2f}%",
+           'a "quote"', "two\nlines", "R9 is large", "R" + str(len(ev.regions) + 1) + " is small", "see E10",
+           f"{len(ev.regions)}.{len(ev.regions)}9%"]  # two quotables chained over a full stop
+    for text in bad:
+        assert not re.fullmatch(pattern, text), text
+    # the texts of the grounded chain quote the same numbers, at most rounded: they pass the grounding check
+    for step in create_reasoner("grounded").explain(ev).steps:
+        assert not check_grounding(Explanation(verdict="normal", confidence=0.5, steps=[step], summary="-"), ev)
 
 
 # ------------------------------------------------------------------------------------------------ hf backend

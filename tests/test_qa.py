@@ -38,6 +38,9 @@ def test_replies_are_read_as_the_option_they_name_first():
     where = ("upper left", "top centre", "upper right", "centre left", "centre", "centre right", "lower left",
              "bottom centre", "lower right")
     assert read_choice("R1: centre left, small, box (1, 2, 3, 4)", where) == "centre left"
+    # two options start at the same word: the longer one is what the reply names ("centre" comes first in the list)
+    assert read_choice("R1: centre right, small, box (1, 2, 3, 4)", where) == "centre right"
+    assert read_choice("R1: centre, small; R2: centre right", where) == "centre"
     assert read_choice("I can't answer that from this image.", ("small", "medium", "large")) is None
     assert read_choice("a missing part, like example 3", ("crack", "missing_part")) == "missing_part"
 
@@ -68,6 +71,26 @@ def test_accuracy_counts_abstentions_as_wrong_and_reports_chance():
     assert m["qa_accuracy_defect"] == pytest.approx(2 / 3) and m["qa_chance_defect"] == 0.5
     assert m["qa_accuracy_where"] == 0 and m["qa_abstain_where"] == 1 and m["qa_chance_where"] == pytest.approx(1 / 9)
     assert m["qa_questions"] == len(rows) == 5  # 3 defect + where + size
+
+
+def test_a_normal_verdict_still_says_where_its_strongest_response_is():
+    """"Where is the defect?" on an image below the threshold: the grounded answer says no defect is detected and
+    names the location and size of the map's strongest response (P1), read from the map, never from the mask."""
+    from vlm_ad.pipeline import Pipeline
+    from vlm_ad.reasoning import create_reasoner
+
+    amap = np.zeros((90, 90), np.float32)
+    amap[65:80, 65:80] = 1.5  # lower right, 225 px of 8100 = 2.8 %: medium
+    sample = _sample(1, (0, 10, 0, 10))  # the mask says upper left: the answer must not follow it
+    below = AnomalyMap(sample.image_id, 1.5, amap, threshold=2.0)
+    m, rows = evaluate_qa([sample], [below], Pipeline(None, create_reasoner("grounded")))
+    by_kind = {r["kind"]: r for r in rows}
+    assert by_kind["defect"]["choice"] == "no"
+    assert by_kind["where"]["choice"] == "lower right" and by_kind["size"]["choice"] == "medium"
+    assert "no defect is detected" in by_kind["where"]["reply"] and "P1" in by_kind["where"]["reply"]
+    flat = AnomalyMap(sample.image_id, 0.0, np.zeros((90, 90), np.float32), threshold=2.0)
+    m, rows = evaluate_qa([sample], [flat], Pipeline(None, create_reasoner("grounded")))
+    assert m["qa_abstain_where"] == 1  # a flat map has no strongest response: nothing to say
 
 
 def test_eval_qa_cli_on_a_synthetic_category(tmp_path):

@@ -9,6 +9,7 @@ module            commands
 ``video``         video fit|detect|eval
 ``web``           serve
 ``export``        export (ONNX / OpenVINO; --runtime on detect and report)
+``llm``           llm list|fetch (named local GGUF models)
 ================  ===========================================================
 
 Commands only parse options, call library functions and print; what they share (console, progress bars,
@@ -20,7 +21,7 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from vlm_ad.cli import adapters, explanations, export, images, video, web
+from vlm_ad.cli import adapters, explanations, export, images, llm, video, web
 from vlm_ad.errors import VlmAdError
 
 __all__ = ["app", "main"]
@@ -52,7 +53,7 @@ def _root(
     """vlm-ad: explainable visual anomaly detection."""
 
 
-for _module in (images, explanations, adapters, video, web, export):
+for _module in (images, explanations, adapters, video, web, export, llm):
     _module.register(app)
 
 

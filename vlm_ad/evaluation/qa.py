@@ -9,7 +9,8 @@ Per test image (kinds):
 ``size``    "How large is the defect?"                          small / medium / large         anomalous, with a mask
 
 The truth comes from the label, the mask (centroid location word, area size word, :mod:`vlm_ad.vocabulary`) and the
-defect folder. A reply is read as the option it names first (whole words, case-insensitive; for ``defect`` also
+defect folder. A reply is read as the option it names first (whole words, case-insensitive, the longest option where
+two start at the same word; for ``defect`` also
 "anomalous" = yes and "normal" = no); a reply naming no option is an abstention and counts as wrong. Chance is the
 mean of 1 / options over the questions of a kind.
 """
@@ -70,13 +71,14 @@ def make_questions(sample: Sample, *, defect_types: Sequence[str] = (), with_typ
 def read_choice(reply: str, choices: Sequence[str]) -> str | None:
     """The option a reply names first (None: it names none, an abstention)."""
     text = reply.lower().replace("_", " ")
-    best: tuple[int, str] | None = None
+    best: tuple[int, int, str] | None = None
     for choice in choices:
         for word in _SYNONYMS.get(choice, (choice,)):
             m = re.search(rf"\b{re.escape(word.lower().replace('_', ' '))}\b", text)
-            if m and (best is None or m.start() < best[0]):
-                best = (m.start(), choice)
-    return None if best is None else best[1]
+            # the earliest option; at the same place the longest ("centre right" over "centre")
+            if m and (best is None or (m.start(), -len(word)) < best[:2]):
+                best = (m.start(), -len(word), choice)
+    return None if best is None else best[2]
 
 
 def evaluate_qa(samples: Sequence[Sample], maps: Sequence[AnomalyMap], pipeline: Any, *,

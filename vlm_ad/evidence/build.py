@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Protocol, Union
 
 import numpy as np
@@ -114,6 +115,9 @@ def _region_contrast(gray, mask, hit, grid, load_exemplar) -> tuple[Contrast, st
     return _contrast(gray, mask, ref, ref_grad, "exemplar", hit.image_id), None
 
 
+_RING = "; contrast taken against a ring around the region instead"
+
+
 def _name(namer: Namer | None, image: np.ndarray, mask: np.ndarray) -> DefectNameEvidence | None:
     if namer is None:
         return None
@@ -138,7 +142,9 @@ def build_evidence(
     Region ``R<k>`` is contrasted with the exemplar of hit ``k`` (hits and regions are both ordered most
     anomalous first): the exemplar window of the region's relative size centred on the hit's patch. When no
     exemplar image is available, the contrast is taken against a ring around the region and ``contrast.reference``
-    says ``"ring"``.
+    says ``"ring"``. When the score is not above the threshold there is no region; ``peak`` (id ``P1``) then
+    measures the map's strongest response the same way: the component around the map's maximum of the pixels above
+    half way from the map's median to its maximum (full width at half maximum).
 
     Args:
         amap: the detector's output (map, score, threshold, hits).
@@ -163,21 +169,44 @@ def build_evidence(
     regions = find_regions(amap.map, float(thr)) if thr is not None else []
     gray = _gray(image)
     labels = _labels(amap.map, thr) if regions else None
+    measure = partial(_region_evidence, image=image, gray=gray, namer=namer, hits=amap.hits, grid=grid_shape,
+                      load_exemplar=load_exemplar, notes=ev.notes, size=(w, h))
     for k, reg in enumerate(regions[:max_regions]):
         mask = _component(labels, reg)
-        hit = amap.hits[min(k, len(amap.hits) - 1)] if amap.hits else None
-        contrast, note = _region_contrast(gray, mask, hit, grid_shape, load_exemplar)
-        if note and note not in ev.notes:
-            ev.notes.append(note + "; contrast taken against a ring around the region instead")
-        rid = f"R{k + 1}"
-        ev.masks[rid] = mask
-        ev.regions.append(RegionEvidence(
-            rid, reg.box, round(100 * reg.area_fraction, 2), round(reg.peak, 4),
-            (round(reg.centroid[0], 1), round(reg.centroid[1], 1)), location_word(*reg.centroid, w, h),
-            region_shape(mask), contrast, _name(namer, image, mask)))
+        ev.masks[f"R{k + 1}"] = mask
+        ev.regions.append(measure(f"R{k + 1}", reg, mask, k))
+    if amap.threshold is not None and not score.above and (found := _peak_component(amap.map)) is not None:
+        reg, mask = found
+        ev.masks["P1"] = mask
+        ev.peak = measure("P1", reg, mask, 0)
     ev.exemplars = [ExemplarHit(x.image_id, x.row, x.col, round(x.distance, 4), id=f"E{i + 1}")
                     for i, x in enumerate(amap.hits)]
     return ev
+
+
+def _region_evidence(rid: str, reg, mask: np.ndarray, k: int, *, image, gray, namer, hits, grid, load_exemplar,
+                     notes: list[str], size: tuple[int, int]) -> RegionEvidence:
+    """Measure one region (extent, shape, contrast against the exemplar of hit ``k``, name)."""
+    hit = hits[min(k, len(hits) - 1)] if hits else None
+    contrast, note = _region_contrast(gray, mask, hit, grid, load_exemplar)
+    if note and note + _RING not in notes:
+        notes.append(note + _RING)
+    return RegionEvidence(rid, reg.box, round(100 * reg.area_fraction, 2), round(reg.peak, 4),
+                          (round(reg.centroid[0], 1), round(reg.centroid[1], 1)), location_word(*reg.centroid, *size),
+                          region_shape(mask), contrast, _name(namer, image, mask))
+
+
+def _peak_component(amap: np.ndarray) -> tuple[Any, np.ndarray] | None:
+    """The map's strongest response: the connected component around its maximum of the pixels above half way
+    from the map's median to its maximum (full width at half maximum), or None for a flat map."""
+    from vlm_ad.regions import find_regions
+
+    top, median = float(amap.max()), float(np.median(amap))
+    if not top > median:
+        return None
+    level = median + 0.5 * (top - median)
+    found = find_regions(amap, level, min_area_fraction=0.0)
+    return (found[0], _component(_labels(amap, level), found[0])) if found else None
 
 
 def _score(amap: AnomalyMap) -> ScoreEvidence:

@@ -1,7 +1,8 @@
 """The evidence nouns: what was measured about one image, every item with an id a claim can cite.
 
 Citable ids: ``S`` (image score vs threshold), ``R1``, ``R2``, ... (regions), ``E1``, ``E2``, ... (nearest normal
-exemplars). :meth:`Evidence.numbers` lists every number an explanation may quote.
+exemplars), and ``P1`` (the strongest response of a normal image, below the threshold). :meth:`Evidence.numbers`
+lists every number an explanation may quote.
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ class Evidence:
         regions: regions above the threshold, highest peak first.
         exemplars: nearest normal exemplars (hits with their citable ids ``E1``, ...), most anomalous patch first.
         notes: caveats a reader should know (e.g. "no threshold").
+        peak: only when the score is not above the threshold: the strongest response of the map, id ``P1`` (the
+            half-maximum component around the map's maximum; see :func:`~vlm_ad.evidence.build.build_evidence`).
+            It is not a detection; it says where and how large the most anomalous-looking spot is, for a
+            question that presupposes a defect ("where is it?").
         masks: region id -> (H, W) bool pixel mask (not serialised).
     """
 
@@ -139,6 +144,7 @@ class Evidence:
     regions: list[RegionEvidence] = field(default_factory=list)
     exemplars: list[ExemplarHit] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    peak: RegionEvidence | None = None
     masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def region(self, region_id: str) -> RegionEvidence | None:
@@ -148,14 +154,15 @@ class Evidence:
     @property
     def ids(self) -> set[str]:
         """Every citable evidence id."""
-        return {"S"} | {r.id for r in self.regions} | {e.id for e in self.exemplars}
+        peak = {self.peak.id} if self.peak else set()
+        return {"S"} | {r.id for r in self.regions} | {e.id for e in self.exemplars} | peak
 
     def numbers(self) -> list[float]:
         """Every number an explanation may quote (scores, areas, contrasts, distances, counts, box corners)."""
         out: list[float] = [len(self.regions), len(self.exemplars), *self.image_size]
         s = self.score
         out += [v for v in (s.score, s.threshold, s.margin, s.ratio) if v is not None]
-        for r in self.regions:
+        for r in self.regions + ([self.peak] if self.peak else []):
             c, sh = r.contrast, r.shape
             out += [r.area_pct, r.peak, *r.box, *r.centroid, sh.elongation, sh.orientation_deg,
                     c.intensity_delta, abs(c.intensity_delta), c.texture_ratio]
@@ -168,15 +175,21 @@ class Evidence:
         """A JSON-serialisable dict (lists instead of tuples, no masks)."""
         out = asdict(self)
         out.pop("masks")
+        if out["peak"] is None:  # only a normal image has one; other records keep their keys
+            out.pop("peak")
         out["exemplars"] = [{"id": e.pop("id"), **e} for e in out["exemplars"]]  # the citable id first
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Evidence:
         """Rebuild evidence from :meth:`to_json` output (the pixel masks are not kept there)."""
-        regions = [RegionEvidence(
-            r["id"], tuple(r["box"]), r["area_pct"], r["peak"], tuple(r["centroid"]), r["location"],
-            Shape(**r["shape"]), Contrast(**r["contrast"]),
-            DefectNameEvidence(**r["defect"]) if r.get("defect") else None) for r in data.get("regions", [])]
+        regions = [_region_from_json(r) for r in data.get("regions", [])]
+        peak = _region_from_json(data["peak"]) if data.get("peak") else None
         return cls(data["image_id"], tuple(data["image_size"]), ScoreEvidence(**data["score"]), regions,
-                   [ExemplarHit(**e) for e in data.get("exemplars", [])], list(data.get("notes", [])))
+                   [ExemplarHit(**e) for e in data.get("exemplars", [])], list(data.get("notes", [])), peak)
+
+
+def _region_from_json(r: dict[str, Any]) -> RegionEvidence:
+    return RegionEvidence(r["id"], tuple(r["box"]), r["area_pct"], r["peak"], tuple(r["centroid"]), r["location"],
+                          Shape(**r["shape"]), Contrast(**r["contrast"]),
+                          DefectNameEvidence(**r["defect"]) if r.get("defect") else None)

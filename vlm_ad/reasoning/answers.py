@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from vlm_ad.evidence import Evidence
+from vlm_ad.evidence import Evidence, RegionEvidence
 from vlm_ad.reasoning.schema import Explanation
 from vlm_ad.vocabulary import size_word
 
@@ -55,8 +55,20 @@ def _verdict(expl: Explanation, ev: Evidence) -> str:
     return f"No, normal: the score {s.score:.4f} is not above the threshold {s.threshold:.4f}."
 
 
+_NONE = "No region exceeds the threshold, so no defect is detected."
+
+
+def _below(ev: Evidence) -> str:
+    """The strongest response of a normal image, said to be below the threshold (for "where is it?")."""
+    p = ev.peak
+    return (f"The strongest response, below the threshold {ev.score.threshold:.4f}, is {p.id}: {p.location}, "
+            f"{size_word(p.area_pct / 100)}, box {tuple(p.box)}, {p.area_pct:.2f}% of the image, peak {p.peak:.4f}.")
+
+
 def _where(expl: Explanation, ev: Evidence) -> str:
     if not ev.regions:
+        if ev.peak is not None:
+            return f"{_NONE} {_below(ev)}"
         return "No region exceeds the threshold, so nothing is localised. " + expl.summary
     lines = [f"{r.id}: {r.location}, {size_word(r.area_pct / 100)}, box {tuple(r.box)}, {r.area_pct:.2f}% of the "
              f"image, peak {r.peak:.4f}" for r in ev.regions]
@@ -64,9 +76,16 @@ def _where(expl: Explanation, ev: Evidence) -> str:
 
 
 def _type(expl: Explanation, ev: Evidence) -> str:
+    if not ev.regions and ev.peak is not None:
+        p = ev.peak
+        return f"{_NONE} The strongest response {p.id} (below the threshold, {p.location}) is no detection; " + \
+            _named(p)
     if not ev.regions:
         return "No defect found, so there is nothing to name. " + expl.summary
-    r = ev.regions[0]
+    return _named(ev.regions[0])
+
+
+def _named(r: RegionEvidence) -> str:
     if r.defect:
         d = r.defect
         return (f"{r.id} is most like a {d.name} (library example {d.example_id}, distance {d.distance:.4f}, "
@@ -107,6 +126,6 @@ def grounded_answer(expl: Explanation, evidence: Evidence, question: str) -> str
         return f"{UNANSWERABLE} {_CAN}"
     if topics == ["summary"]:
         return expl.summary
-    if not evidence.regions and {"where", "type"} & set(topics):  # one "nothing found" line, not one per topic
+    if not evidence.regions and evidence.peak is None and {"where", "type"} & set(topics):  # one "nothing found" line
         topics = ["where"] + [t for t in topics if t not in ("where", "type")]
     return "\n".join(handlers[t](expl, evidence) for t in topics)

