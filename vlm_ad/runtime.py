@@ -203,6 +203,11 @@ class RuntimeDetector:
     def __repr__(self) -> str:
         return f"RuntimeDetector({self.name}, {self.backbone}, runtime={self.runtime})"
 
+    def summary(self) -> str:
+        """One line saying how this export makes its maps (printed by ``vlm-ad detect``, as a torch detector's)."""
+        g = self.meta["input"]
+        return f"{self.name} on {self.backbone} (exported, {self.runtime}), input {g['geometry']} {g['size']} px"
+
     def set_threshold(self, value: float | None) -> RuntimeDetector:
         self.threshold_ = None if value is None else float(value)
         return self
