@@ -19,6 +19,7 @@ Both engines call the same per-image task (:func:`explain_item`, :func:`detect_i
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -413,23 +414,32 @@ class RayEngine:
         from ray.exceptions import RayActorError
 
         todo = deque((list(items[i:i + self.batch_size]), 0) for i in range(0, len(items), self.batch_size))
-        inflight: dict[Any, tuple[Any, list[WorkItem], int]] = {}
+        inflight: dict[Any, tuple[Any, list[WorkItem], int, int]] = {}  # ref -> (actor, batch, tries, order sent)
+        sent = itertools.count()
 
         def refill() -> None:  # two batches per worker: the next one waits while one returns
             while todo and len(inflight) < 2 * len(self.actors):
-                busy = [a for a, _, _ in inflight.values()]
+                busy = [a for a, _, _, _ in inflight.values()]
                 actor = min(self.actors, key=busy.count)
                 batch, tries = todo.popleft()
-                inflight[actor.run.remote(task, batch)] = (actor, batch, tries)
+                inflight[actor.run.remote(task, batch)] = (actor, batch, tries, next(sent))
 
         refill()
         while inflight:
             [ref], _ = ray.wait(list(inflight), num_returns=1)
-            actor, batch, tries = inflight.pop(ref)
+            actor, batch, tries, order = inflight.pop(ref)
             try:
                 results = ray.get(ref)
             except RayActorError as exc:
-                results = self._lost(ray, actor, batch, tries, exc, todo)
+                # an actor runs its batches in the order they were sent: the earliest one of the dead worker was
+                # running and counts a try; the ones queued behind it go back unharmed (an image queued behind one
+                # that kills its worker must not fail with it)
+                behind = [r for r, (a, _, _, _) in inflight.items() if a is actor]
+                mine = sorted([(order, batch, tries)] + [(o, b, t) for _, b, t, o in map(inflight.pop, behind)],
+                              key=lambda m: m[0])
+                for _, queued, queued_tries in reversed(mine[1:]):
+                    todo.appendleft((queued, queued_tries))
+                results = self._lost(ray, actor, mine[0][1], mine[0][2], exc, todo)
             yield from results
             refill()
 
