@@ -104,7 +104,9 @@ def main() -> None:
 
 def render(rows: list[dict], args) -> None:
     lines = ["# Question answering (multiple choice) through the chat loop", "",
-             f"Command: `python eval/bench_qa.py --llm-images {args.llm_images}{' --keep' if args.keep else ''}`. "
+             f"Command: `python eval/bench_qa.py --llm-images {args.llm_images}"
+             f"{' --llm ' + ' '.join(args.llm) if args.llm != ['smollm2'] and args.llm_images else ''}"
+             f"{' --keep' if args.keep else ''}`. "
              "Detector: PatchCore, "
              "efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0, threshold rule q99. Type questions use a "
              "labelled-defect library "
