@@ -87,7 +87,7 @@ def demo(
     console.print(table)
     console.print(f"{correct} of {len(res.rows)} verdicts right; threshold {res.rows[0][2].amap.threshold:.3f} "
                   "(mean + 1 sd of the normal shots' leave-image-out scores)")
-    console.print(f"[bold]Q[/bold] ({res.chat_image.name}): {res.question}")
+    console.print(f"[bold]Q[/bold] ({res.chat_image.parent.name}/{res.chat_image.name}): {res.question}")
     console.print(f"[bold]A:[/bold] {escape(res.answer)}", soft_wrap=True)
     console.print(f"model: {res.model_dir}/   report: {res.report_dir}/report.html (overlays with numbered regions)   "
                   f"data: {res.data_dir}/   in {res.seconds:.0f} s")
