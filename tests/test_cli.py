@@ -1,6 +1,7 @@
 """The CLI end to end on a tiny generated MVTec-layout dataset (typer's test runner, real files)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -128,3 +129,21 @@ def test_eval_names_unusable_masks_before_fitting_and_says_what_it_skipped(categ
     metrics = json.loads(res.read_text())
     assert metrics["pixel_metrics"].startswith("skipped: 2 of") and "pixel_auroc" not in metrics
     assert 0 <= metrics["image_auroc"] <= 1
+
+
+def test_demo_shows_the_product_and_points_at_serve(tmp_path):
+    """`vlm-ad demo` (the README's first command): verdicts with explanations, one chat answer, a saved model that
+    loads, a report, and the next commands starting with serve."""
+    pytest.importorskip("faiss")
+    from vlm_ad.detectors import load_detector
+
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(app, ["demo", "--out", str(out)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    right, total = (int(x) for x in re.search(r"(\d+) of (\d+) verdicts right", res.output).groups())
+    assert total >= 4 and right >= total - 1, res.output  # mostly right on the images it picks
+    assert "Q (" in res.output and "A: " in res.output and "R1" in res.output
+    assert (out / "report" / "report.html").is_file() and (out / "report" / "report.jsonl").is_file()
+    assert load_detector(out / "model").threshold_ is not None
+    nxt = res.output[res.output.index("Next:"):]
+    assert nxt.split()[1:3] == ["vlm-ad", "serve"] and "--model" in nxt
