@@ -152,8 +152,7 @@ class Service:
             log.exception("analysing %s failed", sample.image_id)
             h, w = sample.image.shape[:2]
             raise WebError(422, f"vlm-ad could not analyse {sample.image_id} ({w} x {h} px): {type(exc).__name__} "
-                                "inside the detector or the evidence (very small images and extreme aspect ratios "
-                                "are known to fail); the server log has the details") from None
+                                "inside the detector or the evidence; the server log has the details") from None
 
     def chat(self, sid: str, question: str) -> dict[str, Any]:
         question = question.strip()
