@@ -20,6 +20,7 @@ The runtime side is :func:`vlm_ad.runtime.load_runtime_detector`.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -29,12 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from vlm_ad._cache import atomic_write_bytes
 from vlm_ad.artifacts import fingerprint, write_meta
 from vlm_ad.errors import ConfigError
+from vlm_ad.runtime import EXPORT_FORMAT, EXPORT_KIND  # of export.json (runtime reads it without torch)
 
 __all__ = ["EXPORTABLE", "EXPORT_FORMAT", "FORMATS", "export_model"]
 
-EXPORT_KIND, EXPORT_FORMAT = "export", 1  # of export.json
 FORMATS = ("onnx", "openvino")
 EXPORTABLE = ("patchcore",)
 ONNX_FILE, OPENVINO_FILE = "embedder.onnx", "embedder.xml"
@@ -100,16 +102,13 @@ def _export_onnx(net: EmbedNet, path: Path, shape: tuple[int, int]) -> dict[str,
     """Trace ``net`` to ONNX with dynamic batch/height/width (written atomically), then check onnxruntime against
     torch on a second input shape; returns the measured parity."""
     x = torch.randn(2, 3, *shape, generator=torch.Generator().manual_seed(0))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic (the axes are dynamic anyway)
-            torch.onnx.export(net, (x,), str(tmp), input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET,
-                              dynamic_axes={INPUT: {0: "batch", 2: "height", 3: "width"},
-                                            OUTPUT: {0: "batch", 1: "rows", 2: "cols"}}, dynamo=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notes on shape arithmetic (the axes are dynamic anyway)
+        torch.onnx.export(net, (x,), buf, input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET,
+                          dynamic_axes={INPUT: {0: "batch", 2: "height", 3: "width"},
+                                        OUTPUT: {0: "batch", 1: "rows", 2: "cols"}}, dynamo=False)
+    atomic_write_bytes(path, buf.getvalue())
     return _check_parity(net, path, (shape[1], shape[0]))  # the transposed shape: dynamic axes really are
 
 

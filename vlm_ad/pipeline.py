@@ -162,6 +162,9 @@ class Explained:
         """The map over the image with the evidence's numbered region boxes (R1, R2, ...)."""
         from vlm_ad.viz import map_overlay
 
+        if self.views is not None and self.views.overlay is not None:  # drawn already for a reasoner that sees
+            return self.views.overlay
+
         return map_overlay(self.image, self.amap.map, self.amap.threshold,
                            [(r.id, r.box) for r in self.evidence.regions])
 
@@ -273,8 +276,7 @@ def detect_images(images: Sequence[str | Path], detector: Any, out_dir: str | Pa
             if res.overlay_png is None:
                 found[res.item.stem] = Detection(Path(res.item.path), error=res.record["error"])
             else:
-                atomic_write_bytes(out / f"{res.item.stem}_overlay.png", res.overlay_png)
-                atomic_write_bytes(out / f"{res.item.stem}.json", json.dumps(res.record, indent=2).encode())
+                _write_outputs(out, res.item.stem, res.record, res.overlay_png)
                 found[res.item.stem] = Detection(Path(res.item.path), res.record)
             if progress:
                 progress(1)
@@ -288,9 +290,14 @@ def write_detection(amap: AnomalyMap, image: np.ndarray, out_dir: Path, stem: st
     """``vlm-ad detect``'s outputs: ``<stem>.json`` (score, label, threshold, regions, nearest exemplars) and
     ``<stem>_overlay.png``; returns the JSON record."""
     record, png = detection_outputs(amap, image, region_threshold=region_threshold)
+    _write_outputs(out_dir, stem, record, png)
+    return record
+
+
+def _write_outputs(out_dir: Path, stem: str, record: dict[str, Any], png: bytes) -> None:
+    """``<stem>_overlay.png`` and ``<stem>.json`` in ``out_dir``, each written atomically."""
     atomic_write_bytes(out_dir / f"{stem}_overlay.png", png)
     atomic_write_bytes(out_dir / f"{stem}.json", json.dumps(record, indent=2).encode())
-    return record
 
 
 def detection_outputs(amap: AnomalyMap, image: np.ndarray, *, region_threshold: float | None

@@ -31,7 +31,7 @@ from vlm_ad.types import AnomalyMap, ExemplarHit, Sample
 __all__ = ["RUNTIMES", "RuntimeDetector", "load_runtime_detector"]
 
 RUNTIMES = ("torch", "onnx", "openvino")
-EXPORT_KIND, EXPORT_FORMAT = "export", 1  # as written by vlm_ad.export (not imported: it imports torch)
+EXPORT_KIND, EXPORT_FORMAT = "export", 1  # of export.json, written by vlm_ad.export (which imports these)
 _REMEDY = "make one with 'vlm-ad export --model MODEL_DIR --format onnx --out DIR'"
 
 

@@ -181,7 +181,7 @@ def load_detector(directory: str | Path) -> Detector:
         det = create_detector(meta["detector"], backbone=emb["backbone"], layers=emb["layers"],
                               image_size=emb["image_size"], pool=emb["pool"], **geometry,
                               **{k: v for k, v in meta["hyper"].items()
-                                 if k not in ("layers", "image_size", "pool", "geometry", "tile", "input_shape")})
+                                 if k not in EMBEDDER_KEYS})
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"{Path(directory) / 'detector.json'} is malformed ({exc!r}); re-create the model with "
                           "'vlm-ad fit'") from exc

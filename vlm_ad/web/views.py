@@ -28,14 +28,12 @@ MIN_CROP = 24
 
 def data_url(pixels: np.ndarray, *, max_side: int = DISPLAY_SIDE) -> str:
     """A ``data:image/png`` URL of an (H, W, 3) uint8 image, downscaled to ``max_side`` when larger."""
-    import io
+    from vlm_ad.viz import png_bytes
 
     im = Image.fromarray(np.ascontiguousarray(pixels))
     if max(im.size) > max_side:
         im.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(png_bytes(np.asarray(im))).decode()
 
 
 def _window(h: int, w: int, cy: float, cx: float, hh: float, hw: float) -> tuple[slice, slice]:
