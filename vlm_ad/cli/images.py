@@ -243,7 +243,7 @@ def eval_cmd(
     masks, pixel AUROC/AP, AUPRO (FPR <= 0.3), IoU and pointing game, plus fit time, images/s and peak memory.
     With --explanations, the reasoner options choose who explains."""
     from vlm_ad.data import open_data, select_shots
-    from vlm_ad.evaluation.run import evaluate_detector, fit_detector
+    from vlm_ad.evaluation.run import evaluate_detector, fit_detector, split_mask_problems
 
     if naming:
         from vlm_ad.cli.adapters import naming_eval
@@ -251,7 +251,7 @@ def eval_cmd(
         return naming_eval(data, shots_per_type=shots_per_type, seed=seed, json_out=json_out)
     train, test = open_data(data, textile_test=textile_test, seed=seed)
     n = len(select_shots(train, shots, seed))
-    problems = test.mask_problems() if any(it.mask_path for it in test.items if it.label == 1) else []
+    problems = split_mask_problems(test)
     for line in problems[:10]:
         console.print(f"[yellow]mask problem[/yellow] {line}", soft_wrap=True)
     if problems:
@@ -262,7 +262,7 @@ def eval_cmd(
                                         seed=seed,
                                         progress=task(progress, "fit", n),
                                         **detector_options(option, detector, adapter))
-        res = evaluate_detector(det, test, progress=task(progress, "test", len(test)))
+        res = evaluate_detector(det, test, progress=task(progress, "test", len(test)), mask_problems=problems)
     record = {"data": str(data), "detector": detector, "backbone": str(det.backbone),
               "shots": "all" if shots is None else shots, "n_train": n, "seed": seed, "fit_seconds": fit_seconds,
               **res.metrics}

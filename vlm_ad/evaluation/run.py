@@ -51,14 +51,19 @@ def fit_detector(
     return det, time.perf_counter() - t0
 
 
+def split_mask_problems(test: ImageDataset) -> list[str]:
+    """The mask problems of a test split whose anomalous images have masks at all (none: image labels only)."""
+    return test.mask_problems() if any(it.mask_path is not None for it in test.items if it.label == 1) else []
+
+
 def evaluate_detector(
-    det: Detector, test: ImageDataset, *, batch: int = 32, progress: Progress | None = None
+    det: Detector, test: ImageDataset, *, batch: int = 32, progress: Progress | None = None,
+    mask_problems: list[str] | None = None,
 ) -> EvalResult:
     """Predict every test image and compute the metric suite. Pixel metrics need a usable mask for every anomalous
     image; otherwise they are left out and ``metrics["pixel_metrics"]`` says why (the problems are listed by
-    :meth:`~vlm_ad.data.ImageDataset.mask_problems`)."""
-    any_mask = any(it.mask_path is not None for it in test.items if it.label == 1)
-    problems = test.mask_problems() if any_mask else []
+    :meth:`~vlm_ad.data.ImageDataset.mask_problems`; pass ``mask_problems`` when the caller has read them already)."""
+    problems = mask_problems if mask_problems is not None else split_mask_problems(test)
     if problems:
         test.drop_masks()
     samples, maps = [], []
