@@ -376,7 +376,7 @@ class ObjectsCue(Cue):
         blobs = blobs_from_mask(fg, scale=ctx.scale, min_area=self.cfg["min_area"])
         self._shape = ctx.rgb.shape[:2]
         objs = [t.attributes(self._shape) | {"_v": t.velocity()} for t in self._tracker.update(ctx.index, blobs)]
-        if self.cfg.get("speed_from", "track") == "flow":
+        if self.cfg["speed_from"] == "flow":
             flow = ctx.flow()
             for o in objs:
                 o.update(_flow_motion(flow, fg, o["box"], ctx.scale))
@@ -443,7 +443,7 @@ class ObjectsCue(Cue):
         where = "anywhere" if zone_name == "all" else f"in the {zone_name}"
         rule = f"{round(100 * self.cfg['quantiles'][1]):d}th percentile of {r['samples']} normal objects {where}"
         size_ratio, broken = o["size"] / max(r["size"][1], 1.0), []  # broken: (what it scored, text)
-        size_score = self.cfg.get("size_weight", 1.0) * size_ratio
+        size_score = self.cfg["size_weight"] * size_ratio
         scores = [size_score]
         speed_ratio = None if o["speed"] is None else o["speed"] / max(r["speed"][1], 0.1)
         o["kind"] = object_kind(size_ratio, speed_ratio)

@@ -136,6 +136,7 @@ class VideoModel:
         self.calibration_: dict[str, TailCalibration] | None = None
         self.grid_: tuple[int, int] | None = None
         self.calibration_raw_: list[dict[str, np.ndarray]] = []  # raw cue scores of the calibration clips
+        self.validation_: dict[str, Any] = {}  # what fit measured on its held-out normal clips
 
     # ------------------------------------------------------------------------------------------------ frames
     def _contexts(self, clip: VideoClip, progress: Callable[[int], None] | None = None):
@@ -205,7 +206,7 @@ class VideoModel:
                      weights: dict[str, float] | None = None) -> VideoModel:
         """Change the smoothing, fusion rule or weights of a fitted model and calibrate again on the normal
         calibration scores it kept (no refitting, no new data); returns self."""
-        raws = getattr(self, "calibration_raw_", None)
+        raws = self.calibration_raw_
         if not raws:
             raise ConfigError("this video model kept no calibration scores (it was saved by an older version), so "
                               "its smoothing and fusion cannot change; refit it with 'vlm-ad video fit'")
@@ -272,7 +273,7 @@ class VideoModel:
     def score_clip(self, clip: VideoClip, *, progress: Callable[[int], None] | None = None,
                    reasoner: Any = None) -> ClipResult:
         """Score every readable frame of ``clip`` and find its explained events (``reasoner``: see :meth:`events`)."""
-        if not getattr(self, "calibration_", None):
+        if not self.calibration_:
             raise NotFittedError("the video model is not fitted: call fit(normal_clips) or VideoModel.load(dir)")
         res = self._score(clip, progress)
         res.events = self.events(res, reasoner=reasoner)
@@ -340,12 +341,12 @@ class VideoModel:
         for name, cue in self.cues.items():
             metas[name], arr = cue.state(directory)
             arrays |= {f"{name}.{k}": np.ascontiguousarray(v) for k, v in arr.items()}
-        for i, raw in enumerate(getattr(self, "calibration_raw_", None) or []):  # to recalibrate after loading
+        for i, raw in enumerate(self.calibration_raw_):  # to recalibrate after loading
             arrays |= {f"_calibration.{i}.{n}": np.ascontiguousarray(v) for n, v in raw.items()}
         atomic_write_bytes(directory / "video_model.safetensors", save(arrays))
         meta = {"config": asdict(self.config), "cues": metas, "norm": self.norm_, "threshold": self.threshold_,
                 "calibration": {k: v.to_dict() for k, v in self.calibration_.items()},
-                "grid": list(self.grid_), "validation": getattr(self, "validation_", {})}
+                "grid": list(self.grid_), "validation": self.validation_}
         write_meta(directory / "video_model.json", kind="video-model", version=VIDEO_FORMAT, meta=meta)
         return directory
 
