@@ -43,6 +43,7 @@ from vlm_ad.reasoning import create_reasoner
 RESULTS = Path(__file__).resolve().parent / "results"
 TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"
 NEW, OLD = "grounded", "grounded, old rules"
+LENSES = (0.0, 0.0125, 0.025, 0.04)  # map-lens sigmas of the type candidates (0: none)
 DATA_ORDER = ("synthetic/brick", "synthetic/gravel", "dev suite", "magnetic_tile")
 
 
@@ -88,13 +89,14 @@ def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",)
         print(json.dumps(row), flush=True)
         rows.append(row)
     types = {s.defect_type for s in samples if s.label == 1 and s.mask is not None}
-    library = None
+    libraries = None
     if len(types) > 1:
         from vlm_ad.naming import DefectLibrary
 
-        library = DefectLibrary(features="descriptors").add_mvtec(root, per_type=3, seed=0)
+        libraries = {s: DefectLibrary(features="descriptors", lens=s).add_mvtec(root, per_type=3, seed=0)
+                     for s in LENSES}
     rules = {"data": name, "threshold_rule": det.hyper["threshold_rule"],
-             **rule_scores(samples, maps, det.calibration_scores_, library)}
+             **rule_scores(samples, maps, det.calibration_scores_, libraries)}
     print(json.dumps(rules), flush=True)
     return rows, rules
 

@@ -10,7 +10,8 @@ library of 3 shots per type); the masks and labels only score the answers.
              the map's maximum, the centroid of the region's core at a level.
 ``size``     the size word of: the region's area (P1's when nothing is detected), the core's area at a level, and
              the core's area with "small" when nothing is detected.
-``type``     the library's name for: the region's pixels, its core at a level, k = 3 votes or the nearest example
+``type``     the library's name for: the region's pixels, its core at a level, the core compared with the examples
+             seen through the map lens (vlm_ad.naming.map_lens) of a sigma, k = 3 votes or the nearest example
              (k = 1); the ground-truth mask as an upper bound (not an answer rule: it needs the mask).
 """
 
@@ -21,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vlm_ad.evidence.build import _component, _labels, _peak_component, region_core
+from vlm_ad.naming import MAP_LENS, DefectLibrary
 from vlm_ad.regions import find_regions
 from vlm_ad.types import AnomalyMap, Sample
 from vlm_ad.vocabulary import location_word, size_word
@@ -59,7 +61,7 @@ def _found(amap: AnomalyMap) -> tuple[np.ndarray, bool] | None:
     return (peak[1], False) if peak is not None else None
 
 
-def _region_rows(sample: Sample, amap: AnomalyMap, library: Any) -> dict[str, Any] | None:
+def _region_rows(sample: Sample, amap: AnomalyMap, libraries: dict[float, Any]) -> dict[str, Any] | None:
     found = _found(amap)
     if found is None:
         return None
@@ -77,28 +79,35 @@ def _region_rows(sample: Sample, amap: AnomalyMap, library: Any) -> dict[str, An
         row[f"where core {f} centroid"] = location_word(*_centroid(core), w, h)
         row[f"size core {f}"] = size_word(float(core.mean()))
         row[f"size core {f}, small when missed"] = row[f"size core {f}"] if detected else "small"
-    if library is not None and sample.defect_type and sample.image_id not in set(library.example_ids):
+    if libraries and sample.defect_type and sample.image_id not in set(libraries[0.0].example_ids):
+        image, plain = sample.image, libraries[0.0]
         row["type"] = sample.defect_type
-        row["type region (old), k=3"] = library.name(sample.image, reg).name
+        row["type region (old), k=3"] = plain.name(image, reg).name
         for f, core in cores.items():
-            row[f"type core {f}, k=3"] = library.name(sample.image, core).name
-        k3 = library.k
-        library.k = 1
-        row["type region, k=1 (nearest example)"] = library.name(sample.image, reg).name
-        row["type core 0.7, k=1 (nearest example)"] = library.name(sample.image, cores[0.7]).name
-        library.k = k3
-        row["type ground-truth mask, k=3 (upper bound)"] = library.name(sample.image, mask).name
+            row[f"type core {f}, k=3"] = plain.name(image, core).name
+        for sigma, lib in libraries.items():
+            if sigma > 0:
+                row[f"type core 0.7 + map lens {sigma}, k=3"] = lib.name(image, cores[0.7], from_map=True).name
+        nearest = {s: DefectLibrary(features="descriptors", k=1, lens=s) for s in (0.0, MAP_LENS)}
+        for s, lib in nearest.items():
+            lib.labels, lib.example_ids = libraries[s].labels, libraries[s].example_ids
+            lib.desc, lib.desc_lens = libraries[s].desc, libraries[s].desc_lens
+        row["type region, k=1 (nearest example)"] = nearest[0.0].name(image, reg).name
+        row[f"type core 0.7 + map lens {MAP_LENS}, k=1 (nearest example)"] = nearest[MAP_LENS].name(
+            image, cores[0.7], from_map=True).name
+        row["type ground-truth mask, k=3 (upper bound)"] = plain.name(image, mask).name
     return row
 
 
-def rule_scores(samples: Sequence[Sample], maps: Sequence[AnomalyMap], cal: np.ndarray, library: Any = None
-                ) -> dict[str, Any]:
+def rule_scores(samples: Sequence[Sample], maps: Sequence[AnomalyMap], cal: np.ndarray,
+                libraries: dict[float, Any] | None = None) -> dict[str, Any]:
     """Accuracy of every candidate rule on one dataset (``maps`` with the detector's default threshold; ``cal``:
-    the normal shots' leave-image-out scores; ``library``: a labelled-defect library, or None)."""
+    the normal shots' leave-image-out scores; ``libraries``: map-lens sigma -> the same labelled-defect library
+    (3 shots per type, descriptors) built with that lens, 0.0 included, or None)."""
     out: dict[str, Any] = _verdicts(samples, maps, cal)
     by_id = {m.image_id: m for m in maps}
     rows = [r for s in samples if s.label == 1 and s.mask is not None and s.mask.any()
-            if (r := _region_rows(s, by_id[s.image_id], library)) is not None]
+            if (r := _region_rows(s, by_id[s.image_id], libraries or {})) is not None]
     out["anomalous"] = len(rows)
     out["detected"] = float(np.mean([r["detected"] for r in rows])) if rows else None
     for kind in ("where", "size", "type"):

@@ -31,7 +31,8 @@ GridShape = Union[tuple[int, int], Callable[[tuple[int, int]], "tuple[int, int] 
 
 class Namer(Protocol):
     """What ``build_evidence`` needs from a defect namer (e.g. ``vlm_ad.naming``): a ``name`` method returning an
-    object with ``name``, ``confidence``, ``example_id``, ``distance`` and ``explanation`` attributes."""
+    object with ``name``, ``confidence``, ``example_id``, ``distance`` and ``explanation`` attributes. A namer whose
+    ``names_map_regions`` is true is also given ``from_map=True`` for a region's core cut from the map."""
 
     def name(self, image: np.ndarray, region_mask: np.ndarray) -> Any: ...
 
@@ -123,10 +124,14 @@ def _region_contrast(gray, mask, hit, grid, load_exemplar) -> tuple[Contrast, st
 _RING = "; contrast taken against a ring around the region instead"
 
 
-def _name(namer: Namer | None, image: np.ndarray, mask: np.ndarray) -> DefectNameEvidence | None:
+def _name(namer: Namer | None, image: np.ndarray, mask: np.ndarray, *, from_map: bool = False
+          ) -> DefectNameEvidence | None:
+    """The namer's name for ``mask``; ``from_map``: the mask is a core cut from the map, said to a namer that tells
+    such masks apart (``names_map_regions``, e.g. :class:`vlm_ad.naming.DefectLibrary`)."""
     if namer is None:
         return None
-    d = namer.name(image, mask)
+    d = namer.name(image, mask, from_map=True) if from_map and getattr(namer, "names_map_regions", False) else \
+        namer.name(image, mask)
     return DefectNameEvidence(str(d.name), round(float(d.confidence), 3), str(d.example_id),
                               round(float(d.distance), 4), str(getattr(d, "explanation", "")))
 
@@ -205,7 +210,8 @@ def _region_evidence(rid: str, reg, mask: np.ndarray, k: int, *, image, gray, na
     core = None if core_level is None else region_core(amap, mask, core_level, median=median)
     return RegionEvidence(rid, reg.box, round(100 * reg.area_fraction, 2), round(reg.peak, 4),
                           (round(reg.centroid[0], 1), round(reg.centroid[1], 1)), location_word(*reg.centroid, *size),
-                          region_shape(mask), contrast, _name(namer, image, mask if core is None else core),
+                          region_shape(mask), contrast,
+                          _name(namer, image, mask if core is None else core, from_map=core is not None),
                           None if core is None else round(100 * float(core.mean()), 2))
 
 
