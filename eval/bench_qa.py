@@ -16,7 +16,7 @@ the old rules (threshold q99, sizes and names from the whole region above the th
 SmolLM2-135M / Qwen2.5-1.5B through llama.cpp on a seeded subset when --llm-images > 0 and llama-cpp-python is
 installed. qa_rules.md scores the candidate rules per question kind on the same maps (eval/qa_rules.py).
 
-Run:  python eval/bench_qa.py [--llm-images 0] [--llm smollm2 qwen2.5-1.5b] [--threads 2] [--keep]
+Run:  PYTHONPATH=. python eval/bench_qa.py [--llm-images 0] [--llm smollm2 qwen2.5-1.5b] [--threads 2] [--keep]
 """
 
 from __future__ import annotations
@@ -38,12 +38,13 @@ from vlm_ad.detectors.threshold import threshold_from_normal
 from vlm_ad.evaluation.qa import KINDS, qa_on_data
 from vlm_ad.evaluation.run import fit_detector
 from vlm_ad.evidence.build import CORE_LEVEL
+from vlm_ad.naming import MAP_LENS
 from vlm_ad.reasoning import create_reasoner
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"
 NEW, OLD = "grounded", "grounded, old rules"
-LENSES = (0.0, 0.0125, 0.025, 0.04)  # map-lens sigmas of the type candidates (0: none)
+LENSES = (0.0, 0.0125, 0.025, 0.04, 0.06)  # map-lens sigmas of the type candidates (0: none)
 DATA_ORDER = ("synthetic/brick", "synthetic/gravel", "dev suite", "magnetic_tile")
 
 
@@ -172,15 +173,16 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
     cut = next((i for i, r in enumerate(shown) if r["data"] == "magnetic_tile"), len(shown))
     shown = shown[:cut] + means + shown[cut:]
     lines = ["# Question answering (multiple choice) through the chat loop", "",
-             f"Command: `python eval/bench_qa.py --llm-images {args.llm_images}"
+             f"Command: `PYTHONPATH=. python eval/bench_qa.py --llm-images {args.llm_images}"
              f"{' --llm ' + ' '.join(args.llm) if args.llm != ['smollm2'] and args.llm_images else ''}"
              f"{' --keep' if args.keep else ''}`. "
              "Detector: PatchCore, efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0. "
              f"`{NEW}`: the product's rules: the detector's default threshold rule (mean + 1 sd of the normal shots' "
              f"leave-image-out scores), sizes from each region's core (level {CORE_LEVEL}, "
              "`vlm_ad.evidence.build.region_core`), \"small\" when nothing exceeds the threshold, defect names "
-             f"from the core. `{OLD}` (baseline): threshold q99, sizes and names from the whole region above the "
-             "threshold. "
+             "of the core against the library examples seen through the map lens (`vlm_ad.naming.map_lens`, sigma "
+             f"{MAP_LENS} of the longer side). `{OLD}` (baseline): threshold q99, sizes and names from the whole "
+             "region above the threshold. "
              "Every rule was chosen on the synthetic dev suite (qa_rules.md); magnetic_tile is held out. Type "
              "questions use a labelled-defect library (descriptors, 3-NN) of 3 examples per type (seed 0) whose images "
              "are not asked about. Accuracy counts an abstention (a reply naming no option) as wrong; chance = mean 1 "
@@ -213,7 +215,8 @@ def render_rules(rules: list[dict]) -> None:
         return f"{np.mean(vals):.3f}" if vals else "-"
 
     lines = ["# QA answer rules per question kind: chosen on the synthetic dev suite, magnetic_tile held out", "",
-             "Command: `python eval/bench_qa.py --llm-images 0 --keep` (the same maps as qa.md; eval/qa_rules.py). "
+             "Command: `PYTHONPATH=. python eval/bench_qa.py --llm-images 0 --keep` (the same maps as qa.md; "
+             "eval/qa_rules.py). "
              "PatchCore, efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0, default threshold rule "
              f"({dev[0]['threshold_rule']}). Dev suite: {len(dev)} synthetic sets "
              f"({', '.join(r['data'] for r in dev)}). "
