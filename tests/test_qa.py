@@ -75,7 +75,8 @@ def test_accuracy_counts_abstentions_as_wrong_and_reports_chance():
 
 def test_a_normal_verdict_still_says_where_its_strongest_response_is():
     """"Where is the defect?" on an image below the threshold: the grounded answer says no defect is detected and
-    names the location and size of the map's strongest response (P1), read from the map, never from the mask."""
+    names the location of the map's strongest response (P1), read from the map, never from the mask. "How large?"
+    says a missed defect is small (too faint to pass the threshold); the old rule (no core) read P1's area."""
     from vlm_ad.pipeline import Pipeline
     from vlm_ad.reasoning import create_reasoner
 
@@ -86,8 +87,11 @@ def test_a_normal_verdict_still_says_where_its_strongest_response_is():
     m, rows = evaluate_qa([sample], [below], Pipeline(None, create_reasoner("grounded")))
     by_kind = {r["kind"]: r for r in rows}
     assert by_kind["defect"]["choice"] == "no"
-    assert by_kind["where"]["choice"] == "lower right" and by_kind["size"]["choice"] == "medium"
+    assert by_kind["where"]["choice"] == "lower right" and by_kind["size"]["choice"] == "small"
     assert "no defect is detected" in by_kind["where"]["reply"] and "P1" in by_kind["where"]["reply"]
+    assert "too faint to pass the threshold" in by_kind["size"]["reply"]
+    m, rows = evaluate_qa([sample], [below], Pipeline(None, create_reasoner("grounded"), core_level=None))
+    assert {r["kind"]: r["choice"] for r in rows}["size"] == "medium"  # P1's area, the rule before cores
     flat = AnomalyMap(sample.image_id, 0.0, np.zeros((90, 90), np.float32), threshold=2.0)
     m, rows = evaluate_qa([sample], [flat], Pipeline(None, create_reasoner("grounded")))
     assert m["qa_abstain_where"] == 1  # a flat map has no strongest response: nothing to say
@@ -106,3 +110,48 @@ def test_eval_qa_cli_on_a_synthetic_category(tmp_path):
     for kind, chance in (("defect", 0.5), ("where", 1 / 9), ("size", 1 / 3), ("type", 0.5)):
         assert 0 <= m[f"qa_accuracy_{kind}"] <= 1 and m[f"qa_chance_{kind}"] == pytest.approx(chance)
     assert m["qa_images"] == 8 - 2 and m["qa_reasoner"] == "grounded" and 0 <= m["qa_accuracy"] <= 1
+
+
+def _blurred_disc(centre: tuple[int, int], radius: float, size: int = 150, sigma: float = 4.0):
+    """A defect's disc mask and the map a detector makes of it: the disc blurred (the map spreads a defect)."""
+    from scipy import ndimage
+
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+    return disc, ndimage.gaussian_filter(disc.astype(np.float32), sigma)
+
+
+def test_size_comes_from_the_core_of_a_planted_defect_and_where_from_its_region():
+    """A planted disc of 3.1 % of the image (medium), blurred as a detector's map is: the region above a low
+    threshold covers over 5 % (large, the old answer), its core ~2.3 % (medium, the disc's own size word); the where
+    answer is the disc's location word."""
+    from vlm_ad.evidence.build import region_core
+    from vlm_ad.pipeline import Pipeline
+    from vlm_ad.reasoning import create_reasoner
+    from vlm_ad.vocabulary import size_word
+
+    disc, amap = _blurred_disc((40, 110), 15.0)
+    assert size_word(disc.mean()) == "medium"
+    region = amap > 0.1
+    assert size_word(region.mean()) == "large"
+    core = region_core(amap, region, 0.7)
+    assert 0.6 * disc.sum() < core.sum() < disc.sum() and core[40, 110] and not (core & ~disc).any()
+    sample = Sample(np.full((150, 150, 3), 128, np.uint8), "hole/000.png", 1, "hole", disc)
+    found = AnomalyMap(sample.image_id, float(amap.max()), amap, threshold=0.1)
+    for level, expected in ((0.7, "medium"), (None, "large")):
+        m, rows = evaluate_qa([sample], [found], Pipeline(None, create_reasoner("grounded"), core_level=level))
+        got = {r["kind"]: r for r in rows}
+        assert got["defect"]["choice"] == "yes" and got["where"]["choice"] == "upper right"
+        assert got["size"]["choice"] == expected, got["size"]["reply"]
+        assert ("core" in got["size"]["reply"]) == (level is not None)
+
+
+def test_region_core_checks_its_level_and_half_maximum_is_the_fwhm():
+    from vlm_ad.errors import ConfigError
+    from vlm_ad.evidence.build import region_core
+
+    disc, amap = _blurred_disc((75, 75), 20.0)
+    half = region_core(amap, amap > 0.05, 0.5, median=0.0)  # the contour at half the peak: the disc's own edge
+    assert abs(int(half.sum()) - int(disc.sum())) < 0.1 * disc.sum()
+    with pytest.raises(ConfigError, match=r"in \[0, 1\]"):
+        region_core(amap, amap > 0.05, 1.5)

@@ -26,6 +26,7 @@ import numpy as np
 from vlm_ad._cache import atomic_write_bytes
 from vlm_ad.errors import DataError
 from vlm_ad.evidence import Evidence, Namer, build_evidence
+from vlm_ad.evidence.build import CORE_LEVEL
 from vlm_ad.reasoning import Explanation, ImageViews, Reasoner
 from vlm_ad.types import AnomalyMap, Sample
 
@@ -182,16 +183,19 @@ class Pipeline:
         reasoner: who writes the explanation; the grounded reasoner (no model) when None.
         namer: optional defect namer (a labelled-defect library) for the evidence.
         exemplar_root: the folder the model was fitted on, so contrasts use the exemplar images.
+        core_level: where each region's core is cut (see :func:`~vlm_ad.evidence.build.region_core`); None measures
+            no core (size answers and defect names then use the whole region above the threshold).
     """
 
     def __init__(self, detector: Any, reasoner: Reasoner | None = None, *, namer: Namer | None = None,
-                 exemplar_root: str | Path | None = None) -> None:
+                 exemplar_root: str | Path | None = None, core_level: float | None = CORE_LEVEL) -> None:
         if reasoner is None:
             from vlm_ad.reasoning import create_reasoner
 
             reasoner = create_reasoner("grounded")
         self.detector, self.reasoner, self.namer = detector, reasoner, namer
         self.exemplars = exemplar_loader(exemplar_root)
+        self.core_level = core_level
 
     def detect(self, sample: Sample) -> AnomalyMap:
         """Step 1: the anomaly map, score and nearest exemplars of one image."""
@@ -200,7 +204,8 @@ class Pipeline:
     def measure(self, amap: AnomalyMap, image: np.ndarray) -> Evidence:
         """Step 2: regions, shapes, contrasts against the nearest exemplar, defect names."""
         grid = getattr(self.detector, "grid_shape", None)
-        return build_evidence(amap, image, namer=self.namer, load_exemplar=self.exemplars, grid_shape=grid)
+        return build_evidence(amap, image, namer=self.namer, load_exemplar=self.exemplars, grid_shape=grid,
+                              core_level=self.core_level)
 
     def explain(self, evidence: Evidence, images: ImageViews | None = None) -> Explanation:
         """Step 3: the reasoner's validated explanation of the evidence (and of ``images``, for a reasoner that

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from vlm_ad.evidence.build import CORE_LEVEL
 from vlm_ad.types import AnomalyMap, Sample
 from vlm_ad.vocabulary import LOCATION_WORDS, SIZE_WORDS, location_word, size_word
 
@@ -127,11 +128,12 @@ def evaluate_qa(samples: Sequence[Sample], maps: Sequence[AnomalyMap], pipeline:
 
 
 def qa_on_data(data: Any, detector: Any, test: Any, maps: Sequence[AnomalyMap], reasoner: Any, *,
-               shots_per_type: int = 3, seed: int = 0, progress: Callable[[int], None] | None = None
-               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+               shots_per_type: int = 3, seed: int = 0, progress: Callable[[int], None] | None = None,
+               core_level: float | None = CORE_LEVEL) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """:func:`evaluate_qa` on an MVTec-layout folder: when it has two or more masked defect types, a labelled-defect
     library of ``shots_per_type`` examples per type (drawn with ``seed``) names regions for the ``type`` questions,
-    and the library's own images are left out of the questions (no answer is looked up from itself)."""
+    and the library's own images are left out of the questions (no answer is looked up from itself).
+    ``core_level``: see :class:`~vlm_ad.pipeline.Pipeline` (None: the rules before region cores, a baseline)."""
     from pathlib import Path
 
     from vlm_ad.pipeline import Pipeline
@@ -145,7 +147,8 @@ def qa_on_data(data: Any, detector: Any, test: Any, maps: Sequence[AnomalyMap], 
 
         namer = DefectLibrary(features="descriptors").add_mvtec(root, per_type=shots_per_type, seed=seed)
         held = set(namer.example_ids)
-    pipeline = Pipeline(detector, reasoner, namer=namer, exemplar_root=root if root.is_dir() else None)
+    pipeline = Pipeline(detector, reasoner, namer=namer, exemplar_root=root if root.is_dir() else None,
+                        core_level=core_level)
     asked = [s for s in samples if s.image_id not in held]
     metrics, rows = evaluate_qa(asked, maps, pipeline, defect_types=types, progress=progress)
     metrics |= {"qa_reasoner": getattr(reasoner, "name", str(reasoner)), "qa_library_shots_per_type":

@@ -7,6 +7,7 @@ from typing import Any, Callable, Protocol, Union
 
 import numpy as np
 
+from vlm_ad.errors import ConfigError
 from vlm_ad.evidence.types import (
     Contrast,
     DefectNameEvidence,
@@ -18,7 +19,11 @@ from vlm_ad.evidence.types import (
 from vlm_ad.types import AnomalyMap, ExemplarHit
 from vlm_ad.vocabulary import location_word, orientation_word, principal_axes
 
-__all__ = ["Namer", "build_evidence", "region_shape"]
+__all__ = ["CORE_LEVEL", "Namer", "build_evidence", "region_core", "region_shape"]
+
+#: a region's core: its pixels above this share of the way from the map's median to the region's peak (chosen on the
+#: synthetic dev suite for the size and type answers; magnetic_tile held out: eval/results/qa_rules.md)
+CORE_LEVEL = 0.7
 
 ExemplarLoader = Callable[[str], "np.ndarray | None"]
 GridShape = Union[tuple[int, int], Callable[[tuple[int, int]], "tuple[int, int] | None"]]
@@ -26,7 +31,8 @@ GridShape = Union[tuple[int, int], Callable[[tuple[int, int]], "tuple[int, int] 
 
 class Namer(Protocol):
     """What ``build_evidence`` needs from a defect namer (e.g. ``vlm_ad.naming``): a ``name`` method returning an
-    object with ``name``, ``confidence``, ``example_id``, ``distance`` and ``explanation`` attributes."""
+    object with ``name``, ``confidence``, ``example_id``, ``distance`` and ``explanation`` attributes. A namer whose
+    ``names_map_regions`` is true is also given ``from_map=True`` for a region's core cut from the map."""
 
     def name(self, image: np.ndarray, region_mask: np.ndarray) -> Any: ...
 
@@ -118,10 +124,14 @@ def _region_contrast(gray, mask, hit, grid, load_exemplar) -> tuple[Contrast, st
 _RING = "; contrast taken against a ring around the region instead"
 
 
-def _name(namer: Namer | None, image: np.ndarray, mask: np.ndarray) -> DefectNameEvidence | None:
+def _name(namer: Namer | None, image: np.ndarray, mask: np.ndarray, *, from_map: bool = False
+          ) -> DefectNameEvidence | None:
+    """The namer's name for ``mask``; ``from_map``: the mask is a core cut from the map, said to a namer that tells
+    such masks apart (``names_map_regions``, e.g. :class:`vlm_ad.naming.DefectLibrary`)."""
     if namer is None:
         return None
-    d = namer.name(image, mask)
+    d = namer.name(image, mask, from_map=True) if from_map and getattr(namer, "names_map_regions", False) else \
+        namer.name(image, mask)
     return DefectNameEvidence(str(d.name), round(float(d.confidence), 3), str(d.example_id),
                               round(float(d.distance), 4), str(getattr(d, "explanation", "")))
 
@@ -135,6 +145,7 @@ def build_evidence(
     load_exemplar: ExemplarLoader | None = None,
     grid_shape: GridShape | None = None,
     max_regions: int = 5,
+    core_level: float | None = CORE_LEVEL,
 ) -> Evidence:
     """Measure the evidence behind one detection.
 
@@ -155,6 +166,9 @@ def build_evidence(
         grid_shape: (rows, cols) of the detector's feature grid, or ``image (H, W) -> (rows, cols)`` when the grid
             depends on the image's shape; needed to place a hit in its exemplar image.
         max_regions: keep at most this many regions (highest peaks).
+        core_level: measure each region's core (:func:`region_core`) at this share of the way from the map's median
+            to its peak: its area is ``core_pct`` and the namer describes the core, not the whole region; None
+            measures no core (the namer then describes the whole region).
     """
     from vlm_ad.regions import find_regions
 
@@ -170,7 +184,8 @@ def build_evidence(
     gray = _gray(image)
     labels = _labels(amap.map, thr) if regions else None
     measure = partial(_region_evidence, image=image, gray=gray, namer=namer, hits=amap.hits, grid=grid_shape,
-                      load_exemplar=load_exemplar, notes=ev.notes, size=(w, h))
+                      load_exemplar=load_exemplar, notes=ev.notes, size=(w, h), amap=amap.map,
+                      core_level=core_level, median=float(np.median(amap.map)))
     for k, reg in enumerate(regions[:max_regions]):
         mask = _component(labels, reg)
         ev.masks[f"R{k + 1}"] = mask
@@ -185,15 +200,42 @@ def build_evidence(
 
 
 def _region_evidence(rid: str, reg, mask: np.ndarray, k: int, *, image, gray, namer, hits, grid, load_exemplar,
-                     notes: list[str], size: tuple[int, int]) -> RegionEvidence:
-    """Measure one region (extent, shape, contrast against the exemplar of hit ``k``, name)."""
+                     notes: list[str], size: tuple[int, int], amap: np.ndarray, core_level: float | None,
+                     median: float) -> RegionEvidence:
+    """Measure one region (extent, core, shape, contrast against the exemplar of hit ``k``, name of its core)."""
     hit = hits[min(k, len(hits) - 1)] if hits else None
     contrast, note = _region_contrast(gray, mask, hit, grid, load_exemplar)
     if note and note + _RING not in notes:
         notes.append(note + _RING)
+    core = None if core_level is None else region_core(amap, mask, core_level, median=median)
     return RegionEvidence(rid, reg.box, round(100 * reg.area_fraction, 2), round(reg.peak, 4),
                           (round(reg.centroid[0], 1), round(reg.centroid[1], 1)), location_word(*reg.centroid, *size),
-                          region_shape(mask), contrast, _name(namer, image, mask))
+                          region_shape(mask), contrast,
+                          _name(namer, image, mask if core is None else core, from_map=core is not None),
+                          None if core is None else round(100 * float(core.mean()), 2))
+
+
+def region_core(amap: np.ndarray, mask: np.ndarray, level: float = CORE_LEVEL, *,
+                median: float | None = None) -> np.ndarray:
+    """The core of the region ``mask`` ((H, W) bool) of the map ``amap``: the connected pixels around the region's
+    peak whose value is at least ``median + level * (peak - median)`` (``median``: the map's, by default).
+
+    The map is the detector's patch distances upsampled and smoothed, so a defect spreads over more pixels than it
+    covers and the region above the detection threshold is larger still; the core is the tighter estimate of the
+    defect's own extent (``level`` 0.5 is the full width at half maximum)."""
+    from skimage.measure import label
+
+    if not 0.0 <= level <= 1.0:
+        raise ConfigError(f"the core level is a share of the way from the median to the peak, in [0, 1]; got {level}")
+    med = float(np.median(amap)) if median is None else median
+    ys, xs = _bbox_slices(mask)  # the core lies inside the region: work in its box
+    sub, inside = amap[ys, xs], mask[ys, xs]
+    iy, ix = np.unravel_index(int(np.argmax(np.where(inside, sub, -np.inf))), sub.shape)
+    peak = float(sub[iy, ix])
+    labels = label(inside & (sub >= med + level * (peak - med)), connectivity=2)
+    core = np.zeros_like(mask, dtype=bool)
+    core[ys, xs] = labels == labels[iy, ix]
+    return core
 
 
 def _peak_component(amap: np.ndarray) -> tuple[Any, np.ndarray] | None:

@@ -88,6 +88,10 @@ class RegionEvidence:
         shape: geometry.
         contrast: intensity/texture contrast against the exemplar patch or the surrounding ring.
         defect: the namer's defect name, when a namer was given.
+        core_pct: area in % of the image of the region's core, the connected pixels around its peak above
+            :data:`~vlm_ad.evidence.build.CORE_LEVEL` of the way from the map's median to the peak: the estimate of
+            the defect's own extent (the map spreads a defect over more pixels than it covers, so the region
+            above the detection threshold is larger); None when the core was not measured.
     """
 
     id: str
@@ -99,6 +103,7 @@ class RegionEvidence:
     shape: Shape
     contrast: Contrast
     defect: DefectNameEvidence | None = None
+    core_pct: float | None = None
 
 
 @dataclass
@@ -166,6 +171,7 @@ class Evidence:
             c, sh = r.contrast, r.shape
             out += [r.area_pct, r.peak, *r.box, *r.centroid, sh.elongation, sh.orientation_deg,
                     c.intensity_delta, abs(c.intensity_delta), c.texture_ratio]
+            out += [r.core_pct] if r.core_pct is not None else []
             if r.defect:
                 out += [r.defect.confidence, 100 * r.defect.confidence, r.defect.distance]
         out += [e.distance for e in self.exemplars] + [v for e in self.exemplars for v in (e.row, e.col)]
@@ -192,4 +198,4 @@ class Evidence:
 def _region_from_json(r: dict[str, Any]) -> RegionEvidence:
     return RegionEvidence(r["id"], tuple(r["box"]), r["area_pct"], r["peak"], tuple(r["centroid"]), r["location"],
                           Shape(**r["shape"]), Contrast(**r["contrast"]),
-                          DefectNameEvidence(**r["defect"]) if r.get("defect") else None)
+                          DefectNameEvidence(**r["defect"]) if r.get("defect") else None, r.get("core_pct"))

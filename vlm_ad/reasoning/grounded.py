@@ -6,6 +6,7 @@ from __future__ import annotations
 from vlm_ad.evidence import Evidence, RegionEvidence
 from vlm_ad.reasoning.base import ImageViews, Reasoner
 from vlm_ad.reasoning.schema import Explanation, Step
+from vlm_ad.vocabulary import size_word
 
 __all__ = ["GroundedReasoner", "confidence_of"]
 
@@ -28,9 +29,10 @@ def _region_steps(r: RegionEvidence, exemplar_id: str | None) -> list[Step]:
     x0, y0, x1, y1 = r.box
     sh, c = r.shape, r.contrast
     orient = f", oriented {sh.orientation} ({sh.orientation_deg:.1f} deg)" if sh.orientation != "none" else ""
+    core = f" (its core {r.core_pct:.2f}%: {size_word(r.core_pct / 100)})" if r.core_pct is not None else ""
     steps = [
-        Step(text=f"{r.id} covers {r.area_pct:.2f}% of the image in the {r.location}, box ({x0}, {y0})-({x1}, {y1}), "
-                  f"peak {r.peak:.4f}.", evidence=[r.id]),
+        Step(text=f"{r.id} covers {r.area_pct:.2f}% of the image{core} in the {r.location}, box ({x0}, {y0})-({x1}, "
+                  f"{y1}), peak {r.peak:.4f}.", evidence=[r.id]),
         Step(text=f"{r.id} is {sh.description} (elongation {sh.elongation:.2f}{orient}).", evidence=[r.id]),
         Step(text=f"Against {_reference_words(r)}, {r.id} looks {c.words}: intensity {c.intensity_delta:+.1f} grey "
                   f"levels, texture ratio {c.texture_ratio:.2f}.",
