@@ -97,6 +97,24 @@ def test_a_normal_verdict_still_says_where_its_strongest_response_is():
     assert m["qa_abstain_where"] == 1  # a flat map has no strongest response: nothing to say
 
 
+def test_a_score_above_the_threshold_with_no_pixel_above_it_still_has_a_region():
+    """The image score (e.g. a top-k mean of patch scores) can pass the threshold while no pixel of the smoothed,
+    full-size map does: the map's strongest response becomes R1, so "where" and "how large" are answered, not
+    abstained, and a note says why."""
+    from vlm_ad.pipeline import Pipeline
+    from vlm_ad.reasoning import create_reasoner
+
+    amap = np.zeros((90, 90), np.float32)
+    amap[65:80, 65:80] = 1.5  # lower right; every pixel stays below the threshold 2.0
+    sample = _sample(1, (65, 80, 65, 80))
+    above = AnomalyMap(sample.image_id, 2.5, amap, threshold=2.0)
+    m, rows = evaluate_qa([sample], [above], Pipeline(None, create_reasoner("grounded")))
+    by_kind = {r["kind"]: r for r in rows}
+    assert by_kind["defect"]["choice"] == "yes"
+    assert by_kind["where"]["choice"] == "lower right" and "R1" in by_kind["where"]["reply"]
+    assert m["qa_abstain_where"] == 0 and m["qa_abstain_size"] == 0
+
+
 def test_eval_qa_cli_on_a_synthetic_category(tmp_path):
     from vlm_ad.cli import app
     from vlm_ad.data import generate_dataset

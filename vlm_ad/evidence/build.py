@@ -190,6 +190,14 @@ def build_evidence(
         mask = _component(labels, reg)
         ev.masks[f"R{k + 1}"] = mask
         ev.regions.append(measure(f"R{k + 1}", reg, mask, k))
+    if score.above and not regions and (found := _peak_component(amap.map)) is not None:
+        # the image score is above the threshold but no pixel of the (smoothed, full-size) map is: the defect is
+        # the map's strongest response, so it becomes R1 rather than leaving "where" and "how large" unanswered
+        reg, mask = found
+        ev.notes.append(f"the image score is above the threshold but the map's maximum {float(amap.map.max()):.4f} "
+                        "is not, so R1 is the component around the map's maximum (above half way from its median)")
+        ev.masks["R1"] = mask
+        ev.regions.append(measure("R1", reg, mask, 0))
     if amap.threshold is not None and not score.above and (found := _peak_component(amap.map)) is not None:
         reg, mask = found
         ev.masks["P1"] = mask
