@@ -145,6 +145,37 @@ def test_refusals(tiny, tmp_path, mvtec_root):
         export_model(tmp_path / "padim", tmp_path / "y")
 
 
+@pytest.mark.parametrize("damage", ["torn bank", "torn json", "nan"])
+def test_a_torn_bank_file_raises_the_same_clear_error_on_every_runtime(tiny, tmp_path, damage):
+    """One loader (vlm_ad._index.read_bank) behind the torch store and the exported runtime."""
+    import shutil
+
+    from vlm_ad.errors import DataError
+    from vlm_ad.runtime import load_runtime_detector
+
+    _, _, export = tiny
+    bad = tmp_path / "export"
+    shutil.copytree(export, bad)
+    bank, meta = bad / "store.safetensors", bad / "store.json"
+    if damage == "torn bank":
+        bank.write_bytes(bank.read_bytes()[: bank.stat().st_size // 2])  # a copy cut short
+        want = r"store.safetensors cannot be read \("
+    elif damage == "torn json":
+        meta.write_text(meta.read_text()[:20])
+        want = r"store.json cannot be read \(JSONDecodeError"
+    else:
+        from safetensors.numpy import load_file, save_file
+
+        t = load_file(str(bank))
+        t["bank"][0, 0] = np.nan
+        save_file(t, str(bank))
+        want = "store.safetensors holds NaN or infinite values in its memory bank"
+    for runtime in RUNTIMES + ["torch"]:
+        with pytest.raises(DataError, match=want) as err:
+            load_runtime_detector(bad, runtime)
+        assert ("export the model again" if runtime != "torch" else "re-create the model") in str(err.value)
+
+
 def test_export_cli(tiny, tmp_path):
     from typer.testing import CliRunner
 

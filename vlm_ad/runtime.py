@@ -16,14 +16,13 @@ of the map's range and the same verdicts.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from vlm_ad import _shapes
 from vlm_ad.artifacts import read_meta
 from vlm_ad.errors import ConfigError, DataError
 from vlm_ad.types import AnomalyMap, ExemplarHit, Sample
@@ -106,21 +105,11 @@ class _Bank:
 
     @classmethod
     def load(cls, path: Path) -> _Bank:
-        from safetensors.numpy import load_file
+        from vlm_ad._index import faiss_index, read_bank
 
-        from vlm_ad._index import faiss_index
-
-        files = [path / "store.json", path / "store.safetensors"]
-        missing = [str(p) for p in files if not p.is_file()]
-        if missing:
-            raise DataError(f"{path} is an incomplete export: missing {', '.join(missing)}; {_REMEDY}")
-        meta = json.loads(files[0].read_text())
-        tensors = load_file(str(files[1]))
-        bank, tags = np.ascontiguousarray(tensors["bank"], np.float32), tensors["tags"]
-        if not np.isfinite(bank).all():
-            raise DataError(f"{files[1]} holds NaN or infinite values in its memory bank; export the model again")
+        meta, bank, tags = read_bank(path, remedy=f"export the model again ({_REMEDY})")
         index = faiss_index(bank, meta["index"], ef_search=meta.get("ef_search", 32), what="--runtime onnx|openvino")
-        return cls(bank, tags, list(meta["image_ids"]), index)
+        return cls(np.ascontiguousarray(bank, np.float32), tags, meta["image_ids"], index)
 
     def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest bank row of (M, C) queries: (M,) L2 distances and (M,) rows."""
@@ -132,29 +121,11 @@ class _Bank:
         return ExemplarHit(self.image_ids[img], r, c, float(distance))
 
 
-# ------------------------------------------------------------------------------------------------------- geometry
+# ------------------------------------------------------------------------------------------------------------ maps
 def input_shape(meta: dict[str, Any], height: int, width: int) -> tuple[int, int]:
-    """The (H, W) backbone input of an image: :meth:`vlm_ad.backbones.geometry.Geometry.input_shape` (repeated here
-    because that module's package imports torch; a test keeps the two equal)."""
+    """The (H, W) backbone input of an image under the export's geometry (:func:`vlm_ad._shapes.input_shape`)."""
     g = meta["input"]
-    if g["shape"]:
-        return int(g["shape"][0]), int(g["shape"][1])
-    size, m = int(g["size"]), int(g["multiple"])
-    if g["geometry"] == "square":
-        return size, size
-    ratio = max(height, width) / max(min(height, width), 1)
-    long_side = size if g["geometry"] == "aspect" else min(4 * size, size * math.sqrt(ratio))
-    long_side = max(m, int(round(long_side / m)) * m)
-    short = max(m, int(round(long_side / ratio / m)) * m)
-    return (long_side, short) if height >= width else (short, long_side)
-
-
-def work_shape(grid_hw: Sequence[int], work: int = 256) -> tuple[int, int]:
-    """:func:`vlm_ad.detectors.base.work_shape`, torch-free."""
-    gh, gw = int(grid_hw[0]), int(grid_hw[1])
-    long_side = max(work, 8 * max(gh, gw))
-    short = max(1, int(round(long_side * min(gh, gw) / max(gh, gw))))
-    return (long_side, short) if gh >= gw else (short, long_side)
+    return _shapes.input_shape(g["geometry"], int(g["size"]), int(g["multiple"]), height, width, shape=g["shape"])
 
 
 def _resize(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -168,7 +139,7 @@ def smooth(grid: np.ndarray, sigma: float) -> np.ndarray:
     """:func:`vlm_ad.detectors.base.smooth_grid` of one (h, w) grid (untiled view), torch-free: the work map."""
     import cv2
 
-    size = work_shape(grid.shape)
+    size = _shapes.work_shape(grid.shape)
     g = _resize(grid.astype(np.float32), size)
     s = sigma * max(size) / 256
     if s <= 0:
