@@ -76,6 +76,38 @@ def test_runtime_matches_torch_on_tiny_model(tiny, runtime):
     assert det.grid_shape((64, 64)) == load_detector(model).grid_shape((64, 64))
 
 
+SETTINGS = [("onnx", {"optimization": "basic"}), ("onnx", {"optimization": "extended", "spinning": True})] + (
+    [("openvino", {"static": True}), ("openvino", {"hint": "THROUGHPUT", "streams": 2})] if _have("openvino") else [])
+
+
+@pytest.mark.parametrize(("runtime", "settings"), SETTINGS)
+def test_every_offered_runtime_setting_keeps_parity(tiny, runtime, settings):
+    """The knobs bench_speed.py compares (except precision bf16) give the torch maps within MAP_TOL."""
+    from vlm_ad.detectors import load_detector
+    from vlm_ad.runtime import load_runtime_detector
+
+    cat, model, export = tiny
+    images = _images(cat)
+    images.append(type(images[0])(np.ascontiguousarray(images[0].image[:, :40]), "narrow"))  # a second input shape
+    ref = load_detector(model).predict(images)
+    det = load_runtime_detector(export, runtime, threads=1, settings=settings)
+    _assert_same(ref, det.predict(images))
+    _assert_same(ref, det.predict(images))  # again: a static network is reused for its shape
+
+
+def test_unknown_runtime_settings_are_refused_with_the_choices(tiny):
+    from vlm_ad.errors import ConfigError
+    from vlm_ad.runtime import load_runtime_detector
+
+    _, _, export = tiny
+    with pytest.raises(ConfigError, match="unknown onnx setting 'hint'; onnx takes optimization, spinning"):
+        load_runtime_detector(export, "onnx", settings={"hint": "LATENCY"})
+    with pytest.raises(ConfigError, match="onnx setting optimization='fast' is not offered; choose one of 'basic'"):
+        load_runtime_detector(export, "onnx", settings={"optimization": "fast"})
+    with pytest.raises(ConfigError, match="unknown torch setting 'static'; torch takes no settings"):
+        load_runtime_detector(export, "torch", settings={"static": True})
+
+
 def test_export_folder_is_a_model_and_records_parity(tiny):
     from vlm_ad.runtime import load_runtime_detector
 

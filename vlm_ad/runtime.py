@@ -27,14 +27,47 @@ from vlm_ad.artifacts import read_meta
 from vlm_ad.errors import ConfigError, DataError
 from vlm_ad.types import AnomalyMap, ExemplarHit, Sample
 
-__all__ = ["RUNTIMES", "RuntimeDetector", "load_runtime_detector"]
+__all__ = ["RUNTIMES", "RUNTIME_SETTINGS", "RuntimeDetector", "load_runtime_detector", "runtime_settings"]
 
 RUNTIMES = ("torch", "onnx", "openvino")
 EXPORT_KIND, EXPORT_FORMAT = "export", 1  # of export.json, written by vlm_ad.export (which imports these)
 _REMEDY = "make one with 'vlm-ad export --model MODEL_DIR --format onnx --out DIR'"
 
 
-def load_runtime_detector(path: str | Path, runtime: str = "onnx", *, threads: int | None = None) -> Any:
+# Settings of each runtime (``load_runtime_detector(settings=...)``) and their defaults, chosen in
+# eval/results/speed.md ("runtime settings"): measured on 2 shared cores, maps equal to torch within the parity
+# tolerance for every value offered here except precision "bf16" (maps ~1% off: offered, never a default).
+RUNTIME_SETTINGS: dict[str, dict[str, tuple[Any, tuple[Any, ...]]]] = {  # name -> (default, allowed values)
+    "onnx": {
+        "optimization": ("all", ("basic", "extended", "all")),  # graph optimisation level ("all": NCHWc conv layout)
+        "spinning": (False, (True, False)),  # busy-waiting intra-op threads: they take CPU from decode/write threads
+    },
+    "openvino": {
+        "hint": ("LATENCY", ("LATENCY", "THROUGHPUT")),  # PERFORMANCE_HINT
+        "streams": (None, (None, 1, 2)),  # NUM_STREAMS (None: the hint's)
+        "precision": ("f32", ("f32", "bf16")),  # INFERENCE_PRECISION_HINT; bf16 breaks parity (maps ~1% off)
+        "static": (False, (True, False)),  # a network compiled per input shape (kept for the last 8 shapes)
+    },
+}
+
+
+def runtime_settings(runtime: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The defaults of ``runtime`` updated with ``settings``, each checked against the values offered."""
+    offered = RUNTIME_SETTINGS.get(runtime, {})
+    out = {k: default for k, (default, _) in offered.items()}
+    for key, value in (settings or {}).items():
+        if key not in offered:
+            raise ConfigError(f"unknown {runtime} setting {key!r}; {runtime} takes "
+                              f"{', '.join(offered) if offered else 'no settings'}")
+        if value not in offered[key][1]:
+            raise ConfigError(f"{runtime} setting {key}={value!r} is not offered; choose one of "
+                              f"{', '.join(map(repr, offered[key][1]))}")
+        out[key] = value
+    return out
+
+
+def load_runtime_detector(path: str | Path, runtime: str = "onnx", *, threads: int | None = None,
+                          settings: dict[str, Any] | None = None) -> Any:
     """A fitted detector that runs on ``runtime``: ``"onnx"`` or ``"openvino"`` (an export folder, no torch) or
     ``"torch"`` (a model folder or an export folder, loaded with :func:`vlm_ad.detectors.load_detector`).
 
@@ -42,13 +75,15 @@ def load_runtime_detector(path: str | Path, runtime: str = "onnx", *, threads: i
         path: the export folder (``vlm-ad export --out``), or a model folder with ``runtime="torch"``.
         runtime: one of :data:`RUNTIMES`.
         threads: intra-op threads of the runtime (None: its default, every core).
+        settings: runtime knobs (:data:`RUNTIME_SETTINGS`: names, defaults and the values offered).
 
     Raises:
-        ConfigError: unknown runtime, or a folder that is not an export (with the command that makes one).
+        ConfigError: unknown runtime or setting, or a folder that is not an export (with the command that makes one).
         MissingDependencyError: the runtime is not installed (``pip install 'vlm-ad[export]'``).
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    chosen = runtime_settings(runtime, settings)
     if runtime == "torch":
         from vlm_ad.detectors import load_detector
 
@@ -59,19 +94,23 @@ def load_runtime_detector(path: str | Path, runtime: str = "onnx", *, threads: i
                           f"(with --model {path}), or use --runtime torch")
     meta = read_meta(path / "export.json", kind=EXPORT_KIND, version=EXPORT_FORMAT, remedy=_REMEDY,
                      what="vlm-ad export folder")
-    net = _OnnxNet(path, meta, threads) if runtime == "onnx" else _OpenVinoNet(path, meta, threads)
+    net = (_OnnxNet if runtime == "onnx" else _OpenVinoNet)(path, meta, threads, chosen)
     return RuntimeDetector(meta, net, _Bank.load(path), runtime=runtime)
 
 
 # ----------------------------------------------------------------------------------------------------------- nets
 class _OnnxNet:
-    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None, settings: dict[str, Any]) -> None:
         from vlm_ad._deps import require
 
         ort = require("onnxruntime", "--runtime onnx")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[settings["optimization"]]
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings["spinning"] else "0")
         self.session = ort.InferenceSession(str(path / meta["files"]["onnx"]), opts,
                                             providers=["CPUExecutionProvider"])
         self.input = meta["input"]["name"]
@@ -81,19 +120,38 @@ class _OnnxNet:
 
 
 class _OpenVinoNet:
-    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None) -> None:
+    MAX_STATIC = 8  # input shapes kept compiled with static=True
+
+    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None, settings: dict[str, Any]) -> None:
         from vlm_ad._deps import require
 
         ov = require("openvino", "--runtime openvino")
-        model = path / (meta["files"].get("openvino") or meta["files"]["onnx"])  # OpenVINO reads ONNX too
-        # fp32: on CPUs with bf16 units OpenVINO otherwise computes in bf16 (maps 1% off the torch path)
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"} | ({"INFERENCE_NUM_THREADS": threads} if threads
-                                                                       else {})
-        self.compiled = ov.Core().compile_model(str(model), "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        self.core, self.static = ov.Core(), bool(settings["static"])
+        self.model = path / (meta["files"].get("openvino") or meta["files"]["onnx"])  # OpenVINO reads ONNX too
+        # fp32 unless asked: on CPUs with bf16 units OpenVINO otherwise computes in bf16 (maps 1% off the torch path)
+        self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": settings["precision"],
+                                       "PERFORMANCE_HINT": settings["hint"]}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = threads
+        if settings["streams"]:
+            self.config["NUM_STREAMS"] = settings["streams"]
+        self.requests: dict[tuple[int, ...] | None, Any] = {}
+        if not self.static:
+            self.requests[None] = self.core.compile_model(str(self.model), "CPU", self.config).create_infer_request()
+
+    def _request(self, shape: tuple[int, ...]) -> Any:
+        if not self.static:
+            return self.requests[None]
+        if shape not in self.requests:
+            if len(self.requests) >= self.MAX_STATIC:
+                self.requests.pop(next(iter(self.requests)))  # the oldest shape
+            model = self.core.read_model(str(self.model))
+            model.reshape({0: list(shape)})
+            self.requests[shape] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        return self.requests[shape]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.array(self.request.infer({0: x})[0])  # copied: the request reuses its output buffer
+        return np.array(self._request(x.shape).infer({0: x})[0])  # copied: the request reuses its output buffer
 
 
 # ----------------------------------------------------------------------------------------------------------- bank
