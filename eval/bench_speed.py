@@ -164,7 +164,8 @@ def end_to_end(det, files: list[Path], batch: int, out: Path, write_threads: int
 # ------------------------------------------------------------------------------------------------ runtime settings
 # (runtime, settings): the defaults first, then one knob changed at a time (vlm_ad.runtime.RUNTIME_SETTINGS)
 KNOBS = [("onnx", {}), ("onnx", {"spinning": True}), ("onnx", {"optimization": "extended"}),
-         ("openvino", {}), ("openvino", {"static": True}), ("openvino", {"hint": "THROUGHPUT"}),
+         ("openvino", {}), ("openvino", {"static": True}), ("openvino", {"static": False}),
+         ("openvino", {"hint": "THROUGHPUT"}),
          ("openvino", {"streams": 1}), ("openvino", {"precision": "bf16"})]
 
 
@@ -398,6 +399,17 @@ def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes,
             floor_ms = floors[backbone][0] / rate * 1e3
             lines.append(f"| {backbone} | {name} | {ms:.1f} | {ms / floor_ms:.2f}x | {par:.1e} | {rate:.0f} | "
                          f"{ld:.1f} |")
+    lines += ["", "Defaults: ONNX Runtime optimisation `all`, no thread spinning; OpenVINO LATENCY hint, f32, static "
+              "shapes `auto` (a network compiled for the one input shape of square/fixed-shape geometry: dinov2-s14 "
+              "here; dynamic shapes for aspect-keeping geometry, whose many input shapes would each cost a compile). "
+              "bf16 (this CPU has AMX) is 2-4x faster but its embeddings are 0.5-10% off torch's, far outside the "
+              "parity tolerance, so it is never a default."]
+    if args.threads == 1:
+        lines += ["", "At 1 thread ONNX Runtime has no intra-op pool, so `spinning` cannot act: its row differs from "
+                  "the defaults' by the noise of these shared cores alone, a measure of how far apart two rows must "
+                  "be to mean anything. Spinning is off by default because spinning workers take CPU from the "
+                  "decode/overlay/write threads of a pipelined run (a 2-thread probe under a load average of 9: "
+                  "efficientnet-lite0 backbone 20 ms per image without spinning, 40 with; not in this table)."]
     lines += ["", "## anomalib", ""]
     eff = next((r for r in e2e if r[0] == "efficientnet-lite0" and r[1] != "torch"), None)
     if ano_ms is None:

@@ -77,7 +77,8 @@ def test_runtime_matches_torch_on_tiny_model(tiny, runtime):
 
 
 SETTINGS = [("onnx", {"optimization": "basic"}), ("onnx", {"optimization": "extended", "spinning": True})] + (
-    [("openvino", {"static": True}), ("openvino", {"hint": "THROUGHPUT", "streams": 2})] if _have("openvino") else [])
+    [("openvino", {"static": True}), ("openvino", {"static": False, "hint": "THROUGHPUT", "streams": 2})]
+    if _have("openvino") else [])
 
 
 @pytest.mark.parametrize(("runtime", "settings"), SETTINGS)
@@ -93,6 +94,12 @@ def test_every_offered_runtime_setting_keeps_parity(tiny, runtime, settings):
     det = load_runtime_detector(export, runtime, threads=1, settings=settings)
     _assert_same(ref, det.predict(images))
     _assert_same(ref, det.predict(images))  # again: a static network is reused for its shape
+    if settings.get("static"):  # one static network per input shape, up to MAX_STATIC; the dynamic one beyond
+        assert len(det.net.requests) == 2 and None not in det.net.requests  # two input shapes, both static
+        det.net.requests.clear()
+        det.net.MAX_STATIC = 1
+        _assert_same(ref, det.predict(images))
+        assert len(det.net.requests) == 2 and None in det.net.requests
 
 
 def test_unknown_runtime_settings_are_refused_with_the_choices(tiny):

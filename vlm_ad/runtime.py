@@ -46,7 +46,9 @@ RUNTIME_SETTINGS: dict[str, dict[str, tuple[Any, tuple[Any, ...]]]] = {  # name 
         "hint": ("LATENCY", ("LATENCY", "THROUGHPUT")),  # PERFORMANCE_HINT
         "streams": (None, (None, 1, 2)),  # NUM_STREAMS (None: the hint's)
         "precision": ("f32", ("f32", "bf16")),  # INFERENCE_PRECISION_HINT; bf16 breaks parity (maps ~1% off)
-        "static": (False, (True, False)),  # a network compiled per input shape (kept for the last 8 shapes)
+        # a network compiled per input shape (the first 8 shapes; others run the dynamic one); "auto": when every
+        # image has one input shape (square or fixed-shape geometry), where it measured fastest (dinov2-s14)
+        "static": ("auto", ("auto", True, False)),
     },
 }
 
@@ -126,7 +128,8 @@ class _OpenVinoNet:
         from vlm_ad._deps import require
 
         ov = require("openvino", "--runtime openvino")
-        self.core, self.static = ov.Core(), bool(settings["static"])
+        one_shape = meta["input"]["shape"] is not None or meta["input"]["geometry"] == "square"
+        self.core, self.static = ov.Core(), one_shape if settings["static"] == "auto" else bool(settings["static"])
         self.model = path / (meta["files"].get("openvino") or meta["files"]["onnx"])  # OpenVINO reads ONNX too
         # fp32 unless asked: on CPUs with bf16 units OpenVINO otherwise computes in bf16 (maps 1% off the torch path)
         self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": settings["precision"],
@@ -136,19 +139,17 @@ class _OpenVinoNet:
         if settings["streams"]:
             self.config["NUM_STREAMS"] = settings["streams"]
         self.requests: dict[tuple[int, ...] | None, Any] = {}
-        if not self.static:
-            self.requests[None] = self.core.compile_model(str(self.model), "CPU", self.config).create_infer_request()
 
     def _request(self, shape: tuple[int, ...]) -> Any:
-        if not self.static:
-            return self.requests[None]
-        if shape not in self.requests:
-            if len(self.requests) >= self.MAX_STATIC:
-                self.requests.pop(next(iter(self.requests)))  # the oldest shape
+        if self.static and shape not in self.requests and len(self.requests.keys() - {None}) < self.MAX_STATIC:
             model = self.core.read_model(str(self.model))
             model.reshape({0: list(shape)})
             self.requests[shape] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
-        return self.requests[shape]
+        if shape in self.requests:
+            return self.requests[shape]
+        if None not in self.requests:  # dynamic shapes (and, once 8 shapes are compiled, any other shape)
+            self.requests[None] = self.core.compile_model(str(self.model), "CPU", self.config).create_infer_request()
+        return self.requests[None]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return np.array(self._request(x.shape).infer({0: x})[0])  # copied: the request reuses its output buffer
