@@ -402,8 +402,10 @@ def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes,
     lines += ["", "Defaults: ONNX Runtime optimisation `all`, no thread spinning; OpenVINO LATENCY hint, f32, static "
               "shapes `auto` (a network compiled for the one input shape of square/fixed-shape geometry: dinov2-s14 "
               "here; dynamic shapes for aspect-keeping geometry, whose many input shapes would each cost a compile). "
-              "bf16 (this CPU has AMX) is 2-4x faster but its embeddings are 0.5-10% off torch's, far outside the "
-              "parity tolerance, so it is never a default."]
+              "bf16 (this CPU has AMX) is 1.8-3.8x faster here but its embeddings are 0.5-10% off torch's, far "
+              "outside the parity tolerance, so it is never a default. The defaults row repeats a configuration of "
+              "another row (OpenVINO static=True for dinov2-s14, static=False for efficientnet-lite0): how far those "
+              "two differ shows the noise of the shared cores."]
     if args.threads == 1:
         lines += ["", "At 1 thread ONNX Runtime has no intra-op pool, so `spinning` cannot act: its row differs from "
                   "the defaults' by the noise of these shared cores alone, a measure of how far apart two rows must "
