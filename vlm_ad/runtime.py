@@ -46,8 +46,8 @@ RUNTIME_SETTINGS: dict[str, dict[str, tuple[Any, tuple[Any, ...]]]] = {  # name 
         "hint": ("LATENCY", ("LATENCY", "THROUGHPUT")),  # PERFORMANCE_HINT
         "streams": (None, (None, 1, 2)),  # NUM_STREAMS (None: the hint's)
         "precision": ("f32", ("f32", "bf16")),  # INFERENCE_PRECISION_HINT; bf16 breaks parity (maps ~1% off)
-        # a network compiled per input shape (the first 8 shapes; others run the dynamic one); "auto": when every
-        # image has one input shape (square or fixed-shape geometry), where it measured fastest (dinov2-s14)
+        # a network compiled per input shape, batch size included (the first 8 shapes; others run the dynamic one);
+        # "auto": when every image has one input shape (square or fixed geometry), where it measured fastest
         "static": ("auto", ("auto", True, False)),
     },
 }
