@@ -9,8 +9,11 @@ every k-th file in sorted order), or synthetic brick-texture defects when the da
   search (faiss kNN over the memory bank), map (smoothing, resize to the image, hits) and write (regions, overlay,
   PNG + JSON files), for torch one image at a time (the old ``detect``), and torch / onnx / openvino in batches of 8;
 * **end to end**: images/s of ``detect_images`` (what ``vlm-ad detect`` runs, files written) for the old path (torch,
-  ``--batch-size 1``) and each runtime pipelined in batches of 8 (decode/resize in a thread pool), with the image
-  AUROC of the scores it wrote (equal maps => equal AUROC);
+  ``--batch-size 1``) and each runtime pipelined in batches of 8 (decode/resize in a thread pool), files written in
+  the loop (write threads 0) or behind it (2), with the image AUROC of the scores it wrote (equal maps => equal
+  AUROC);
+* **runtime settings**: the exported network alone under each knob of ``vlm_ad.runtime.RUNTIME_SETTINGS`` (one
+  changed at a time), its parity with torch and its ratio to the FLOP floor;
 * **FLOP floor**: FLOPs of the exported network (backbone up to its deepest layer + aggregation) counted by
   ``torch.utils.flop_counter.FlopCounterMode`` (2 x multiply-adds of convolutions and matmuls; pooling, activations
   and norms not counted) at each test image's input shape, over the fp32 matmul rate measured here (2048 x 2048
@@ -146,15 +149,69 @@ def png_level(level: int):
         viz.png_bytes = orig
 
 
-def end_to_end(det, files: list[Path], batch: int, out: Path) -> tuple[float, list[float]]:
-    """(images/s of detect_images, scores in file order)."""
+def end_to_end(det, files: list[Path], batch: int, out: Path, write_threads: int) -> tuple[float, list[float]]:
+    """(images/s of detect_images, scores in file order); ``write_threads`` 0 writes the files in the loop."""
     from vlm_ad.engines import LocalEngine
     from vlm_ad.pipeline import Pipeline, detect_images
 
     t0 = time.perf_counter()
-    res = detect_images(files, det, out, engine=LocalEngine(Pipeline(det), batch_size=batch))
+    res = detect_images(files, det, out, engine=LocalEngine(Pipeline(det), batch_size=batch),
+                        write_threads=write_threads)
     seconds = time.perf_counter() - t0
     return len(files) / seconds, [r.record["score"] for r in res]
+
+
+# ------------------------------------------------------------------------------------------------ runtime settings
+# (runtime, settings): the defaults first, then one knob changed at a time (vlm_ad.runtime.RUNTIME_SETTINGS)
+KNOBS = [("onnx", {}), ("onnx", {"spinning": True}), ("onnx", {"optimization": "extended"}),
+         ("openvino", {}), ("openvino", {"static": True}), ("openvino", {"static": False}),
+         ("openvino", {"hint": "THROUGHPUT"}),
+         ("openvino", {"streams": 1}), ("openvino", {"precision": "bf16"})]
+
+
+def knob_name(rt: str, settings: dict) -> str:
+    return f"{rt} " + (", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults")
+
+
+def knob_inputs(det, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The prepared inputs stacked by input shape (each a (B, 3, H, W) batch of at most BATCH images)."""
+    groups: dict = {}
+    for a in arrays:
+        x = det.prepare(a)
+        groups.setdefault(x.shape, []).append(x)
+    return [np.stack(v[i : i + BATCH]) for v in groups.values() for i in range(0, len(v), BATCH)]
+
+
+def knob_parity(net, torch_det, batches: list[np.ndarray]) -> float:
+    """max |runtime - torch| of the patch embeddings over the largest torch value (same inputs)."""
+    emb, diff, scale = torch_det.embedder, 0.0, 0.0
+    for x in batches:
+        with torch.no_grad():
+            ref = emb.aggregate(emb.net(torch.from_numpy(x))).numpy()
+        diff, scale = max(diff, float(np.abs(net(x) - ref).max())), max(scale, float(np.abs(ref).max()))
+    return diff / scale
+
+
+def knob_rounds(export: Path, torch_det, arrays: list[np.ndarray], threads: int, repeats: int) -> list[tuple]:
+    """(name, backbone ms per image, relative parity, load) per KNOBS setting, medians of interleaved rounds."""
+    from vlm_ad.runtime import load_runtime_detector
+
+    nets = {knob_name(rt, kw): load_runtime_detector(export, rt, threads=threads, settings=kw).net for rt, kw in KNOBS}
+    batches = knob_inputs(load_runtime_detector(export, "onnx", threads=threads), arrays)
+    parity = {name: knob_parity(net, torch_det, batches) for name, net in nets.items()}  # also the warm-up
+    ms: dict = {name: [] for name in nets}
+    loads: dict = {name: [] for name in nets}
+    rates = []
+    for _ in range(repeats):
+        rates.append(matmul_gflops(threads, repeats=3))
+        for name, net in nets.items():
+            loads[name].append(os.getloadavg()[0])
+            t0 = time.perf_counter()
+            for x in batches:
+                net(x)
+            ms[name].append(1e3 * (time.perf_counter() - t0) / len(arrays))
+    rate = statistics.median(rates)
+    return [(name, statistics.median(ms[name]), parity[name], statistics.median(loads[name]), rate) for name in nets]
 
 
 # ------------------------------------------------------------------------------------------------------ FLOP floor
@@ -245,39 +302,50 @@ def main(argv: list[str] | None = None) -> None:
     what, shots, files, labels = load_data(args.images, work)
     gflops = matmul_gflops(args.threads)
     print(f"data: {what}; {len(files)} test images; fp32 matmul {gflops:.0f} GFLOP/s on {args.threads} threads")
-    rows, e2e, floors, notes = [], [], {}, []
+    from vlm_ad.data import load_image
+
+    rows, e2e, floors, notes, knobs = [], [], {}, [], {}
     for backbone in args.backbones.split(","):
         model, export = fit_and_export(backbone, shots, work)
         floors[backbone] = network_gflop(model, files)
         dets = {rt: load(model, export, rt, args.threads) for rt in RUNTIMES}
-        settings = [("torch", 1, 6), ("torch", 1, 1)] + [(rt, BATCH, 1) for rt in RUNTIMES]
+        settings = [("torch", 1, 6, 0), ("torch", 1, 1, 0)] + [(rt, BATCH, 1, 0) for rt in RUNTIMES] + \
+            [(rt, BATCH, 1, 2) for rt in RUNTIMES]  # last: files written by 2 threads behind the compute
         st: dict = {s: [] for s in settings}
         ee: dict = {s: [] for s in settings}
         scores: dict = {}
         loads: dict = {s: [] for s in settings}
         for r in range(args.repeats):
             for s in settings:
-                rt, batch, level = s
-                out = work / f"out-{backbone}-{rt}-{batch}-{level}-{r}"
-                out.mkdir()
+                rt, batch, level, wt = s
+                tag = f"{backbone}-{rt}-{batch}-{level}-{wt}-{r}"
                 loads[s].append(os.getloadavg()[0])
                 with png_level(level):
-                    st[s].append(stages(dets[rt], rt, files, batch, out))
-                    ips, sc = end_to_end(dets[rt], files, batch, work / f"e2e-{backbone}-{rt}-{batch}-{level}-{r}")
+                    if wt == 0:  # the stage split (the same with writes behind: they are timed alone here)
+                        (work / f"out-{tag}").mkdir()
+                        st[s].append(stages(dets[rt], rt, files, batch, work / f"out-{tag}"))
+                    ips, sc = end_to_end(dets[rt], files, batch, work / f"e2e-{tag}", wt)
                 ee[s].append(ips)
                 scores[s] = sc
-                print(f"{backbone} {rt} batch {batch} png {level} round {r}: {ips:.2f} images/s", flush=True)
+                print(f"{backbone} {rt} batch {batch} png {level} write threads {wt} round {r}: {ips:.2f} images/s",
+                      flush=True)
         for s in settings:
-            med = {k: statistics.median(x[k] for x in st[s]) for k in STAGES}
-            rows.append((backbone, *s, med, statistics.median(loads[s])))
+            if st[s]:
+                med = {k: statistics.median(x[k] for x in st[s]) for k in STAGES}
+                rows.append((backbone, *s[:3], med, statistics.median(loads[s])))
             e2e.append((backbone, *s, statistics.median(ee[s]), auroc(labels, scores[s]),
                         statistics.median(loads[s])))
+        arrays = [load_image(f) for f in files]
+        knobs[backbone] = knob_rounds(export, dets["torch"], arrays, args.threads, args.repeats)
+        for name, ms, par, ld, rate in knobs[backbone]:
+            print(f"{backbone} {name}: backbone {ms:.1f} ms/image, parity {par:.1e}, load {ld:.1f}, matmul {rate:.0f} "
+                  "GFLOP/s", flush=True)
     ano_ms, ano_note = anomalib_ms(shots, files, work, args.threads) if "efficientnet-lite0" in args.backbones \
         else (None, "not run")
-    write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes)
+    write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes, knobs)
 
 
-def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes) -> None:
+def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes, knobs) -> None:
     lines = ["# Speed of detect: stages, runtimes, FLOP floor", "",
              f"Command: `PYTHONPATH=. nice python eval/bench_speed.py --images {args.images} --repeats {args.repeats} "
              f"--threads {args.threads}`. Data: {what}; PatchCore, 8 normal shots (seed 0), coreset 0.1, each "
@@ -308,25 +376,56 @@ def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes)
               "pooling/activations/norms not counted. Floor = FLOPs / the matmul rate above. Depthwise convolutions "
               "(EfficientNet) cannot reach matmul speed.", "",
               "## End to end (`detect_images`: decode, detect, regions, overlay, files written)", "",
-              "| backbone | runtime | batch | PNG level | images/s | vs old path | image AUROC | load |",
-              "|" + " --- |" * 8]
-    base = {b: ips for b, rt, batch, level, ips, _, _ in e2e if (rt, batch, level) == ("torch", 1, 6)}
-    for backbone, rt, batch, level, ips, auc, load in e2e:
-        lines.append(f"| {backbone} | {rt} | {batch} | {level} | {ips:.2f} | {ips / base[backbone]:.2f}x | "
+              "| backbone | runtime | batch | PNG level | write threads | images/s | vs old path | image AUROC | "
+              "load |",
+              "|" + " --- |" * 9]
+    base = {r[0]: r[5] for r in e2e if r[1:5] == ("torch", 1, 6, 0)}
+    for backbone, rt, batch, level, wt, ips, auc, load in e2e:
+        lines.append(f"| {backbone} | {rt} | {batch} | {level} | {wt} | {ips:.2f} | {ips / base[backbone]:.2f}x | "
                      f"{auc:.4f} | {load:.1f} |")
+    lines += ["", "Write threads 0: each image's two files written in the loop that computes (the path before "
+              "`vlm_ad._writer.BackgroundWriter`); 2: written by two threads behind the compute (now the default). "
+              "The overlay itself (regions, colours, PNG) is made in the batch engine's thread pool either way.", "",
+              "## Runtime settings (backbone only)", "",
+              f"The exported network alone (batches of equal input shape, at most {BATCH} images), {args.threads} "
+              "threads, one knob changed at a time from the defaults (`vlm_ad.runtime.RUNTIME_SETTINGS`); "
+              "parity = max |runtime - torch| of the patch embeddings on the same inputs over their largest value "
+              "(the export check allows 1e-3 absolute; maps are tested within 1e-4 of their range); floor ratio "
+              "against the matmul rate measured in the same rounds.", "",
+              "| backbone | setting | backbone ms per image | / FLOP floor | parity | matmul GFLOP/s | load |",
+              "|" + " --- |" * 7]
+    for backbone, results in knobs.items():
+        for name, ms, par, ld, rate in results:
+            floor_ms = floors[backbone][0] / rate * 1e3
+            lines.append(f"| {backbone} | {name} | {ms:.1f} | {ms / floor_ms:.2f}x | {par:.1e} | {rate:.0f} | "
+                         f"{ld:.1f} |")
+    lines += ["", "Defaults: ONNX Runtime optimisation `all`, no thread spinning; OpenVINO LATENCY hint, f32, static "
+              "shapes `auto` (a network compiled for the one input shape of square/fixed-shape geometry: dinov2-s14 "
+              "here; dynamic shapes for aspect-keeping geometry, whose many input shapes would each cost a compile). "
+              "bf16 (this CPU has AMX) is 1.8-3.8x faster here but its embeddings are 0.5-10% off torch's, far "
+              "outside the parity tolerance, so it is never a default. The defaults row repeats a configuration of "
+              "another row (OpenVINO static=True for dinov2-s14, static=False for efficientnet-lite0): how far those "
+              "two differ shows the noise of the shared cores."]
+    if args.threads == 1:
+        lines += ["", "At 1 thread ONNX Runtime has no intra-op pool, so `spinning` cannot act: its row differs from "
+                  "the defaults' by the noise of these shared cores alone, a measure of how far apart two rows must "
+                  "be to mean anything. Spinning is off by default because spinning workers take CPU from the "
+                  "decode/overlay/write threads of a pipelined run (a 2-thread probe under a load average of 9: "
+                  "efficientnet-lite0 backbone 20 ms per image without spinning, 40 with; not in this table)."]
     lines += ["", "## anomalib", ""]
     eff = next((r for r in e2e if r[0] == "efficientnet-lite0" and r[1] != "torch"), None)
     if ano_ms is None:
         lines.append(f"anomalib 2.7 inferencer: {ano_note}.")
     else:
-        best = max((r for r in e2e if r[0] == "efficientnet-lite0"), key=lambda r: r[4]) if eff else None
+        best = max((r for r in e2e if r[0] == "efficientnet-lite0"), key=lambda r: r[5]) if eff else None
         predict = {(b, rt, batch): sum(med[k] for k in STAGES if k != "write") for b, rt, batch, _, med, _ in rows}
         fast = min((v, k) for k, v in predict.items() if k[0] == "efficientnet-lite0")
         lines.append(f"anomalib 2.7 PatchCore (timm tf_efficientnet_lite0 with the same weights, layers blocks.2 + "
                      f"blocks.4, 224 px, coreset 0.1), {ano_note}: **{ano_ms:.1f} ms per image** "
                      f"({1e3 / ano_ms:.2f} images/s; no overlay or files written)." +
-                     (f" vlm-ad's fastest efficientnet-lite0 row ({best[1]}, batch {best[2]}, files written): "
-                      f"{best[4]:.2f} images/s = **{best[4] * ano_ms / 1e3:.2f}x** anomalib's rate." if best else "") +
+                     (f" vlm-ad's fastest efficientnet-lite0 row ({best[1]}, batch {best[2]}, write threads "
+                      f"{best[4]}, files written): {best[5]:.2f} images/s = **{best[5] * ano_ms / 1e3:.2f}x** "
+                      "anomalib's rate." if best else "") +
                      f" Like for like (decode to map, no files): vlm-ad {fast[1][1]} batch {fast[1][2]} "
                      f"{fast[0]:.1f} ms per image = **{ano_ms / fast[0]:.1f}x** faster than anomalib's inferencer; "
                      f"the old torch path {predict[('efficientnet-lite0', 'torch', 1)]:.1f} ms. anomalib's inferencer "

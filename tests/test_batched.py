@@ -183,3 +183,33 @@ def test_a_too_small_image_fails_alone_by_name(tiny, tmp_path, batch_size):
     errors = {d.path.name: d.error for d in res if d.error}
     assert "300 x 4 pixels" in errors["sliver.png"] and "at least 8" in errors["sliver.png"]
     assert set(errors) == {"sliver.png", "broken.png"} and sum(d.record is not None for d in res) == len(res) - 2
+
+
+@pytest.mark.parametrize("task_name", ["detect_item", "explain_item"])
+def test_a_ray_worker_runs_a_batch_as_one_detector_call(tiny, monkeypatch, task_name):
+    """The Ray actor's batch step, run here in-process (no cluster): one predict call for the batch, and the records
+    of the local engine's batched path."""
+    import torch
+
+    import vlm_ad.engines as engines
+    from vlm_ad.data import ImageFolder
+
+    _, model, imgs = tiny
+    threads = torch.get_num_threads()
+    try:
+        worker = engines._Worker(engines.PipelineSpec(model), 1)
+    finally:
+        torch.set_num_threads(threads)
+    calls = []
+    predict = worker.pipeline.detector.predict
+    monkeypatch.setattr(worker.pipeline.detector, "predict", lambda ims, **kw: calls.append(len(ims)) or
+                        predict(ims, **kw))
+    items = [it for it in ImageFolder(imgs).items if it.path.name not in ("broken.png", "wide.png")][:4]
+    work = [engines.WorkItem(it.image_id, str(it.path), it.path.stem, f"k{i}") for i, it in enumerate(items)]
+    task = getattr(engines, task_name)
+    got = worker.run(task, work)
+    assert calls == [4]  # one detector call for the four images
+    local = list(engines.LocalEngine(worker.pipeline, batch_size=4).map(task, work))
+    assert [r.item for r in got] == work
+    for a, b in zip(got, local):
+        assert a.record == b.record and a.overlay_png == b.overlay_png

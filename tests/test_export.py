@@ -76,6 +76,45 @@ def test_runtime_matches_torch_on_tiny_model(tiny, runtime):
     assert det.grid_shape((64, 64)) == load_detector(model).grid_shape((64, 64))
 
 
+SETTINGS = [("onnx", {"optimization": "basic"}), ("onnx", {"optimization": "extended", "spinning": True})] + (
+    [("openvino", {"static": True}), ("openvino", {"static": False, "hint": "THROUGHPUT", "streams": 2})]
+    if _have("openvino") else [])
+
+
+@pytest.mark.parametrize(("runtime", "settings"), SETTINGS)
+def test_every_offered_runtime_setting_keeps_parity(tiny, runtime, settings):
+    """The knobs bench_speed.py compares (except precision bf16) give the torch maps within MAP_TOL."""
+    from vlm_ad.detectors import load_detector
+    from vlm_ad.runtime import load_runtime_detector
+
+    cat, model, export = tiny
+    images = _images(cat)
+    images.append(type(images[0])(np.ascontiguousarray(images[0].image[:, :40]), "narrow"))  # a second input shape
+    ref = load_detector(model).predict(images)
+    det = load_runtime_detector(export, runtime, threads=1, settings=settings)
+    _assert_same(ref, det.predict(images))
+    _assert_same(ref, det.predict(images))  # again: a static network is reused for its shape
+    if settings.get("static"):  # one static network per input shape, up to MAX_STATIC; the dynamic one beyond
+        assert len(det.net.requests) == 2 and None not in det.net.requests  # two input shapes, both static
+        det.net.requests.clear()
+        det.net.MAX_STATIC = 1
+        _assert_same(ref, det.predict(images))
+        assert len(det.net.requests) == 2 and None in det.net.requests
+
+
+def test_unknown_runtime_settings_are_refused_with_the_choices(tiny):
+    from vlm_ad.errors import ConfigError
+    from vlm_ad.runtime import load_runtime_detector
+
+    _, _, export = tiny
+    with pytest.raises(ConfigError, match="unknown onnx setting 'hint'; onnx takes optimization, spinning"):
+        load_runtime_detector(export, "onnx", settings={"hint": "LATENCY"})
+    with pytest.raises(ConfigError, match="onnx setting optimization='fast' is not offered; choose one of 'basic'"):
+        load_runtime_detector(export, "onnx", settings={"optimization": "fast"})
+    with pytest.raises(ConfigError, match="unknown torch setting 'static'; torch takes no settings"):
+        load_runtime_detector(export, "torch", settings={"static": True})
+
+
 def test_export_folder_is_a_model_and_records_parity(tiny):
     from vlm_ad.runtime import load_runtime_detector
 
@@ -143,6 +182,37 @@ def test_refusals(tiny, tmp_path, mvtec_root):
     create_detector("padim", backbone="efficientnet-lite0", image_size=64).fit(normals).save(tmp_path / "padim")
     with pytest.raises(ConfigError, match="padim models cannot be exported: only patchcore.*--runtime torch"):
         export_model(tmp_path / "padim", tmp_path / "y")
+
+
+@pytest.mark.parametrize("damage", ["torn bank", "torn json", "nan"])
+def test_a_torn_bank_file_raises_the_same_clear_error_on_every_runtime(tiny, tmp_path, damage):
+    """One loader (vlm_ad._index.read_bank) behind the torch store and the exported runtime."""
+    import shutil
+
+    from vlm_ad.errors import DataError
+    from vlm_ad.runtime import load_runtime_detector
+
+    _, _, export = tiny
+    bad = tmp_path / "export"
+    shutil.copytree(export, bad)
+    bank, meta = bad / "store.safetensors", bad / "store.json"
+    if damage == "torn bank":
+        bank.write_bytes(bank.read_bytes()[: bank.stat().st_size // 2])  # a copy cut short
+        want = r"store.safetensors cannot be read \("
+    elif damage == "torn json":
+        meta.write_text(meta.read_text()[:20])
+        want = r"store.json cannot be read \(JSONDecodeError"
+    else:
+        from safetensors.numpy import load_file, save_file
+
+        t = load_file(str(bank))
+        t["bank"][0, 0] = np.nan
+        save_file(t, str(bank))
+        want = "store.safetensors holds NaN or infinite values in its memory bank"
+    for runtime in RUNTIMES + ["torch"]:
+        with pytest.raises(DataError, match=want) as err:
+            load_runtime_detector(bad, runtime)
+        assert ("export the model again" if runtime != "torch" else "re-create the model") in str(err.value)
 
 
 def test_export_cli(tiny, tmp_path):

@@ -116,14 +116,15 @@ def test_cli_refuses_an_unreachable_address_before_writing_anything(model, tmp_p
 def test_ray_gives_the_same_records_as_local(cluster, model, tmp_path):
     import torch
 
+    from vlm_ad.engines import LocalEngine
     from vlm_ad.report import run_report
 
     model_dir, images = model
     pipe, prov = _pipe(model_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each Ray worker: float sums then run in the same order, so bytes compare equal
-    try:
-        local = run_report(images, pipe, tmp_path / "local", provenance=prov)
+    try:  # the same batches as the Ray engine's (batch_size=2): each batch one detector call on both
+        local = run_report(images, pipe, tmp_path / "local", provenance=prov, engine=LocalEngine(pipe, batch_size=2))
     finally:
         torch.set_num_threads(threads)
     remote = run_report(images, pipe, tmp_path / "ray", provenance=prov, engine=_ray_engine(model_dir))
@@ -244,14 +245,15 @@ def test_local_and_ray_detect_write_the_same_files(cluster, model, tmp_path):
     import torch
 
     from vlm_ad.detectors import load_detector
-    from vlm_ad.engines import PipelineSpec, RayEngine
-    from vlm_ad.pipeline import detect_images
+    from vlm_ad.engines import LocalEngine, PipelineSpec, RayEngine
+    from vlm_ad.pipeline import Pipeline, detect_images
 
     model_dir, images = model
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        local = detect_images([images], load_detector(model_dir), tmp_path / "local")
+        det = load_detector(model_dir)  # the Ray engine's batches (3 images per detector call)
+        local = detect_images([images], det, tmp_path / "local", engine=LocalEngine(Pipeline(det), batch_size=3))
     finally:
         torch.set_num_threads(threads)
     engine = RayEngine(PipelineSpec(model_dir), workers=2, batch_size=3)

@@ -7,14 +7,16 @@
   pool writes overlays while the next batch runs. Records equal the one-at-a-time path's (tested), up to float
   rounding of batched convolutions (scores within 1e-5 relative).
 * :class:`RayEngine` starts a local Ray cluster (or joins one started with ``ray start --head``), loads the model
-  once per worker actor (:class:`PipelineSpec`) and maps batches of images over the actors. Results (the record as
+  once per worker actor (:class:`PipelineSpec`) and maps batches of images over the actors; a worker runs each batch
+  as :class:`LocalEngine` does (decoded in two threads, one detector call for the batch). Results (the record as
   JSON and the overlay PNG bytes) stream back to the driver as batches finish. A worker that dies mid-batch is
   replaced and its batch is given to another worker; a batch that loses its worker twice is split and each image
   tried once more alone, and an image whose worker dies then is recorded as failed (a rerun retries it). Image,
   model and exemplar paths must be readable by every worker (one machine, or a shared filesystem).
 
 Both engines call the same per-image task (:func:`explain_item`, :func:`detect_item`; batched: :func:`explain_batch`,
-:func:`detect_batch`), so they give the same records.
+:func:`detect_batch`), and each task builds its record in one function whether the image's map came alone or with a
+batch, so they give the same records.
 """
 
 from __future__ import annotations
@@ -114,36 +116,64 @@ class PipelineSpec:
 
 
 # ----------------------------------------------------------------------------------------------- per-image tasks
+# A task's record is built by one function (_detect_result, _explain_result) from the image's decoded sample and
+# map, whether the map came from a call for this image alone (detect_item, explain_item) or for a batch.
 def explain_item(pipeline: Pipeline, item: WorkItem) -> Computed:
     """``vlm-ad report``'s step for one image: the whole chain, its record and overlay; any failure is recorded."""
-    from vlm_ad.data import load_image
-    from vlm_ad.types import Sample
-    from vlm_ad.viz import png_bytes
-
     t0 = time.perf_counter()
+    decoded = _decode(item, item.image_id, None)
     try:
-        explained = pipeline.run(Sample(load_image(item.file), item.image_id, path=Path(item.path)))
-        rec, png = explained.record(path=item.path, overlay=f"overlays/{item.stem}.png"), png_bytes(explained.overlay())
+        [amap] = _predict(pipeline, [decoded])
     except Exception as exc:  # noqa: BLE001 - a batch records any per-image failure and goes on
-        rec, png = Record.failed(item.image_id, item.path, exc), None
-    rec.key = item.key
-    return Computed(item, rec.to_json(), png, time.perf_counter() - t0)
+        return _explain_result(pipeline, item, exc, None, time.perf_counter() - t0)
+    return _explain_result(pipeline, item, decoded[0], amap, time.perf_counter() - t0)
 
 
 def detect_item(pipeline: Pipeline, item: WorkItem) -> Computed:
     """``vlm-ad detect``'s step for one image: score, map, regions and overlay (no explanation)."""
-    from vlm_ad.data import load_image
+    from vlm_ad.errors import VlmAdError
+
+    t0 = time.perf_counter()
+    decoded = _decode(item, Path(item.path).name, None)
+    try:
+        [amap] = _predict(pipeline, [decoded])
+    except VlmAdError as exc:
+        return _detect_result(item, exc, None, time.perf_counter() - t0)
+    return _detect_result(item, decoded[0], amap, time.perf_counter() - t0)
+
+
+def _detect_result(item: WorkItem, sample: Any, amap: Any, seconds: float) -> Computed:
+    """One image's ``detect`` result from its sample (or the error that stopped it: a :class:`VlmAdError` is
+    recorded, any other is raised) and its map: the JSON record and the overlay PNG."""
     from vlm_ad.errors import VlmAdError
     from vlm_ad.pipeline import detection_outputs
-    from vlm_ad.types import Sample
 
     t0 = time.perf_counter()
     try:
-        sample = Sample(load_image(item.file), Path(item.path).name, path=Path(item.path))
-        record, png = detection_outputs(pipeline.detect(sample), sample.image, region_threshold=None)
-        return Computed(item, record, png, time.perf_counter() - t0)
+        if isinstance(sample, BaseException):
+            raise sample
+        record, png = detection_outputs(amap, sample.image, region_threshold=None)
     except VlmAdError as exc:
-        return Computed(item, {"error": str(exc)}, None, time.perf_counter() - t0)
+        return Computed(item, {"error": str(exc)}, None, seconds + time.perf_counter() - t0)
+    return Computed(item, record, png, seconds + time.perf_counter() - t0)
+
+
+def _explain_result(pipeline: Pipeline, item: WorkItem, sample: Any, amap: Any, seconds: float) -> Computed:
+    """One image's ``report`` result from its sample (or the error that stopped it) and its map: evidence, the
+    reasoner's explanation, the record and the overlay; any failure is recorded."""
+    from vlm_ad.viz import png_bytes
+
+    t0 = time.perf_counter()
+    try:
+        if isinstance(sample, BaseException):
+            raise sample
+        explained = pipeline.explain_map(amap, sample.image)
+        rec = explained.record(path=item.path, overlay=f"overlays/{item.stem}.png")
+        png = png_bytes(explained.overlay())
+    except Exception as exc:  # noqa: BLE001 - a batch records any per-image failure and goes on
+        rec, png = Record.failed(item.image_id, item.path, exc), None
+    rec.key = item.key
+    return Computed(item, rec.to_json(), png, seconds + time.perf_counter() - t0)
 
 
 def _decode(item: WorkItem, image_id: str, prepare: Callable[[Any], Any] | None) -> tuple[Any, Any]:
@@ -184,7 +214,6 @@ def detect_batch(pipeline: Pipeline, items: Sequence[WorkItem], decoded: list[tu
     """``vlm-ad detect``'s step for a batch (:func:`detect_item` for each image, the detector called once): futures of
     the :class:`Computed` results in input order; overlays and PNGs are made in ``pool``."""
     from vlm_ad.errors import VlmAdError
-    from vlm_ad.pipeline import detection_outputs
 
     t0 = time.perf_counter()
     try:
@@ -192,44 +221,20 @@ def detect_batch(pipeline: Pipeline, items: Sequence[WorkItem], decoded: list[tu
     except VlmAdError:  # one bad image fails the batch call: each image alone, as the one-at-a-time path (in this
         return [_done(detect_item(pipeline, item)) for item in items]  # thread: a runtime's session is not shared)
     share = (time.perf_counter() - t0) / len(items)
-
-    def finish(item: WorkItem, sample: Any, amap: Any) -> Computed:
-        if isinstance(sample, VlmAdError):
-            return Computed(item, {"error": str(sample)}, None, share)
-        if isinstance(sample, BaseException):
-            raise sample
-        record, png = detection_outputs(amap, sample.image, region_threshold=None)
-        return Computed(item, record, png, share)
-
-    return [pool.submit(finish, item, s, amap) for item, (s, _), amap in zip(items, decoded, maps)]
+    return [pool.submit(_detect_result, item, s, amap, share) for item, (s, _), amap in zip(items, decoded, maps)]
 
 
 def explain_batch(pipeline: Pipeline, items: Sequence[WorkItem], decoded: list[tuple[Any, Any]],
                   pool: ThreadPoolExecutor) -> list[Future]:
     """``vlm-ad report``'s step for a batch (:func:`explain_item` for each image, the detector called once). The
     reasoner runs here, in order (an LLM client need not be thread-safe); any per-image failure is recorded."""
-    from vlm_ad.viz import png_bytes
-
     t0 = time.perf_counter()
     try:
         maps = _predict(pipeline, decoded)
     except Exception:  # noqa: BLE001 - each image alone then records its own failure, as explain_item does
         return [_done(explain_item(pipeline, item)) for item in items]
     share = (time.perf_counter() - t0) / len(items)
-    out = []
-    for item, (sample, _), amap in zip(items, decoded, maps):
-        t1 = time.perf_counter()
-        try:
-            if isinstance(sample, BaseException):
-                raise sample
-            explained = pipeline.explain_map(amap, sample.image)
-            rec = explained.record(path=item.path, overlay=f"overlays/{item.stem}.png")
-            png = png_bytes(explained.overlay())
-        except Exception as exc:  # noqa: BLE001 - a batch records any per-image failure and goes on
-            rec, png = Record.failed(item.image_id, item.path, exc), None
-        rec.key = item.key
-        out.append(_done(Computed(item, rec.to_json(), png, share + time.perf_counter() - t1)))
-    return out
+    return [_done(_explain_result(pipeline, item, s, amap, share)) for item, (s, _), amap in zip(items, decoded, maps)]
 
 
 def _done(result: Computed) -> Future:
@@ -314,7 +319,14 @@ class _Worker:
         self.pipeline = spec.build(threads)
 
     def run(self, task: Task, items: list[WorkItem]) -> list[Computed]:
-        return [task(self.pipeline, item) for item in items]
+        """The task's results for a batch: one detector call for the batch (its batched form), or image by image."""
+        if len(items) == 1 or task not in _BATCHED:
+            return [task(self.pipeline, item) for item in items]
+        step, image_id = _BATCHED[task]
+        prepare = getattr(self.pipeline.detector, "prepare", None)
+        with ThreadPoolExecutor(2, thread_name_prefix="vlm-ad-io") as pool:  # decodes, and makes overlays
+            decoded = list(pool.map(lambda it: _decode(it, image_id(it), prepare), items))
+            return [f.result() for f in step(self.pipeline, items, decoded, pool)]
 
     def pid(self) -> int:
         return os.getpid()
@@ -479,7 +491,7 @@ class RayEngine:
 def create_engine(name: str, pipeline: Pipeline, spec: PipelineSpec | None = None, *, address: str | None = None,
                   workers: int | None = None, batch_size: int = 1) -> Engine:
     """``local`` (this process, ``pipeline``; ``batch_size`` > 1 pipelines batches) or ``ray`` (actors building
-    ``spec``; ``address`` to join a cluster)."""
+    ``spec``, ``batch_size`` images per call and per detector call; ``address`` to join a cluster)."""
     if name == "local":
         if address is not None:
             raise ConfigError("--address is for --engine ray; add --engine ray or leave out --address")
@@ -490,5 +502,5 @@ def create_engine(name: str, pipeline: Pipeline, spec: PipelineSpec | None = Non
         _ray()
         if address is not None:
             _check_address(address)  # before anything is written
-        return RayEngine(spec, address=address, workers=workers)
+        return RayEngine(spec, address=address, workers=workers, batch_size=batch_size)
     raise ConfigError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

@@ -258,12 +258,16 @@ class Detection:
 
 def detect_images(images: Sequence[str | Path], detector: Any, out_dir: str | Path, *,
                   progress: Callable[[int], None] | None = None,
-                  on_total: Callable[[int], None] | None = None, engine: Any = None) -> list[Detection]:
+                  on_total: Callable[[int], None] | None = None, engine: Any = None,
+                  write_threads: int = 2) -> list[Detection]:
     """``vlm-ad detect``: score every image (files, or folders of images) and write each one's outputs
     (:func:`write_detection`) into ``out_dir``. An unreadable image is skipped with its error; the others are written.
 
-    ``engine`` computes the detections (:mod:`vlm_ad.engines`; default: this process); the files are written here.
+    ``engine`` computes the detections (:mod:`vlm_ad.engines`; default: this process); the files are written here,
+    by ``write_threads`` threads while the next images are computed (0: in this thread; see :mod:`vlm_ad._writer`:
+    each file is written atomically, a write error is raised here, and an interrupted run leaves no partial file).
     """
+    from vlm_ad._writer import BackgroundWriter
     from vlm_ad.data import ImageFolder
     from vlm_ad.engines import LocalEngine, WorkItem, detect_item
 
@@ -277,14 +281,15 @@ def detect_images(images: Sequence[str | Path], detector: Any, out_dir: str | Pa
     engine = engine or LocalEngine(Pipeline(detector))
     found: dict[str, Detection] = {}
     try:
-        for res in engine.map(detect_item, work):
-            if res.overlay_png is None:
-                found[res.item.stem] = Detection(Path(res.item.path), error=res.record["error"])
-            else:
-                _write_outputs(out, res.item.stem, res.record, res.overlay_png)
-                found[res.item.stem] = Detection(Path(res.item.path), res.record)
-            if progress:
-                progress(1)
+        with BackgroundWriter(write_threads) as writer:
+            for res in engine.map(detect_item, work):
+                if res.overlay_png is None:
+                    found[res.item.stem] = Detection(Path(res.item.path), error=res.record["error"])
+                else:
+                    writer.submit(_write_outputs, out, res.item.stem, res.record, res.overlay_png)
+                    found[res.item.stem] = Detection(Path(res.item.path), res.record)
+                if progress:
+                    progress(1)
     finally:
         engine.close()
     return [found[w.stem] for w in work]
@@ -300,7 +305,8 @@ def write_detection(amap: AnomalyMap, image: np.ndarray, out_dir: Path, stem: st
 
 
 def _write_outputs(out_dir: Path, stem: str, record: dict[str, Any], png: bytes) -> None:
-    """``<stem>_overlay.png`` and ``<stem>.json`` in ``out_dir``, each written atomically."""
+    """``<stem>_overlay.png`` and ``<stem>.json`` in ``out_dir``, each written atomically, the overlay first (a record
+    never names a missing overlay, even when the run is stopped between the two)."""
     atomic_write_bytes(out_dir / f"{stem}_overlay.png", png)
     atomic_write_bytes(out_dir / f"{stem}.json", json.dumps(record, indent=2).encode())
 

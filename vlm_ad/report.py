@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import quote
 
 from vlm_ad._cache import atomic_write_bytes
+from vlm_ad._writer import BackgroundWriter
 from vlm_ad.errors import ConfigError
 from vlm_ad.pipeline import Pipeline, Record, unique_stems
 
@@ -183,12 +184,11 @@ def run_report(
         counts["skipped"] = len(work) - len(todo)
         if progress and counts["skipped"]:
             progress(counts["skipped"])
-        for res in engine.map(explain_item, todo):
-            rec = _write(out, res)
-            _append(jsonl, rec)
-            counts["ok" if rec.ok else "failed"] += 1
-            if progress:
-                progress(1)
+        with BackgroundWriter(1, name="vlm-ad-report") as writer:  # one thread: records are appended in turn
+            for res in engine.map(explain_item, todo):
+                writer.submit(_record, out, jsonl, res, counts)
+                if progress:
+                    progress(1)
         _compact(out, [w.key for w in work])
     finally:
         try:
@@ -196,6 +196,13 @@ def run_report(
         finally:
             lock.release()
     return ReportSummary(out, counts["ok"], counts["skipped"], counts["failed"], time.perf_counter() - t0)
+
+
+def _record(out: Path, jsonl: Path, res: Computed, counts: dict[str, int]) -> None:
+    """Write one computed image (overlay, then its line in ``jsonl``) and count it; runs in the writer thread."""
+    rec = _write(out, res)
+    _append(jsonl, rec)
+    counts["ok" if rec.ok else "failed"] += 1
 
 
 def _write(out: Path, res: Computed) -> Record:

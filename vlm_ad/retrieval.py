@@ -212,25 +212,14 @@ class ExemplarStore:
 
     @classmethod
     def load(cls, directory: str | Path) -> ExemplarStore:
-        """Read a store written by :meth:`save` and rebuild its index."""
-        from safetensors.torch import load_file
+        """Read a store written by :meth:`save` and rebuild its index (a missing, torn or corrupt file raises
+        :class:`~vlm_ad.errors.DataError`)."""
+        from vlm_ad._index import read_bank
 
-        directory = Path(directory)
-        paths = [directory / "store.json", directory / "store.safetensors"]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise DataError(f"not an exemplar store: missing {', '.join(missing)}")
-        meta = json.loads(paths[0].read_text())
+        meta, bank, tags = read_bank(directory, remedy="re-create the model")
         store = cls(index=meta["index"], coreset=meta["coreset"], coreset_dim=meta["coreset_dim"], seed=meta["seed"],
                     ef_search=meta.get("ef_search", 32))
-        store.image_ids = list(meta["image_ids"])
-        try:
-            tensors = load_file(str(paths[1]))
-            bank, tags = tensors["bank"], tensors["tags"]
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types on torn files
-            raise DataError(f"{paths[1]} cannot be read ({type(exc).__name__}: {exc}); re-create the model") from None
-        if not bool(bank.isfinite().all()):
-            raise DataError(f"{paths[1]} holds NaN or infinite values in its memory bank; re-create the model")
-        store._set_bank(bank, tags)
+        store.image_ids = meta["image_ids"]
+        store._set_bank(torch.from_numpy(bank), torch.from_numpy(tags))
         return store
 

@@ -16,26 +16,60 @@ of the map's range and the same verdicts.
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from vlm_ad import _shapes
 from vlm_ad.artifacts import read_meta
 from vlm_ad.errors import ConfigError, DataError
 from vlm_ad.types import AnomalyMap, ExemplarHit, Sample
 
-__all__ = ["RUNTIMES", "RuntimeDetector", "load_runtime_detector"]
+__all__ = ["RUNTIMES", "RUNTIME_SETTINGS", "RuntimeDetector", "load_runtime_detector", "runtime_settings"]
 
 RUNTIMES = ("torch", "onnx", "openvino")
 EXPORT_KIND, EXPORT_FORMAT = "export", 1  # of export.json, written by vlm_ad.export (which imports these)
 _REMEDY = "make one with 'vlm-ad export --model MODEL_DIR --format onnx --out DIR'"
 
 
-def load_runtime_detector(path: str | Path, runtime: str = "onnx", *, threads: int | None = None) -> Any:
+# Settings of each runtime (``load_runtime_detector(settings=...)``) and their defaults, chosen in
+# eval/results/speed.md ("runtime settings"): measured on 2 shared cores, maps equal to torch within the parity
+# tolerance for every value offered here except precision "bf16" (maps ~1% off: offered, never a default).
+RUNTIME_SETTINGS: dict[str, dict[str, tuple[Any, tuple[Any, ...]]]] = {  # name -> (default, allowed values)
+    "onnx": {
+        "optimization": ("all", ("basic", "extended", "all")),  # graph optimisation level ("all": NCHWc conv layout)
+        "spinning": (False, (True, False)),  # busy-waiting intra-op threads: they take CPU from decode/write threads
+    },
+    "openvino": {
+        "hint": ("LATENCY", ("LATENCY", "THROUGHPUT")),  # PERFORMANCE_HINT
+        "streams": (None, (None, 1, 2)),  # NUM_STREAMS (None: the hint's)
+        "precision": ("f32", ("f32", "bf16")),  # INFERENCE_PRECISION_HINT; bf16 breaks parity (maps ~1% off)
+        # a network compiled per input shape, batch size included (the first 8 shapes; others run the dynamic one);
+        # "auto": when every image has one input shape (square or fixed geometry), where it measured fastest
+        "static": ("auto", ("auto", True, False)),
+    },
+}
+
+
+def runtime_settings(runtime: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The defaults of ``runtime`` updated with ``settings``, each checked against the values offered."""
+    offered = RUNTIME_SETTINGS.get(runtime, {})
+    out = {k: default for k, (default, _) in offered.items()}
+    for key, value in (settings or {}).items():
+        if key not in offered:
+            raise ConfigError(f"unknown {runtime} setting {key!r}; {runtime} takes "
+                              f"{', '.join(offered) if offered else 'no settings'}")
+        if value not in offered[key][1]:
+            raise ConfigError(f"{runtime} setting {key}={value!r} is not offered; choose one of "
+                              f"{', '.join(map(repr, offered[key][1]))}")
+        out[key] = value
+    return out
+
+
+def load_runtime_detector(path: str | Path, runtime: str = "onnx", *, threads: int | None = None,
+                          settings: dict[str, Any] | None = None) -> Any:
     """A fitted detector that runs on ``runtime``: ``"onnx"`` or ``"openvino"`` (an export folder, no torch) or
     ``"torch"`` (a model folder or an export folder, loaded with :func:`vlm_ad.detectors.load_detector`).
 
@@ -43,13 +77,15 @@ def load_runtime_detector(path: str | Path, runtime: str = "onnx", *, threads: i
         path: the export folder (``vlm-ad export --out``), or a model folder with ``runtime="torch"``.
         runtime: one of :data:`RUNTIMES`.
         threads: intra-op threads of the runtime (None: its default, every core).
+        settings: runtime knobs (:data:`RUNTIME_SETTINGS`: names, defaults and the values offered).
 
     Raises:
-        ConfigError: unknown runtime, or a folder that is not an export (with the command that makes one).
+        ConfigError: unknown runtime or setting, or a folder that is not an export (with the command that makes one).
         MissingDependencyError: the runtime is not installed (``pip install 'vlm-ad[export]'``).
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    chosen = runtime_settings(runtime, settings)
     if runtime == "torch":
         from vlm_ad.detectors import load_detector
 
@@ -60,19 +96,23 @@ def load_runtime_detector(path: str | Path, runtime: str = "onnx", *, threads: i
                           f"(with --model {path}), or use --runtime torch")
     meta = read_meta(path / "export.json", kind=EXPORT_KIND, version=EXPORT_FORMAT, remedy=_REMEDY,
                      what="vlm-ad export folder")
-    net = _OnnxNet(path, meta, threads) if runtime == "onnx" else _OpenVinoNet(path, meta, threads)
+    net = (_OnnxNet if runtime == "onnx" else _OpenVinoNet)(path, meta, threads, chosen)
     return RuntimeDetector(meta, net, _Bank.load(path), runtime=runtime)
 
 
 # ----------------------------------------------------------------------------------------------------------- nets
 class _OnnxNet:
-    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None, settings: dict[str, Any]) -> None:
         from vlm_ad._deps import require
 
         ort = require("onnxruntime", "--runtime onnx")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[settings["optimization"]]
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings["spinning"] else "0")
         self.session = ort.InferenceSession(str(path / meta["files"]["onnx"]), opts,
                                             providers=["CPUExecutionProvider"])
         self.input = meta["input"]["name"]
@@ -82,19 +122,37 @@ class _OnnxNet:
 
 
 class _OpenVinoNet:
-    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None) -> None:
+    MAX_STATIC = 8  # input shapes kept compiled with static=True
+
+    def __init__(self, path: Path, meta: dict[str, Any], threads: int | None, settings: dict[str, Any]) -> None:
         from vlm_ad._deps import require
 
         ov = require("openvino", "--runtime openvino")
-        model = path / (meta["files"].get("openvino") or meta["files"]["onnx"])  # OpenVINO reads ONNX too
-        # fp32: on CPUs with bf16 units OpenVINO otherwise computes in bf16 (maps 1% off the torch path)
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"} | ({"INFERENCE_NUM_THREADS": threads} if threads
-                                                                       else {})
-        self.compiled = ov.Core().compile_model(str(model), "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        one_shape = meta["input"]["shape"] is not None or meta["input"]["geometry"] == "square"
+        self.core, self.static = ov.Core(), one_shape if settings["static"] == "auto" else bool(settings["static"])
+        self.model = path / (meta["files"].get("openvino") or meta["files"]["onnx"])  # OpenVINO reads ONNX too
+        # fp32 unless asked: on CPUs with bf16 units OpenVINO otherwise computes in bf16 (maps 1% off the torch path)
+        self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": settings["precision"],
+                                       "PERFORMANCE_HINT": settings["hint"]}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = threads
+        if settings["streams"]:
+            self.config["NUM_STREAMS"] = settings["streams"]
+        self.requests: dict[tuple[int, ...] | None, Any] = {}
+
+    def _request(self, shape: tuple[int, ...]) -> Any:
+        if self.static and shape not in self.requests and len(self.requests.keys() - {None}) < self.MAX_STATIC:
+            model = self.core.read_model(str(self.model))
+            model.reshape({0: list(shape)})
+            self.requests[shape] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        if shape in self.requests:
+            return self.requests[shape]
+        if None not in self.requests:  # dynamic shapes (and, once 8 shapes are compiled, any other shape)
+            self.requests[None] = self.core.compile_model(str(self.model), "CPU", self.config).create_infer_request()
+        return self.requests[None]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.array(self.request.infer({0: x})[0])  # copied: the request reuses its output buffer
+        return np.array(self._request(x.shape).infer({0: x})[0])  # copied: the request reuses its output buffer
 
 
 # ----------------------------------------------------------------------------------------------------------- bank
@@ -106,21 +164,11 @@ class _Bank:
 
     @classmethod
     def load(cls, path: Path) -> _Bank:
-        from safetensors.numpy import load_file
+        from vlm_ad._index import faiss_index, read_bank
 
-        from vlm_ad._index import faiss_index
-
-        files = [path / "store.json", path / "store.safetensors"]
-        missing = [str(p) for p in files if not p.is_file()]
-        if missing:
-            raise DataError(f"{path} is an incomplete export: missing {', '.join(missing)}; {_REMEDY}")
-        meta = json.loads(files[0].read_text())
-        tensors = load_file(str(files[1]))
-        bank, tags = np.ascontiguousarray(tensors["bank"], np.float32), tensors["tags"]
-        if not np.isfinite(bank).all():
-            raise DataError(f"{files[1]} holds NaN or infinite values in its memory bank; export the model again")
+        meta, bank, tags = read_bank(path, remedy=f"export the model again ({_REMEDY})")
         index = faiss_index(bank, meta["index"], ef_search=meta.get("ef_search", 32), what="--runtime onnx|openvino")
-        return cls(bank, tags, list(meta["image_ids"]), index)
+        return cls(np.ascontiguousarray(bank, np.float32), tags, meta["image_ids"], index)
 
     def search(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest bank row of (M, C) queries: (M,) L2 distances and (M,) rows."""
@@ -132,29 +180,11 @@ class _Bank:
         return ExemplarHit(self.image_ids[img], r, c, float(distance))
 
 
-# ------------------------------------------------------------------------------------------------------- geometry
+# ------------------------------------------------------------------------------------------------------------ maps
 def input_shape(meta: dict[str, Any], height: int, width: int) -> tuple[int, int]:
-    """The (H, W) backbone input of an image: :meth:`vlm_ad.backbones.geometry.Geometry.input_shape` (repeated here
-    because that module's package imports torch; a test keeps the two equal)."""
+    """The (H, W) backbone input of an image under the export's geometry (:func:`vlm_ad._shapes.input_shape`)."""
     g = meta["input"]
-    if g["shape"]:
-        return int(g["shape"][0]), int(g["shape"][1])
-    size, m = int(g["size"]), int(g["multiple"])
-    if g["geometry"] == "square":
-        return size, size
-    ratio = max(height, width) / max(min(height, width), 1)
-    long_side = size if g["geometry"] == "aspect" else min(4 * size, size * math.sqrt(ratio))
-    long_side = max(m, int(round(long_side / m)) * m)
-    short = max(m, int(round(long_side / ratio / m)) * m)
-    return (long_side, short) if height >= width else (short, long_side)
-
-
-def work_shape(grid_hw: Sequence[int], work: int = 256) -> tuple[int, int]:
-    """:func:`vlm_ad.detectors.base.work_shape`, torch-free."""
-    gh, gw = int(grid_hw[0]), int(grid_hw[1])
-    long_side = max(work, 8 * max(gh, gw))
-    short = max(1, int(round(long_side * min(gh, gw) / max(gh, gw))))
-    return (long_side, short) if gh >= gw else (short, long_side)
+    return _shapes.input_shape(g["geometry"], int(g["size"]), int(g["multiple"]), height, width, shape=g["shape"])
 
 
 def _resize(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -168,7 +198,7 @@ def smooth(grid: np.ndarray, sigma: float) -> np.ndarray:
     """:func:`vlm_ad.detectors.base.smooth_grid` of one (h, w) grid (untiled view), torch-free: the work map."""
     import cv2
 
-    size = work_shape(grid.shape)
+    size = _shapes.work_shape(grid.shape)
     g = _resize(grid.astype(np.float32), size)
     s = sigma * max(size) / 256
     if s <= 0:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vlm_ad._shapes import input_shape
 from vlm_ad.errors import ConfigError
 
 __all__ = ["GEOMETRIES", "Geometry", "stitch", "tile_starts"]
@@ -63,15 +64,7 @@ class Geometry:
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
         """The (H, W) input an image of ``height`` x ``width`` pixels is resized to."""
-        if self.shape is not None:
-            return (int(self.shape[0]), int(self.shape[1]))
-        if self.mode == "square":
-            return (self.size, self.size)
-        m, ratio = self.multiple, max(height, width) / max(min(height, width), 1)  # >= 1
-        long_side = self.size if self.mode == "aspect" else min(4 * self.size, self.size * math.sqrt(ratio))
-        long_side = max(m, int(round(long_side / m)) * m)
-        short = max(m, int(round(long_side / ratio / m)) * m)
-        return (long_side, short) if height >= width else (short, long_side)
+        return input_shape(self.mode, self.size, self.multiple, height, width, shape=self.shape)
 
     def tiles(self, shape: tuple[int, int]) -> tuple[tuple[int, int], list[int], list[int]]:
         """Tile (h, w) and the row and column starts of the tiles covering an input of ``shape``."""

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from vlm_ad._cache import atomic_write_bytes
+from vlm_ad._shapes import work_shape
 from vlm_ad.artifacts import write_meta
 from vlm_ad.backbones import Backbone, create_backbone
 from vlm_ad.backbones.geometry import Geometry, stitch
@@ -205,15 +206,6 @@ def gaussian_blur(grid: torch.Tensor, sigma: float) -> torch.Tensor:
     g = F.conv2d(F.pad(g, (radius, radius, 0, 0), mode="reflect" if radius < w else "replicate"), k.view(1, 1, 1, -1))
     g = F.conv2d(F.pad(g, (0, 0, radius, radius), mode="reflect" if radius < h else "replicate"), k.view(1, 1, -1, 1))
     return g[:, 0]
-
-
-def work_shape(grid_hw: Sequence[int], *, work: int = 256) -> tuple[int, int]:
-    """The smoothing work grid of an (h, w) patch grid: the same aspect ratio, long side ``work`` (or 8 pixels per
-    patch when the grid is finer than that, e.g. a tiled large image)."""
-    gh, gw = int(grid_hw[0]), int(grid_hw[1])
-    long_side = max(work, 8 * max(gh, gw))
-    short = max(1, int(round(long_side * min(gh, gw) / max(gh, gw))))
-    return (long_side, short) if gh >= gw else (short, long_side)
 
 
 def smooth_grid(grid: torch.Tensor, *, sigma: float = 4.0, work: int = 256, view: float = 1.0) -> torch.Tensor:

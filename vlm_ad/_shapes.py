@@ -1,0 +1,35 @@
+"""Shapes both the torch path and the torch-free exported runtime compute alike: an image's backbone input and a
+patch grid's smoothing work grid. No torch here (:mod:`vlm_ad.runtime` imports it), so the two paths share one
+definition instead of a copy kept equal by a test."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+__all__ = ["input_shape", "work_shape"]
+
+
+def input_shape(mode: str, size: int, multiple: int, height: int, width: int, *,
+                shape: Sequence[int] | None = None) -> tuple[int, int]:
+    """The (H, W) input an image of ``height`` x ``width`` pixels is resized to under a geometry (``mode``
+    ``aspect``/``area``/``square``, ``size``, sides a multiple of ``multiple``; a fixed ``shape`` overrides them;
+    see :mod:`vlm_ad.backbones.geometry`)."""
+    if shape is not None:
+        return (int(shape[0]), int(shape[1]))
+    if mode == "square":
+        return (size, size)
+    m, ratio = multiple, max(height, width) / max(min(height, width), 1)  # >= 1
+    long_side = size if mode == "aspect" else min(4 * size, size * math.sqrt(ratio))
+    long_side = max(m, int(round(long_side / m)) * m)
+    short = max(m, int(round(long_side / ratio / m)) * m)
+    return (long_side, short) if height >= width else (short, long_side)
+
+
+def work_shape(grid_hw: Sequence[int], *, work: int = 256) -> tuple[int, int]:
+    """The smoothing work grid of an (h, w) patch grid: the same aspect ratio, long side ``work`` (or 8 pixels per
+    patch when the grid is finer than that, e.g. a tiled large image)."""
+    gh, gw = int(grid_hw[0]), int(grid_hw[1])
+    long_side = max(work, 8 * max(gh, gw))
+    short = max(1, int(round(long_side * min(gh, gw) / max(gh, gw))))
+    return (long_side, short) if gh >= gw else (short, long_side)
