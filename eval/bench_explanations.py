@@ -76,13 +76,14 @@ def _run(name: str, root: Path, *, namer_lib, held_out: set[str], minilm: MiniLM
     det, _ = fit_detector(train, detector="patchcore", backbone="efficientnet-lite0", shots=shots, seed=0,
                           coreset=1.0, image_size=256)
     samples = [s for s in (test[i] for i in range(len(test))) if s.image_id not in held_out]
-    t0 = time.perf_counter()
-    maps = det.predict(samples)
-    refs = {r["image_id"]: r for r in read_references(root)} if (root / "references.jsonl").is_file() else None
-    rows = []
     configs = [("grounded", None, create_reasoner("grounded"), samples),
                ("grounded", "library", create_reasoner("grounded"), samples)] if grounded else []
     configs += _llm_configs(samples, llm_subset, llms, threads)
+    scored = {s.image_id: s for *_, subset in configs for s in subset}  # an LLM-only run scores its subset only
+    t0 = time.perf_counter()
+    maps = det.predict(list(scored.values()))
+    refs = {r["image_id"]: r for r in read_references(root)} if (root / "references.jsonl").is_file() else None
+    rows = []
     for rname, namer, reasoner, subset in configs:
         pipe = Pipeline(det, reasoner, namer=namer_lib if namer else None, exemplar_root=root)
         metrics, _ = evaluate_explanations(subset, maps, pipe, references=refs, minilm=minilm)
@@ -112,7 +113,10 @@ def write_results(rows: list[dict]) -> None:
            "with a verdict or location the measurement replaced (see vlm_ad/reasoning/verify.py). LLM rows: a seeded "
            "subset, max_retries 1, on_ungrounded=flag, 384 new tokens at most, texts constrained to the evidence's "
            "numbers by the reply schema's grammar. Rows marked * are from an earlier run, before that constraint "
-           "(kept where the new run did not redo them: SmolLM2 took minutes per explanation on the shared cores)."]
+           "(kept where the new run did not redo them: SmolLM2 took minutes per explanation on the shared cores). "
+           "The Qwen2.5-1.5B rows also decode the verdict under the grammar as the measured one (and no location "
+           "when no region is above the threshold); the SmolLM2 rows are from before that (their overruled "
+           "explanations are the measurement replacing the model's verdict or location)."]
     atomic_write_bytes(RESULTS / "explanations.md", ("\n".join(md) + "\n").encode())
     print("\n".join(md))
 

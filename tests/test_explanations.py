@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -308,7 +308,14 @@ def test_reply_schema_admits_only_the_evidence(scene_evidence):
     assert props["cited_regions"]["items"]["enum"] == [r.id for r in ev.regions]
     assert props["location"]["enum"] == sorted({r.location for r in ev.regions}) + [None]
     assert props["defect_type"]["enum"] == ["hole", None]
+    assert props["verdict"]["enum"] == ["anomalous"]  # the measured verdict: a model under the grammar cannot deny it
     assert set(schema["required"]) == set(props)
+    image, _, amap = _scene()
+    below = build_evidence(replace(amap, score=0.3, threshold=1.5), image)  # a normal image: no region, no location
+    assert not below.regions and reply_schema(below)["properties"]["verdict"]["enum"] == ["normal"]
+    assert reply_schema(below)["properties"]["location"] == {"type": "null"}
+    no_threshold = reply_schema(build_evidence(replace(amap, threshold=None), image))["properties"]
+    assert no_threshold["verdict"]["enum"] == ["normal", "anomalous"]
     # every field the model writes is an Explanation field; the valid reply of the scripted tests fits the enums
     reply = json.loads(_valid_reply(ev))
     assert set(reply) == set(props) and set(props) <= set(Explanation.model_fields)

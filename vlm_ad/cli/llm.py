@@ -1,4 +1,5 @@
-"""Local language models: ``vlm-ad llm list`` and ``vlm-ad llm fetch NAME`` (assemble and verify a named GGUF)."""
+"""Local language models: ``vlm-ad llm list``, ``vlm-ad llm fetch NAME`` (assemble and verify a named GGUF) and
+``vlm-ad llm serve NAME`` (an OpenAI-compatible server for --reasoner openai)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import typer
 
 from vlm_ad.cli._common import console, progress_bar, task
 
-llm_app = typer.Typer(help="Local GGUF models for --reasoner llamacpp --llm NAME (list, fetch).", no_args_is_help=True)
+llm_app = typer.Typer(help="Local GGUF models for --reasoner llamacpp --llm NAME (list, fetch, serve).",
+                      no_args_is_help=True)
 
 
 @llm_app.command("list")
@@ -47,6 +49,29 @@ def llm_fetch(
     keys = ("general.name", "general.architecture", "general.size_label", "general.file_type")
     console.print(f"{path}\n" + ", ".join(f"{k}={meta[k]}" for k in keys if k in meta) +
                   f"\nsha256 {model.sha256} verified; use it with --reasoner llamacpp --llm {name}")
+
+
+@llm_app.command("serve")
+def llm_serve(
+    llm: str = typer.Argument("smollm2", help="smollm2, a named model (see 'vlm-ad llm list') or a .gguf path."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    n_ctx: int = typer.Option(4096, help="Context length in tokens (the explanation prompt needs about 1,000)."),
+    threads: int = typer.Option(None, help="CPU threads (default: llama.cpp's choice)."),
+) -> None:
+    """Serve a local GGUF model as an OpenAI-compatible server (llama-cpp-python's llama_cpp.server, loaded without
+    the AMX weight repacking that crashes it on some CPUs), for --reasoner openai.
+
+    Example:
+
+        vlm-ad llm serve qwen2.5-1.5b --port 8080
+
+        vlm-ad chat part.png --model models/tile --reasoner openai --base-url http://127.0.0.1:8080/v1
+    """
+    from vlm_ad.reasoning.llama_server import serve_gguf
+
+    console.print(f"serving {llm} at http://{host}:{port}/v1 (Ctrl+C stops it)")
+    serve_gguf(llm, host=host, port=port, n_ctx=n_ctx, n_threads=threads)
 
 
 def register(app: typer.Typer) -> None:

@@ -83,10 +83,14 @@ def _llamacpp(*, llm: str = "smollm2", **kw: Any) -> Reasoner:
 @REASONERS.register("openai", description="OpenAI-compatible server (base_url, model, api_key or $VLM_AD_OPENAI_*)")
 def _openai(**kw: Any) -> Reasoner:
     from vlm_ad.reasoning.backends import OpenAICompatChat
-    from vlm_ad.reasoning.llm import ChatReasoner
+    from vlm_ad.reasoning.llm import DEFAULT_DEADLINE_S, ChatReasoner
 
     opts = _split(kw)
-    return ChatReasoner(OpenAICompatChat(**{k: v for k, v in kw.items() if v is not None}), name="openai", **opts)
+    kw = {k: v for k, v in kw.items() if v is not None}
+    # a non-streamed reply arrives in one read: waiting less than the deadline per request would cut off (and
+    # re-send) a slow local server's generation
+    kw.setdefault("timeout", opts.get("deadline_s", DEFAULT_DEADLINE_S) or DEFAULT_DEADLINE_S)
+    return ChatReasoner(OpenAICompatChat(**kw), name="openai", **opts)
 
 
 @REASONERS.register("hf", description="local transformers folder: vision-language model or causal LM (model_dir=...)")

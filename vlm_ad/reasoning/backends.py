@@ -58,13 +58,15 @@ class OpenAICompatChat(BaseChatModel):
     repaired by the reasoner).
 
     Args:
-        timeout: seconds the SDK waits per request (connect, each read); the reasoner's ``deadline_s`` bounds the
-            whole call.
+        timeout: seconds the SDK waits per request (connect, each read; a reply that is not streamed is one read);
+            the reasoner's ``deadline_s`` bounds the whole call (``create_reasoner("openai")`` sets ``timeout`` to
+            ``deadline_s`` unless given).
         http_retries: the SDK's retries of a failed request (with exponential backoff).
         structured: send the reply schema as ``response_format``.
         schema_style: ``"json_schema"`` (OpenAI, vLLM) or ``"json_object"`` (llama.cpp's ``{"type": "json_object",
             "schema": ...}``). llama-cpp-python 0.3.36's own server answers the OpenAI form with HTTP 500 and
-            crashes (segmentation fault) on the llama.cpp form; use the in-process ``llamacpp`` reasoner there.
+            takes the llama.cpp form (on CPUs with AMX, start it with ``vlm-ad llm serve``: the plain
+            ``python -m llama_cpp.server`` crashes there in its first decode).
     """
 
     base_url: str = ""
@@ -254,6 +256,8 @@ class LlamaCppChat(BaseChatModel):
     constrained: bool = True
     #: the last call's token counts (prompt_tokens, completion_tokens) and its seconds, for speed figures
     last_usage: dict[str, Any] = Field(default_factory=dict)
+    #: the same summed over every call of this model, with the number of ``calls``
+    total_usage: dict[str, Any] = Field(default_factory=dict)
     _llm: Any = PrivateAttr(default=None)
 
     def model_post_init(self, __context: Any) -> None:
@@ -278,6 +282,9 @@ class LlamaCppChat(BaseChatModel):
         out = self._llm.create_chat_completion(messages=to_openai_messages(messages), temperature=self.temperature,
                                                max_tokens=self.max_tokens, stop=stop, seed=self.seed, **fmt)
         self.last_usage = dict(out.get("usage") or {}) | {"seconds": time.perf_counter() - t0}
+        for key in ("prompt_tokens", "completion_tokens", "seconds"):
+            self.total_usage[key] = self.total_usage.get(key, 0) + self.last_usage.get(key, 0)
+        self.total_usage["calls"] = self.total_usage.get("calls", 0) + 1
         return _result(out["choices"][0]["message"]["content"] or "")
 
 

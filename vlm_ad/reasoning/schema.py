@@ -54,13 +54,17 @@ class Explanation(BaseModel):
 def reply_schema(evidence: Evidence | None = None) -> dict:
     """The JSON schema an LLM reply must follow (the :class:`Explanation` fields a model writes).
 
-    With ``evidence``, the schema only admits what the evidence holds: cited ids among its ids, the location among
-    its regions' location words, the defect type among its namer's names (free text when no namer ran), and texts
-    whose digits all belong to a number, id or file name of the evidence (:func:`quotable_pattern`). A backend that
-    decodes under a grammar (llama.cpp) then cannot cite evidence that does not exist nor write a number that was not
-    measured. Everything is still checked afterwards by :func:`check_grounding` (other backends may ignore the
-    schema).
+    With ``evidence``, the schema only admits what the evidence holds: the measured verdict (the score against the
+    threshold, :func:`~vlm_ad.reasoning.verify.measured_verdict`; either verdict without a threshold), cited ids
+    among its ids, the location among its regions' location words (null when it has no region), the defect type
+    among its namer's names (free text when no namer ran), and texts whose digits all belong to a number, id or file
+    name of the evidence (:func:`quotable_pattern`). A backend that decodes under a grammar (llama.cpp) then cannot
+    contradict the measurement, cite evidence that does not exist nor write a number that was not measured; the
+    verdict comes first in the reply, so the texts after it are written for the measured verdict. Everything is
+    still checked afterwards by :func:`check_grounding` and
+    :func:`~vlm_ad.reasoning.verify.verify_claims` (other backends may ignore the schema).
     """
+    from vlm_ad.reasoning.verify import measured_verdict  # verify imports this module
     def one_of(values, *, nullable=True):
         values = sorted(set(values))
         if not values:
@@ -69,6 +73,11 @@ def reply_schema(evidence: Evidence | None = None) -> dict:
 
     ids = sorted(evidence.ids) if evidence else []
     regions = [r.id for r in evidence.regions] if evidence else []
+    measured = measured_verdict(evidence) if evidence is not None else None
+    verdicts = [measured] if measured else ["normal", "anomalous"]
+    location = one_of([r.location for r in evidence.regions] if evidence else [])
+    if evidence is not None and not regions:  # no region has a location to name (P1 is below the threshold)
+        location = {"type": "null"}
     text = {"type": "string", "minLength": 1, "maxLength": 400}
     summary = text
     if evidence is not None:  # a pattern bounds its own length (the grammar ignores maxLength next to a pattern)
@@ -77,10 +86,10 @@ def reply_schema(evidence: Evidence | None = None) -> dict:
     return {
         "type": "object",
         "properties": {
-            "verdict": {"type": "string", "enum": ["normal", "anomalous"]},
+            "verdict": {"type": "string", "enum": verdicts},
             "confidence": {"type": "number", "minimum": 0, "maximum": 1},
             "defect_type": one_of([r.defect.name for r in evidence.regions if r.defect] if evidence else []),
-            "location": one_of([r.location for r in evidence.regions] if evidence else []),
+            "location": location,
             "cited_regions": {"type": "array", "items": one_of(regions, nullable=False),
                               "maxItems": len(regions) if evidence else 8},
             "steps": {"type": "array", "minItems": 1, "maxItems": 6 if evidence is None else 4,
