@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     for r in rows:  # the first run named the fuse=1 row before the retrieval half was the frozen backbone's
         r["row"] = RENAMED.get(r["row"], r["row"])
     for d in args.datasets:
-        train, test = suite[d]
+        train, test = suite[d]()
         for seed in args.seeds:
             for r in run(train, test, seed, recipe):
                 rows.append(r | {"dataset": d, "seed": seed, "shots": 8, "n_test": len(test), "recipe": recipe,

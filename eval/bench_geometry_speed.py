@@ -2,14 +2,17 @@
 settings, repeated), so that the load of a shared machine hits every setting alike.
 
 PatchCore, 8 shots (seed 0, coreset off), predict on the same test images (up to ``--images`` per set, a quarter of
-that on the large set) in batches of 16; the median over ``--repeats`` rounds. Writes eval/results/geometry_speed.md.
+that on the large set) in batches of 16; the median over ``--repeats`` rounds. Writes eval/results/geometry_speed.md
+(or ``--out``).
 
-    PYTHONPATH=. nice python eval/bench_geometry_speed.py [--repeats 3] [--images 16] [--threads 1]
+    PYTHONPATH=. nice python eval/bench_geometry_speed.py [--repeats 3] [--images 16] [--threads 1] [--settings ...]
+        [--datasets ...] [--out NAME.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import time
@@ -31,7 +34,19 @@ SETTINGS = {
     "dinov2 square 224": (DINO, {"geometry": "square", "image_size": 224}, None),
     "dinov2 area 224": (DINO, {"geometry": "area", "image_size": 224}, None),
     "dinov2 aspect 448": (DINO, {"geometry": "aspect", "image_size": 448}, None),
+    "effnet area 224, one search per input shape (before)": (EFF, {"geometry": "area", "image_size": 224}, None),
+    "dinov2 aspect 448, one search per input shape (before)": (DINO, {"geometry": "aspect", "image_size": 448}, None),
 }
+PER_SHAPE = "one search per input shape (before)"  # settings that search each input shape's patches in its own call
+
+
+def per_shape_search(det):
+    """Make ``det`` search the patches of each input-shape group in its own call, as predict did before one search
+    served all groups (the maps are the same to float rounding; tests/test_geometry.py)."""
+    from vlm_ad.detectors.patchcore import PatchCore
+
+    det._score_groups = lambda embs: [PatchCore._score_groups(det, [e])[0] for e in embs]
+    return det
 
 
 def n_images(dataset: str, n: int) -> int:
@@ -44,14 +59,22 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), help="settings to time (default: all)")
+    ap.add_argument("--datasets", nargs="+", default=["square", "elongated", "large", "magnetic", "textile"],
+                    help="sets of eval/bench_generalization.py to time")
+    ap.add_argument("--out", default="geometry_speed.md", help="file name under eval/results/")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     suite = load_suite()
     speeds: dict[tuple[str, str], list[float]] = {}
-    for d, (train, test) in suite.items():
+    tests = {}
+    for d in args.datasets:
+        train, test = suite[d]()
+        tests[d] = test
         images = [s.image for s in test[: n_images(d, args.images)]]
         dets = {name: create_detector("patchcore", backbone=bb, coreset=1.0, **kw).fit(_shots(train, 0))
-                for name, (bb, kw, only) in SETTINGS.items() if not only or d in only}
+                for name, (bb, kw, only) in SETTINGS.items() if (not only or d in only) and name in args.settings}
+        dets = {name: per_shape_search(det) if PER_SHAPE in name else det for name, det in dets.items()}
         for _ in range(args.repeats):
             for name, det in dets.items():
                 t0 = time.perf_counter()
@@ -59,20 +82,20 @@ def main(argv=None) -> int:
                     det.predict(images[start : start + 16])
                 speeds.setdefault((name, d), []).append(len(images) / (time.perf_counter() - t0))
         print(d, {n: round(statistics.median(speeds[(n, d)]), 2) for n in dets}, file=sys.stderr, flush=True)
-    datasets = list(suite)
+    datasets = list(tests)
     lines = ["| setting | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
-    for name in SETTINGS:
+    for name in [n for n in SETTINGS if n in args.settings]:
         cells = [f"{statistics.median(speeds[(name, d)]):.2f}" if (name, d) in speeds else "n/a" for d in datasets]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     sizes = ", ".join(f"{d} {min(n_images(d, args.images), len(t))} images of "
                       f"{t[0].image.shape[1]}x{t[0].image.shape[0]}" + (" (sizes vary)" if d == "magnetic" else "")
-                      for d, (_, t) in suite.items())
+                      for d, t in tests.items())
     text = ("# Images/s by input geometry (PatchCore, 8 shots)\n\nProduced by `PYTHONPATH=. nice python "
-            f"eval/bench_geometry_speed.py --repeats {args.repeats} --images {args.images} --threads {args.threads}` "
+            f"eval/bench_geometry_speed.py {shlex.join(sys.argv[1:])}` "
             f"on a CPU machine shared with other jobs (2 cores, torch threads {args.threads}); median of "
             f"{args.repeats} interleaved rounds; predict includes preprocessing, backbone, kNN search, smoothing and "
             f"the resize to each image's resolution. Test images: {sizes}.\n\n" + "\n".join(lines) + "\n")
-    (RESULTS / "geometry_speed.md").write_text(text)
+    (RESULTS / args.out).write_text(text)
     print(text)
     return 0
 

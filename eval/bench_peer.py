@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,9 @@ METRICS = ("image_auroc", "pixel_auroc", "aupro", "pixel_ap")
 
 
 def ours(train, test, ratio):
-    det = create_detector("patchcore", backbone="efficientnet-lite0", image_size=224, coreset=ratio)
+    """Our PatchCore at its current defaults (geometry, pooling, normalisation, index, threshold rule) but the
+    coreset ratio of the config."""
+    det = create_detector("patchcore", backbone="efficientnet-lite0", coreset=ratio)
     t0 = time.perf_counter()
     det.fit(train)
     fit_s = time.perf_counter() - t0
@@ -45,7 +48,8 @@ def ours(train, test, ratio):
     pred_s = time.perf_counter() - t0
     return {"scores": [m.score for m in maps], "maps": [m.map for m in maps], "fit_seconds": fit_s,
             "predict_seconds": pred_s, "backbone_seconds": det.timings_["embed"],
-            "search_seconds": det.timings_["score"], "memory_bank_size": len(det.store_)}
+            "search_seconds": det.timings_["score"], "memory_bank_size": len(det.store_),
+            "geometry": det.embedder.geometry.mode, "image_size": det.embedder.geometry.size}
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -58,6 +62,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="data names to run (default: all configs)")
     ap.add_argument("--configs", type=int, nargs="*", help="indices into CONFIGS to run (default: all)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for both implementations")
+    ap.add_argument("--train-limit", type=int, default=None, metavar="N",
+                    help="full-shot configs fit on N normal training images drawn with seed 0 instead of all of them "
+                         "(a full-shot fit small enough to finish in minutes on 2 cores); the row's shots say so")
     ap.add_argument("--reuse-anomalib", action="store_true",
                     help="take anomalib's side of a config from its row already in peer.jsonl (anomalib's result does "
                          "not depend on vlm-ad; its full-shot coreset takes over an hour on 2 cores) and re-run only "
@@ -73,14 +80,17 @@ def main(argv=None) -> int:
             continue
         path = "textile" if data == "textile" else shared
         train_ds, test_ds = open_data(path, textile_test=600, seed=0)
-        train = [s.image for s in select_shots(train_ds, shots, 0)]
+        limited = shots is None and args.train_limit is not None
+        train = [s.image for s in select_shots(train_ds, args.train_limit if limited else shots, 0)]
         test_samples = [test_ds[i] for i in range(len(test_ds))]
         test = [s.image for s in test_samples]
         labels = [s.label for s in test_samples]
         masks = [s.mask for s in test_samples] if test_ds.has_masks else None
         print(f"{data} shots={shots or 'all'} ratio={ratio}: {len(train)} train, {len(test)} test", file=sys.stderr)
-        row = {"data": data, "split": f"train={len(train)} test={len(test)}", "backbone": "efficientnet-lite0",
-               "image_size": 224, "shots": shots or "all", "seed": 0, "coreset": ratio}
+        row = {"command": shlex.join(["python", "eval/bench_peer.py", *(argv if argv is not None else sys.argv[1:])]),
+               "data": data, "split": f"train={len(train)} test={len(test)}", "backbone": "efficientnet-lite0",
+               "image_size": 224, "shots": f"all, limited to {len(train)}" if limited else shots or "all", "seed": 0,
+               "coreset": ratio}
         prior = next((r for r in earlier if _same(r, row)), None) if args.reuse_anomalib else None
         res = {"vlm-ad": ours(train, test, ratio)}
         if prior is None:
@@ -111,15 +121,24 @@ def write_md() -> None:
         for impl in ("vlm-ad", "anomalib"):
             m = r[impl]
             mark = " (earlier run)" if impl == "anomalib" and r.get("anomalib_from_earlier_run") else ""
+            if impl == "vlm-ad":  # rows before geometry existed ran square 224 on an earlier code version
+                mark = f" ({m['geometry']} {m['image_size']})" if "geometry" in m else " (square 224, earlier code)"
+            else:
+                mark += " (square 224)"
             cells = [r["data"], r["split"], str(r["shots"]), str(r["coreset"]), impl + mark,
                      *("-" if m.get(k) is None else f"{m[k]:.3f}" for k in METRICS),
                      f"{m['fit_seconds']:.1f}", f"{m['predict_seconds']:.1f}",
                      f"{r['fit_speedup']:.1f}x" if impl == "vlm-ad" else "",
                      f"{r['predict_speedup']:.1f}x" if impl == "vlm-ad" else ""]
             lines.append("| " + " | ".join(cells) + " |")
-    text = ("# vlm-ad PatchCore vs anomalib 2.7 PatchCore\n\nProduced by `python eval/bench_peer.py` (one process, "
-            "2-core CPU, torch 2.14.1, seed 0). Backbone efficientnet-lite0 (same weights, same 224 px "
-            "preprocessing); speed-up = anomalib time / vlm-ad time, end to end (backbone included). 'anomalib "
+    cmds = "`, `".join(dict.fromkeys(r.get("command", "python eval/bench_peer.py") for r in rows))
+    text = ("# vlm-ad PatchCore vs anomalib 2.7 PatchCore\n\nProduced by `" + cmds + "` (one process, "
+            "2-core CPU, torch 2.14.1, seed 0). Backbone efficientnet-lite0 (same weights, same preprocessing; vlm-ad "
+            "at "
+            "its defaults of the time, shown beside it: 'area 224' keeps the aspect ratio at the pixel count of a "
+            "224 px square, anomalib squashes to 224 x 224); speed-up = anomalib time / vlm-ad time, end to end "
+            "(backbone included). 'shots: all, limited to N': a full-shot fit on N normal training images drawn "
+            "with seed 0 (`--train-limit N`). 'anomalib "
             "(earlier run)' rows come from an earlier run of the same script and configuration (`--reuse-anomalib`, "
             "only vlm-ad re-run), on the same machine, which was shared with other jobs during both runs.\n\n"
             + "\n".join(lines) + "\n")

@@ -49,7 +49,7 @@ def main() -> None:
     suite = load_suite()
     rows = []
     for name in ("square", "elongated", "magnetic", "textile"):
-        train, test = suite[name]
+        train, test = suite[name]()
         which = np.array(halves(test))
         labels = np.array([s.label for s in test])
         for shots in (4, 8):

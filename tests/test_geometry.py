@@ -159,6 +159,23 @@ def test_images_of_several_shapes_and_a_new_size():
     assert one_grid.predict([portrait[0]])[0].map.shape == (240, 96)
 
 
+def test_images_of_several_shapes_share_one_search_and_score_as_one_by_one():
+    landscape, portrait = _elongated(3, seed=0), [np.ascontiguousarray(a.transpose(1, 0, 2)) for a in _elongated(3, 1)]
+    det = create_detector("patchcore", image_size=128, geometry="aspect", coreset=1.0).fit(landscape + portrait)
+    new = _elongated(3, seed=4)  # images the bank has not seen (a training image's distances are ~0, all rounding)
+    images = [np.ascontiguousarray(new[0].transpose(1, 0, 2)), np.ascontiguousarray(_elongated(1, seed=3, h=150,
+              w=170)[0]), new[1], np.ascontiguousarray(new[2].transpose(1, 0, 2))]
+    search, calls = det.store_.search, []
+    det.store_.search = lambda q, k=1: (calls.append(len(q)), search(q, k))[1]
+    together = det.predict(images)
+    assert len(calls) == 1  # three input shapes, one search
+    alone = [det.predict([img])[0] for img in images]
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a.map, b.map, rtol=1e-5, atol=1e-5)
+        assert a.score == pytest.approx(b.score, rel=1e-5)
+        assert [(h.image_id, h.row, h.col) for h in a.hits] == [(h.image_id, h.row, h.col) for h in b.hits]
+
+
 def test_padim_fixes_its_grid_from_training_and_scores_other_shapes():
     det = create_detector("padim", image_size=128, geometry="aspect").fit(_elongated(4, seed=0))
     assert det.embedder.geometry.shape == (48, 128)
