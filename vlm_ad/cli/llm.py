@@ -68,9 +68,12 @@ def llm_serve(
 
         vlm-ad chat part.png --model models/tile --reasoner openai --base-url http://127.0.0.1:8080/v1
     """
-    from vlm_ad.reasoning.llama_server import serve_gguf
+    from vlm_ad.reasoning.backends import resolve_gguf
+    from vlm_ad.reasoning.llama_server import _require_server, serve_gguf
 
-    console.print(f"serving {llm} at http://{host}:{port}/v1 (Ctrl+C stops it)")
+    _require_server()  # what to install comes first
+    path = resolve_gguf(llm)  # an unknown name or missing file is refused before anything is said to be served
+    console.print(f"serving {llm} ({path}) at http://{host}:{port}/v1 (Ctrl+C stops it)", soft_wrap=True)
     serve_gguf(llm, host=host, port=port, n_ctx=n_ctx, n_threads=threads)
 
 
