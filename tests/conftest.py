@@ -67,6 +67,14 @@ def write_image():
     return _write
 
 
+def copy_test_images(category: Path, dest: Path) -> Path:
+    """Copy a category's test images flat into ``dest`` as ``<type>_<name>.png`` (a folder to detect or report on)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in sorted((category / "test").rglob("*.png")):
+        (dest / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    return dest
+
+
 def build_tiny_model(root: Path, *, n_test_good: int, n_test_per_type: int) -> tuple[Path, Path]:
     """A synthetic 64 px brick category (hole defects) and a PatchCore model fitted on it and saved with threshold
     0.5: returns (category folder, model folder). For the report, engine and chat tests."""

