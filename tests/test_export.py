@@ -115,6 +115,28 @@ def test_unknown_runtime_settings_are_refused_with_the_choices(tiny):
         load_runtime_detector(export, "torch", settings={"static": True})
 
 
+def test_runtime_settings_from_the_command_line_are_typed_and_reach_the_runtime(tiny):
+    from vlm_ad.errors import ConfigError
+    from vlm_ad.runtime import load_runtime_detector, parse_runtime_settings
+
+    assert parse_runtime_settings("openvino", ["hint=throughput", "streams=None", "static=TRUE", "precision=bf16"]) \
+        == {"hint": "THROUGHPUT", "streams": None, "static": True, "precision": "bf16"}
+    assert parse_runtime_settings("openvino", [" streams = 2 "]) == {"streams": 2}
+    assert parse_runtime_settings("onnx", None) == {}
+    for bad, msg in (("spinning", "takes KEY=VALUE"), ("spinning=maybe", "spinning='maybe' is not offered; choose "
+                     "one of true|false"), ("hint=latency", "unknown onnx setting 'hint'; onnx takes optimization "
+                     r"\(basic\|extended\|all\), spinning")):
+        with pytest.raises(ConfigError, match=msg):
+            parse_runtime_settings("onnx", [bad])
+    with pytest.raises(ConfigError, match="torch takes no settings"):
+        parse_runtime_settings("torch", ["spinning=true"])
+    _, _, export = tiny
+    for text, flag in (("true", "1"), ("false", "0")):
+        det = load_runtime_detector(export, "onnx", settings=parse_runtime_settings("onnx", [f"spinning={text}"]))
+        assert det.net.session.get_session_options().get_session_config_entry(
+            "session.intra_op.allow_spinning") == flag
+
+
 def test_export_folder_is_a_model_and_records_parity(tiny):
     from vlm_ad.runtime import load_runtime_detector
 
@@ -227,7 +249,11 @@ def test_export_cli(tiny, tmp_path):
     out = tmp_path / "det"
     folders = [str(cat / "test" / "good"), str(cat / "test" / "hole")]
     res = CliRunner().invoke(app, ["detect", *folders, "--model", str(tmp_path / "e"), "--out", str(out),
-                                   "--runtime", "onnx"])
+                                   "--runtime", "onnx", "--runtime-setting", "bogus=1"])
+    assert "unknown onnx setting 'bogus'" in str(res.exception) and not out.exists()  # main() turns it into exit 2
+    res = CliRunner().invoke(app, ["detect", *folders, "--model", str(tmp_path / "e"), "--out", str(out),
+                                   "--runtime", "onnx", "--runtime-setting", "spinning=true",
+                                   "--runtime-setting", "optimization=basic"])
     assert res.exit_code == 0, res.output
     torch_out = tmp_path / "det-torch"
     res = CliRunner().invoke(app, ["detect", *folders, "--model", str(model), "--out", str(torch_out),

@@ -82,6 +82,7 @@ class PipelineSpec:
         threshold: overrides the model's image threshold when given.
         library: a defect library folder that names regions, or None.
         runtime: ``torch`` (the model folder) or ``onnx``/``openvino`` (an export folder; :mod:`vlm_ad.runtime`).
+        runtime_settings: that runtime's knobs (:data:`vlm_ad.runtime.RUNTIME_SETTINGS`), None for its defaults.
     """
 
     model_dir: str | Path
@@ -90,6 +91,7 @@ class PipelineSpec:
     threshold: float | None = None
     library: str | Path | None = None
     runtime: str = "torch"
+    runtime_settings: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:  # workers may run in another working directory
         self.model_dir = Path(self.model_dir).absolute()
@@ -103,7 +105,7 @@ class PipelineSpec:
         from vlm_ad.runtime import load_runtime_detector
 
         kw = {"threads": threads} if self.runtime != "torch" else {}
-        det = load_runtime_detector(self.model_dir, self.runtime, **kw)
+        det = load_runtime_detector(self.model_dir, self.runtime, settings=self.runtime_settings, **kw)
         if self.threshold is not None:
             det.set_threshold(self.threshold)
         namer = None

@@ -27,7 +27,8 @@ from vlm_ad.artifacts import read_meta
 from vlm_ad.errors import ConfigError, DataError
 from vlm_ad.types import AnomalyMap, ExemplarHit, Sample
 
-__all__ = ["RUNTIMES", "RUNTIME_SETTINGS", "RuntimeDetector", "load_runtime_detector", "runtime_settings"]
+__all__ = ["RUNTIMES", "RUNTIME_SETTINGS", "RuntimeDetector", "load_runtime_detector", "parse_runtime_settings",
+           "runtime_settings"]
 
 RUNTIMES = ("torch", "onnx", "openvino")
 EXPORT_KIND, EXPORT_FORMAT = "export", 1  # of export.json, written by vlm_ad.export (which imports these)
@@ -65,6 +66,32 @@ def runtime_settings(runtime: str, settings: dict[str, Any] | None = None) -> di
             raise ConfigError(f"{runtime} setting {key}={value!r} is not offered; choose one of "
                               f"{', '.join(map(repr, offered[key][1]))}")
         out[key] = value
+    return out
+
+
+def parse_runtime_settings(runtime: str, pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (the CLI's ``--runtime-setting``) as settings of ``runtime``: each value is matched,
+    case-insensitively, against the values :data:`RUNTIME_SETTINGS` offers (``spinning=true``, ``streams=none``).
+
+    Raises:
+        ConfigError: a pair without ``=``, an unknown key or a value not offered (naming what is).
+    """
+    offered = RUNTIME_SETTINGS.get(runtime, {})
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, text = pair.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            raise ConfigError(f"--runtime-setting takes KEY=VALUE, got {pair!r}")
+        if key not in offered:
+            raise ConfigError(f"unknown {runtime} setting {key!r}; {runtime} takes "
+                              + (", ".join(f"{k} ({'|'.join(str(v).lower() for v in vals)})"
+                                           for k, (_, vals) in offered.items()) if offered else "no settings"))
+        values = [v for v in offered[key][1] if str(v).lower() == text.lower()]
+        if not values:
+            raise ConfigError(f"{runtime} setting {key}={text!r} is not offered; choose one of "
+                              f"{'|'.join(str(v).lower() for v in offered[key][1])}")
+        out[key] = values[0]
     return out
 
 

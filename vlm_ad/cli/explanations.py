@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.panel import Panel
 
 from vlm_ad.cli._common import ReasonerOptions, console, progress_bar, with_reasoner_options
-from vlm_ad.cli.export import BATCH_HELP, RUNTIME_HELP
+from vlm_ad.cli.export import BATCH_HELP, RUNTIME_HELP, RUNTIME_SETTING_HELP
 
 EXEMPLARS_HELP = "Folder the model was fitted on (e.g. the MVTec category); contrasts then use the exemplar images."
 ENGINE_HELP = ("Who computes: local (this process) or ray (a Ray actor per CPU, each loading the model once; "
@@ -26,7 +26,7 @@ LIBRARY_HELP = ("A defect library folder written by 'vlm-ad library add' (names 
 
 
 def _pipeline(model: Path, reasoner: ReasonerOptions, exemplars: Path | None, library: Path | None,
-              runtime: str = "torch"):
+              runtime: str = "torch", runtime_settings: dict | None = None):
     from vlm_ad.pipeline import Pipeline
     from vlm_ad.runtime import load_runtime_detector
 
@@ -35,7 +35,8 @@ def _pipeline(model: Path, reasoner: ReasonerOptions, exemplars: Path | None, li
         from vlm_ad.naming import DefectLibrary
 
         namer = DefectLibrary.load(library)
-    return Pipeline(load_runtime_detector(model, runtime), reasoner.build(), namer=namer, exemplar_root=exemplars)
+    return Pipeline(load_runtime_detector(model, runtime, settings=runtime_settings), reasoner.build(), namer=namer,
+                    exemplar_root=exemplars)
 
 
 def _flags(flags: list[str]) -> str:
@@ -101,6 +102,7 @@ def report(
     engine: str = typer.Option("local", "--engine", help=ENGINE_HELP),
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
     runtime: str = typer.Option("torch", "--runtime", help=RUNTIME_HELP),
+    runtime_setting: list[str] = typer.Option(None, "--runtime-setting", help=RUNTIME_SETTING_HELP),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help=BATCH_HELP),
     *,
     reasoner: ReasonerOptions,
@@ -113,13 +115,16 @@ def report(
     error (nothing written)."""
     from vlm_ad.engines import PipelineSpec, create_engine
     from vlm_ad.report import report_provenance, run_report
+    from vlm_ad.runtime import parse_runtime_settings
 
-    pipe = _pipeline(model, reasoner, exemplars, library, runtime)
+    settings = parse_runtime_settings(runtime, runtime_setting)
+    pipe = _pipeline(model, reasoner, exemplars, library, runtime, settings)
     ident = reasoner.identity() + (f" library={library}" if library else "") + \
         (f" runtime={runtime}" if runtime != "torch" else "")
     prov = report_provenance(pipe, model, ident)
     runner = create_engine(engine, pipe, PipelineSpec(model, reasoner.build, exemplars, library=library,
-                                                      runtime=runtime), address=address, batch_size=batch_size)
+                                                      runtime=runtime, runtime_settings=settings),
+                           address=address, batch_size=batch_size)
     with progress_bar() as progress:
         handle = progress.add_task("explaining", total=None)
         res = run_report(images, pipe, out, provenance=prov, restart=restart, engine=runner,

@@ -22,7 +22,7 @@ from vlm_ad.cli._common import (
     with_reasoner_options,
 )
 from vlm_ad.cli.explanations import ADDRESS_HELP, ENGINE_HELP
-from vlm_ad.cli.export import BATCH_HELP, RUNTIME_HELP
+from vlm_ad.cli.export import BATCH_HELP, RUNTIME_HELP, RUNTIME_SETTING_HELP
 
 
 def backbones() -> None:
@@ -176,6 +176,7 @@ def detect(
     engine: str = typer.Option("local", "--engine", help=ENGINE_HELP),
     address: str = typer.Option(None, "--address", help=ADDRESS_HELP),
     runtime: str = typer.Option("torch", "--runtime", help=RUNTIME_HELP),
+    runtime_setting: list[str] = typer.Option(None, "--runtime-setting", help=RUNTIME_SETTING_HELP),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help=BATCH_HELP),
 ) -> None:
     """Score images with a fitted model: per image a JSON record (score, label, regions, nearest normal
@@ -184,12 +185,14 @@ def detect(
     Exit codes: 0 every image written, 1 some images skipped (named above), 2 a usage or configuration error."""
     from vlm_ad.engines import PipelineSpec, create_engine
     from vlm_ad.pipeline import Pipeline, detect_images
-    from vlm_ad.runtime import load_runtime_detector
+    from vlm_ad.runtime import load_runtime_detector, parse_runtime_settings
 
-    det = load_runtime_detector(model, runtime)
+    settings = parse_runtime_settings(runtime, runtime_setting)
+    det = load_runtime_detector(model, runtime, settings=settings)
     if threshold is not None:
         det.set_threshold(threshold)
-    runner = create_engine(engine, Pipeline(det), PipelineSpec(model, threshold=threshold, runtime=runtime),
+    runner = create_engine(engine, Pipeline(det), PipelineSpec(model, threshold=threshold, runtime=runtime,
+                                                               runtime_settings=settings),
                            address=address, batch_size=batch_size)
     with progress_bar() as progress:
         handle = progress.add_task("detecting", total=None)

@@ -8,7 +8,7 @@ import typer
 
 from vlm_ad.cli._common import ReasonerOptions, console, with_reasoner_options
 from vlm_ad.cli.explanations import EXEMPLARS_HELP, LIBRARY_HELP, _pipeline
-from vlm_ad.cli.export import RUNTIME_HELP
+from vlm_ad.cli.export import RUNTIME_HELP, RUNTIME_SETTING_HELP
 from vlm_ad.errors import ConfigError
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -30,6 +30,7 @@ def serve(
     max_upload_mb: float = typer.Option(50.0, "--max-upload-mb", help="Refuse uploads larger than this (the "
                                         "pixel cap $VLM_AD_MAX_PIXELS, default 40 MP, applies as well)."),
     runtime: str = typer.Option("torch", "--runtime", help=RUNTIME_HELP),
+    runtime_setting: list[str] = typer.Option(None, "--runtime-setting", help=RUNTIME_SETTING_HELP),
     *,
     reasoner: ReasonerOptions,
 ) -> None:
@@ -51,7 +52,9 @@ def serve(
     for name, folder in (("--reports", reports), ("--examples", examples), ("--exemplars", exemplars)):
         if folder is not None and not folder.is_dir():
             raise ConfigError(f"{name} {folder} is not a folder")
-    pipe = _pipeline(model, reasoner, exemplars, library, runtime)
+    from vlm_ad.runtime import parse_runtime_settings
+
+    pipe = _pipeline(model, reasoner, exemplars, library, runtime, parse_runtime_settings(runtime, runtime_setting))
     if host not in LOCAL_HOSTS:
         console.print(f"[yellow]warning:[/yellow] binding {host}: anyone who can reach this address can upload "
                       "images and use the model (no authentication)")
