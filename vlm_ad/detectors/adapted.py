@@ -228,8 +228,8 @@ class Adapted(Detector):
             return f"adapted: {part} (fuse={w:g} given)"
         v = f["validation"]
         return (f"adapted: {part}, chosen at fit on {f['n_normal']} normal + {f['n_synthetic']} synthetic-anomaly "
-                f"images ({f['reason']}: best mean AUROC {max(r['mean'] for r in v.values()):.3f} vs retrieval alone "
-                f"{v['1.0']['mean']:.3f})")
+                f"images: {f['reason']}; best mean AUROC {max(r['mean'] for r in v.values()):.3f} vs retrieval alone "
+                f"{v['1.0']['mean']:.3f}")
 
     def _calibrate(self, emb: torch.Tensor, ids: list[str]) -> float | None:
         """99th percentile of leave-image-out fused image scores of the normal training images."""
