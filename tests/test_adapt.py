@@ -300,9 +300,17 @@ def test_adapted_auto_fusion_falls_back_to_retrieval_when_the_head_is_noise(tmp_
     pc.fit(texture_crops(8, size=112, seed=1))
     a, b = det.predict([img])[0].map, pc.predict([img])[0].map
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
-    # a model saved before fuse="auto" and retrieval= existed: its fixed weight, its bank of adapted features
+    # a model saved by the margin-only rule (no bootstrap confidence, no rule) still loads and says its choice
     meta_path = tmp_path / "m" / "detector.json"
     meta = json.loads(meta_path.read_text())
+    for key in ("confidence", "rule"):
+        del meta["extra"]["fusion"][key]
+    for row in meta["extra"]["fusion"]["validation"].values():
+        row.pop("confidence", None), row.pop("gain_ci90", None)
+    meta_path.write_text(json.dumps(meta))
+    margin_only = load_detector(tmp_path / "m")
+    assert margin_only.fuse_ == 1.0 and "head does not help" in margin_only.summary()
+    # a model saved before fuse="auto" and retrieval= existed: its fixed weight, its bank of adapted features
     del meta["extra"]["fusion"], meta["hyper"]["retrieval"]
     meta["hyper"]["fuse"] = 0.5
     meta_path.write_text(json.dumps(meta))
