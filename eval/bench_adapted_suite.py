@@ -4,8 +4,10 @@ For each data set and seed: 8 normal shots (the suite's draw); ``patchcore`` (fr
 square, coreset off) is the reference. The ``adapted`` detector trains its adapter on the same 8 shots (LoRA + head
 against synthetic defects, a small recipe: ``--epochs`` x ``--steps`` x batch 4), builds its bank from them, and is
 scored three ways from one embedding of the test images: ``fuse="auto"`` (the weight it chose at fit time on the
-shots + synthetic anomalies, never test labels), ``fuse=0.5`` (the old fixed weight, here with the frozen bank) and
-``fuse=1`` (retrieval alone: the reference PatchCore's map, with the adapted detector's top-1% image score).
+shots + synthetic anomalies, never test labels: a head weight only when a paired bootstrap over those validation
+images says it beats retrieval alone in at least 95% of resamples, see vlm_ad/detectors/fuse_choice.py),
+``fuse=0.5`` (the old fixed weight, here with the frozen bank) and ``fuse=1`` (retrieval alone: the reference
+PatchCore's map, with the adapted detector's top-1% image score).
 Cells: image AUROC / pixel AUROC / AUPRO@0.3 on all test images of the set (textile: image labels only).
 Writes eval/results/adapted_suite.{jsonl,md}.
 
@@ -29,6 +31,7 @@ from bench_generalization import METRICS, _shots, load_suite, score  # noqa: E40
 from vlm_ad._cache import atomic_write_bytes  # noqa: E402
 from vlm_ad.adapt import AdaptConfig, train_adapter  # noqa: E402
 from vlm_ad.detectors import create_detector  # noqa: E402
+from vlm_ad.detectors.fuse_choice import FUSE_CONFIDENCE, FUSE_MARGIN, FUSE_RESAMPLES  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RENAMED = {"adapted fuse=1 (adapted retrieval only)": "adapted fuse=1 (retrieval alone, topk score)"}
@@ -48,7 +51,8 @@ def run(train, test, seed: int, recipe: dict) -> list[dict]:
     arrays = [s.image for s in test]
     emb = det._embed(arrays, None)
     chosen = det.fusion_
-    for name, w in ((f"adapted fuse=auto (chose {chosen['fuse']:g})", chosen["fuse"]), ("adapted fuse=0.5 (old)", 0.5),
+    for name, w in ((f"adapted fuse=auto (chose {chosen['fuse']:g}{_sure(chosen)})", chosen["fuse"]),
+                    ("adapted fuse=0.5 (old)", 0.5),
                     ("adapted fuse=1 (retrieval alone, topk score)", 1.0)):
         det.fusion_ = chosen | {"fuse": w}
         grids, hits = det._score_embeddings(emb)
@@ -59,6 +63,14 @@ def run(train, test, seed: int, recipe: dict) -> list[dict]:
     for r in rows:
         r["fusion"] = chosen
     return rows
+
+
+def _sure(fusion: dict) -> str:
+    """How sure the auto choice was: the bootstrap confidence of the best head weight, or the rule it predates."""
+    if "rule" not in fusion:
+        return "; margin rule, before the bootstrap"
+    c = fusion.get("confidence")
+    return "" if c is None else f"; best head weight beat retrieval in {c:.0%} of resamples"
 
 
 FIRST = "PYTHONPATH=. nice python eval/bench_adapted_suite.py --datasets square elongated magnetic textile --seeds 0"
@@ -74,13 +86,20 @@ def markdown(rows: list[dict]) -> str:
            "DINOv2-S/14 blocks 5+7, 224 px square for every row. The adapter trains on the same 8 shots (small "
            "recipe, see the command), so every row sees only those 8 normal images. Cells: image AUROC / pixel AUROC "
            "/ AUPRO@0.3. `auto` is chosen at fit on the shots (leave-image-out) + synthetic anomalies made on them; "
-           "test labels are never used.", "",
+           "test labels are never used. Choice rule (vlm_ad/detectors/fuse_choice.py): a head weight (below 1) is "
+           f"kept only when its validation mean of image and patch AUROC beats retrieval alone's by more than "
+           f"{FUSE_MARGIN}, it loses on neither AUROC, and it beats retrieval alone in at least {FUSE_CONFIDENCE:.0%} "
+           f"of {FUSE_RESAMPLES:,} paired bootstrap resamples of the validation images (normal and synthetic "
+           "resampled apart, seed fixed); else fuse 1."
+           + (" Rows marked 'margin rule' were written before the bootstrap (the margin and no-loss tests only)."
+              if any("rule" not in r["fusion"] for r in rows) else ""), "",
            "| data | seed | row | image AUROC | pixel AUROC | AUPRO | fit s |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["seed"])):
         out.append(f"| {r['dataset']} | {r['seed']} | {r['row']} | {f(r['image_auroc'])} | {f(r['pixel_auroc'])} | "
                    f"{f(r['aupro'])} | {r['fit_seconds']} |")
-    out += ["", "Fusion chosen at fit (validation mean of image and patch AUROC per retrieval weight):", ""]
+    out += ["", "Fusion chosen at fit (validation image / patch AUROC per retrieval weight, and for head weights the "
+            "share of bootstrap resamples in which the mean beat retrieval alone's):", ""]
     seen = set()
     for r in sorted(rows, key=lambda r: (r["dataset"], r["seed"])):
         key = (r["dataset"], r["seed"])
@@ -88,16 +107,41 @@ def markdown(rows: list[dict]) -> str:
             continue
         seen.add(key)
         v = r["fusion"]["validation"]
-        cells = ", ".join(f"{w}: {v[w]['image_auroc']:.3f}/{v[w]['patch_auroc']:.3f}" for w in v)
-        out.append(f"- {key[0]} seed {key[1]}: fuse {r['fusion']['fuse']:g} ({r['fusion']['reason']}); "
+        cells = ", ".join(f"{w}: {v[w]['image_auroc']:.3f}/{v[w]['patch_auroc']:.3f}"
+                          + (f" ({v[w]['confidence']:.0%})" if "confidence" in v[w] else "") for w in v)
+        old = "" if "rule" in r["fusion"] else "; margin rule, before the bootstrap"
+        out.append(f"- {key[0]} seed {key[1]}: fuse {r['fusion']['fuse']:g}, {r['fusion']['reason']}{old}; "
                    f"image/patch AUROC by weight {cells}")
-    wins = []
-    for key in sorted(seen):
-        g = {r["row"].split(" (chose")[0]: r for r in rows if (r["dataset"], r["seed"]) == key}
-        a, b = g["adapted fuse=auto"], g[REF]
-        d = [a[m] - b[m] for m in METRICS if a[m] is not None and b[m] is not None]
-        wins.append(f"{key[0]} seed {key[1]}: auto - frozen PatchCore = " + " / ".join(f"{x:+.3f}" for x in d))
-    return "\n".join(out + ["", "Differences (image / pixel / AUPRO):", ""] + [f"- {w}" for w in wins]) + "\n"
+    return "\n".join(out + differences(rows, sorted(seen))) + "\n"
+
+
+def differences(rows: list[dict], keys: list[tuple]) -> list[str]:
+    """auto - frozen PatchCore per (data, seed), against the PatchCore's own spread over the seeds run."""
+    ref = {k: next(r for r in rows if (r["dataset"], r["seed"]) == k and r["row"] == REF) for k in keys}
+    spread = {}
+    for d in {k[0] for k in keys}:
+        vals = [ref[k] for k in keys if k[0] == d]
+        spread[d] = {m: max(v[m] for v in vals) - min(v[m] for v in vals) for m in METRICS if vals[0][m] is not None}
+    out, held = [], 0
+    for key in keys:
+        a = next(r for r in rows if (r["dataset"], r["seed"]) == key and r["row"].startswith("adapted fuse=auto"))
+        d = {m: a[m] - ref[key][m] for m in spread[key[0]]}
+        ok = all(d[m] >= -spread[key[0]][m] - 1e-6 for m in d)
+        held += ok
+        out.append(f"- {key[0]} seed {key[1]} (auto chose fuse {a['fusion']['fuse']:g}{_sure(a['fusion'])}): "
+                   + " / ".join(f"{d[m]:+.3f}" for m in d) + "; frozen PatchCore's seed spread "
+                   + " / ".join(f"{spread[key[0]][m]:.3f}" for m in d)
+                   + ("" if ok else " - BELOW the PatchCore by more than its seed spread"))
+    auto = [r for r in rows if r["row"].startswith("adapted fuse=auto")]
+    back = [r for r in auto if r["fusion"]["fuse"] == 1]
+    gap = max((abs(r[m] - ref[(r["dataset"], r["seed"])][m]) for r in back for m in METRICS[1:] if r[m] is not None),
+              default=0.0)
+    return ["", "Differences, auto - frozen PatchCore (image / pixel / AUPRO), with that PatchCore's spread "
+            "(max - min) over the seeds run on the same set:", ""] + out + [
+        "", f"`auto` chose retrieval alone in {len(back)} of {len(auto)} (set, seed) pairs; it is at or above the "
+        f"frozen PatchCore within that PatchCore's seed spread in {held} of {len(keys)}. Where it chose retrieval "
+        f"alone its map is the PatchCore's (pixel AUROC and AUPRO differ by at most {gap:.0e}) and the image AUROC "
+        "differs by the image score alone (adapted's top-1% mean of the map vs PatchCore's maximum)."]
 
 
 def main(argv=None) -> int:
@@ -107,12 +151,18 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--markdown-only", action="store_true",
+                    help="rewrite adapted_suite.md from the jsonl (after a change to this report); runs nothing")
     args = ap.parse_args(argv)
+    out = RESULTS / "adapted_suite.jsonl"
+    if args.markdown_only:
+        atomic_write_bytes(RESULTS / "adapted_suite.md", markdown(list(map(json.loads, out.read_text().splitlines())))
+                           .encode())
+        return 0
     torch.set_num_threads(args.threads)
     command = shlex.join(["PYTHONPATH=.", "nice", "python", "eval/bench_adapted_suite.py", *(argv or sys.argv[1:])])
     suite = load_suite()
     recipe = {"epochs": args.epochs, "steps_per_epoch": args.steps, "batch_size": 4}
-    out = RESULTS / "adapted_suite.jsonl"
     redo = {(d, seed) for d in args.datasets for seed in args.seeds}  # rows of other (data, seed) pairs are kept
     rows = [r for r in map(json.loads, out.read_text().splitlines()) if (r["dataset"], r["seed"]) not in redo
             ] if out.is_file() else []

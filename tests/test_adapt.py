@@ -175,21 +175,81 @@ def test_adapted_reads_its_backbone_from_the_adapter(tmp_path):
         create_detector("adapted", adapter=str(tmp_path))
 
 
-def test_pick_fuse_keeps_the_head_only_when_it_beats_retrieval_alone():
+def test_pick_fuse_keeps_the_head_only_when_it_beats_retrieval_alone_surely():
     from vlm_ad.detectors.adapted import pick_fuse
 
-    def table(**means):
-        return {k.replace("w", "").replace("_", "."): {"mean": v} for k, v in means.items()}
+    def table(conf=1.0, **means):
+        return {k.replace("w", "").replace("_", "."): {"mean": v} | ({"confidence": conf} if k != "w1_0" else {})
+                for k, v in means.items()}
 
-    assert pick_fuse(table(w0_0=0.70, w0_5=0.90, w1_0=0.85)) == (0.5, "head helps", 0.05)
+    assert pick_fuse(table(w0_0=0.70, w0_5=0.90, w1_0=0.85)) == (0.5, "head helps (beat retrieval alone in 100% of "
+                                                                 "resamples)", 0.05, 1.0)
     # a gain within the margin is not worth the head's risk on real defects: retrieval alone
-    assert pick_fuse(table(w0_0=0.70, w0_5=0.855, w1_0=0.85)) == (1.0, "head does not help", 0.005)
+    assert pick_fuse(table(w0_0=0.70, w0_5=0.855, w1_0=0.85))[:3] == (1.0, "head does not help", 0.005)
     assert pick_fuse(table(w0_0=0.95, w0_5=0.80, w1_0=0.96))[0] == 1.0
     assert pick_fuse(table(w0_5=0.9, w1_0=0.9))[0] == 1.0  # ties go to retrieval
+    # a large gain the bootstrap is not sure of is refused, and the reason says how sure it was
+    w, why, gain, conf = pick_fuse(table(conf=0.8, w0_0=0.70, w0_5=0.90, w1_0=0.85))
+    assert (w, gain, conf) == (1.0, 0.05, 0.8) and why.startswith("head gain not sure (fuse 0.5") and "80%" in why
+    # a table without confidence (no bootstrap) never keeps the head
+    assert pick_fuse({"0.5": {"mean": 0.9}, "1.0": {"mean": 0.8}})[0] == 1.0
     # a better mean that costs pixel AUROC is not taken: never worse than retrieval alone on either metric
-    t = {"0.5": {"image_auroc": 0.99, "patch_auroc": 0.80, "mean": 0.895}, "1.0": {"image_auroc": 0.8,
-                                                                                  "patch_auroc": 0.9, "mean": 0.85}}
+    t = {"0.5": {"image_auroc": 0.99, "patch_auroc": 0.80, "mean": 0.895, "confidence": 1.0},
+         "1.0": {"image_auroc": 0.8, "patch_auroc": 0.9, "mean": 0.85}}
     assert pick_fuse(t)[0] == 1.0
+
+
+def test_grouped_auroc_matches_sklearn_with_counts_as_weights():
+    from sklearn.metrics import roc_auc_score
+
+    from vlm_ad.detectors.fuse_choice import grouped_auroc, pair_counts
+
+    rng = np.random.default_rng(0)
+    scores = [np.round(rng.normal(size=int(rng.integers(1, 9))), 1) for _ in range(7)]  # rounded: ties
+    labels = [rng.random(len(s)) < 0.3 for s in scores]
+    labels[0][:] = True
+    labels[1][:] = False
+    counts = np.array([[1, 1, 1, 1, 1, 1, 1], [2, 0, 3, 1, 0, 1, 0], [1, 1, 0, 0, 4, 2, 1]])
+    got = grouped_auroc(counts, *pair_counts(scores, labels))
+    for c, g in zip(counts, got):
+        want = roc_auc_score(np.concatenate(labels), np.concatenate(scores),
+                             sample_weight=np.concatenate([np.full(len(s), k) for s, k in zip(scores, c)]))
+        assert g == pytest.approx(want)
+    assert np.isnan(grouped_auroc([[0, 1, 0, 0, 0, 0, 0]], *pair_counts(scores, labels))[0])  # no positives drawn
+
+
+def _validation(head_image: np.ndarray) -> tuple:
+    """8 normal + 8 synthetic validation images; retrieval (weight 1) and a head weight (0.5) differ only in the image
+    scores, ``head_image`` (16,) being the head weight's."""
+    y = np.r_[np.zeros(8, bool), np.ones(8, bool)]
+    retrieval = np.r_[np.arange(8.0), np.arange(8.0) + 0.5]  # anomaly k beats normals 0..k only: AUROC 36/64
+    patches = [np.r_[np.zeros(15), 5.0 if a else 0.0] for a in y]  # the same perfect patch map for both weights
+    labels = [np.r_[np.zeros(15, bool), a] for a in y]
+    return {1.0: retrieval, 0.5: head_image}, {1.0: patches, 0.5: patches}, y, labels
+
+
+def test_fuse_bootstrap_refuses_a_one_image_gain_and_keeps_a_consistent_one():
+    from vlm_ad.detectors.adapted import pick_fuse
+    from vlm_ad.detectors.fuse_choice import FUSE_MARGIN, fuse_table
+
+    retrieval = np.r_[np.arange(8.0), np.arange(8.0) + 0.5]
+    # one anomaly (the lowest, below 7 normals) jumps to the top: +7/64 image AUROC from one image of 16
+    one = retrieval.copy()
+    one[8] = 100.0
+    t = fuse_table(*_validation(one), seed=0)
+    assert t["0.5"]["mean"] - t["1.0"]["mean"] > 5 * FUSE_MARGIN  # the old rule (gain > margin) kept the head
+    assert 0.5 < t["0.5"]["confidence"] < 0.8  # that image is left out of about (7/8)^8 = 34% of resamples
+    w, why, _, conf = pick_fuse(t)
+    assert w == 1.0 and why.startswith("head gain not sure") and conf == t["0.5"]["confidence"]
+    # every anomaly moves above every normal: the gain holds in (nearly) every resample
+    every = np.r_[np.arange(8.0), np.arange(8.0) + 10]
+    t = fuse_table(*_validation(every), seed=0)
+    assert t["0.5"]["image_auroc"] == 1.0 and t["0.5"]["confidence"] >= 0.99
+    assert t["0.5"]["gain_ci90"][0] > 0 and pick_fuse(t)[0] == 0.5
+    # deterministic: the same inputs and seed give the same table; another seed resamples differently
+    assert fuse_table(*_validation(one), seed=0) == fuse_table(*_validation(one), seed=0)
+    assert fuse_table(*_validation(one), seed=1)["0.5"]["confidence"] != fuse_table(*_validation(one), seed=0)[
+        "0.5"]["confidence"]
 
 
 def test_synthetic_validation_marks_exactly_the_changed_pixels():
@@ -228,6 +288,7 @@ def test_adapted_auto_fusion_falls_back_to_retrieval_when_the_head_is_noise(tmp_
     # a random head does not separate synthetic anomalies; retrieval does, so the detector uses retrieval alone
     assert f["validation"]["0.0"]["mean"] < f["validation"]["1.0"]["mean"]
     assert f["fuse"] == 1.0 and f["reason"] == "head does not help"
+    assert f["rule"]["confidence"] == 0.95 and all(0 <= f["validation"][w]["confidence"] <= 1 for w in ("0.0", "0.5"))
     assert "retrieval alone" in det.summary() and "head does not help" in det.summary()
     det.save(tmp_path / "m")
     back = load_detector(tmp_path / "m")
@@ -239,9 +300,17 @@ def test_adapted_auto_fusion_falls_back_to_retrieval_when_the_head_is_noise(tmp_
     pc.fit(texture_crops(8, size=112, seed=1))
     a, b = det.predict([img])[0].map, pc.predict([img])[0].map
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
-    # a model saved before fuse="auto" and retrieval= existed: its fixed weight, its bank of adapted features
+    # a model saved by the margin-only rule (no bootstrap confidence, no rule) still loads and says its choice
     meta_path = tmp_path / "m" / "detector.json"
     meta = json.loads(meta_path.read_text())
+    for key in ("confidence", "rule"):
+        del meta["extra"]["fusion"][key]
+    for row in meta["extra"]["fusion"]["validation"].values():
+        row.pop("confidence", None), row.pop("gain_ci90", None)
+    meta_path.write_text(json.dumps(meta))
+    margin_only = load_detector(tmp_path / "m")
+    assert margin_only.fuse_ == 1.0 and "head does not help" in margin_only.summary()
+    # a model saved before fuse="auto" and retrieval= existed: its fixed weight, its bank of adapted features
     del meta["extra"]["fusion"], meta["hyper"]["retrieval"]
     meta["hyper"]["fuse"] = 0.5
     meta_path.write_text(json.dumps(meta))

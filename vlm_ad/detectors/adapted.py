@@ -16,9 +16,11 @@ half painted by :func:`vlm_ad.data.make_defect` with a seed the adapter never tr
 rotated patch of *another* normal image (a generator the head never saw, so a head that only learned the painter's
 defects gets no credit for it). Each weight in :data:`FUSE_GRID` is scored by the mean of its image AUROC (normal vs
 synthetic) and patch AUROC; a weight that gives the head a say is kept only when it beats retrieval alone (``fuse``
-1) by more than :data:`FUSE_MARGIN` and loses to it on neither AUROC (:func:`pick_fuse`), else the detector falls
-back to retrieval alone. The choice and its validation
-figures are saved with the model (``fusion_``) and said by :meth:`Adapted.summary`.
+1) by more than :data:`FUSE_MARGIN`, loses to it on neither AUROC, and beats it in at least :data:`FUSE_CONFIDENCE`
+of a paired bootstrap over the validation images (:mod:`vlm_ad.detectors.fuse_choice`, :func:`pick_fuse`: on 8 shots
+a gain of a few hundredths is often one image), else the detector falls back to retrieval alone. The choice, its
+reason and confidence, and the validation figures are saved with the model (``fusion_``) and said by
+:meth:`Adapted.summary`.
 """
 
 from __future__ import annotations
@@ -31,13 +33,13 @@ import torch
 import torch.nn.functional as F
 
 from vlm_ad.detectors.base import Detector, PatchEmbedder
+from vlm_ad.detectors.fuse_choice import FUSE_CONFIDENCE, FUSE_MARGIN, FUSE_RESAMPLES, fuse_table, pick_fuse
 from vlm_ad.detectors.patchcore import PatchCore
 from vlm_ad.detectors.threshold import ThresholdPolicy
 from vlm_ad.errors import ConfigError, DataError
 
 _SCORES = ("max", "topk")
 FUSE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)  # candidate retrieval weights for fuse="auto"
-FUSE_MARGIN = 0.01  # the head must beat retrieval alone by more than this (mean of image and patch AUROC)
 N_VALIDATION = 16  # at most this many fit images get a synthetic-anomaly copy for the choice
 
 
@@ -192,9 +194,7 @@ class Adapted(Detector):
     # fusion choice --------------------------------------------------------------------------------------------
     def _choose_fuse(self, arrays, ids, loo: torch.Tensor, head: torch.Tensor, pc: PatchCore) -> dict[str, Any]:
         """Score every weight of :data:`FUSE_GRID` on the fit images (leave-image-out) vs synthetic-anomaly copies
-        of them; keep the head only when it beats retrieval alone by more than :data:`FUSE_MARGIN`."""
-        from sklearn.metrics import roc_auc_score
-
+        of them, per image; keep the head only when it beats retrieval alone surely (:func:`pick_fuse`)."""
         syn, masks, src = synthetic_validation(arrays, seed=self.hyper["seed"])
         emb = self._embed(syn, None)
         s_loo = pc.leave_image_out_scores(emb[..., :-1], [ids[i] for i in src])  # own clean patches left out
@@ -203,17 +203,16 @@ class Adapted(Detector):
         grid = tuple(emb.shape[1:3])
         labels = torch.stack([F.adaptive_avg_pool2d(torch.from_numpy(m.astype(np.float32))[None, None], grid)[0, 0]
                               for m in masks]) >= 0.25  # (S, h, w) patches a quarter covered or more
-        y_img = np.r_[np.zeros(len(loo)), np.ones(len(syn))]
-        y_pix = np.r_[np.zeros(loo.numel()), labels.reshape(-1).numpy()]  # every normal patch counts
-        table = {}
-        for w in FUSE_GRID:
-            normal, anomalous = self._fuse(loo, head, w), self._fuse(s_loo, s_head, w)
-            img = roc_auc_score(y_img, [self.image_score(g) for g in torch.cat([normal, anomalous])])
-            pix = roc_auc_score(y_pix, torch.cat([normal.reshape(-1), anomalous.reshape(-1)]).numpy())
-            table[str(w)] = {"image_auroc": round(float(img), 4), "patch_auroc": round(float(pix), 4),
-                             "mean": round(float(img + pix) / 2, 4)}
-        fuse, why, gain = pick_fuse(table)
-        return {"fuse": fuse, "chosen": "auto", "reason": why, "gain_over_retrieval": gain,
+        grids = {w: torch.cat([self._fuse(loo, head, w), self._fuse(s_loo, s_head, w)]) for w in FUSE_GRID}
+        table = fuse_table({w: [self.image_score(g) for g in g_w] for w, g_w in grids.items()},  # per image, kept
+                           {w: [g.reshape(-1).numpy() for g in g_w] for w, g_w in grids.items()},  # for the bootstrap
+                           np.r_[np.zeros(len(loo), bool), np.ones(len(syn), bool)],
+                           [np.zeros(loo[0].numel(), bool)] * len(loo) + [m.reshape(-1).numpy() for m in labels],
+                           seed=self.hyper["seed"])
+        fuse, why, gain, conf = pick_fuse(table)
+        return {"fuse": fuse, "chosen": "auto", "reason": why, "gain_over_retrieval": gain, "confidence": conf,
+                "rule": {"margin": FUSE_MARGIN, "confidence": FUSE_CONFIDENCE, "resamples": FUSE_RESAMPLES,
+                         "bootstrap": "paired, over validation images, normal and synthetic resampled apart"},
                 "validation": table, "n_normal": len(loo), "n_synthetic": len(syn),
                 "note": "fit images leave-image-out vs synthetic copies (painted + cut-paste); no test labels"}
 
@@ -229,8 +228,8 @@ class Adapted(Detector):
             return f"adapted: {part} (fuse={w:g} given)"
         v = f["validation"]
         return (f"adapted: {part}, chosen at fit on {f['n_normal']} normal + {f['n_synthetic']} synthetic-anomaly "
-                f"images ({f['reason']}: best mean AUROC {max(r['mean'] for r in v.values()):.3f} vs retrieval alone "
-                f"{v['1.0']['mean']:.3f})")
+                f"images: {f['reason']}; best mean AUROC {max(r['mean'] for r in v.values()):.3f} vs retrieval alone "
+                f"{v['1.0']['mean']:.3f}")
 
     def _calibrate(self, emb: torch.Tensor, ids: list[str]) -> float | None:
         """99th percentile of leave-image-out fused image scores of the normal training images."""
@@ -285,21 +284,6 @@ class Adapted(Detector):
             w = self.hyper["fuse"]
             fusion = {"fuse": 0.5 if w == "auto" else float(w), "chosen": "given"}
         self.fusion_ = fusion
-
-
-def pick_fuse(table: dict[str, dict[str, float]], *, margin: float = FUSE_MARGIN) -> tuple[float, str, float]:
-    """The retrieval weight to use from validation figures ``{str(weight): {"image_auroc", "patch_auroc", "mean"}}``
-    (must hold ``"1.0"``, retrieval alone). A weight that gives the head a say is eligible only when it loses to
-    retrieval alone on neither AUROC by more than half the ``margin``; the best eligible one is kept when its mean beats
-    retrieval alone by more than ``margin``, else 1.0. Returns (weight, reason, gain of the kept or best weight)."""
-    ref = table["1.0"]
-    ok = [w for w in table if all(table[w].get(k, 1.0) >= ref.get(k, 0.0) - margin / 2
-                                  for k in ("image_auroc", "patch_auroc"))]
-    best = max(ok, key=lambda w: (table[w]["mean"], float(w)))  # ties: more retrieval
-    gain = round(float(table[best]["mean"] - ref["mean"]), 4)
-    if float(best) < 1 and gain > margin:
-        return float(best), "head helps", gain
-    return 1.0, "head does not help", gain
 
 
 def synthetic_validation(arrays: list[np.ndarray], *, seed: int, n: int = N_VALIDATION
