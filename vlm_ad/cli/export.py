@@ -12,10 +12,10 @@ RUNTIME_HELP = ("Who runs the backbone: torch (a model folder from 'vlm-ad fit')
                 "'vlm-ad export'; no PyTorch on the hot path: resize, network, kNN search and map smoothing run in "
                 "Pillow, the runtime, faiss and OpenCV). pip install 'vlm-ad[export]'.")
 RUNTIME_SETTING_HELP = ("A runtime knob as KEY=VALUE, repeatable. onnx: optimization=basic|extended|all, "
-                        "spinning=true|false (busy-waiting threads: faster on idle cores, slower when other work "
-                        "shares them); openvino: hint=latency|throughput, streams=none|1|2, precision=f32|bf16 (bf16: "
-                        "faster on CPUs with AMX, maps about 1% off), static=auto|true|false. Measured in "
-                        "eval/results/speed.md.")
+                        "spinning=true|false (busy-waiting threads: the network alone runs faster, a whole run "
+                        "slower, as they take the cores from decoding and writing); openvino: "
+                        "hint=latency|throughput, streams=none|1|2, precision=f32|bf16 (bf16: faster on CPUs with "
+                        "AMX, maps about 1% off), static=auto|true|false. Measured in eval/results/speed.md.")
 BATCH_HELP = ("Images per detector call (1: one at a time). Above 1, a thread pool decodes the next images while the "
               "backbone runs, and images of one input shape share one network call and one kNN search.")
 
