@@ -31,6 +31,7 @@ RESULTS = ROOT / "eval" / "results" / "floor.md"
 BACKBONES = ("efficientnet-lite0", "dinov2-s14")
 # (runtime, settings): the defaults of each runtime, then the settings that measured fastest in speed.md
 RUNS = [("torch", {}), ("onnx", {}), ("onnx", {"spinning": True}), ("openvino", {}), ("openvino", {"streams": 1}),
+        ("openvino", {"hint": "THROUGHPUT"}),
         ("openvino", {"precision": "bf16"})]
 
 
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backbones", default=",".join(BACKBONES))
+    ap.add_argument("--out", type=Path, default=RESULTS, help="the markdown table to write")
     ap.add_argument("--child", nargs=3, metavar=("FOLDER", "RUNTIME", "SETTINGS_JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -137,9 +139,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{backbone} {name(runtime, settings)}: {statistics.median(ms):.1f} ms/image "
                   f"({min(ms):.1f}-{max(ms):.1f}), {flops:.2f} GFLOP, load {load:.1f}", flush=True)
     rate = statistics.median(rates)
+    args.out = args.out.resolve()
+    command = f"--size {args.size} --batch {args.batch} --repeats {args.repeats} --threads {args.threads}"
+    command += f" --backbones {args.backbones}" if args.backbones != ",".join(BACKBONES) else ""
+    command += f" --out {args.out.relative_to(ROOT)}" if args.out != RESULTS else ""
     lines = ["# The network alone against its FLOP floor (one process per runtime)", "",
-             f"Command: `PYTHONPATH=. python eval/bench_floor.py --size {args.size} --batch {args.batch} --repeats "
-             f"{args.repeats} --threads {args.threads}`. Networks: the exported embedder of a PatchCore fitted on "
+             f"Command: `PYTHONPATH=. python eval/bench_floor.py {command}"
+             "`. Networks: the exported embedder of a PatchCore fitted on "
              f"{what} (8 shots, seed 0; backbone up to its deepest layer + patch aggregation, the part `vlm-ad "
              f"export` writes), fed a fixed random ({args.batch}, 3, {args.size}, {args.size}) input; each "
              "(runtime, setting) in its own process (no other runtime's threads in it), 3 warm-up calls, then "
@@ -156,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     lines += ["", "bf16 (OpenVINO on a CPU with AMX) computes below fp32 precision: its embeddings are 0.5-10% off "
               "torch's (speed.md, parity column), so it is never a default and its ratio is against the fp32 floor. "
               "Depthwise convolutions (EfficientNet) cannot reach matmul speed."]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -77,7 +77,8 @@ def test_runtime_matches_torch_on_tiny_model(tiny, runtime):
 
 
 SETTINGS = [("onnx", {"optimization": "basic"}), ("onnx", {"optimization": "extended", "spinning": True})] + (
-    [("openvino", {"static": True}), ("openvino", {"static": False, "hint": "THROUGHPUT", "streams": 2})]
+    [("openvino", {"static": True}), ("openvino", {"static": False, "hint": "THROUGHPUT", "streams": 2}),
+     ("openvino", {"static": True, "hint": "THROUGHPUT"})]
     if _have("openvino") else [])
 
 
@@ -94,7 +95,12 @@ def test_every_offered_runtime_setting_keeps_parity(tiny, runtime, settings):
     det = load_runtime_detector(export, runtime, threads=1, settings=settings)
     _assert_same(ref, det.predict(images))
     _assert_same(ref, det.predict(images))  # again: a static network is reused for its shape
-    if settings.get("static"):  # one static network per input shape, up to MAX_STATIC; the dynamic one beyond
+    if settings.get("hint") == "THROUGHPUT":  # a batch split into parts run side by side, outputs in order
+        x = np.stack([det.prepare(im.image) for im in images[:3]])  # 3: unequal parts (2 + 1)
+        alone = load_runtime_detector(export, "openvino", threads=1)
+        for batch in (x, x[:2], x[:1]):
+            np.testing.assert_allclose(det.net(batch), alone.net(batch), rtol=0, atol=1e-4 * np.abs(alone.net(x)).max())
+    elif settings.get("static"):  # one static network per input shape, up to MAX_STATIC; the dynamic one beyond
         assert len(det.net.requests) == 2 and None not in det.net.requests  # two input shapes, both static
         det.net.requests.clear()
         det.net.MAX_STATIC = 1

@@ -156,7 +156,8 @@ class _OpenVinoNet:
 
         ov = require("openvino", "--runtime openvino")
         one_shape = meta["input"]["shape"] is not None or meta["input"]["geometry"] == "square"
-        self.core, self.static = ov.Core(), one_shape if settings["static"] == "auto" else bool(settings["static"])
+        self.ov, self.core = ov, ov.Core()
+        self.static = one_shape if settings["static"] == "auto" else bool(settings["static"])
         self.model = path / (meta["files"].get("openvino") or meta["files"]["onnx"])  # OpenVINO reads ONNX too
         # fp32 unless asked: on CPUs with bf16 units OpenVINO otherwise computes in bf16 (maps 1% off the torch path)
         self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": settings["precision"],
@@ -165,21 +166,56 @@ class _OpenVinoNet:
             self.config["INFERENCE_NUM_THREADS"] = threads
         if settings["streams"]:
             self.config["NUM_STREAMS"] = settings["streams"]
-        self.requests: dict[tuple[int, ...] | None, Any] = {}
+        # THROUGHPUT runs several streams at once: a batch is split into parts (one per stream; 2 unless streams is
+        # set) that run side by side, each on its share of the threads
+        self.parallel, self.parts = settings["hint"] == "THROUGHPUT", int(settings["streams"] or 2)
+        self.requests: dict[tuple[int, ...] | None, Any] = {}  # input shape (None: dynamic) -> request or queue
 
-    def _request(self, shape: tuple[int, ...]) -> Any:
-        if self.static and shape not in self.requests and len(self.requests.keys() - {None}) < self.MAX_STATIC:
-            model = self.core.read_model(str(self.model))
-            model.reshape({0: list(shape)})
-            self.requests[shape] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
-        if shape in self.requests:
-            return self.requests[shape]
-        if None not in self.requests:  # dynamic shapes (and, once 8 shapes are compiled, any other shape)
-            self.requests[None] = self.core.compile_model(str(self.model), "CPU", self.config).create_infer_request()
-        return self.requests[None]
+    def _compiled(self, shape: tuple[int, ...] | None) -> Any:
+        if shape is None:
+            return self.core.compile_model(str(self.model), "CPU", self.config)
+        model = self.core.read_model(str(self.model))
+        model.reshape({0: list(shape)})
+        return self.core.compile_model(model, "CPU", self.config)
+
+    def _key(self, shape: tuple[int, ...]) -> tuple[int, ...] | None:
+        """``shape`` when it has (or may get) a static network, else None: the dynamic one (and, once
+        :attr:`MAX_STATIC` shapes are compiled, any other shape)."""
+        if self.static and (shape in self.requests or len(self.requests.keys() - {None}) < self.MAX_STATIC):
+            return shape
+        return None
+
+    def _request(self, key: tuple[int, ...] | None) -> Any:
+        """The infer request (THROUGHPUT: the async queue) of the network compiled for ``key``."""
+        if key not in self.requests:
+            compiled = self._compiled(key)
+            self.requests[key] = (self.ov.AsyncInferQueue(compiled, compiled.get_property(
+                "OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if self.parallel else compiled.create_infer_request())
+        return self.requests[key]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.array(self._request(x.shape).infer({0: x})[0])  # copied: the request reuses its output buffer
+        if not self.parallel:
+            request = self._request(self._key(x.shape))
+            return np.array(request.infer({0: x})[0])  # copied: the request reuses its output buffer
+        parts = np.array_split(x, min(len(x), self.parts))
+        keys = [self._key(p.shape) for p in parts]
+        if len(set(keys)) > 1:  # an odd batch on static networks: each part on its own network, in turn
+            return np.concatenate([self._run(self._request(k), [p]) for k, p in zip(keys, parts)])
+        return self._run(self._request(keys[0]), parts)
+
+    @staticmethod
+    def _run(queue: Any, parts: list[np.ndarray]) -> np.ndarray:
+        """The parts run side by side on ``queue``'s requests; outputs in order."""
+        out: list[Any] = [None] * len(parts)
+
+        def done(request: Any, i: int) -> None:
+            out[i] = np.array(request.get_output_tensor(0).data)  # copied before the request is reused
+
+        queue.set_callback(done)
+        for i, part in enumerate(parts):
+            queue.start_async({0: part}, i)
+        queue.wait_all()
+        return np.concatenate(out)
 
 
 # ----------------------------------------------------------------------------------------------------------- bank
