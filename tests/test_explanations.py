@@ -113,6 +113,27 @@ def test_registry_and_unknown_name():
         create_reasoner("grounde")
 
 
+def test_numbers_the_evidence_states_in_its_texts_are_grounded(scene_evidence):
+    """What the grammar lets a model write, the check accepts: a number inside the defect name's sentence is a
+    measurement (SmolLM2 was flagged for quoting a namer's "elongation 1.7"); a number found nowhere still is not."""
+    from vlm_ad.reasoning.schema import quotable
+
+    r = scene_evidence.regions[0]
+    said = replace(r.defect, explanation="named hole: round, elongation 1.7, 0.04 brighter; area 0.5% of the image")
+    ev = replace(scene_evidence, regions=[replace(r, defect=said)])
+    assert 1.7 not in ev.numbers() and "1.7" in quotable(ev)
+
+    def problems(text: str) -> list[str]:
+        reply = json.loads(_valid_reply(ev))
+        reply["steps"][1]["text"] = text
+        return check_grounding(parse_explanation(json.dumps(reply)), ev)
+
+    assert problems("R1 is elongated (elongation 1.7) and 0.04 brighter.") == []
+    assert problems("R1 is elongated (elongation 9.3).") == ["step 2 quotes 9.3, which matches no measured value"]
+    tokens = [t for t in quotable(ev) if re.fullmatch(r"-?\d+(\.\d+)?", t)]
+    assert tokens and problems(" and ".join(tokens)) == []  # every number the grammar admits passes the check
+
+
 def test_grounded_chain_cites_only_evidence(scene_evidence):
     expl = create_reasoner("grounded").explain(scene_evidence)
     assert expl.verdict == "anomalous" and expl.defect_type == "hole" and expl.cited_regions == ["R1"]
