@@ -70,20 +70,6 @@ def child(folder: str, runtime: str, settings: dict, batch: int, size: int, repe
     print(json.dumps(ms))
 
 
-def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
-
-
 def gflop(model: Path, size: int) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -115,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         folder, runtime, settings = args.child
         return child(folder, runtime, json.loads(settings), args.batch, args.size, args.repeats, args.threads)
 
-    from bench_speed import fit_and_export, load_data
+    from bench_speed import fit_and_export, load_data, matmul_gflops  # the same matmul probe as speed.md
 
     work = Path(tempfile.mkdtemp(prefix="bench_floor_"))
     what, shots, _, _ = load_data(8, work)
