@@ -218,23 +218,24 @@ def test_grouped_auroc_matches_sklearn_with_counts_as_weights():
     assert np.isnan(grouped_auroc([[0, 1, 0, 0, 0, 0, 0]], *pair_counts(scores, labels))[0])  # no positives drawn
 
 
+_RETRIEVAL = np.r_[np.arange(8.0), np.arange(8.0) + 0.5]  # anomaly k beats normals 0..k only: AUROC 36/64
+
+
 def _validation(head_image: np.ndarray) -> tuple:
     """8 normal + 8 synthetic validation images; retrieval (weight 1) and a head weight (0.5) differ only in the image
     scores, ``head_image`` (16,) being the head weight's."""
     y = np.r_[np.zeros(8, bool), np.ones(8, bool)]
-    retrieval = np.r_[np.arange(8.0), np.arange(8.0) + 0.5]  # anomaly k beats normals 0..k only: AUROC 36/64
     patches = [np.r_[np.zeros(15), 5.0 if a else 0.0] for a in y]  # the same perfect patch map for both weights
     labels = [np.r_[np.zeros(15, bool), a] for a in y]
-    return {1.0: retrieval, 0.5: head_image}, {1.0: patches, 0.5: patches}, y, labels
+    return {1.0: _RETRIEVAL, 0.5: head_image}, {1.0: patches, 0.5: patches}, y, labels
 
 
 def test_fuse_bootstrap_refuses_a_one_image_gain_and_keeps_a_consistent_one():
     from vlm_ad.detectors.adapted import pick_fuse
     from vlm_ad.detectors.fuse_choice import FUSE_MARGIN, fuse_table
 
-    retrieval = np.r_[np.arange(8.0), np.arange(8.0) + 0.5]
     # one anomaly (the lowest, below 7 normals) jumps to the top: +7/64 image AUROC from one image of 16
-    one = retrieval.copy()
+    one = _RETRIEVAL.copy()
     one[8] = 100.0
     t = fuse_table(*_validation(one), seed=0)
     assert t["0.5"]["mean"] - t["1.0"]["mean"] > 5 * FUSE_MARGIN  # the old rule (gain > margin) kept the head
