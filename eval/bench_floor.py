@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out = args.out.resolve()
     command = f"--size {args.size} --batch {args.batch} --repeats {args.repeats} --threads {args.threads}"
     command += f" --backbones {args.backbones}" if args.backbones != ",".join(BACKBONES) else ""
-    command += f" --out {args.out.relative_to(ROOT)}" if args.out != RESULTS else ""
+    command += f" --out {os.path.relpath(args.out, ROOT)}" if args.out != RESULTS else ""  # any folder
     lines = ["# The network alone against its FLOP floor (one process per runtime)", "",
              f"Command: `PYTHONPATH=. python eval/bench_floor.py {command}"
              "`. Networks: the exported embedder of a PatchCore fitted on "
