@@ -1,4 +1,4 @@
-"""Overlays of anomaly maps on images (numpy + Pillow only).
+"""Overlays of anomaly maps on images (numpy + Pillow; OpenCV encodes the PNGs when it is installed).
 
 :func:`map_overlay` is the one overlay rule every output uses (``detect``, ``chat``, ``report``): the colour scale
 runs from 0 to 1.5 x the decision threshold, so the same colour means the same distance to "anomalous" in every
@@ -7,6 +7,7 @@ image; without a threshold it runs to the map's maximum.
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import Sequence
 
@@ -21,15 +22,27 @@ _ANCHORS = np.array(
 )
 
 
+_LUT_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=1)
+def _lut() -> np.ndarray:
+    """The colormap sampled at :data:`_LUT_SIZE` levels (uint8 RGB): a lookup is 4x faster than interpolating every
+    pixel (magnetic_tile overlays: 1.1 vs 4.8 ms) and differs from the interpolation by at most 1 level."""
+    t = np.linspace(0, 1, _LUT_SIZE, dtype=np.float32) * (len(_ANCHORS) - 1)
+    i = np.minimum(t.astype(int), len(_ANCHORS) - 2)
+    frac = (t - i)[:, None]
+    return (_ANCHORS[i] * (1 - frac) + _ANCHORS[i + 1] * frac).astype(np.uint8)
+
+
 def colorize(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
     """Map an (H, W) float array to (H, W, 3) uint8 colours; ``vmin``/``vmax`` default to the array's range."""
     v = np.asarray(values, dtype=np.float32)
     lo = float(np.min(v)) if vmin is None else vmin
     hi = float(np.max(v)) if vmax is None else vmax
-    t = np.clip((v - lo) / (hi - lo if hi > lo else 1.0), 0, 1) * (len(_ANCHORS) - 1)
-    i = np.minimum(t.astype(int), len(_ANCHORS) - 2)
-    frac = (t - i)[..., None]
-    return (_ANCHORS[i] * (1 - frac) + _ANCHORS[i + 1] * frac).astype(np.uint8)
+    scale = (_LUT_SIZE - 1) / (hi - lo if hi > lo else 1.0)
+    idx = np.clip((v - lo) * scale, 0, _LUT_SIZE - 1)
+    return _lut()[np.nan_to_num(idx, nan=0.0).astype(np.int32)]
 
 
 def overlay(
@@ -44,8 +57,11 @@ def overlay(
     """Blend a colourised map over an (H, W, 3) uint8 image; optionally outline a ground-truth mask in green."""
     if amap.shape != image.shape[:2]:
         raise ValueError(f"map shape {amap.shape} differs from image shape {image.shape[:2]}")
-    heat = colorize(amap, vmin, vmax).astype(np.float32)
-    out = (image.astype(np.float32) * (1 - alpha) + heat * alpha).astype(np.uint8)
+    heat = colorize(amap, vmin, vmax)
+    if alpha == 0.5:  # the default: an integer mean, 3x faster than the float blend, the same to one level
+        out = ((image.astype(np.uint16) + heat) >> 1).astype(np.uint8)
+    else:
+        out = (image.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha).astype(np.uint8)
     if mask is not None and mask.any():
         m = mask.astype(bool)
         edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
@@ -80,8 +96,29 @@ def map_overlay(image: np.ndarray, amap: np.ndarray, threshold: float | None,
 
 
 def png_bytes(image: np.ndarray, *, compress_level: int = 1) -> bytes:
-    """PNG bytes of an (H, W, 3) uint8 image (lossless at any level). Level 1, not Pillow's 6: on magnetic_tile
-    overlays it encodes 4x faster (11 vs 47 ms, the largest cost of detect per image) for files 16% larger."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
+    """PNG bytes of an (H, W, 3) uint8 image (lossless at any level; other shapes go through Pillow). Level 1, not
+    Pillow's 6: on magnetic_tile overlays it encodes 4x faster (11 vs 47 ms, once the largest cost of detect per
+    image) for files 16% larger. Where OpenCV is installed (the ``export`` extra of the fast runtimes) an RGB image
+    is encoded by it with zlib's Huffman-only strategy: 4.9 vs 7.5 ms per magnetic_tile overlay, files 7% larger,
+    the same pixels."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8 and _cv2() is not None:
+        cv2 = _cv2()
+        ok, buf = cv2.imencode(".png", np.ascontiguousarray(img[..., ::-1]),
+                               [cv2.IMWRITE_PNG_COMPRESSION, compress_level,
+                                cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY])
+        if ok:
+            return buf.tobytes()
+    out = io.BytesIO()
+    Image.fromarray(img).save(out, format="PNG", compress_level=compress_level)
+    return out.getvalue()
+
+
+@functools.lru_cache(maxsize=1)
+def _cv2():
+    """OpenCV when installed (an optional extra), else None."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
