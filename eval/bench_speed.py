@@ -51,7 +51,7 @@ BACKBONES = ("efficientnet-lite0", "dinov2-s14")
 RUNTIMES = ("torch", "onnx", "openvino")
 # what the end-to-end rows run: a runtime with its default settings, or with one setting changed
 RUNS = {"torch": ("torch", {}), "onnx": ("onnx", {}), "openvino": ("openvino", {}),
-        "onnx spinning": ("onnx", {"spinning": True})}
+        "onnx spinning": ("onnx", {"spinning": True}), "openvino throughput": ("openvino", {"hint": "THROUGHPUT"})}
 STAGES = ("decode", "resize", "backbone", "search", "map", "write")
 BATCH = 8
 
@@ -140,17 +140,49 @@ def stages(det, runtime: str, files: list[Path], batch: int, out: Path) -> dict[
     return {k: 1e3 * v / len(files) for k, v in t.items()}
 
 
+def _old_colorize(values, vmin=None, vmax=None):
+    """The colormap as ``vlm_ad.viz.colorize`` computed it before its lookup table (interpolated per pixel)."""
+    from vlm_ad.viz import _ANCHORS
+
+    v = np.asarray(values, dtype=np.float32)
+    lo = float(np.min(v)) if vmin is None else vmin
+    hi = float(np.max(v)) if vmax is None else vmax
+    t = np.clip((v - lo) / (hi - lo if hi > lo else 1.0), 0, 1) * (len(_ANCHORS) - 1)
+    i = np.minimum(t.astype(int), len(_ANCHORS) - 2)
+    frac = (t - i)[..., None]
+    return (_ANCHORS[i] * (1 - frac) + _ANCHORS[i + 1] * frac).astype(np.uint8)
+
+
+def _old_overlay(image, amap, *, vmin=None, vmax=None, alpha=0.5, mask=None):
+    """``vlm_ad.viz.overlay`` before the speed work: a float blend of the interpolated colours."""
+    heat = _old_colorize(amap, vmin, vmax).astype(np.float32)
+    return (image.astype(np.float32) * (1 - alpha) + heat * alpha).astype(np.uint8)
+
+
 @contextlib.contextmanager
-def png_level(level: int):
-    """Overlays encoded at zlib ``level`` (6: Pillow's default, what detect used before this change; 1: now)."""
+def overlay_path(kind: str):
+    """How the overlays are made: ``"old"``: as the old ``detect`` made them (colours interpolated per pixel, a float
+    blend, Pillow's PNG encoder at its default zlib level 6); ``"now"``: the product's code as it is."""
     import vlm_ad.viz as viz
 
-    orig = viz.png_bytes
-    viz.png_bytes = functools.partial(orig, compress_level=level)
+    saved = viz.overlay, viz.png_bytes
+    if kind == "old":
+        viz.overlay = _old_overlay
+        viz.png_bytes = functools.partial(_pillow_png, compress_level=6)
     try:
         yield
     finally:
-        viz.png_bytes = orig
+        viz.overlay, viz.png_bytes = saved
+
+
+def _pillow_png(image, *, compress_level: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
 
 
 def end_to_end(det, files: list[Path], batch: int, out: Path, write_threads: int) -> tuple[float, list[float]]:
@@ -316,8 +348,8 @@ def main(argv: list[str] | None = None) -> None:
         model, export = fit_and_export(backbone, shots, work)
         floors[backbone] = network_gflop(model, files)
         dets = {run: load(model, export, run, args.threads) for run in RUNS}
-        settings = [("torch", 1, 6, 0), ("torch", 1, 1, 0)] + [(rt, BATCH, 1, 0) for rt in RUNS] + \
-            [(rt, BATCH, 1, 2) for rt in RUNS]  # last: files written by 2 threads behind the compute
+        settings = [("torch", 1, "old", 0), ("torch", 1, "now", 0)] + [(rt, BATCH, "now", 0) for rt in RUNS] + \
+            [(rt, BATCH, "now", 2) for rt in RUNS]  # last: files written by 2 threads behind the compute
         for s in settings[2:]:  # warm-up: a runtime plans (and OpenVINO compiles) per input shape on first sight
             end_to_end(dets[s[0]], files, s[1], work / f"warm-{backbone}-{s[0]}-{s[3]}", s[3])
         st: dict = {s: [] for s in settings}
@@ -330,14 +362,14 @@ def main(argv: list[str] | None = None) -> None:
                 rt, batch, level, wt = s
                 tag = f"{backbone}-{rt}-{batch}-{level}-{wt}-{r}"
                 loads[s].append(os.getloadavg()[0])
-                with png_level(level):
+                with overlay_path(level):
                     if wt == 0:  # the stage split (the same with writes behind: they are timed alone here)
                         (work / f"out-{tag}").mkdir()
                         st[s].append(stages(dets[rt], rt, files, batch, work / f"out-{tag}"))
                     ips, sc = end_to_end(dets[rt], files, batch, work / f"e2e-{tag}", wt)
                 ee[s].append(ips)
                 scores[s] = sc
-                print(f"{backbone} {rt} batch {batch} png {level} write threads {wt} round {r}: {ips:.2f} images/s",
+                print(f"{backbone} {rt} batch {batch} overlay {level} write threads {wt} round {r}: {ips:.2f} images/s",
                       flush=True)
         for s in settings:
             if st[s]:
@@ -369,14 +401,16 @@ def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes,
              "median of a probe before the "
              "rounds and one in each round).", "",
              "## ms per image, by stage", "",
-             "| backbone | runtime | batch | PNG level | decode | resize | backbone | search | map | write | total | "
+             "| backbone | runtime | batch | overlay | decode | resize | backbone | search | map | write | total | "
              "backbone / FLOP floor | load |", "|" + " --- |" * 13]
     for backbone, rt, batch, level, med, load in rows:
         floor_ms = floors[backbone][0] / gflops * 1e3
         lines.append(f"| {backbone} | {rt} | {batch} | {level} | " + " | ".join(f"{med[k]:.1f}" for k in STAGES) +
                      f" | {sum(med.values()):.1f} | {med['backbone'] / floor_ms:.1f}x | {load:.1f} |")
-    lines += ["", "torch, batch 1, PNG level 6 is the old `detect` (one image at a time, Pillow's default zlib level "
-              "for the overlay); batched rows group images of equal input "
+    lines += ["", "torch, batch 1, overlay old is the old `detect` (one image at a time; overlays as it made them: "
+              "colours interpolated per pixel, a float blend, Pillow's PNG encoder at its default zlib level 6); "
+              "overlay now: the product's overlay code (colour lookup table, integer blend, zlib level 1, OpenCV's "
+              "Huffman-only PNG encoder where installed); batched rows group images of equal input "
               "shape (magnetic_tile images come in many sizes, so with aspect-keeping geometry many groups hold one "
               "image: batching gains little there, the runtime gains the rest).", "",
               "## FLOP floor", "",
@@ -389,10 +423,10 @@ def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes,
               "pooling/activations/norms not counted. Floor = FLOPs / the matmul rate above. Depthwise convolutions "
               "(EfficientNet) cannot reach matmul speed.", "",
               "## End to end (`detect_images`: decode, detect, regions, overlay, files written)", "",
-              "| backbone | runtime | batch | PNG level | write threads | images/s | vs old path | image AUROC | "
+              "| backbone | runtime | batch | overlay | write threads | images/s | vs old path | image AUROC | "
               "load |",
               "|" + " --- |" * 9]
-    base = {r[0]: r[5] for r in e2e if r[1:5] == ("torch", 1, 6, 0)}
+    base = {r[0]: r[5] for r in e2e if r[1:5] == ("torch", 1, "old", 0)}
     for backbone, rt, batch, level, wt, ips, auc, load in e2e:
         lines.append(f"| {backbone} | {rt} | {batch} | {level} | {wt} | {ips:.2f} | {ips / base[backbone]:.2f}x | "
                      f"{auc:.4f} | {load:.1f} |")
