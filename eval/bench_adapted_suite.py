@@ -3,13 +3,16 @@
 For each data set and seed: 8 normal shots (the suite's draw); ``patchcore`` (frozen DINOv2-S blocks 5+7, 224 px
 square, coreset off) is the reference. The ``adapted`` detector trains its adapter on the same 8 shots (LoRA + head
 against synthetic defects, a small recipe: ``--epochs`` x ``--steps`` x batch 4), builds its bank from them, and is
-scored three ways from one embedding of the test images: ``fuse="auto"`` (the weight it chose at fit time on the
-shots + synthetic anomalies, never test labels: a head weight only when a paired bootstrap over those validation
-images says it beats retrieval alone in at least 95% of resamples, see vlm_ad/detectors/fuse_choice.py),
-``fuse=0.5`` (the old fixed weight, here with the frozen bank) and ``fuse=1`` (retrieval alone: the reference
-PatchCore's map, with the adapted detector's top-1% image score).
+scored from one embedding of the test images: ``fuse="auto", score="auto"`` (the weight and image score it chose at
+fit time on the shots + synthetic anomalies, never test labels: a head weight only when a paired bootstrap over those
+validation images says it beats retrieval alone in at least 95% of resamples, then the top-1% mean instead of the
+map maximum only when it beats it so surely; see vlm_ad/detectors/fuse_choice.py), ``fuse=0.5`` (the old fixed
+weight, here with the frozen bank, top-1% score) and ``fuse=1`` (retrieval alone: the reference PatchCore's map) with
+each image score, plus both scores at the chosen weight when it is not 1. Every row also gives its image AUROC on the
+two seeded halves of the test images (bench_generalization.halves), and the report checks whether the validation
+choice of the image score predicted the test (each candidate rule applied to the recorded validation figures).
 Cells: image AUROC / pixel AUROC / AUPRO@0.3 on all test images of the set (textile: image labels only).
-Writes eval/results/adapted_suite.{jsonl,md}.
+Writes eval/results/adapted_suite.{jsonl,md}; ``--markdown-only`` rewrites the report from the jsonl.
 
     PYTHONPATH=. nice python eval/bench_adapted_suite.py --datasets square elongated magnetic textile --seeds 0
 """
