@@ -317,5 +317,100 @@ def test_adapted_auto_fusion_falls_back_to_retrieval_when_the_head_is_noise(tmp_
     meta_path.write_text(json.dumps(meta))
     old = load_detector(tmp_path / "m")
     assert old.fuse_ == 0.5 and old.hyper["retrieval"] == "adapted" and "fuse=0.5 given" in old.summary()
-    given = create_detector("adapted", adapter=str(tmp_path / "ad"), fuse=0.5).fit(texture_crops(3, size=112))
+    given = create_detector("adapted", adapter=str(tmp_path / "ad"), fuse=0.5, score="topk")
+    given.fit(texture_crops(3, size=112))
     assert given.fusion_ == {"fuse": 0.5, "chosen": "given"} and "fuse=0.5 given" in given.summary()
+    assert given.score_ == "topk" and "top 1% of the map (given)" in given.summary()
+
+
+def _spike(v: float, i: int) -> torch.Tensor:
+    """A 16 x 16 grid that is 0 but for one patch at ``v``: a high maximum, a low top-1% mean."""
+    g = torch.zeros(16, 16)
+    g[3 + i % 8, 5 + i % 7] = v
+    return g
+
+
+def _blob(v: float, i: int) -> torch.Tensor:
+    """A 16 x 16 grid with an 8 x 8 square at ``v``: maximum and top-1% mean both ``v``."""
+    g = torch.zeros(16, 16)
+    g[2 + i % 4 : 10 + i % 4, 3:11] = v
+    return g
+
+
+def _score_validation(normal: list[torch.Tensor], anomalous: list[torch.Tensor]) -> dict:
+    return {"grids": {1.0: torch.stack(normal + anomalous)}, "n_normal": len(normal), "n_synthetic": len(anomalous),
+            "image_labels": np.r_[np.zeros(len(normal), bool), np.ones(len(anomalous), bool)]}
+
+
+def test_pick_score_keeps_the_maximum_unless_topk_beats_it_surely():
+    from vlm_ad.detectors.fuse_choice import pick_score, score_table
+
+    y = np.r_[np.zeros(8, bool), np.ones(8, bool)]
+    normal, anomalous = np.linspace(0, 1, 8), np.linspace(1.1, 2, 8)
+    # the top-k mean separates where the maximum does not: kept
+    t = score_table({"max": np.r_[anomalous, normal], "topk": np.r_[normal, anomalous]}, y, base="max", seed=0)
+    assert t["topk"]["image_auroc"] > 0.9 > 0.1 > t["max"]["image_auroc"] and t["topk"]["confidence"] == 1.0
+    assert pick_score(t)[0] == "topk"
+    # the top-k mean loses: the maximum (the old behaviour kept top-k whatever the figures)
+    t = score_table({"max": np.r_[normal, anomalous], "topk": np.r_[anomalous, normal]}, y, base="max", seed=0)
+    assert t["topk"]["loses"] == 1.0 and pick_score(t) == ("max", f"topk loses ({t['topk']['image_auroc']:.3f} vs "
+                                                                   f"{t['max']['image_auroc']:.3f})")
+    # one image's worth of gain is not sure: the maximum; an exact tie keeps the maximum too
+    flip = np.r_[normal, anomalous]
+    flip[[7, 8]] = flip[[8, 7]]
+    t = score_table({"max": flip, "topk": np.r_[normal, anomalous]}, y, base="max", seed=0)
+    assert t["topk"]["image_auroc"] > t["max"]["image_auroc"] and t["topk"]["confidence"] < 0.95
+    assert pick_score(t)[0] == "max" and "not sure" in pick_score(t)[1]
+    t = score_table({"max": np.r_[normal, anomalous], "topk": np.r_[normal, anomalous] * 2}, y, base="max", seed=0)
+    assert t["topk"]["confidence"] == 0.0 and pick_score(t) == ("max", "tie (1.000): max kept")
+
+
+def test_adapted_chooses_the_image_score_on_validation_and_saves_it(tmp_path):
+    from vlm_ad.detectors import load_detector
+
+    cfg = AdaptConfig(**(TINY | {"image_size": 112}))
+    net = inject_lora(_net(cfg), cfg)
+    det = create_detector("adapted", sigma=1.0).use_trained(net, _NoiseHead(768, cfg.head_dim), cfg)
+    assert det.hyper["score"] == "auto"
+    det.fit(texture_crops(8, size=112, seed=1))
+    s = det.fusion_["image_score"]
+    assert s["chosen"] == "auto" and s["fuse"] == det.fuse_ and set(s["validation"]) == {"max", "topk"}
+    assert s["score"] == det.score_ and s["rule"] == {"base": "max", "confidence": 0.95, "tie": "max",
+                                                      "resamples": 1000}
+    assert s["reason"] in det.summary() and "image score:" in det.summary()
+    # the choice on constructed validation grids: normal images whose maps hold one hot patch and anomalies with a
+    # broad region beat the maximum and not the top-k mean, so top-k is kept ...
+    spikes, blobs = [_spike(2.0 + 0.1 * i, i) for i in range(8)], [_blob(1.0 + 0.05 * i, i) for i in range(8)]
+    wins = det._choose_score(_score_validation(spikes, blobs), 1.0)
+    assert wins["score"] == "topk" and wins["validation"]["topk"]["image_auroc"] == 1.0
+    # ... and the other way round the top-k mean loses and the maximum is kept (the old detector always used top-k)
+    loses = det._choose_score(_score_validation(blobs, spikes), 1.0)
+    assert loses["score"] == "max" and loses["validation"]["max"]["image_auroc"] > 0.9
+    assert loses["validation"]["topk"]["image_auroc"] < 0.1
+    # the chosen score is the one predict uses, and it survives save / load
+    img = texture_crops(1, size=112, seed=9)[0]
+    for record in (wins, loses):
+        det.fusion_ = det.fusion_ | {"image_score": record}
+        m = det.predict([img])[0]
+        det.save(tmp_path / record["score"])
+        back = load_detector(tmp_path / record["score"])
+        assert back.fusion_["image_score"] == record and back.score_ == record["score"]
+        assert back.predict([img])[0].score == pytest.approx(m.score, rel=1e-5)
+    assert det.score_ == "max"
+    # with the maximum and retrieval alone the image score is the frozen PatchCore's, up to its standardisation
+    pc = create_detector("patchcore", backbone="dinov2-s14", image_size=112, coreset=1.0, sigma=1.0)
+    pc.fit(texture_crops(8, size=112, seed=1))
+    mean, sd = (float(v) for v in det.stats_[:2])
+    assert det.predict([img])[0].score == pytest.approx((pc.predict([img])[0].score - mean) / sd, rel=1e-3)
+    # a model saved before the choice existed (no record) keeps its given score; an explicit score is honoured
+    meta_path = tmp_path / "max" / "detector.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["extra"]["fusion"]["image_score"]
+    meta["hyper"]["score"] = "topk"
+    meta_path.write_text(json.dumps(meta))
+    old = load_detector(tmp_path / "max")
+    assert old.score_ == "topk" and "image score: mean of the top 1% of the map (given)" in old.summary()
+    assert old.predict([img])[0].score != pytest.approx(back.predict([img])[0].score, rel=1e-3)
+    given = create_detector("adapted", sigma=1.0, score="max").use_trained(net, _NoiseHead(768, cfg.head_dim), cfg)
+    given.fit(texture_crops(8, size=112, seed=1))
+    assert "image_score" not in given.fusion_ and given.score_ == "max" and "map maximum (given)" in given.summary()

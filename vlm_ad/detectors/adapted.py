@@ -8,7 +8,8 @@ adapted features lost AUPRO to it) or from the adapted ones (``retrieval="adapte
 backbone passes per image become one). A patch's score is the weighted sum of the two
 standardised maps, ``fuse * z(retrieval distance) + (1 - fuse) * z(head logit)``, each standardised by its mean and
 spread over the normal training patches (retrieval distances leave each image's own patches out). The image score is
-the map maximum (``score="max"``) or the mean of its top ``topk`` share of pixels (``score="topk"``).
+the map maximum (``score="max"``, PatchCore's), the mean of its top ``topk`` share of pixels (``score="topk"``), or
+chosen at fit time (``score="auto"``, the default; see below).
 
 ``fuse="auto"`` (the default) chooses the weight at fit time, never on test labels: the fit images (scored
 leave-image-out) are the normal validation set, and copies of them with synthetic anomalies are the anomalous one -
@@ -21,6 +22,14 @@ of a paired bootstrap over the validation images (:mod:`vlm_ad.detectors.fuse_ch
 a gain of a few hundredths is often one image), else the detector falls back to retrieval alone. The choice, its
 reason and confidence, and the validation figures are saved with the model (``fusion_``) and said by
 :meth:`Adapted.summary`.
+
+``score="auto"`` (the default) then chooses the image score at the chosen weight on the same validation images: the
+map maximum (the base: the PatchCore being adapted scores images so, and with ``fuse`` 1 the map *is* that
+PatchCore's, so the adapted detector then scores exactly as it does) or the top-k mean, kept only when its validation
+image AUROC beats the maximum's in at least :data:`~vlm_ad.detectors.fuse_choice.SCORE_CONFIDENCE` of the same
+paired bootstrap (:func:`~vlm_ad.detectors.fuse_choice.score_table`, :func:`~vlm_ad.detectors.fuse_choice.pick_score`).
+The choice, its reason and the figures are saved in ``fusion_["image_score"]``; a model saved before the option
+existed keeps its given score.
 """
 
 from __future__ import annotations
@@ -33,12 +42,23 @@ import torch
 import torch.nn.functional as F
 
 from vlm_ad.detectors.base import Detector, PatchEmbedder
-from vlm_ad.detectors.fuse_choice import FUSE_CONFIDENCE, FUSE_MARGIN, FUSE_RESAMPLES, fuse_table, pick_fuse
+from vlm_ad.detectors.fuse_choice import (
+    FUSE_CONFIDENCE,
+    FUSE_MARGIN,
+    FUSE_RESAMPLES,
+    SCORE_BASE,
+    SCORE_CONFIDENCE,
+    SCORE_TIE,
+    fuse_table,
+    pick_fuse,
+    pick_score,
+    score_table,
+)
 from vlm_ad.detectors.patchcore import PatchCore
 from vlm_ad.detectors.threshold import ThresholdPolicy
 from vlm_ad.errors import ConfigError, DataError
 
-_SCORES = ("max", "topk")
+_SCORES = ("auto", "max", "topk")
 FUSE_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)  # candidate retrieval weights for fuse="auto"
 N_VALIDATION = 16  # at most this many fit images get a synthetic-anomaly copy for the choice
 
@@ -54,7 +74,10 @@ class Adapted(Detector):
         fuse: weight of the retrieval map in the fusion (1 = retrieval only, 0 = head only), or
             ``"auto"`` (default): chosen at fit time on the fit images plus synthetic anomalies made on them,
             falling back to 1 when the head does not help (see the module docstring).
-        score: image score, ``"max"`` or ``"topk"``; ``topk``: share of the top map pixels averaged.
+        score: image score, ``"max"`` (the map maximum, PatchCore's), ``"topk"`` (mean of the top ``topk`` share of
+            map pixels) or ``"auto"`` (default): chosen at fit time between the two on the same validation images as
+            the fusion weight, ``max`` unless ``topk`` beats it surely (see the module docstring).
+        topk: share of the top map pixels averaged by the ``topk`` score.
         retrieval: ``"frozen"`` (default: the bank holds the frozen backbone's features) or ``"adapted"``.
         seed: coreset / training seed.
         **hyper: embedder settings (``image_size``, ``pool``) and ``sigma``.
@@ -63,7 +86,7 @@ class Adapted(Detector):
     name = "adapted"
 
     def __init__(self, backbone: str | None = None, *, adapter: str | None = None, adapt: dict | None = None,
-                 fuse: float | str = "auto", score: str = "topk", topk: float = 0.01, retrieval: str = "frozen",
+                 fuse: float | str = "auto", score: str = "auto", topk: float = 0.01, retrieval: str = "frozen",
                  seed: int = 0, **hyper: Any) -> None:
         if adapter:
             from vlm_ad.adapt import adapter_backbone
@@ -173,13 +196,19 @@ class Adapted(Detector):
         head = emb[..., -1]
         self.stats_ = torch.stack([seen.mean(), seen.std().clamp(min=1e-6), head.mean(), head.std().clamp(min=1e-6)])
         loo = torch.nan_to_num(loo, nan=float(seen.mean()))
-        if self.hyper["fuse"] == "auto":
+        self.fusion_ = None
+        if "auto" in (self.hyper["fuse"], self.hyper["score"]):
             arrays = getattr(self, "_fit_arrays", None)
             if arrays is None:
-                raise ConfigError("adapted with fuse='auto' needs the fit images: call fit(images)")
-            self.fusion_ = self._choose_fuse(arrays, ids, loo, head, pc)
+                raise ConfigError("adapted with fuse='auto' or score='auto' needs the fit images: call fit(images)")
+            val = self._validation(arrays, ids, loo, head, pc)
+        if self.hyper["fuse"] == "auto":
+            fusion = self._choose_fuse(val)
         else:
-            self.fusion_ = {"fuse": float(self.hyper["fuse"]), "chosen": "given"}
+            fusion = {"fuse": float(self.hyper["fuse"]), "chosen": "given"}
+        if self.hyper["score"] == "auto":
+            fusion["image_score"] = self._choose_score(val, fusion["fuse"])
+        self.fusion_ = fusion
         self._loo = self._fuse(loo, head)
 
     @property
@@ -191,10 +220,20 @@ class Adapted(Detector):
         s, w = self.stats_, self.fuse_ if w is None else w
         return w * (retr - s[0]) / s[1] + (1 - w) * (head - s[2]) / s[3]
 
-    # fusion choice --------------------------------------------------------------------------------------------
-    def _choose_fuse(self, arrays, ids, loo: torch.Tensor, head: torch.Tensor, pc: PatchCore) -> dict[str, Any]:
-        """Score every weight of :data:`FUSE_GRID` on the fit images (leave-image-out) vs synthetic-anomaly copies
-        of them, per image; keep the head only when it beats retrieval alone surely (:func:`pick_fuse`)."""
+    @property
+    def score_(self) -> str:
+        """The image score in use: ``"max"`` or ``"topk"`` (chosen at fit time with ``score="auto"``)."""
+        chosen = (self.fusion_ or {}).get("image_score")
+        if chosen:
+            return chosen["score"]
+        # before the choice (or a model saved without one): the given score; "auto" before it is made scores as
+        # the top-k mean, which is what the fusion weight has always been chosen with
+        return "topk" if self.hyper["score"] == "auto" else self.hyper["score"]
+
+    # fusion and image-score choice ----------------------------------------------------------------------------
+    def _validation(self, arrays, ids, loo: torch.Tensor, head: torch.Tensor, pc: PatchCore) -> dict[str, Any]:
+        """The validation set of both choices: the fit images (leave-image-out) and synthetic-anomaly copies of
+        them, as fused grids per weight of :data:`FUSE_GRID`, with image and patch labels."""
         syn, masks, src = synthetic_validation(arrays, seed=self.hyper["seed"])
         emb = self._embed(syn, None)
         s_loo = pc.leave_image_out_scores(emb[..., :-1], [ids[i] for i in src])  # own clean patches left out
@@ -203,18 +242,38 @@ class Adapted(Detector):
         grid = tuple(emb.shape[1:3])
         labels = torch.stack([F.adaptive_avg_pool2d(torch.from_numpy(m.astype(np.float32))[None, None], grid)[0, 0]
                               for m in masks]) >= 0.25  # (S, h, w) patches a quarter covered or more
-        grids = {w: torch.cat([self._fuse(loo, head, w), self._fuse(s_loo, s_head, w)]) for w in FUSE_GRID}
+        weights = set(FUSE_GRID) | ({float(self.hyper["fuse"])} if self.hyper["fuse"] != "auto" else set())
+        return {"grids": {w: torch.cat([self._fuse(loo, head, w), self._fuse(s_loo, s_head, w)]) for w in weights},
+                "image_labels": np.r_[np.zeros(len(loo), bool), np.ones(len(syn), bool)],
+                "patch_labels": [np.zeros(loo[0].numel(), bool)] * len(loo) + [m.reshape(-1).numpy() for m in labels],
+                "n_normal": len(loo), "n_synthetic": len(syn)}
+
+    def _choose_fuse(self, val: dict[str, Any]) -> dict[str, Any]:
+        """Score every weight of :data:`FUSE_GRID` on the validation images (:meth:`_validation`), per image; keep
+        the head only when it beats retrieval alone surely (:func:`pick_fuse`). Image scores: :attr:`score_` (the
+        top-k mean when the score is chosen too: the weight is chosen first, then the score at that weight)."""
+        grids = {w: g for w, g in val["grids"].items() if w in FUSE_GRID}
         table = fuse_table({w: [self.image_score(g) for g in g_w] for w, g_w in grids.items()},  # per image, kept
                            {w: [g.reshape(-1).numpy() for g in g_w] for w, g_w in grids.items()},  # for the bootstrap
-                           np.r_[np.zeros(len(loo), bool), np.ones(len(syn), bool)],
-                           [np.zeros(loo[0].numel(), bool)] * len(loo) + [m.reshape(-1).numpy() for m in labels],
-                           seed=self.hyper["seed"])
+                           val["image_labels"], val["patch_labels"], seed=self.hyper["seed"])
         fuse, why, gain, conf = pick_fuse(table)
         return {"fuse": fuse, "chosen": "auto", "reason": why, "gain_over_retrieval": gain, "confidence": conf,
                 "rule": {"margin": FUSE_MARGIN, "confidence": FUSE_CONFIDENCE, "resamples": FUSE_RESAMPLES,
                          "bootstrap": "paired, over validation images, normal and synthetic resampled apart"},
-                "validation": table, "n_normal": len(loo), "n_synthetic": len(syn),
+                "validation": table, "n_normal": val["n_normal"], "n_synthetic": val["n_synthetic"],
                 "note": "fit images leave-image-out vs synthetic copies (painted + cut-paste); no test labels"}
+
+    def _choose_score(self, val: dict[str, Any], fuse: float) -> dict[str, Any]:
+        """The image score at weight ``fuse``: the map maximum (the base, PatchCore's score) or the top-k mean,
+        by validation image AUROC and the paired bootstrap (:func:`score_table`, :func:`pick_score`)."""
+        grids = val["grids"][float(fuse)]
+        table = score_table({s: [self._work_score(self.smooth(g), s) for g in grids] for s in ("max", "topk")},
+                            val["image_labels"], base=SCORE_BASE, seed=self.hyper["seed"])
+        score, why = pick_score(table)
+        return {"score": score, "chosen": "auto", "reason": why, "fuse": float(fuse), "validation": table,
+                "rule": {"base": SCORE_BASE, "confidence": SCORE_CONFIDENCE, "tie": SCORE_TIE,
+                         "resamples": FUSE_RESAMPLES},
+                "n_normal": val["n_normal"], "n_synthetic": val["n_synthetic"]}
 
     def summary(self) -> str:
         """One line saying how the map is made (which fusion weight, and why)."""
@@ -224,12 +283,15 @@ class Adapted(Detector):
         w = self.fuse_
         part = (f"retrieval alone ({self.hyper['retrieval']} features)" if w == 1 else "head alone" if w == 0
                 else f"{w:g} x retrieval + {1 - w:g} x head")
+        s = f.get("image_score")
+        score = "map maximum" if self.score_ == "max" else f"mean of the top {self.hyper['topk']:.0%} of the map"
+        score = (f"image score: {score} ({'chosen at fit: ' + s['reason'] if s else 'given'})")
         if f.get("chosen") != "auto":
-            return f"adapted: {part} (fuse={w:g} given)"
+            return f"adapted: {part} (fuse={w:g} given); {score}"
         v = f["validation"]
         return (f"adapted: {part}, chosen at fit on {f['n_normal']} normal + {f['n_synthetic']} synthetic-anomaly "
                 f"images: {f['reason']}; best mean AUROC {max(r['mean'] for r in v.values()):.3f} vs retrieval alone "
-                f"{v['1.0']['mean']:.3f}")
+                f"{v['1.0']['mean']:.3f}; {score}")
 
     def _calibrate(self, emb: torch.Tensor, ids: list[str]) -> float | None:
         """99th percentile of leave-image-out fused image scores of the normal training images."""
@@ -250,8 +312,8 @@ class Adapted(Detector):
         return grids, hits
 
     # image score ----------------------------------------------------------------------------------------------
-    def _work_score(self, work: torch.Tensor) -> float:
-        if self.hyper["score"] == "max":
+    def _work_score(self, work: torch.Tensor, score: str | None = None) -> float:
+        if (score or self.score_) == "max":
             return float(work.max())
         flat = work.reshape(-1)
         return float(torch.topk(flat, max(1, int(self.hyper["topk"] * flat.numel()))).values.mean())

@@ -61,6 +61,18 @@ def grouped_auroc(counts: np.ndarray, u: np.ndarray, p: np.ndarray, n: np.ndarra
         return np.einsum("ri,ij,rj->r", counts, u, counts) / den
 
 
+def resample_counts(image_labels: np.ndarray, *, seed: int, resamples: int = FUSE_RESAMPLES) -> np.ndarray:
+    """(resamples + 1, n) draw counts of the n validation images: row 0 the set itself (all ones), then the paired
+    bootstrap resamples, normal and anomalous images drawn apart (with replacement) so that both are always present."""
+    y = np.asarray(image_labels, bool)
+    rng = np.random.default_rng([seed, 4241])
+    counts = np.zeros((resamples + 1, len(y)))
+    counts[0] = 1  # row 0: the validation set itself
+    for cls in (np.flatnonzero(~y), np.flatnonzero(y)):  # each class resampled apart: both always present
+        counts[1:, cls] = rng.multinomial(len(cls), np.full(len(cls), 1 / len(cls)), size=resamples)
+    return counts
+
+
 def fuse_table(image_scores: Mapping[float, np.ndarray], patch_scores: Mapping[float, Sequence[np.ndarray]],
                image_labels: np.ndarray, patch_labels: Sequence[np.ndarray], *, seed: int,
                resamples: int = FUSE_RESAMPLES) -> dict[str, dict[str, float]]:
@@ -79,11 +91,7 @@ def fuse_table(image_scores: Mapping[float, np.ndarray], patch_scores: Mapping[f
         resamples whose mean beats retrieval alone's) and ``"gain_ci90"`` (5th and 95th percentile of the gain in mean).
     """
     y = np.asarray(image_labels, bool)
-    rng = np.random.default_rng([seed, 4241])
-    counts = np.zeros((resamples + 1, len(y)))
-    counts[0] = 1  # row 0: the validation set itself
-    for cls in (np.flatnonzero(~y), np.flatnonzero(y)):  # each class resampled apart: both always present
-        counts[1:, cls] = rng.multinomial(len(cls), np.full(len(cls), 1 / len(cls)), size=resamples)
+    counts = resample_counts(y, seed=seed, resamples=resamples)
     img_labels = [np.array([v]) for v in y]
     means, table = {}, {}
     for w in sorted(image_scores):
@@ -131,3 +139,57 @@ def pick_fuse(table: Mapping[str, Mapping[str, float]], *, margin: float = FUSE_
         return 1.0, (f"head gain not sure (fuse {float(best):g} beat retrieval alone in only {conf[best]:.0%} of "
                      f"resamples; {confidence:.0%} needed)"), gain[best], conf[best]
     return 1.0, "head does not help", gain[best], conf.get(best)
+
+
+def score_table(image_scores: Mapping[str, Sequence[float]], image_labels: np.ndarray, *, base: str, seed: int,
+                resamples: int = FUSE_RESAMPLES) -> dict[str, dict[str, float]]:
+    """Validation image AUROC per image-score rule, with the paired bootstrap of :func:`fuse_table` against ``base``.
+
+    Args:
+        image_scores: ``{rule name: (n,) image scores}`` of the same n validation images; must hold ``base``.
+        image_labels: (n,) True for a synthetic-anomaly image.
+        base: the rule the others must beat.
+        seed: resampling seed (the same resamples as :func:`fuse_table` with that seed).
+        resamples: bootstrap resamples.
+
+    Returns:
+        ``{name: {"image_auroc"}}``; rules other than ``base`` add ``"confidence"`` (share of resamples in which
+        their image AUROC beats the base's; ties do not count), ``"loses"`` (share in which it is below the base's)
+        and ``"gain_ci90"`` (5th and 95th percentile of the gain).
+    """
+    y = np.asarray(image_labels, bool)
+    counts = resample_counts(y, seed=seed, resamples=resamples)
+    labels = [np.array([v]) for v in y]
+    auc = {k: grouped_auroc(counts, *pair_counts([np.array([s]) for s in v], labels)) for k, v in image_scores.items()}
+    table = {k: {"image_auroc": round(float(a[0]), 4)} for k, a in auc.items()}
+    for k, a in auc.items():
+        if k != base:
+            gain = (a - auc[base])[1:]
+            gain = gain[np.isfinite(gain)]
+            table[k] |= {"confidence": round(float(np.mean(gain > 0)), 3) if len(gain) else 0.0,
+                         "loses": round(float(np.mean(gain < 0)), 3) if len(gain) else 0.0,
+                         "gain_ci90": [round(float(q), 4) for q in np.quantile(gain, [0.05, 0.95])]
+                         if len(gain) else None}
+    return table
+
+
+SCORE_BASE = "max"  # the retrieval PatchCore's image score: what the adapted detector must not lose to
+SCORE_CONFIDENCE = 0.95  # the top-k score is kept when it beats the base in at least this share of resamples
+SCORE_TIE = "max"  # what an exact tie on the validation image AUROC keeps
+
+
+def pick_score(table: Mapping[str, Mapping[str, float]], *, base: str = SCORE_BASE, challenger: str = "topk",
+               confidence: float = SCORE_CONFIDENCE, tie: str = SCORE_TIE) -> tuple[str, str]:
+    """The image-score rule to use from :func:`score_table` figures: ``challenger`` when its validation image AUROC
+    is above ``base``'s and it beat it in at least ``confidence`` of the resamples; on an exact tie ``tie``; else
+    ``base``. Returns (rule, reason)."""
+    b, c = table[base]["image_auroc"], table[challenger]["image_auroc"]
+    conf = table[challenger].get("confidence", 0.0)
+    if c > b and conf >= confidence:
+        return challenger, f"{challenger} beat {base} ({c:.3f} vs {b:.3f}; in {conf:.0%} of resamples)"
+    if c > b:
+        return base, (f"{challenger} gain not sure ({c:.3f} vs {b:.3f}; beat {base} in only {conf:.0%} of resamples, "
+                      f"{confidence:.0%} needed)")
+    if c == b:
+        return tie, f"tie ({c:.3f}): {tie} kept"
+    return base, f"{challenger} loses ({c:.3f} vs {b:.3f})"
