@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -243,11 +244,16 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
     shown = sorted(rows, key=_order)
     cut = next((i for i, r in enumerate(shown) if r["data"] == "magnetic_tile"), len(shown))
     shown = shown[:cut] + means + shown[cut:]
+    command = (f"PYTHONPATH=. python eval/bench_qa.py --llm-images {args.llm_images}"
+               f"{' --llm ' + ' '.join(args.llm) if args.llm != ['smollm2'] and args.llm_images else ''}"
+               f"{' --same-images' if args.same_images else ''}{' --llm-only' if args.llm_only else ''}"
+               f"{' --keep' if args.keep else ''}")
+    if args.oracle:  # an oracle run adds its rows only: the other rows keep the command that made them
+        old = re.search(r"^Command: `([^`]*)`", (RESULTS / "qa.md").read_text() if (RESULTS / "qa.md").is_file()
+                        else "", re.M)
+        command = old.group(1) if old else command
     lines = ["# Question answering (multiple choice) through the chat loop", "",
-             f"Command: `PYTHONPATH=. python eval/bench_qa.py --llm-images {args.llm_images}"
-             f"{' --llm ' + ' '.join(args.llm) if args.llm != ['smollm2'] and args.llm_images else ''}"
-             f"{' --same-images' if args.same_images else ''}{' --llm-only' if args.llm_only else ''}"
-             f"{' --keep' if args.keep else ''}`. "
+             f"Command: `{command}`. "
              "Detector: PatchCore, efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0. "
              f"`{NEW}`: the product's rules: the detector's default threshold rule (mean + 1 sd of the normal shots' "
              f"leave-image-out scores), sizes from each region's core (level {CORE_LEVEL}, "
