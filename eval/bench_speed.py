@@ -142,15 +142,12 @@ def stages(det, runtime: str, files: list[Path], batch: int, out: Path) -> dict[
 
 def _old_colorize(values, vmin=None, vmax=None):
     """The colormap as ``vlm_ad.viz.colorize`` computed it before its lookup table (interpolated per pixel)."""
-    from vlm_ad.viz import _ANCHORS
+    from vlm_ad.viz import interpolated_colors
 
     v = np.asarray(values, dtype=np.float32)
     lo = float(np.min(v)) if vmin is None else vmin
     hi = float(np.max(v)) if vmax is None else vmax
-    t = np.clip((v - lo) / (hi - lo if hi > lo else 1.0), 0, 1) * (len(_ANCHORS) - 1)
-    i = np.minimum(t.astype(int), len(_ANCHORS) - 2)
-    frac = (t - i)[..., None]
-    return (_ANCHORS[i] * (1 - frac) + _ANCHORS[i + 1] * frac).astype(np.uint8)
+    return interpolated_colors((v - lo) / (hi - lo if hi > lo else 1.0))
 
 
 def _old_overlay(image, amap, *, vmin=None, vmax=None, alpha=0.5, mask=None):

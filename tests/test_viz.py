@@ -13,10 +13,7 @@ from vlm_ad import viz
 
 def _interpolated(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """The colormap computed per pixel (the rule the lookup table samples)."""
-    t = np.clip((values - lo) / (hi - lo), 0, 1) * (len(viz._ANCHORS) - 1)
-    i = np.minimum(t.astype(int), len(viz._ANCHORS) - 2)
-    frac = (t - i)[..., None]
-    return (viz._ANCHORS[i] * (1 - frac) + viz._ANCHORS[i + 1] * frac).astype(np.uint8)
+    return viz.interpolated_colors((values - lo) / (hi - lo))
 
 
 def test_colorize_matches_the_interpolated_colormap_to_one_level():

@@ -25,14 +25,20 @@ _ANCHORS = np.array(
 _LUT_SIZE = 4096
 
 
+def interpolated_colors(position: np.ndarray) -> np.ndarray:
+    """The colormap itself: uint8 RGB colours of positions in [0, 1] (any shape; a trailing axis of 3 is added),
+    linear between the anchors. :func:`colorize` looks these up in a table instead of computing them per pixel."""
+    t = np.clip(np.asarray(position, dtype=np.float32), 0, 1) * (len(_ANCHORS) - 1)
+    i = np.minimum(t.astype(int), len(_ANCHORS) - 2)
+    frac = (t - i)[..., None]
+    return (_ANCHORS[i] * (1 - frac) + _ANCHORS[i + 1] * frac).astype(np.uint8)
+
+
 @functools.lru_cache(maxsize=1)
 def _lut() -> np.ndarray:
     """The colormap sampled at :data:`_LUT_SIZE` levels (uint8 RGB): a lookup is 4x faster than interpolating every
     pixel (magnetic_tile overlays: 1.1 vs 4.8 ms) and differs from the interpolation by at most 1 level."""
-    t = np.linspace(0, 1, _LUT_SIZE, dtype=np.float32) * (len(_ANCHORS) - 1)
-    i = np.minimum(t.astype(int), len(_ANCHORS) - 2)
-    frac = (t - i)[:, None]
-    return (_ANCHORS[i] * (1 - frac) + _ANCHORS[i + 1] * frac).astype(np.uint8)
+    return interpolated_colors(np.linspace(0, 1, _LUT_SIZE, dtype=np.float32))
 
 
 def colorize(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
