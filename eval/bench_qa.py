@@ -69,8 +69,9 @@ class _Subset:
 def oracle_maps(samples, maps, *, verdict_only: bool) -> list:
     """The detector's outputs with part of the truth put in, to see what the maps cost: ``verdict_only``: the map as
     it is, the image score moved just across the threshold to the side of the label (a right yes/no); else the
-    ground-truth mask as the map (2 x threshold inside, 0 outside; score 2 x threshold or 0): the reasoner's rules
-    on a perfect map. Retrieval hits stay the detector's."""
+    ground-truth mask as the map (2 x threshold inside, 0 outside; score 2 x threshold for a defective image, below
+    the threshold for a normal one; a defect without a mask is a "yes" with no region): the reasoner's rules on a
+    perfect map. Retrieval hits stay the detector's."""
     out = []
     for s, m in zip(samples, maps):
         thr = float(m.threshold)
@@ -84,7 +85,7 @@ def oracle_maps(samples, maps, *, verdict_only: bool) -> list:
             raise ValueError(f"{s.image_id}: mask {mask.shape} vs map {m.map.shape}")
         top = 2 * thr if thr > 0 else thr + 1.0
         out.append(dataclasses.replace(m, map=(mask > 0).astype(np.float32) * top,
-                                       score=float(top if mask.any() else min(0.0, thr - 1.0))))
+                                       score=float(top if s.label else min(0.0, thr - 1.0))))
     return out
 
 
