@@ -33,6 +33,7 @@ SETTINGS = {
     "effnet aspect 1024 tile 256": (EFF, {"geometry": "aspect", "image_size": 1024, "tile": 256}, ("large",)),
     "dinov2 square 224": (DINO, {"geometry": "square", "image_size": 224}, None),
     "dinov2 area 224": (DINO, {"geometry": "area", "image_size": 224}, None),
+    "dinov2 aspect 308": (DINO, {"geometry": "aspect", "image_size": 308}, None),
     "dinov2 aspect 448": (DINO, {"geometry": "aspect", "image_size": 448}, None),
     "effnet area 224, one search per input shape (before)": (EFF, {"geometry": "area", "image_size": 224}, None),
     "dinov2 aspect 448, one search per input shape (before)": (DINO, {"geometry": "aspect", "image_size": 448}, None),
