@@ -64,14 +64,18 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
                                                                   "tile": 256}, ("large",), None),
     "padim effnet square 224": ("padim", EFF, {"geometry": "square", "image_size": 224}, None, 1),
     "padim effnet area 224": ("padim", EFF, {"geometry": "area", "image_size": 224}, None, 1),
-    "patchcore dinov2 square 224": ("patchcore", DINO, {"geometry": "square", "image_size": 224}, None, 2),
+    "patchcore dinov2 square 224": ("patchcore", DINO, {"geometry": "square", "image_size": 224}, None, 3),
     "patchcore dinov2 area 224": ("patchcore", DINO, {"geometry": "area", "image_size": 224}, None, 1),
-    "patchcore dinov2 aspect 308": ("patchcore", DINO, {"geometry": "aspect", "image_size": 308}, None, 2),
-    "patchcore dinov2 aspect 448": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448}, None, 2),
+    "patchcore dinov2 area 280": ("patchcore", DINO, {"geometry": "area", "image_size": 280}, None, 3),
+    "patchcore dinov2 aspect 308": ("patchcore", DINO, {"geometry": "aspect", "image_size": 308}, None, 3),
+    "patchcore dinov2 area 308": ("patchcore", DINO, {"geometry": "area", "image_size": 308}, None, 3),
+    "patchcore dinov2 aspect 448": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448}, None, 3),
     "patchcore dinov2 aspect 448 b7": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448,
                                                             "layers": ["block7"]}, None, 2),
     "mutual dinov2 zero-shot square 224": ("mutual", DINO, {"geometry": "square", "image_size": 224}, None, 1),
+    "mutual dinov2 zero-shot area 280": ("mutual", DINO, {"geometry": "area", "image_size": 280}, None, 1),
     "mutual dinov2 zero-shot aspect 308": ("mutual", DINO, {"geometry": "aspect", "image_size": 308}, None, 1),
+    "mutual dinov2 zero-shot area 308": ("mutual", DINO, {"geometry": "area", "image_size": 308}, None, 1),
     "mutual dinov2 zero-shot aspect 448": ("mutual", DINO, {"geometry": "aspect", "image_size": 448}, None, 1),
     "mutual dinov2 zero-shot aspect 448 b7": ("mutual", DINO, {"geometry": "aspect", "image_size": 448,
                                                                 "layers": ["block7"]}, None, 1),
@@ -430,28 +434,32 @@ def verdict(rows: list[dict], new: str, old: str, half: str) -> str | None:
 
 
 GEOMETRY_LADDER = {  # DINOv2 long sides compared per set, the square 224 default first
-    "patchcore": ("patchcore dinov2 square 224", "patchcore dinov2 aspect 308", "patchcore dinov2 aspect 448"),
-    "mutual": ("mutual dinov2 zero-shot square 224", "mutual dinov2 zero-shot aspect 308",
+    "patchcore": ("patchcore dinov2 square 224", "patchcore dinov2 area 280", "patchcore dinov2 aspect 308",
+                  "patchcore dinov2 area 308", "patchcore dinov2 aspect 448"),
+    "mutual": ("mutual dinov2 zero-shot square 224", "mutual dinov2 zero-shot area 280",
+               "mutual dinov2 zero-shot aspect 308", "mutual dinov2 zero-shot area 308",
                "mutual dinov2 zero-shot aspect 448"),
 }
 
 
 def geometry_ladder(rows: list[dict]) -> list[str]:
-    """Pixel AUROC per set of the DINOv2 rows at square 224 / aspect 308 / aspect 448, each half, with images/s."""
+    """Pixel AUROC per set of the DINOv2 rows of GEOMETRY_LADDER, each half, with images/s (sets where the square
+    224 row and another ran)."""
     out = []
     for names in GEOMETRY_LADDER.values():
-        sets = [d for d in dict.fromkeys(r["dataset"] for r in rows) if all(
-            any(r["row"] == n and r["dataset"] == d for r in rows) for n in names)]
+        ran = {(r["row"], r["dataset"]) for r in rows}
+        sets = [d for d in dict.fromkeys(r["dataset"] for r in rows)
+                if (names[0], d) in ran and any((n, d) in ran for n in names[1:])]
         if not sets:
             continue
         out += ["| row | half | " + " | ".join(sets) + " |", "|---|---|" + "---|" * len(sets)]
         for half in ("dev", "unseen", "all"):
             for n in names:
-                cells = [_cell([r for r in rows if r["row"] == n and r["dataset"] == d and r["half"] == half],
-                               "pixel_auroc") for d in sets]
+                cells = [_cell(g, "pixel_auroc") if g else "n/a" for d in sets for g in [
+                    [r for r in rows if r["row"] == n and r["dataset"] == d and r["half"] == half]]]
                 out.append(f"| {n} | {half} | " + " | ".join(cells) + " |")
         for n in names:
-            cells = [f"{statistics.median(g):.1f}" for d in sets for g in [[
+            cells = [f"{statistics.median(g):.1f}" if g else "n/a" for d in sets for g in [[
                 r["images_per_second"] for r in rows if r["row"] == n and r["dataset"] == d and r["half"] == "all"]]]
             out.append(f"| {n} | images/s | " + " | ".join(cells) + " |")
         out.append("")
@@ -494,11 +502,12 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
         "",
         *objects_target(rows),
         "",
-        "## DINOv2 long side: pixel AUROC per set at square 224 / aspect 308 / aspect 448",
+        "## DINOv2 input size: pixel AUROC per set at square 224 / area 280 / aspect 308 / area 308 / aspect 448",
         "",
-        "Sets where all three rows ran; seed mean ± std where two seeds ran (PatchCore), mutual seed 0. The images/s "
-        "line is from this run's timings on a shared machine (noisy: rows ran at different times); the interleaved "
-        "measure is eval/results/geometry_speed_dinov2.md.",
+        "Sets where the square 224 default and another of these rows ran; seed mean ± std where several seeds ran "
+        "(seeds: see the top), mutual seed 0 only. The images/s lines are this file's timings on a shared machine "
+        "(noisy: rows ran at different times and loads); the interleaved measure is "
+        "eval/results/geometry_speed_dinov2.md.",
         "",
         *geometry_ladder(rows),
         "## decision",
@@ -506,11 +515,15 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
     ]
     pairs = [(n, OLD) for n in ROWS if n.startswith("patchcore effnet") and n != OLD] + [
         ("patchcore dinov2 area 224", "patchcore dinov2 square 224"),
+        ("patchcore dinov2 area 280", "patchcore dinov2 square 224"),
         ("patchcore dinov2 aspect 308", "patchcore dinov2 square 224"),
+        ("patchcore dinov2 area 308", "patchcore dinov2 square 224"),
         ("patchcore dinov2 aspect 448", "patchcore dinov2 square 224"),
         ("patchcore dinov2 aspect 448 b7", "patchcore dinov2 square 224"),
         ("padim effnet area 224", "padim effnet square 224"),
+        ("mutual dinov2 zero-shot area 280", "mutual dinov2 zero-shot square 224"),
         ("mutual dinov2 zero-shot aspect 308", "mutual dinov2 zero-shot square 224"),
+        ("mutual dinov2 zero-shot area 308", "mutual dinov2 zero-shot square 224"),
         ("mutual dinov2 zero-shot aspect 448", "mutual dinov2 zero-shot square 224"),
         ("mutual dinov2 zero-shot aspect 448 b7", "mutual dinov2 zero-shot square 224")]
     for new, old in pairs:
@@ -518,7 +531,7 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
             if any(r["row"] == new for r in rows) and any(r["row"] == old for r in rows):
                 text.append(f"- {compare(rows, new, old, h)}")
     text += ["", "Rule for a default (issue 12): better on most of the suite and worse nowhere by more than the seed "
-             "spread; the dev half chooses, the unseen half checks. DINOv2 long sides against the square 224 default:",
+             "spread; the dev half chooses, the unseen half checks. DINOv2 input sizes against the square 224 default:",
              ""]
     for names in GEOMETRY_LADDER.values():
         for new in names[1:]:

@@ -33,7 +33,9 @@ SETTINGS = {
     "effnet aspect 1024 tile 256": (EFF, {"geometry": "aspect", "image_size": 1024, "tile": 256}, ("large",)),
     "dinov2 square 224": (DINO, {"geometry": "square", "image_size": 224}, None),
     "dinov2 area 224": (DINO, {"geometry": "area", "image_size": 224}, None),
+    "dinov2 area 280": (DINO, {"geometry": "area", "image_size": 280}, None),
     "dinov2 aspect 308": (DINO, {"geometry": "aspect", "image_size": 308}, None),
+    "dinov2 area 308": (DINO, {"geometry": "area", "image_size": 308}, None),
     "dinov2 aspect 448": (DINO, {"geometry": "aspect", "image_size": 448}, None),
     "effnet area 224, one search per input shape (before)": (EFF, {"geometry": "area", "image_size": 224}, None),
     "dinov2 aspect 448, one search per input shape (before)": (DINO, {"geometry": "aspect", "image_size": 448}, None),
@@ -88,6 +90,15 @@ def main(argv=None) -> int:
     for name in [n for n in SETTINGS if n in args.settings]:
         cells = [f"{statistics.median(speeds[(name, d)]):.2f}" if (name, d) in speeds else "n/a" for d in datasets]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    names = [n for n in SETTINGS if n in args.settings]
+    ratio = ["", f"Cost relative to {names[0]} (its images/s divided by the setting's; above 1 = slower):", "",
+             "| setting | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+    for name in names[1:]:
+        cells = [f"{statistics.median(speeds[(names[0], d)]) / statistics.median(speeds[(name, d)]):.2f}x"
+                 if (name, d) in speeds and (names[0], d) in speeds else "n/a" for d in datasets]
+        ratio.append(f"| {name} | " + " | ".join(cells) + " |")
+    if len(names) > 1:
+        lines += ratio
     sizes = ", ".join(f"{d} {min(n_images(d, args.images), len(t))} images of "
                       f"{t[0].image.shape[1]}x{t[0].image.shape[0]}" + (" (sizes vary)" if d == "magnetic" else "")
                       for d, t in tests.items())
