@@ -466,6 +466,17 @@ def geometry_ladder(rows: list[dict]) -> list[str]:
     return out
 
 
+def speed_ratios() -> list[str]:
+    """The cost-ratio tables of the interleaved DINOv2 speed runs (eval/bench_geometry_speed.py), where present."""
+    out = []
+    for name, what in (("geometry_speed_dinov2.md", "PatchCore"), ("geometry_speed_dinov2_mutual.md", "mutual")):
+        path = RESULTS / name
+        if path.is_file() and "Cost relative" in (text := path.read_text()):
+            table = text[text.index("Cost relative"):].strip().splitlines()
+            out += [f"{what}, from {name} (interleaved rounds): " + table[0], *table[1:], ""]
+    return out
+
+
 def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
     sizes = {d: rows_n for d, rows_n in {r["dataset"]: r["n_test"] for r in rows}.items()}
     first = "PYTHONPATH=. nice python eval/bench_generalization.py --seeds 0 1 2 --threads 2"  # rows of the first
@@ -510,6 +521,7 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
         "eval/results/geometry_speed_dinov2.md.",
         "",
         *geometry_ladder(rows),
+        *speed_ratios(),
         "## decision",
         "",
     ]
