@@ -64,12 +64,18 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
                                                                   "tile": 256}, ("large",), None),
     "padim effnet square 224": ("padim", EFF, {"geometry": "square", "image_size": 224}, None, 1),
     "padim effnet area 224": ("padim", EFF, {"geometry": "area", "image_size": 224}, None, 1),
-    "patchcore dinov2 square 224": ("patchcore", DINO, {"geometry": "square", "image_size": 224}, None, 2),
+    "patchcore dinov2 square 224": ("patchcore", DINO, {"geometry": "square", "image_size": 224}, None, 3),
     "patchcore dinov2 area 224": ("patchcore", DINO, {"geometry": "area", "image_size": 224}, None, 1),
-    "patchcore dinov2 aspect 448": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448}, None, 2),
+    "patchcore dinov2 area 280": ("patchcore", DINO, {"geometry": "area", "image_size": 280}, None, 3),
+    "patchcore dinov2 aspect 308": ("patchcore", DINO, {"geometry": "aspect", "image_size": 308}, None, 3),
+    "patchcore dinov2 area 308": ("patchcore", DINO, {"geometry": "area", "image_size": 308}, None, 3),
+    "patchcore dinov2 aspect 448": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448}, None, 3),
     "patchcore dinov2 aspect 448 b7": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448,
                                                             "layers": ["block7"]}, None, 2),
     "mutual dinov2 zero-shot square 224": ("mutual", DINO, {"geometry": "square", "image_size": 224}, None, 1),
+    "mutual dinov2 zero-shot area 280": ("mutual", DINO, {"geometry": "area", "image_size": 280}, None, 1),
+    "mutual dinov2 zero-shot aspect 308": ("mutual", DINO, {"geometry": "aspect", "image_size": 308}, None, 1),
+    "mutual dinov2 zero-shot area 308": ("mutual", DINO, {"geometry": "area", "image_size": 308}, None, 1),
     "mutual dinov2 zero-shot aspect 448": ("mutual", DINO, {"geometry": "aspect", "image_size": 448}, None, 1),
     "mutual dinov2 zero-shot aspect 448 b7": ("mutual", DINO, {"geometry": "aspect", "image_size": 448,
                                                                 "layers": ["block7"]}, None, 1),
@@ -399,6 +405,78 @@ def objects_target(rows: list[dict]) -> list[str]:
     return out
 
 
+def verdict(rows: list[dict], new: str, old: str, half: str) -> str | None:
+    """The rule defaults are chosen by: ``new`` replaces ``old`` only if it is better on most of the (dataset, metric)
+    cells both ran and worse nowhere by more than the seed spread there (means over the seeds both rows ran on that
+    set; a set run on one seed, or a deterministic row such as zero-shot ``mutual``, has no spread, so any loss
+    counts). None if nothing to compare."""
+    wins = losses = cells = 0
+    beyond = []
+    for d in sorted({r["dataset"] for r in rows}):
+        mine = {n: {r["seed"]: r for r in rows if r["row"] == n and r["dataset"] == d and r["half"] == half}
+                for n in (new, old)}
+        seeds = sorted(set(mine[new]) & set(mine[old]))
+        for m in METRICS:
+            a = [mine[new][s][m] for s in seeds if mine[new][s][m] is not None]
+            b = [mine[old][s][m] for s in seeds if mine[old][s][m] is not None]
+            if not a or not b:
+                continue
+            diff = statistics.mean(a) - statistics.mean(b)
+            spread = max(statistics.stdev(a) if len(a) > 1 else 0.0, statistics.stdev(b) if len(b) > 1 else 0.0)
+            cells, wins, losses = cells + 1, wins + (diff > 0), losses + (diff < 0)
+            if -diff > spread:
+                beyond.append(f"{d} {m.replace('_auroc', '')} {diff:+.3f} (spread {spread:.3f})")
+    if not cells:
+        return None
+    ok = wins > cells / 2 and not beyond
+    return (f"{new} vs {old} ({half}): better on {wins} of {cells} cells, worse on {losses}; losses beyond the seed "
+            f"spread: {', '.join(beyond) or 'none'} -> {'qualifies' if ok else 'does not qualify'} under the rule")
+
+
+GEOMETRY_LADDER = {  # DINOv2 long sides compared per set, the square 224 default first
+    "patchcore": ("patchcore dinov2 square 224", "patchcore dinov2 area 280", "patchcore dinov2 aspect 308",
+                  "patchcore dinov2 area 308", "patchcore dinov2 aspect 448"),
+    "mutual": ("mutual dinov2 zero-shot square 224", "mutual dinov2 zero-shot area 280",
+               "mutual dinov2 zero-shot aspect 308", "mutual dinov2 zero-shot area 308",
+               "mutual dinov2 zero-shot aspect 448"),
+}
+
+
+def geometry_ladder(rows: list[dict]) -> list[str]:
+    """Pixel AUROC per set of the DINOv2 rows of GEOMETRY_LADDER, each half, with images/s (sets where the square
+    224 row and another ran)."""
+    out = []
+    for names in GEOMETRY_LADDER.values():
+        ran = {(r["row"], r["dataset"]) for r in rows}
+        sets = [d for d in dict.fromkeys(r["dataset"] for r in rows)
+                if (names[0], d) in ran and any((n, d) in ran for n in names[1:])]
+        if not sets:
+            continue
+        out += ["| row | half | " + " | ".join(sets) + " |", "|---|---|" + "---|" * len(sets)]
+        for half in ("dev", "unseen", "all"):
+            for n in names:
+                cells = [_cell(g, "pixel_auroc") if g else "n/a" for d in sets for g in [
+                    [r for r in rows if r["row"] == n and r["dataset"] == d and r["half"] == half]]]
+                out.append(f"| {n} | {half} | " + " | ".join(cells) + " |")
+        for n in names:
+            cells = [f"{statistics.median(g):.1f}" if g else "n/a" for d in sets for g in [[
+                r["images_per_second"] for r in rows if r["row"] == n and r["dataset"] == d and r["half"] == "all"]]]
+            out.append(f"| {n} | images/s | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
+
+
+def speed_ratios() -> list[str]:
+    """The cost-ratio tables of the interleaved DINOv2 speed runs (eval/bench_geometry_speed.py), where present."""
+    out = []
+    for name, what in (("geometry_speed_dinov2.md", "PatchCore"), ("geometry_speed_dinov2_mutual.md", "mutual")):
+        path = RESULTS / name
+        if path.is_file() and "Cost relative" in (text := path.read_text()):
+            table = text[text.index("Cost relative"):].strip().splitlines()
+            out += [f"{what}, from {name} (interleaved rounds): " + table[0], *table[1:], ""]
+    return out
+
+
 def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
     sizes = {d: rows_n for d, rows_n in {r["dataset"]: r["n_test"] for r in rows}.items()}
     first = "PYTHONPATH=. nice python eval/bench_generalization.py --seeds 0 1 2 --threads 2"  # rows of the first
@@ -435,20 +513,44 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
         "",
         *objects_target(rows),
         "",
+        "## DINOv2 input size: pixel AUROC per set at square 224 / area 280 / aspect 308 / area 308 / aspect 448",
+        "",
+        "Sets where the square 224 default and another of these rows ran; seed mean ± std where several seeds ran "
+        "(seeds: see the top), mutual seed 0 only. The images/s lines are this file's timings on a shared machine "
+        "(noisy: rows ran at different times and loads); the interleaved measure is "
+        "eval/results/geometry_speed_dinov2.md.",
+        "",
+        *geometry_ladder(rows),
+        *speed_ratios(),
         "## decision",
         "",
     ]
     pairs = [(n, OLD) for n in ROWS if n.startswith("patchcore effnet") and n != OLD] + [
         ("patchcore dinov2 area 224", "patchcore dinov2 square 224"),
+        ("patchcore dinov2 area 280", "patchcore dinov2 square 224"),
+        ("patchcore dinov2 aspect 308", "patchcore dinov2 square 224"),
+        ("patchcore dinov2 area 308", "patchcore dinov2 square 224"),
         ("patchcore dinov2 aspect 448", "patchcore dinov2 square 224"),
         ("patchcore dinov2 aspect 448 b7", "patchcore dinov2 square 224"),
         ("padim effnet area 224", "padim effnet square 224"),
+        ("mutual dinov2 zero-shot area 280", "mutual dinov2 zero-shot square 224"),
+        ("mutual dinov2 zero-shot aspect 308", "mutual dinov2 zero-shot square 224"),
+        ("mutual dinov2 zero-shot area 308", "mutual dinov2 zero-shot square 224"),
         ("mutual dinov2 zero-shot aspect 448", "mutual dinov2 zero-shot square 224"),
         ("mutual dinov2 zero-shot aspect 448 b7", "mutual dinov2 zero-shot square 224")]
     for new, old in pairs:
         for h in ("dev", "unseen"):
             if any(r["row"] == new for r in rows) and any(r["row"] == old for r in rows):
                 text.append(f"- {compare(rows, new, old, h)}")
+    text += ["", "Rule for a default (issue 12): better on most of the suite and worse nowhere by more than the seed "
+             "spread; the dev half chooses, the unseen half checks. DINOv2 input sizes against the square 224 default:",
+             ""]
+    for names in GEOMETRY_LADDER.values():
+        for new in names[1:]:
+            for h in ("dev", "unseen"):
+                v = verdict(rows, new, names[0], h)
+                if v:
+                    text.append(f"- {v}")
     (RESULTS / "generalization.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
 

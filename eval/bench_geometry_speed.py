@@ -1,12 +1,13 @@
 """Images/s of each input geometry on the generalization suite, measured interleaved (round-robin over the
 settings, repeated), so that the load of a shared machine hits every setting alike.
 
-PatchCore, 8 shots (seed 0, coreset off), predict on the same test images (up to ``--images`` per set, a quarter of
-that on the large set) in batches of 16; the median over ``--repeats`` rounds. Writes eval/results/geometry_speed.md
-(or ``--out``).
+PatchCore, 8 shots (seed 0, coreset off), or with ``--detector mutual`` zero-shot mutual scoring, predict on the
+same test images (up to ``--images`` per set, a quarter of that on the large set) in batches of 16; the median over
+``--repeats`` rounds, and each setting's cost relative to the first. Writes eval/results/geometry_speed.md (or
+``--out``).
 
     PYTHONPATH=. nice python eval/bench_geometry_speed.py [--repeats 3] [--images 16] [--threads 1] [--settings ...]
-        [--datasets ...] [--out NAME.md]
+        [--datasets ...] [--detector patchcore|mutual] [--out NAME.md]
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ SETTINGS = {
     "effnet aspect 1024 tile 256": (EFF, {"geometry": "aspect", "image_size": 1024, "tile": 256}, ("large",)),
     "dinov2 square 224": (DINO, {"geometry": "square", "image_size": 224}, None),
     "dinov2 area 224": (DINO, {"geometry": "area", "image_size": 224}, None),
+    "dinov2 area 280": (DINO, {"geometry": "area", "image_size": 280}, None),
+    "dinov2 aspect 308": (DINO, {"geometry": "aspect", "image_size": 308}, None),
+    "dinov2 area 308": (DINO, {"geometry": "area", "image_size": 308}, None),
     "dinov2 aspect 448": (DINO, {"geometry": "aspect", "image_size": 448}, None),
     "effnet area 224, one search per input shape (before)": (EFF, {"geometry": "area", "image_size": 224}, None),
     "dinov2 aspect 448, one search per input shape (before)": (DINO, {"geometry": "aspect", "image_size": 448}, None),
@@ -63,6 +67,9 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", nargs="+", default=["square", "elongated", "large", "magnetic", "textile"],
                     help="sets of eval/bench_generalization.py to time")
     ap.add_argument("--out", default="geometry_speed.md", help="file name under eval/results/")
+    ap.add_argument("--detector", choices=("patchcore", "mutual"), default="patchcore",
+                    help="patchcore (8 shots, coreset off) or zero-shot mutual (the test images of a batch score each "
+                         "other; fitted on nothing)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     suite = load_suite()
@@ -72,7 +79,8 @@ def main(argv=None) -> int:
         train, test = suite[d]()
         tests[d] = test
         images = [s.image for s in test[: n_images(d, args.images)]]
-        dets = {name: create_detector("patchcore", backbone=bb, coreset=1.0, **kw).fit(_shots(train, 0))
+        extra, normal = ({"coreset": 1.0}, _shots(train, 0)) if args.detector == "patchcore" else ({}, [])
+        dets = {name: create_detector(args.detector, backbone=bb, **extra, **kw).fit(normal)
                 for name, (bb, kw, only) in SETTINGS.items() if (not only or d in only) and name in args.settings}
         dets = {name: per_shape_search(det) if PER_SHAPE in name else det for name, det in dets.items()}
         for _ in range(args.repeats):
@@ -87,10 +95,20 @@ def main(argv=None) -> int:
     for name in [n for n in SETTINGS if n in args.settings]:
         cells = [f"{statistics.median(speeds[(name, d)]):.2f}" if (name, d) in speeds else "n/a" for d in datasets]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    names = [n for n in SETTINGS if n in args.settings]
+    ratio = ["", f"Cost relative to {names[0]} (its images/s divided by the setting's; above 1 = slower):", "",
+             "| setting | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+    for name in names[1:]:
+        cells = [f"{statistics.median(speeds[(names[0], d)]) / statistics.median(speeds[(name, d)]):.2f}x"
+                 if (name, d) in speeds and (names[0], d) in speeds else "n/a" for d in datasets]
+        ratio.append(f"| {name} | " + " | ".join(cells) + " |")
+    if len(names) > 1:
+        lines += ratio
     sizes = ", ".join(f"{d} {min(n_images(d, args.images), len(t))} images of "
                       f"{t[0].image.shape[1]}x{t[0].image.shape[0]}" + (" (sizes vary)" if d == "magnetic" else "")
                       for d, t in tests.items())
-    text = ("# Images/s by input geometry (PatchCore, 8 shots)\n\nProduced by `PYTHONPATH=. nice python "
+    what = "PatchCore, 8 shots" if args.detector == "patchcore" else "mutual, zero-shot"
+    text = (f"# Images/s by input geometry ({what})\n\nProduced by `PYTHONPATH=. nice python "
             f"eval/bench_geometry_speed.py {shlex.join(sys.argv[1:])}` "
             f"on a CPU machine shared with other jobs (2 cores, torch threads {args.threads}); median of "
             f"{args.repeats} interleaved rounds; predict includes preprocessing, backbone, kNN search, smoothing and "
