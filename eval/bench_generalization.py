@@ -306,21 +306,27 @@ def speed_table(rows: list[dict], datasets: list[str]) -> list[str]:
     return lines
 
 
+def _cells(rows: list[dict], new: str, old: str, half: str, *, common_seeds: bool):
+    """(dataset, metric, new - old seed-mean difference, seed spread) per cell both rows ran; the spread is the larger
+    of the two rows' seed standard deviations (0 for a single seed). ``common_seeds``: means over the seeds both rows
+    ran on that set, else over every seed each ran."""
+    for d in sorted({r["dataset"] for r in rows}):
+        mine = {n: {r["seed"]: r for r in rows if r["row"] == n and r["dataset"] == d and r["half"] == half}
+                for n in (new, old)}
+        seeds = set(mine[new]) & set(mine[old])
+        for m in METRICS:
+            a, b = ([r[m] for s, r in sorted(mine[n].items()) if (s in seeds or not common_seeds) and r[m] is not None]
+                    for n in (new, old))
+            if a and b:
+                spread = max(statistics.stdev(a) if len(a) > 1 else 0.0, statistics.stdev(b) if len(b) > 1 else 0.0)
+                yield d, m, statistics.mean(a) - statistics.mean(b), spread
+
+
 def compare(rows: list[dict], new: str, old: str, half: str) -> str:
     """Wins / losses of ``new`` vs ``old`` over (dataset, metric) cells, seed means, with the seed spread."""
-    wins = losses = 0
-    worst, spread_at_worst = 0.0, 0.0
-    for d in sorted({r["dataset"] for r in rows}):
-        for m in METRICS:
-            a = [r[m] for r in rows if r["row"] == new and r["dataset"] == d and r["half"] == half and r[m] is not None]
-            b = [r[m] for r in rows if r["row"] == old and r["dataset"] == d and r["half"] == half and r[m] is not None]
-            if not a or not b:
-                continue
-            diff = statistics.mean(a) - statistics.mean(b)
-            spread = max(statistics.stdev(a) if len(a) > 1 else 0.0, statistics.stdev(b) if len(b) > 1 else 0.0)
-            wins, losses = wins + (diff > 0), losses + (diff < 0)
-            if diff < worst:
-                worst, spread_at_worst = diff, spread
+    cells = list(_cells(rows, new, old, half, common_seeds=False))
+    wins, losses = sum(c[2] > 0 for c in cells), sum(c[2] < 0 for c in cells)
+    worst, spread_at_worst = min(((c[2], c[3]) for c in cells if c[2] < 0), default=(0.0, 0.0))
     return (f"{new} vs {old} ({half}): better on {wins}, worse on {losses} (dataset, metric) cells; largest loss "
             f"{worst:+.3f} (seed spread there {spread_at_worst:.3f})")
 
@@ -410,27 +416,15 @@ def verdict(rows: list[dict], new: str, old: str, half: str) -> str | None:
     cells both ran and worse nowhere by more than the seed spread there (means over the seeds both rows ran on that
     set; a set run on one seed, or a deterministic row such as zero-shot ``mutual``, has no spread, so any loss
     counts). None if nothing to compare."""
-    wins = losses = cells = 0
-    beyond = []
-    for d in sorted({r["dataset"] for r in rows}):
-        mine = {n: {r["seed"]: r for r in rows if r["row"] == n and r["dataset"] == d and r["half"] == half}
-                for n in (new, old)}
-        seeds = sorted(set(mine[new]) & set(mine[old]))
-        for m in METRICS:
-            a = [mine[new][s][m] for s in seeds if mine[new][s][m] is not None]
-            b = [mine[old][s][m] for s in seeds if mine[old][s][m] is not None]
-            if not a or not b:
-                continue
-            diff = statistics.mean(a) - statistics.mean(b)
-            spread = max(statistics.stdev(a) if len(a) > 1 else 0.0, statistics.stdev(b) if len(b) > 1 else 0.0)
-            cells, wins, losses = cells + 1, wins + (diff > 0), losses + (diff < 0)
-            if -diff > spread:
-                beyond.append(f"{d} {m.replace('_auroc', '')} {diff:+.3f} (spread {spread:.3f})")
+    cells = list(_cells(rows, new, old, half, common_seeds=True))
+    wins, losses = sum(c[2] > 0 for c in cells), sum(c[2] < 0 for c in cells)
+    beyond = [f"{d} {m.replace('_auroc', '')} {diff:+.3f} (spread {spread:.3f})" for d, m, diff, spread in cells
+              if -diff > spread]
     if not cells:
         return None
-    ok = wins > cells / 2 and not beyond
-    return (f"{new} vs {old} ({half}): better on {wins} of {cells} cells, worse on {losses}; losses beyond the seed "
-            f"spread: {', '.join(beyond) or 'none'} -> {'qualifies' if ok else 'does not qualify'} under the rule")
+    ok = wins > len(cells) / 2 and not beyond
+    return (f"{new} vs {old} ({half}): better on {wins} of {len(cells)} cells, worse on {losses}; losses beyond the "
+            f"seed spread: {', '.join(beyond) or 'none'} -> {'qualifies' if ok else 'does not qualify'} under the rule")
 
 
 GEOMETRY_LADDER = {  # DINOv2 long sides compared per set, the square 224 default first
