@@ -162,24 +162,15 @@ def overlay_path(kind: str):
     blend, Pillow's PNG encoder at its default zlib level 6); ``"now"``: the product's code as it is."""
     import vlm_ad.viz as viz
 
-    saved = viz.overlay, viz.png_bytes
+    saved = viz.overlay, viz.png_bytes, viz._cv2
     if kind == "old":
         viz.overlay = _old_overlay
-        viz.png_bytes = functools.partial(_pillow_png, compress_level=6)
+        viz.png_bytes = functools.partial(saved[1], compress_level=6)
+        viz._cv2 = lambda: None  # Pillow's encoder, as before OpenCV's
     try:
         yield
     finally:
-        viz.overlay, viz.png_bytes = saved
-
-
-def _pillow_png(image, *, compress_level: int) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
+        viz.overlay, viz.png_bytes, viz._cv2 = saved
 
 
 def end_to_end(det, files: list[Path], batch: int, out: Path, write_threads: int) -> tuple[float, list[float]]:
