@@ -71,16 +71,12 @@ def child(folder: str, runtime: str, settings: dict, batch: int, size: int, repe
 
 
 def gflop(model: Path, size: int) -> float:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from bench_speed import gflop_at
 
     from vlm_ad.detectors import load_detector
     from vlm_ad.export import EmbedNet
 
-    net = EmbedNet(load_detector(model).embedder).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        net(torch.zeros(1, 3, size, size))
-    return fc.get_total_flops() / 1e9
+    return gflop_at(EmbedNet(load_detector(model).embedder).eval(), (size, size))
 
 
 def name(runtime: str, settings: dict) -> str:
@@ -89,11 +85,11 @@ def name(runtime: str, settings: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--backbones", default=",".join(BACKBONES))
+    ap.add_argument("--size", type=int, default=224, help="side of the square input, px")
+    ap.add_argument("--batch", type=int, default=8, help="images per network call")
+    ap.add_argument("--repeats", type=int, default=7, help="timed calls per row (after 3 warm-ups)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of every runtime and of the matmul probe")
+    ap.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated backbones")
     ap.add_argument("--out", type=Path, default=RESULTS, help="the markdown table to write")
     ap.add_argument("--child", nargs=3, metavar=("FOLDER", "RUNTIME", "SETTINGS_JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

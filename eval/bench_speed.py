@@ -254,26 +254,26 @@ def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def network_gflop(model: Path, files: list[Path]) -> tuple[float, float]:
-    """(mean GFLOP per test image at its input shape, GFLOP at a 224 x 224 input) of the exported network."""
+def gflop_at(net, shape: tuple[int, int]) -> float:
+    """GFLOP of ``net`` on one (3, H, W) input of ``shape`` (``FlopCounterMode``: 2 x multiply-adds of convolutions and
+    matmuls)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        net(torch.zeros(1, 3, *shape))
+    return fc.get_total_flops() / 1e9
+
+
+def network_gflop(model: Path, files: list[Path]) -> tuple[float, float]:
+    """(mean GFLOP per test image at its input shape, GFLOP at a 224 x 224 input) of the exported network."""
     from vlm_ad.data import load_image
     from vlm_ad.detectors import load_detector
     from vlm_ad.export import EmbedNet
 
     det = load_detector(model)
     net, emb = EmbedNet(det.embedder).eval(), det.embedder
-    cache: dict[tuple[int, int], float] = {}
-
-    def count(shape: tuple[int, int]) -> float:
-        if shape not in cache:
-            with torch.no_grad(), FlopCounterMode(display=False) as fc:
-                net(torch.zeros(1, 3, *shape))
-            cache[shape] = fc.get_total_flops() / 1e9
-        return cache[shape]
-
-    per_image = [count(emb.input_shape(load_image(f))) for f in files]
+    count = functools.lru_cache(maxsize=None)(lambda shape: gflop_at(net, shape))
+    per_image = [count(tuple(emb.input_shape(load_image(f)))) for f in files]
     return float(np.mean(per_image)), count((224, 224))
 
 
