@@ -126,14 +126,14 @@ def test_coreset_is_a_good_cover_and_deterministic():
     assert cover < rand  # k-center covers the worst-served point better than a random subset
 
 
-def test_pruned_greedy_matches_plain_farthest_point_selection():
+def test_greedy_matches_textbook_farthest_point_selection():
     from vlm_ad.retrieval import _greedy
 
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((50, 16)).astype(np.float32) * 3  # clustered, as patch features are
     z = (centres[rng.integers(0, 50, 4000)] + rng.standard_normal((4000, 16))).astype(np.float32)
 
-    def plain(z, n, first):  # textbook farthest-point selection, no pruning
+    def plain(z, n, first):  # textbook farthest-point selection, distances computed directly
         mind, out, idx = np.full(len(z), np.inf), [], first
         for _ in range(n):
             out.append(idx)
