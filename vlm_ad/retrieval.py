@@ -77,9 +77,10 @@ def _greedy(z: np.ndarray, n: int, first: int) -> np.ndarray:
     over every row per new centre, BLAS on torch's thread count (``torch.get_num_threads()``). numpy, not torch: the
     loop is dominated by per-call overhead, lower in numpy.
 
-    A triangle-inequality skip (rows the new centre provably cannot get nearer to are not recomputed) was tried and
-    removed: on real patch features it skipped few rows, and gathering the rest cost more than the product it saved
-    (2.4x slower than this loop on one thread, eval/results/fit_time.md).
+    A triangle-inequality skip on one thread (rows the new centre provably cannot get nearer to are not recomputed)
+    was tried and removed: on magnetic_tile's full-shot patches it skipped few rows and gathering the rest cost more
+    than the product it saved (coreset 197 s vs 35 s for this loop on two threads, eval/results/fit_time_magnetic.md);
+    on brick texture it was level (eval/results/fit_time.md).
     """
     from threadpoolctl import threadpool_limits
 
