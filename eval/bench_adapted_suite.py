@@ -176,8 +176,9 @@ def score_rules(rows: list[dict], keys: list[tuple]) -> list[str]:
         test = {sc: next(r for r in mine if r.get("fuse") == w and r.get("score") == sc and r is not auto)
                 for sc in ("max", "topk")}
         per[key] = (v, test, ref)
-        d = {h: (test["topk"][m] - test["max"][m]) for h, m in (("all", "image_auroc"),)} | {
-            h: test["topk"]["image_auroc_halves"][h] - test["max"]["image_auroc_halves"][h] for h in ("dev", "unseen")}
+        d = {"all": test["topk"]["image_auroc"] - test["max"]["image_auroc"],
+             **{h: test["topk"]["image_auroc_halves"][h] - test["max"]["image_auroc_halves"][h]
+                for h in ("dev", "unseen")}}
         lines.append(f"| {key[0]} | {key[1]} | {v['max']['image_auroc']:.3f} / {v['topk']['image_auroc']:.3f} "
                      f"({v['topk']['confidence']:.0%} / {v['topk']['loses']:.0%}) | "
                      + " / ".join(f"{d[h]:+.3f}" for h in ("all", "dev", "unseen"))
