@@ -1,4 +1,4 @@
-"""Where full-shot PatchCore fit time goes, and three versions of the greedy coreset loop (issue 12, item 6).
+"""Where full-shot PatchCore fit time goes, and two versions of the greedy coreset loop (issue 12, item 6).
 
 Data: ``--images`` synthetic elongated normal images, 500 x 1250 crops of scikit-image's real brick texture (the
 shape of the issue's unseen set K), or with ``--magnetic`` every normal training image of ../shared/data/magnetic_tile
@@ -6,11 +6,10 @@ shape of the issue's unseen set K), or with ``--magnetic`` every normal training
 threshold from leave-image-out scores of 32 images), coreset ``--coreset`` (default 0.1). The images are embedded
 once (timed); then the bank is built and calibrated once per loop on the same embeddings:
 
-- ``before``: the loop before stop 18 (every row updated at every step, BLAS at its default thread count; below as
-  ``_greedy_before``, verbatim);
-- ``pruned``: stop 18's loop (one BLAS thread, rows the triangle inequality proves unchanged skipped; below as
+- ``pruned``: stops 18-23's loop (one BLAS thread, rows the triangle inequality proves unchanged skipped; below as
   ``_greedy_pruned``, verbatim);
-- ``now``: ``vlm_ad.retrieval._greedy`` (every row, BLAS on torch's thread count, ``--threads``).
+- ``now``: ``vlm_ad.retrieval._greedy`` (every row at every step, BLAS on torch's thread count, ``--threads``; the
+  loop before stop 18 was this one at BLAS's default thread count).
 
 Also checks that they select the same centres (up to float ties) and give the same threshold. Writes
 eval/results/fit_time.md (``--out`` to name another file there).
@@ -36,23 +35,6 @@ from vlm_ad._cache import atomic_write_bytes
 from vlm_ad.detectors import create_detector
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _greedy_before(z: np.ndarray, n: int, first: int) -> np.ndarray:
-    """vlm_ad.retrieval._greedy before the speed-up (verbatim)."""
-    sq = np.einsum("ij,ij->i", z, z)  # (M,)
-    mind = np.full(z.shape[0], np.inf, dtype=z.dtype)
-    out = np.empty(n, dtype=np.int64)
-    idx = first
-    for i in range(n):
-        out[i] = idx
-        d = z @ z[idx]
-        d *= -2
-        d += sq
-        d += sq[idx]
-        np.minimum(mind, d, out=mind)
-        idx = int(mind.argmax())
-    return out
 
 
 def _greedy_pruned(z: np.ndarray, n: int, first: int) -> np.ndarray:
@@ -150,7 +132,7 @@ def main(argv=None) -> int:
     embed_s = time.perf_counter() - t0
     grids = emb if isinstance(emb, list) else list(emb)
     n_patches, dims = sum(g.shape[0] * g.shape[1] for g in grids), grids[0].shape[-1]
-    loops = {"before": _greedy_before, "pruned": _greedy_pruned, "now": retrieval._greedy}
+    loops = {"pruned": _greedy_pruned, "now": retrieval._greedy}
     runs = {}
     try:
         for name, fn in loops.items():
@@ -166,11 +148,11 @@ def main(argv=None) -> int:
     lines = [
         "# Full-shot PatchCore fit time (issue 12, item 6)", "",
         f"Written by `{command}` on 2 CPU cores (1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at "
-        f"the end; the three loops run back to back on the same embeddings). Data: {data}; patchcore defaults "
+        f"the end; the two loops run back to back on the same embeddings). Data: {data}; patchcore defaults "
         f"(efficientnet-lite0, geometry area 224, index auto), coreset {args.coreset:g}, {n_patches:,} patches of "
-        f"{dims} dims, bank {len(runs['now']['rows']):,} rows. Loops: `before` (before stop 18: every row, BLAS at "
-        "its default threads), `pruned` (stops 18-23: one BLAS thread, triangle-inequality skip), `now` "
-        f"(vlm_ad.retrieval._greedy: every row, BLAS on torch's {args.threads} threads).", "",
+        f"{dims} dims, bank {len(runs['now']['rows']):,} rows. Loops: `pruned` (stops 18-23: one BLAS thread, "
+        "triangle-inequality skip), `now` (vlm_ad.retrieval._greedy: every row at every step, BLAS on torch's "
+        f"{args.threads} threads; before stop 18 the same loop ran at BLAS's default thread count).", "",
         "| stage | " + " | ".join(f"{k} (s)" for k in runs) + " |", "| --- |" + " --- |" * len(runs),
         "| embedding (backbone, the same) | " + " | ".join(f(embed_s) for _ in runs) + " |",
     ]
@@ -184,7 +166,7 @@ def main(argv=None) -> int:
               "centre. Stop 18 ran it on one BLAS thread and skipped the rows the triangle inequality proves "
               "unchanged, measured then on a machine loaded 5x over its cores (load 9-12), where any multi-threaded "
               "call is slow. The skip pays only where it spares most rows; where it spares few, gathering the rest "
-              "costs more than the product it saves (compare `pruned` with `before` here and in the other file: "
+              "costs more than the product it saves (compare the two columns here and in the other file: "
               "eval/results/fit_time.md, 79k patches of brick texture at coreset 0.1, and fit_time_magnetic.md, "
               "598k magnetic_tile patches at 0.01), so `now` computes every row again, on torch's thread count."]
     RESULTS.mkdir(parents=True, exist_ok=True)

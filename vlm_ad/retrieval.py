@@ -79,7 +79,7 @@ def _greedy(z: np.ndarray, n: int, first: int) -> np.ndarray:
 
     A triangle-inequality skip on one thread (rows the new centre provably cannot get nearer to are not recomputed)
     was tried and removed: on magnetic_tile's full-shot patches it skipped few rows and gathering the rest cost more
-    than the product it saved (coreset 197 s vs 35 s for this loop on two threads, eval/results/fit_time_magnetic.md);
+    than the product it saved (coreset 191 s vs 35 s for this loop on two threads, eval/results/fit_time_magnetic.md);
     on brick texture it was level (eval/results/fit_time.md).
     """
     from threadpoolctl import threadpool_limits
