@@ -330,11 +330,14 @@ def main(argv: list[str] | None = None) -> None:
     gflops = matmul_gflops(args.threads)
     print(f"data: {what}; {len(files)} test images; fp32 matmul {gflops:.0f} GFLOP/s on {args.threads} threads")
     from vlm_ad.data import load_image
+    from vlm_ad.detectors import load_detector
 
-    rows, e2e, floors, notes, knobs, rates = [], [], {}, [], {}, [gflops]
+    rows, e2e, floors, notes, knobs, rates, inputs = [], [], {}, [], {}, [gflops], {}
     for backbone in args.backbones.split(","):
         model, export = fit_and_export(backbone, shots, work)
         floors[backbone] = network_gflop(model, files)
+        g = load_detector(model).embedder.geometry  # the input the rows below ran at
+        inputs[backbone] = f"{g.mode} {g.size}" + (f", short side >= {g.min_side}" if g.min_side else "")
         dets = {run: load(model, export, run, args.threads) for run in RUNS}
         settings = [("torch", 1, "old", 0), ("torch", 1, "now", 0)] + [(rt, BATCH, "now", 0) for rt in RUNS] + \
             [(rt, BATCH, "now", 2) for rt in RUNS]  # last: files written by 2 threads behind the compute
@@ -373,14 +376,14 @@ def main(argv: list[str] | None = None) -> None:
     ano_ms, ano_note = anomalib_ms(shots, files, work, args.threads) if "efficientnet-lite0" in args.backbones \
         else (None, "not run")
     gflops = statistics.median(rates)  # the floor of the stage rows: the matmul rate over all their rounds
-    write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes, knobs)
+    write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes, knobs, inputs)
 
 
-def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes, knobs) -> None:
+def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes, knobs, inputs) -> None:
     lines = ["# Speed of detect: stages, runtimes, FLOP floor", "",
              f"Command: `PYTHONPATH=. nice python eval/bench_speed.py --images {args.images} --repeats {args.repeats} "
              f"--threads {args.threads}`. Data: {what}; PatchCore, 8 normal shots (seed 0), coreset 0.1, each "
-             f"backbone's default input (efficientnet-lite0: area 224, aspect kept; dinov2-s14: square 224); "
+             f"backbone's default input ({'; '.join(f'{b}: {i}' for b, i in inputs.items())}); "
              f"{len(files)} test images (half good, half defective). {args.threads} threads for torch, ONNX Runtime "
              f"and OpenVINO (fp32). Medians of {args.repeats} rounds, settings interleaved. The machine has 2 cores "
              "shared with other jobs: `load` is the 1-minute load average when the row was measured (2 = both cores "

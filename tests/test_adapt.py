@@ -297,7 +297,8 @@ def test_adapted_auto_fusion_falls_back_to_retrieval_when_the_head_is_noise(tmp_
     img = texture_crops(1, size=112, seed=9)[0]
     assert back.predict([img])[0].score == pytest.approx(det.predict([img])[0].score, rel=1e-5)  # head has weight 0
     # retrieval alone on the frozen backbone (LoRA off) is the PatchCore being adapted: the same map up to scale
-    pc = create_detector("patchcore", backbone="dinov2-s14", image_size=112, coreset=1.0, sigma=1.0)
+    pc = create_detector("patchcore", backbone="dinov2-s14", image_size=112, geometry="square", coreset=1.0,
+                         sigma=1.0)  # the square input the adapter sees
     pc.fit(texture_crops(8, size=112, seed=1))
     a, b = det.predict([img])[0].map, pc.predict([img])[0].map
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
@@ -398,7 +399,8 @@ def test_adapted_chooses_the_image_score_on_validation_and_saves_it(tmp_path):
         assert back.predict([img])[0].score == pytest.approx(m.score, rel=1e-5)
     assert det.score_ == "max"
     # with the maximum and retrieval alone the image score is the frozen PatchCore's, up to its standardisation
-    pc = create_detector("patchcore", backbone="dinov2-s14", image_size=112, coreset=1.0, sigma=1.0)
+    pc = create_detector("patchcore", backbone="dinov2-s14", image_size=112, geometry="square", coreset=1.0,
+                         sigma=1.0)  # the square input the adapter sees
     pc.fit(texture_crops(8, size=112, seed=1))
     mean, sd = (float(v) for v in det.stats_[:2])
     assert det.predict([img])[0].score == pytest.approx((pc.predict([img])[0].score - mean) / sd, rel=1e-3)

@@ -41,6 +41,16 @@ def test_equal_area_shapes(hw, size, multiple, expected):
     assert Geometry("area", size, multiple).input_shape(*hw) == expected
 
 
+@pytest.mark.parametrize("mode, size", [("area", 280), ("aspect", 448)])
+def test_min_side_widens_elongated_inputs_only(mode, size):
+    g, plain = Geometry(mode, size, 14, min_side=224), Geometry(mode, size, 14)
+    assert g.input_shape(320, 800) == (224, 560)  # 1:2.5 crack image: 224 across, not 182
+    assert g.input_shape(800, 320) == (560, 224)
+    assert g.input_shape(600, 800) == plain.input_shape(600, 800)  # 3:4: the short side is already above 224
+    assert g.input_shape(300, 300) == plain.input_shape(300, 300)
+    assert g.input_shape(10, 4000) == (14, 4 * size)  # the long side never beyond 4 x size
+
+
 def test_geometry_validates():
     with pytest.raises(ConfigError, match="geometry must be one of"):
         Geometry("letterbox", 256, 16)
@@ -48,6 +58,10 @@ def test_geometry_validates():
         Geometry("aspect", 250, 16)
     with pytest.raises(ConfigError, match="tile must be a positive multiple of 14"):
         Geometry("aspect", 448, 14, tile=100)
+    with pytest.raises(ConfigError, match="min_side"):
+        Geometry("square", 224, 14, min_side=224)
+    with pytest.raises(ConfigError, match="min_side"):
+        Geometry("area", 224, 14, min_side=0)
 
 
 @pytest.mark.parametrize("length, tile, multiple", [(1024, 256, 16), (448, 224, 14), (1000, 256, 8), (96, 256, 16)])
@@ -221,5 +235,31 @@ def test_mutual_uses_images_of_other_shapes_as_references():
 def test_default_input_per_backbone():
     assert create_detector("patchcore")._make_embedder().geometry.mode == "area"  # see generalization.md
     assert create_detector("patchcore")._make_embedder().image_size == 224
-    assert create_detector("patchcore", backbone="dinov2-s14")._make_embedder().geometry.mode == "square"
+    dino = create_detector("patchcore", backbone="dinov2-s14")._make_embedder().geometry  # PatchCore's own default
+    assert (dino.mode, dino.size, dino.min_side) == ("area", 280, 224)
+    assert create_detector("mutual")._make_embedder().geometry.mode == "square"  # dinov2-s14 too: its default stays
+    given = create_detector("patchcore", backbone="dinov2-s14", geometry="aspect", image_size=448)._make_embedder()
+    assert (given.geometry.mode, given.geometry.size, given.geometry.min_side) == ("aspect", 448, None)
     assert create_detector("patchcore", image_size=320)._make_embedder().geometry.mode == "area"
+
+
+def test_min_side_is_saved_exported_and_defaults_only_with_the_default_geometry(tmp_path, monkeypatch):
+    from vlm_ad.detectors import base
+    from vlm_ad.runtime import input_shape as export_input_shape
+
+    monkeypatch.setitem(base.DEFAULT_INPUT, "efficientnet-lite0", ("area", 128, 112))
+    assert create_detector("patchcore")._make_embedder().geometry.min_side == 112  # default geometry: its min side
+    assert create_detector("patchcore", geometry="area")._make_embedder().geometry.min_side is None  # chosen: none
+    normal = _elongated(4, seed=0)  # 96 x 240
+    det = create_detector("patchcore", image_size=128, geometry="area", min_side=112, coreset=1.0).fit(normal)
+    assert det.embedder.input_shape(normal[0]) == (112, 288)  # not 80 x 208: the short side grows to 112
+    assert det.embedder(normal[:1]).shape[1:3] == (14, 36)  # stride 8
+    det.save(tmp_path / "m")
+    again = load_detector(tmp_path / "m")
+    assert again.embedder.geometry == det.embedder.geometry
+    np.testing.assert_allclose(again.predict(normal[:1])[0].map, det.predict(normal[:1])[0].map, rtol=1e-5)
+    g = det.embedder.geometry  # the torch-free runtime computes the same input from export.json's fields
+    meta = {"input": {"geometry": g.mode, "size": g.size, "multiple": g.multiple, "shape": None, "min_side": 112}}
+    assert export_input_shape(meta, 96, 240) == (112, 288)
+    del meta["input"]["min_side"]  # an export written before min_side
+    assert export_input_shape(meta, 96, 240) == Geometry("area", 128, 16).input_shape(96, 240)

@@ -11,16 +11,19 @@ __all__ = ["input_shape", "work_shape"]
 
 
 def input_shape(mode: str, size: int, multiple: int, height: int, width: int, *,
-                shape: Sequence[int] | None = None) -> tuple[int, int]:
+                shape: Sequence[int] | None = None, min_side: int | None = None) -> tuple[int, int]:
     """The (H, W) input an image of ``height`` x ``width`` pixels is resized to under a geometry (``mode``
-    ``aspect``/``area``/``square``, ``size``, sides a multiple of ``multiple``; a fixed ``shape`` overrides them;
-    see :mod:`vlm_ad.backbones.geometry`)."""
+    ``aspect``/``area``/``square``, ``size``, sides a multiple of ``multiple``, the short side of ``aspect``/``area``
+    grown to at least ``min_side`` with the long side at most ``4 * size``; a fixed ``shape`` overrides them; see
+    :mod:`vlm_ad.backbones.geometry`)."""
     if shape is not None:
         return (int(shape[0]), int(shape[1]))
     if mode == "square":
         return (size, size)
     m, ratio = multiple, max(height, width) / max(min(height, width), 1)  # >= 1
     long_side = size if mode == "aspect" else min(4 * size, size * math.sqrt(ratio))
+    if min_side:  # an elongated image is not seen thinner than min_side across
+        long_side = max(long_side, min(4 * size, min_side * ratio))
     long_side = max(m, int(round(long_side / m)) * m)
     short = max(m, int(round(long_side / ratio / m)) * m)
     return (long_side, short) if height >= width else (short, long_side)

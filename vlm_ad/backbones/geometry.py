@@ -6,6 +6,10 @@ overlapping tiles whose feature grids are stitched back into one grid.
 ``area``    keep the aspect ratio at the pixel count of a ``size`` x ``size`` square (the same compute as ``square``;
             a 500 x 1250 image is seen at 160 x 400 for size 256), the long side capped at ``4 * size``
 ``square``  squash every image to ``size`` x ``size`` (the behaviour of models saved before geometry existed)
+
+``min_side`` (``aspect`` and ``area``): the short side is at least ``min_side`` (the long side grows with it, up to
+``4 * size``), so an elongated image is not seen thinner across than the backbone's native resolution: at ``area``
+280 with ``min_side`` 224 a 320 x 800 image is seen at 224 x 560 instead of 182 x 448.
 ``shape``   a fixed (H, W) input for every image (PaDiM's per-position statistics need one grid)
 
 With ``tile=T``, an input larger than ``T`` on a side is cut into overlapping ``T``-px tiles (at most ``T`` x ``T``, the
@@ -40,6 +44,7 @@ class Geometry:
         tile: tile side in input pixels (a multiple of ``multiple``); None embeds the whole input at once.
         overlap: share of a tile's side that neighbouring tiles overlap at least.
         shape: a fixed (H, W) input for every image; overrides ``mode`` and ``size``.
+        min_side: the least short side of ``aspect`` and ``area`` inputs, in pixels (None: no minimum).
     """
 
     mode: str = "aspect"
@@ -48,6 +53,7 @@ class Geometry:
     tile: int | None = None
     overlap: float = 0.25
     shape: tuple[int, int] | None = None
+    min_side: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in GEOMETRIES:
@@ -61,10 +67,14 @@ class Geometry:
             raise ConfigError(f"tile overlap must be in [0, 1), got {self.overlap}")
         if self.shape is not None and any(s <= 0 or s % m for s in self.shape):
             raise ConfigError(f"a fixed input shape needs positive multiples of {m}, got {self.shape}")
+        if self.min_side is not None and (self.min_side <= 0 or self.mode == "square"):
+            raise ConfigError(f"min_side (the least short side, px) must be positive and applies to the aspect and "
+                              f"area geometries; got {self.min_side} with geometry {self.mode!r}")
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
         """The (H, W) input an image of ``height`` x ``width`` pixels is resized to."""
-        return input_shape(self.mode, self.size, self.multiple, height, width, shape=self.shape)
+        return input_shape(self.mode, self.size, self.multiple, height, width, shape=self.shape,
+                           min_side=self.min_side)
 
     def tiles(self, shape: tuple[int, int]) -> tuple[tuple[int, int], list[int], list[int]]:
         """Tile (h, w) and the row and column starts of the tiles covering an input of ``shape``."""

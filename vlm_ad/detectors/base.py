@@ -35,12 +35,10 @@ DEFAULT_LAYERS = {"dinov2-s14": ("block5", "block7"), "efficientnet-lite0": ("bl
 # (geometry, image_size) per backbone when none is given, from eval/results/generalization.md: for efficientnet-lite0
 # "area" 224 beat "square" 224 on most cells of the dev half and lost nowhere by more than the seed spread, and the
 # unseen half agreed (area 256 won more on dev but lost image AUROC beyond the spread on the unseen half)
-DEFAULT_INPUT: dict[str, tuple[str, int]] = {"efficientnet-lite0": ("area", 224)}
-# other backbones. dinov2-s14: area 224 did not beat square 224 there; area 280 (1.6-1.9x the time) and aspect 448
-# (about 4x) win on small-defect objects (pixel AUROC >= 0.97 / >= 0.98 vs 0.94-0.99) but each loses a cell beyond the
-# seed spread for patchcore and for mutual, so they are settings to pass (-o geometry=area -o image_size=280), not the
-# default
-FALLBACK_INPUT = ("square", 224)
+DEFAULT_INPUT: dict[str, tuple[str, int, int | None]] = {"efficientnet-lite0": ("area", 224, None)}
+# other backbones: square 224. For dinov2-s14 PatchCore has its own default (PatchCore.default_input); mutual keeps
+# square 224: area 280 (with or without min_side 224) loses square-set image AUROC and AUPRO on the dev half there
+FALLBACK_INPUT = ("square", 224, None)
 
 
 def as_images(images: Sequence[ImageLike]) -> tuple[list[np.ndarray], list[str]]:
@@ -69,6 +67,8 @@ class PatchEmbedder:
             ``image_size``); sides are multiples of the backbone's ``patch_multiple``. Default: :data:`DEFAULT_INPUT`
             for the backbone (``"area"`` for efficientnet-lite0), else ``"square"``; always ``"square"`` for
             backbones of one fixed input size (CLIP towers). See :mod:`vlm_ad.backbones.geometry`.
+        min_side: the least short side of ``aspect``/``area`` inputs in pixels (the long side grows with it, up to
+            4 x ``image_size``). Default: :data:`DEFAULT_INPUT`'s when ``geometry`` is not given either, else None.
         tile: tile side in input pixels: larger inputs are embedded as overlapping tiles and stitched (None: off).
         input_shape: a fixed (H, W) input for every image (PaDiM sets it from its training images).
         pool: side of the average-pooling window applied to each layer (PatchCore's local neighbourhood).
@@ -84,6 +84,7 @@ class PatchEmbedder:
         geometry: str | None = None,
         tile: int | None = None,
         input_shape: Sequence[int] | None = None,
+        min_side: int | None = None,
         pool: int = 3,
         normalize: bool = True,
     ) -> None:
@@ -101,12 +102,15 @@ class PatchEmbedder:
             raise ConfigError(f"pool must be a positive odd number, got {pool}")
         any_shape = bool(getattr(self.net, "any_shape", False))
         size = size if any_shape else self.net.image_size  # fixed-size networks take their own size only
-        geometry = geometry or (DEFAULT_INPUT.get(self.backbone_name, FALLBACK_INPUT)[0] if any_shape else "square")
+        if geometry is None:  # the backbone's default input, its least short side included
+            geometry, _, default_min = DEFAULT_INPUT.get(self.backbone_name, FALLBACK_INPUT) if any_shape else \
+                FALLBACK_INPUT
+            min_side = default_min if min_side is None else min_side
         if not any_shape and (geometry != "square" or tile or input_shape):
             raise ConfigError(f"{self.backbone_name} takes square inputs of its own size only: use geometry='square' "
                               "without tile or input_shape")
         self.geometry = Geometry(mode=geometry, size=int(size), multiple=int(getattr(self.net, "patch_multiple", 1)),
-                                 tile=tile, shape=tuple(input_shape) if input_shape else None)
+                                 tile=tile, shape=tuple(input_shape) if input_shape else None, min_side=min_side)
         self.pool, self.normalize = pool, normalize
 
     @property
@@ -132,7 +136,7 @@ class PatchEmbedder:
         g = self.geometry
         return {"backbone": self.backbone_name, "layers": list(self.layers), "image_size": g.size,
                 "geometry": g.mode, "tile": g.tile, "input_shape": list(g.shape) if g.shape else None,
-                "pool": self.pool, "normalize": self.normalize}
+                "min_side": g.min_side, "pool": self.pool, "normalize": self.normalize}
 
     def input_shape(self, image: np.ndarray) -> tuple[int, int]:
         """The (H, W) backbone input of an image (images with equal input shapes are embedded together)."""
@@ -232,7 +236,7 @@ def resize_map(work_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 FORMAT_VERSION = 1  # of detector.json (see vlm_ad.artifacts)
-EMBEDDER_KEYS = ("layers", "image_size", "pool", "geometry", "tile", "input_shape")  # the PatchEmbedder's
+EMBEDDER_KEYS = ("layers", "image_size", "pool", "geometry", "tile", "input_shape", "min_side")  # the PatchEmbedder's
 
 
 class Detector:
@@ -245,6 +249,8 @@ class Detector:
     name = "detector"
     raw_features = False  # True: the detector models raw feature values, so patch vectors are never L2-normalised
     extra_options: tuple[str, ...] = ()  # options taken through **hyper besides the embedder's and ``sigma``
+    # backbone -> (geometry, image_size, min_side) when no geometry is given, over DEFAULT_INPUT (settings given win)
+    default_input: dict[str, tuple[str, int, int | None]] = {}
 
     def __init__(self, backbone: str | Backbone = "efficientnet-lite0", **hyper: Any) -> None:
         self.backbone = backbone
@@ -262,7 +268,12 @@ class Detector:
 
     def _make_embedder(self) -> Any:
         """Build the backbone and the patch aggregation (called by fit and load, never by ``__init__``)."""
-        emb = PatchEmbedder(self.backbone, **{k: self.hyper[k] for k in EMBEDDER_KEYS if k in self.hyper})
+        kw = {k: self.hyper[k] for k in EMBEDDER_KEYS if k in self.hyper}
+        name = self.backbone if isinstance(self.backbone, str) else getattr(self.backbone, "name", None)
+        if "geometry" not in kw and name in self.default_input:  # this detector's own default for the backbone
+            geometry, size, min_side = self.default_input[name]
+            kw = {"geometry": geometry, "image_size": size, "min_side": min_side} | kw
+        emb = PatchEmbedder(self.backbone, **kw)
         if self.raw_features:
             emb.normalize = False
         return emb
