@@ -39,7 +39,7 @@ from vlm_ad.data.synthetic import DEFECT_TYPES
 from vlm_ad.detectors.threshold import threshold_from_normal
 from vlm_ad.evaluation.qa import KINDS, qa_on_data
 from vlm_ad.evaluation.run import fit_detector
-from vlm_ad.evidence.build import CORE_LEVEL
+from vlm_ad.evidence.build import CORE_LEVEL, SIZE_LEVEL
 from vlm_ad.naming import MAP_LENS
 from vlm_ad.reasoning import create_reasoner
 
@@ -142,7 +142,7 @@ def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",)
         libraries = {s: DefectLibrary(features="descriptors", lens=s).add_mvtec(root, per_type=3, seed=0)
                      for s in LENSES}
     rules = {"data": name, "threshold_rule": det.hyper["threshold_rule"],
-             **rule_scores(samples, maps, det.calibration_scores_, libraries)}
+             **rule_scores(samples, maps, det.calibration_scores_, libraries, det.point_spread)}
     print(json.dumps(rules), flush=True)
     return rows, rules
 
@@ -267,16 +267,19 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
              f"Command: `{command}`. "
              "Detector: PatchCore, efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0. "
              f"`{NEW}`: the product's rules: the detector's default threshold rule (mean + 1 sd of the normal shots' "
-             f"leave-image-out scores), sizes from each region's core (level {CORE_LEVEL}, "
-             "`vlm_ad.evidence.build.region_core`), \"small\" when nothing exceeds the threshold, defect names "
-             "of the core against the library examples seen through the map lens (`vlm_ad.naming.map_lens`, sigma "
+             f"leave-image-out scores), sizes from each region's core at level {SIZE_LEVEL} less the same core of the "
+             "map the detector draws for one anomalous patch (`size_pct`, `vlm_ad.evidence.build.SIZE_LEVEL`, "
+             "`Detector.point_spread`), \"small\" when nothing exceeds the threshold, defect names "
+             f"of the core at level {CORE_LEVEL} (`vlm_ad.evidence.build.region_core`) against the library examples "
+             "seen through the map lens (`vlm_ad.naming.map_lens`, sigma "
              f"{MAP_LENS} of the longer side). `{OLD}` (baseline): threshold q99, sizes and names from the whole "
              "region above the threshold. "
              "Every rule was chosen on the synthetic dev suite (qa_rules.md); magnetic_tile is held out. Type "
              "questions use a labelled-defect library (descriptors, 3-NN) of 3 examples per type (seed 0) whose images "
              "are not asked about. Accuracy counts an abstention (a reply naming no option) as wrong; chance = mean 1 "
-             "/ options. Rows marked * are from an earlier run (before the region cores and the threshold change: "
-             "their evidence had the old rules), kept because LLM runs are slow here.", "",
+             "/ options. Rows marked * are from an earlier run (their evidence had the rules of that run: sizes from "
+             "the core at 0.7 with no point spread taken off, or, the oldest, the old rules), kept because LLM runs "
+             "are slow here.", "",
              "| data | reasoner | images | questions | accuracy | " + " | ".join(
                  f"{k} (chance)" for k in KINDS) + " | abstain where/size | s per answer |",
              "| --- " * (7 + len(KINDS)) + "|"]
@@ -335,7 +338,7 @@ def render_rules(rules: list[dict]) -> None:
               f"{np.mean([r['detected'] for r in dev]):.2f}, magnetic_tile "
               f"{tile['detected']:.2f}" if tile else "-"]
     shipped = {"verdict": f"verdict {dev[0]['threshold_rule']} bal", "where": "where region centroid (old)",
-               "size": f"size core {CORE_LEVEL}, small when missed",
+               "size": f"size core {SIZE_LEVEL} minus blur, small when missed",
                "type": f"type core {CORE_LEVEL} + map lens {MAP_LENS}, k=3"}
     lines += ["", "Shipped rule vs the best candidate on the dev suite, per kind (differences of a few hundredths are "
               "a few questions: about 270 yes/no, 310 where/size and 160 type questions in the dev suite):", ""]

@@ -9,7 +9,9 @@ library of 3 shots per type); the masks and labels only score the answers.
 ``where``    the 3 x 3 word of: the detected region's centroid (R1, the highest peak; P1 when nothing is detected),
              the map's maximum, the centroid of the region's core at a level.
 ``size``     the size word of: the region's area (P1's when nothing is detected), the core's area at a level, and
-             the core's area with "small" when nothing is detected.
+             the core's area with "small" when nothing is detected; ``minus blur``: the core's area less the core
+             area (same level) of the detector's map of one anomalous patch at that image's shape (its point-spread:
+             patch pooling, upsampling, smoothing), which a defect smaller than a patch still fills.
 ``type``     the library's name for: the region's pixels, its core at a level, the core compared with the examples
              seen through the map lens (vlm_ad.naming.map_lens) of a sigma, k = 3 votes or the nearest example
              (k = 1); the ground-truth mask as an upper bound (not an answer rule: it needs the mask).
@@ -17,7 +19,7 @@ library of 3 shots per type); the masks and labels only score the answers.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -61,7 +63,13 @@ def _found(amap: AnomalyMap) -> tuple[np.ndarray, bool] | None:
     return (peak[1], False) if peak is not None else None
 
 
-def _region_rows(sample: Sample, amap: AnomalyMap, libraries: dict[float, Any]) -> dict[str, Any] | None:
+def _blur_core(psf: np.ndarray, level: float) -> float:
+    """Area share of the core, at ``level``, of a point-spread map (its median taken as 0, the map's floor)."""
+    return float(region_core(psf, psf > 0, level, median=0.0).mean())
+
+
+def _region_rows(sample: Sample, amap: AnomalyMap, libraries: dict[float, Any],
+                 psf: Callable[[tuple[int, int]], np.ndarray] | None = None) -> dict[str, Any] | None:
     found = _found(amap)
     if found is None:
         return None
@@ -79,6 +87,10 @@ def _region_rows(sample: Sample, amap: AnomalyMap, libraries: dict[float, Any]) 
         row[f"where core {f} centroid"] = location_word(*_centroid(core), w, h)
         row[f"size core {f}"] = size_word(float(core.mean()))
         row[f"size core {f}, small when missed"] = row[f"size core {f}"] if detected else "small"
+        if psf is not None:
+            blur = _blur_core(psf(m.shape), f)
+            row[f"size core {f} minus blur, small when missed"] = size_word(max(float(core.mean()) - blur, 0.0)) \
+                if detected else "small"
     if libraries and sample.defect_type and sample.image_id not in set(libraries[0.0].example_ids):
         image, plain = sample.image, libraries[0.0]
         row["type"] = sample.defect_type
@@ -100,14 +112,16 @@ def _region_rows(sample: Sample, amap: AnomalyMap, libraries: dict[float, Any]) 
 
 
 def rule_scores(samples: Sequence[Sample], maps: Sequence[AnomalyMap], cal: np.ndarray,
-                libraries: dict[float, Any] | None = None) -> dict[str, Any]:
+                libraries: dict[float, Any] | None = None,
+                psf: Callable[[tuple[int, int]], np.ndarray] | None = None) -> dict[str, Any]:
     """Accuracy of every candidate rule on one dataset (``maps`` with the detector's default threshold; ``cal``:
     the normal shots' leave-image-out scores; ``libraries``: map-lens sigma -> the same labelled-defect library
-    (3 shots per type, descriptors) built with that lens, 0.0 included, or None)."""
+    (3 shots per type, descriptors) built with that lens, 0.0 included, or None; ``psf``: image (H, W) -> the
+    detector's map of one anomalous patch at that shape, for the ``minus blur`` size rules)."""
     out: dict[str, Any] = _verdicts(samples, maps, cal)
     by_id = {m.image_id: m for m in maps}
     rows = [r for s in samples if s.label == 1 and s.mask is not None and s.mask.any()
-            if (r := _region_rows(s, by_id[s.image_id], libraries or {})) is not None]
+            if (r := _region_rows(s, by_id[s.image_id], libraries or {}, psf)) is not None]
     out["anomalous"] = len(rows)
     out["detected"] = float(np.mean([r["detected"] for r in rows])) if rows else None
     for kind in ("where", "size", "type"):

@@ -74,6 +74,8 @@ def test_runtime_matches_torch_on_tiny_model(tiny, runtime):
     _assert_same(ref, det.predict(images))
     assert {a.label for a in ref} == {0, 1}
     assert det.grid_shape((64, 64)) == load_detector(model).grid_shape((64, 64))
+    # the size estimate's point spread (one anomalous patch's map) is the torch detector's too
+    np.testing.assert_allclose(det.point_spread((48, 80)), torch_det.point_spread((48, 80)), atol=1e-4)
 
 
 SETTINGS = [("onnx", {"optimization": "basic"}), ("onnx", {"optimization": "extended", "spinning": True})] + (

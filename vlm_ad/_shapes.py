@@ -7,7 +7,9 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-__all__ = ["input_shape", "work_shape"]
+import numpy as np
+
+__all__ = ["input_shape", "point_grid", "work_shape"]
 
 
 def input_shape(mode: str, size: int, multiple: int, height: int, width: int, *,
@@ -36,3 +38,13 @@ def work_shape(grid_hw: Sequence[int], *, work: int = 256) -> tuple[int, int]:
     long_side = max(work, 8 * max(gh, gw))
     short = max(1, int(round(long_side * min(gh, gw) / max(gh, gw))))
     return (long_side, short) if gh >= gw else (short, long_side)
+
+
+def point_grid(grid_hw: Sequence[int], pool: int) -> np.ndarray:
+    """An (h, w) patch-score grid of one anomalous patch in the middle: its ``pool`` x ``pool`` pooling window of
+    ones (one patch's feature reaches that far), zeros elsewhere. Smoothed and resized as every map is, it is the
+    map's point spread (:meth:`vlm_ad.detectors.base.Detector.point_spread`)."""
+    gh, gw, r = int(grid_hw[0]), int(grid_hw[1]), max(int(pool), 1) // 2
+    grid = np.zeros((gh, gw), np.float32)
+    grid[max(0, gh // 2 - r) : gh // 2 + r + 1, max(0, gw // 2 - r) : gw // 2 + r + 1] = 1.0
+    return grid

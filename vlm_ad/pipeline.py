@@ -205,7 +205,7 @@ class Pipeline:
         """Step 2: regions, shapes, contrasts against the nearest exemplar, defect names."""
         grid = getattr(self.detector, "grid_shape", None)
         return build_evidence(amap, image, namer=self.namer, load_exemplar=self.exemplars, grid_shape=grid,
-                              core_level=self.core_level)
+                              core_level=self.core_level, point_spread=getattr(self.detector, "point_spread", None))
 
     def explain(self, evidence: Evidence, images: ImageViews | None = None) -> Explanation:
         """Step 3: the reasoner's validated explanation of the evidence (and of ``images``, for a reasoner that

@@ -341,6 +341,12 @@ class RuntimeDetector:
             self._grids[key] = (int(grid.shape[1]), int(grid.shape[2]))
         return self._grids[key]
 
+    def point_spread(self, image_shape: tuple[int, int]) -> np.ndarray:
+        """The map of one anomalous patch at an image shape (H, W), as the torch detector's ``point_spread``."""
+        shape = (int(image_shape[0]), int(image_shape[1]))
+        work = smooth(_shapes.point_grid(self.grid_shape(shape), int(self.meta["pool"])), self.hyper["sigma"])
+        return _resize(work, shape).astype(np.float32)
+
     def predict(self, images: Sequence[np.ndarray | Sample], *, inputs: Sequence[np.ndarray] | None = None,
                 progress: Callable[[int], None] | None = None) -> list[AnomalyMap]:
         """One :class:`AnomalyMap` per image (``inputs``: their :meth:`prepare` outputs, when already made); images

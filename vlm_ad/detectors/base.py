@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from vlm_ad._cache import atomic_write_bytes
-from vlm_ad._shapes import work_shape
+from vlm_ad._shapes import point_grid, work_shape
 from vlm_ad.artifacts import write_meta
 from vlm_ad.backbones import Backbone, create_backbone
 from vlm_ad.backbones.geometry import Geometry, stitch
@@ -450,6 +450,20 @@ class Detector:
         if embedder is None or not hasattr(embedder, "grid_shape"):  # pixel-space detectors have no patch grid
             return None
         return embedder.grid_shape(tuple(image_shape))
+
+    def point_spread(self, image_shape: tuple[int, int]) -> np.ndarray | None:
+        """The map this detector draws, at an image shape (H, W), for one anomalous patch in the middle of its grid
+        (:func:`vlm_ad._shapes.point_grid`, smoothed and resized as every map is): how far the map spreads a defect
+        smaller than a patch, which the size estimate of the evidence takes off. None without a patch grid."""
+        grid_hw = self.grid_shape(image_shape)
+        if grid_hw is None:
+            return None
+        shape = (int(image_shape[0]), int(image_shape[1]))
+        cache = self.__dict__.setdefault("_spreads", {})
+        if (shape, grid_hw) not in cache:
+            grid = torch.from_numpy(point_grid(grid_hw, self.embedder.pool))
+            cache[(shape, grid_hw)] = resize_map(self.smooth(grid), shape)
+        return cache[(shape, grid_hw)]
 
     def summary(self) -> str:
         """One line saying how this fitted detector makes its maps (printed by ``vlm-ad fit`` and ``detect``)."""

@@ -19,11 +19,15 @@ from vlm_ad.evidence.types import (
 from vlm_ad.types import AnomalyMap, ExemplarHit
 from vlm_ad.vocabulary import location_word, orientation_word, principal_axes
 
-__all__ = ["CORE_LEVEL", "Namer", "build_evidence", "region_core", "region_shape"]
+__all__ = ["CORE_LEVEL", "SIZE_LEVEL", "Namer", "build_evidence", "region_core", "region_shape"]
 
 #: a region's core: its pixels above this share of the way from the map's median to the region's peak (chosen on the
 #: synthetic dev suite for the size and type answers; magnetic_tile held out: eval/results/qa_rules.md)
 CORE_LEVEL = 0.7
+#: the core level of the size estimate (``size_pct``: the core less the map's point spread at the same level; chosen on
+#: the synthetic dev suite, magnetic_tile held out: eval/results/qa_rules.md, "size core 0.6 minus blur")
+SIZE_LEVEL = 0.6
+PointSpread = Callable[[tuple[int, int]], "np.ndarray | None"]
 
 ExemplarLoader = Callable[[str], "np.ndarray | None"]
 GridShape = Union[tuple[int, int], Callable[[tuple[int, int]], "tuple[int, int] | None"]]
@@ -146,6 +150,7 @@ def build_evidence(
     grid_shape: GridShape | None = None,
     max_regions: int = 5,
     core_level: float | None = CORE_LEVEL,
+    point_spread: PointSpread | None = None,
 ) -> Evidence:
     """Measure the evidence behind one detection.
 
@@ -169,6 +174,9 @@ def build_evidence(
         core_level: measure each region's core (:func:`region_core`) at this share of the way from the map's median
             to its peak: its area is ``core_pct`` and the namer describes the core, not the whole region; None
             measures no core (the namer then describes the whole region).
+        point_spread: image (H, W) -> the detector's map of one anomalous patch at that shape (its
+            ``point_spread`` method); with a core measured, each region's ``size_pct`` is its core at
+            :data:`SIZE_LEVEL` less that map's core at the same level.
     """
     from vlm_ad.regions import find_regions
 
@@ -185,7 +193,7 @@ def build_evidence(
     labels = _labels(amap.map, thr) if regions else None
     measure = partial(_region_evidence, image=image, gray=gray, namer=namer, hits=amap.hits, grid=grid_shape,
                       load_exemplar=load_exemplar, notes=ev.notes, size=(w, h), amap=amap.map,
-                      core_level=core_level, median=float(np.median(amap.map)))
+                      core_level=core_level, median=float(np.median(amap.map)), point_spread=point_spread)
     for k, reg in enumerate(regions[:max_regions]):
         mask = _component(labels, reg)
         ev.masks[f"R{k + 1}"] = mask
@@ -209,7 +217,7 @@ def build_evidence(
 
 def _region_evidence(rid: str, reg, mask: np.ndarray, k: int, *, image, gray, namer, hits, grid, load_exemplar,
                      notes: list[str], size: tuple[int, int], amap: np.ndarray, core_level: float | None,
-                     median: float) -> RegionEvidence:
+                     median: float, point_spread: PointSpread | None) -> RegionEvidence:
     """Measure one region (extent, core, shape, contrast against the exemplar of hit ``k``, name of its core)."""
     hit = hits[min(k, len(hits) - 1)] if hits else None
     contrast, note = _region_contrast(gray, mask, hit, grid, load_exemplar)
@@ -220,7 +228,19 @@ def _region_evidence(rid: str, reg, mask: np.ndarray, k: int, *, image, gray, na
                           (round(reg.centroid[0], 1), round(reg.centroid[1], 1)), location_word(*reg.centroid, *size),
                           region_shape(mask), contrast,
                           _name(namer, image, mask if core is None else core, from_map=core is not None),
-                          None if core is None else round(100 * float(core.mean()), 2))
+                          None if core is None else round(100 * float(core.mean()), 2),
+                          None if core is None else _defect_size(amap, mask, median, point_spread))
+
+
+def _defect_size(amap: np.ndarray, mask: np.ndarray, median: float, point_spread: PointSpread | None
+                 ) -> float | None:
+    """``size_pct`` of a region (see :class:`~vlm_ad.evidence.types.RegionEvidence`), or None without a spread."""
+    spread = point_spread(amap.shape) if point_spread is not None else None
+    if spread is None or not spread.max() > 0:
+        return None
+    core = float(region_core(amap, mask, SIZE_LEVEL, median=median).mean())
+    blur = float(region_core(spread, spread > 0, SIZE_LEVEL, median=0.0).mean())
+    return round(100 * max(core - blur, 0.0), 2)
 
 
 def region_core(amap: np.ndarray, mask: np.ndarray, level: float = CORE_LEVEL, *,

@@ -92,6 +92,10 @@ class RegionEvidence:
             :data:`~vlm_ad.evidence.build.CORE_LEVEL` of the way from the map's median to the peak: the estimate of
             the defect's own extent (the map spreads a defect over more pixels than it covers, so the region
             above the detection threshold is larger); None when the core was not measured.
+        size_pct: the estimated area of the defect itself, in % of the image: the region's core at
+            :data:`~vlm_ad.evidence.build.SIZE_LEVEL` less the same core of the map the detector draws for one
+            anomalous patch at this image's shape (its point spread, which even a defect smaller than a patch fills),
+            at least 0; the size word is said of it. None when not measured.
     """
 
     id: str
@@ -104,6 +108,7 @@ class RegionEvidence:
     contrast: Contrast
     defect: DefectNameEvidence | None = None
     core_pct: float | None = None
+    size_pct: float | None = None
 
 
 @dataclass
@@ -171,7 +176,7 @@ class Evidence:
             c, sh = r.contrast, r.shape
             out += [r.area_pct, r.peak, *r.box, *r.centroid, sh.elongation, sh.orientation_deg,
                     c.intensity_delta, abs(c.intensity_delta), c.texture_ratio]
-            out += [r.core_pct] if r.core_pct is not None else []
+            out += [v for v in (r.core_pct, r.size_pct) if v is not None]
             if r.defect:
                 out += [r.defect.confidence, 100 * r.defect.confidence, r.defect.distance]
         out += [e.distance for e in self.exemplars] + [v for e in self.exemplars for v in (e.row, e.col)]
@@ -198,4 +203,5 @@ class Evidence:
 def _region_from_json(r: dict[str, Any]) -> RegionEvidence:
     return RegionEvidence(r["id"], tuple(r["box"]), r["area_pct"], r["peak"], tuple(r["centroid"]), r["location"],
                           Shape(**r["shape"]), Contrast(**r["contrast"]),
-                          DefectNameEvidence(**r["defect"]) if r.get("defect") else None, r.get("core_pct"))
+                          DefectNameEvidence(**r["defect"]) if r.get("defect") else None, r.get("core_pct"),
+                          r.get("size_pct"))

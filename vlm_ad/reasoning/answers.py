@@ -62,8 +62,10 @@ _NONE = "No region exceeds the threshold, so no defect is detected."
 
 
 def _size_word(r: RegionEvidence) -> str:
-    """The size word of a region: of its core (the estimate of the defect's extent) when it was measured."""
-    return size_word((r.area_pct if r.core_pct is None else r.core_pct) / 100)
+    """The size word of a region: of the defect's estimated area (``size_pct``: its core less the map's spread of
+    one patch) when measured, else of its core, else of the whole region."""
+    pct = next(v for v in (r.size_pct, r.core_pct, r.area_pct) if v is not None)
+    return size_word(pct / 100)
 
 
 def _extent(r: RegionEvidence) -> str:
@@ -110,6 +112,9 @@ def _size(expl: Explanation, ev: Evidence) -> str:
         how = (f"its core, the pixels above {CORE_LEVEL:.0%} of the way from the map's median to its peak, covers "
                f"{r.core_pct:.2f}% of the image (the region above the threshold {r.area_pct:.2f}%)"
                if r.core_pct is not None else f"it covers {r.area_pct:.2f}% of the image")
+        if r.size_pct is not None:
+            how += (f"; less the map's own spread of a single patch, the defect itself is about {r.size_pct:.2f}% of "
+                    "the image")
         lines.append(f"{r.id} ({r.location}) is {_size_word(r)}: {how}.")
     return "\n".join(lines)
 
