@@ -155,6 +155,7 @@ def test_planted_defect_is_found_where_it_is_on_a_non_square_image(name, geometr
     det.save(tmp_path / "m")
     again = load_detector(tmp_path / "m")
     assert again.embedder.geometry == det.embedder.geometry
+    assert "input area 128 px, short side at least 112 px" in again.summary()  # what fit and detect print
     np.testing.assert_allclose(again.predict([test])[0].map, amap, rtol=1e-4, atol=1e-5)
 
 
@@ -257,6 +258,7 @@ def test_min_side_is_saved_exported_and_defaults_only_with_the_default_geometry(
     det.save(tmp_path / "m")
     again = load_detector(tmp_path / "m")
     assert again.embedder.geometry == det.embedder.geometry
+    assert "input area 128 px, short side at least 112 px" in again.summary()  # what fit and detect print
     np.testing.assert_allclose(again.predict(normal[:1])[0].map, det.predict(normal[:1])[0].map, rtol=1e-5)
     g = det.embedder.geometry  # the torch-free runtime computes the same input from export.json's fields
     meta = {"input": {"geometry": g.mode, "size": g.size, "multiple": g.multiple, "shape": None, "min_side": 112}}

@@ -472,6 +472,7 @@ class Detector:
             return self.name
         g = emb.geometry
         tiled = f", tiles of {g.tile} px" if g.tile else ""
+        tiled = (f", short side at least {g.min_side} px" if g.min_side else "") + tiled
         return f"{self.name} on {emb.backbone_name} ({', '.join(emb.layers)}), input {g.mode} {g.size} px{tiled}"
 
     def set_threshold(self, value: float | None) -> Detector:
