@@ -155,7 +155,6 @@ def test_planted_defect_is_found_where_it_is_on_a_non_square_image(name, geometr
     det.save(tmp_path / "m")
     again = load_detector(tmp_path / "m")
     assert again.embedder.geometry == det.embedder.geometry
-    assert "input area 128 px, short side at least 112 px" in again.summary()  # what fit and detect print
     np.testing.assert_allclose(again.predict([test])[0].map, amap, rtol=1e-4, atol=1e-5)
 
 
