@@ -67,6 +67,19 @@ class _Subset:
         return self._test[self._idx[i]]
 
 
+class _NoSpread:
+    """The detector as the pipeline sees it, less its point spread: an oracle map is the mask itself, which no
+    detector blurred, so there is no spread to take off its sizes."""
+
+    def __init__(self, det) -> None:
+        self._det = det
+
+    def __getattr__(self, name: str):
+        if name == "point_spread":
+            raise AttributeError(name)
+        return getattr(self._det, name)
+
+
 def oracle_maps(samples, maps, *, verdict_only: bool) -> list:
     """The detector's outputs with part of the truth put in, to see what the maps cost: ``verdict_only``: the map as
     it is, the image score moved just across the threshold to the side of the label (a right yes/no); else the
@@ -125,7 +138,8 @@ def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",)
     rows = []
     for rname, reasoner, split, split_maps, core in configs:
         t0 = time.perf_counter()
-        metrics, _ = qa_on_data(root, det, split, split_maps, reasoner, shots_per_type=3, seed=0, core_level=core)
+        metrics, _ = qa_on_data(root, _NoSpread(det) if rname == ORACLE_MAP else det, split, split_maps, reasoner,
+                                shots_per_type=3, seed=0, core_level=core)
         row = {"data": name, "reasoner": rname, "detector": "patchcore/efficientnet-lite0",
                "shots": "all" if full_shot else 8, "seed": 0,
                "threshold_rule": "q99" if rname == OLD else det.hyper["threshold_rule"], "core_level": core,
@@ -295,7 +309,8 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
         lines += ["", f"Oracle rows (`PYTHONPATH=. python eval/bench_qa.py --oracle --keep`, the same detector and "
                   f"questions): what the maps cost. `{ORACLE_VERDICT}`: the detector's map, its image score moved "
                   "just across the threshold to the side of the true label (every yes/no right; where, size and type "
-                  f"still read from the map). `{ORACLE_MAP}`: the true mask as the map (every region exact): the "
+                  f"still read from the map). `{ORACLE_MAP}`: the true mask as the map (every region exact; no "
+                  "detector blurred it, so no point spread is taken off its sizes): the "
                   "reasoner's rules and the defect namer on a perfect map. Test labels and masks are used only "
                   "here, to measure; never to choose a rule."]
     if any(r["reasoner"] == FULL_SHOT for r in rows):
