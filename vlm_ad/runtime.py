@@ -344,8 +344,11 @@ class RuntimeDetector:
     def point_spread(self, image_shape: tuple[int, int]) -> np.ndarray:
         """The map of one anomalous patch at an image shape (H, W), as the torch detector's ``point_spread``."""
         shape = (int(image_shape[0]), int(image_shape[1]))
-        work = smooth(_shapes.point_grid(self.grid_shape(shape), int(self.meta["pool"])), self.hyper["sigma"])
-        return _resize(work, shape).astype(np.float32)
+        cache = self.__dict__.setdefault("_spreads", {})
+        if shape not in cache:
+            work = smooth(_shapes.point_grid(self.grid_shape(shape), int(self.meta["pool"])), self.hyper["sigma"])
+            cache[shape] = _resize(work, shape).astype(np.float32)
+        return cache[shape]
 
     def predict(self, images: Sequence[np.ndarray | Sample], *, inputs: Sequence[np.ndarray] | None = None,
                 progress: Callable[[int], None] | None = None) -> list[AnomalyMap]:

@@ -6,11 +6,11 @@ overlapping tiles whose feature grids are stitched back into one grid.
 ``area``    keep the aspect ratio at the pixel count of a ``size`` x ``size`` square (the same compute as ``square``;
             a 500 x 1250 image is seen at 160 x 400 for size 256), the long side capped at ``4 * size``
 ``square``  squash every image to ``size`` x ``size`` (the behaviour of models saved before geometry existed)
+``shape``   a fixed (H, W) input for every image (PaDiM's per-position statistics need one grid)
 
 ``min_side`` (``aspect`` and ``area``): the short side is at least ``min_side`` (the long side grows with it, up to
 ``4 * size``), so an elongated image is not seen thinner across than the backbone's native resolution: at ``area``
 280 with ``min_side`` 224 a 320 x 800 image is seen at 224 x 560 instead of 182 x 448.
-``shape``   a fixed (H, W) input for every image (PaDiM's per-position statistics need one grid)
 
 With ``tile=T``, an input larger than ``T`` on a side is cut into overlapping ``T``-px tiles (at most ``T`` x ``T``, the
 backbone's native resolution), each tile is embedded alone, and every feature cell is taken from the tile whose

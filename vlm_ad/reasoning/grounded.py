@@ -29,9 +29,13 @@ def _region_steps(r: RegionEvidence, exemplar_id: str | None) -> list[Step]:
     x0, y0, x1, y1 = r.box
     sh, c = r.shape, r.contrast
     orient = f", oriented {sh.orientation} ({sh.orientation_deg:.1f} deg)" if sh.orientation != "none" else ""
-    core = "" if r.core_pct is None else f" (its core {r.core_pct:.2f}%: {size_word(r.core_pct / 100)})" \
-        if r.size_pct is None else (f" (its core {r.core_pct:.2f}%; less the map's spread of one patch, the defect "
-                                    f"about {r.size_pct:.2f}%: {size_word(r.size_pct / 100)})")
+    if r.core_pct is None:
+        core = ""
+    elif r.size_pct is None:
+        core = f" (its core {r.core_pct:.2f}%: {size_word(r.core_pct / 100)})"
+    else:  # the size word is said of the defect's estimate, the core less the map's spread of one patch
+        core = (f" (its core {r.core_pct:.2f}%; less the map's spread of one patch, the defect about "
+                f"{r.size_pct:.2f}%: {size_word(r.size_pct / 100)})")
     steps = [
         Step(text=f"{r.id} covers {r.area_pct:.2f}% of the image{core} in the {r.location}, box ({x0}, {y0})-({x1}, "
                   f"{y1}), peak {r.peak:.4f}.", evidence=[r.id]),
