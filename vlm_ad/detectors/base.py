@@ -34,7 +34,8 @@ Progress = Callable[[int], None]  # called with the number of images just proces
 DEFAULT_LAYERS = {"dinov2-s14": ("block5", "block7"), "efficientnet-lite0": ("block4", "block10")}
 # (geometry, image_size, min_side) per backbone when none is given, from eval/results/generalization.md: for
 # efficientnet-lite0 "area" 224 beat "square" 224 on most cells of the dev half and lost nowhere by more than the seed
-# spread, and the unseen half agreed (area 256 won more on dev but lost image AUROC beyond the spread on the unseen half)
+# spread, and the unseen half agreed (area 256 won more on dev but lost image AUROC beyond the spread on the unseen
+# half)
 DEFAULT_INPUT: dict[str, tuple[str, int, int | None]] = {"efficientnet-lite0": ("area", 224, None)}
 # other backbones: square 224. For dinov2-s14 PatchCore has its own default (PatchCore.default_input); mutual keeps
 # square 224: area 280 (with or without min_side 224) loses square-set image AUROC and AUPRO on the dev half there
