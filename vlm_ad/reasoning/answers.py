@@ -69,7 +69,8 @@ def _size_word(r: RegionEvidence) -> str:
 
 
 def _extent(r: RegionEvidence) -> str:
-    core = f" (core {r.core_pct:.2f}%)" if r.core_pct is not None else ""
+    defect = f", defect about {r.size_pct:.2f}%" if r.size_pct is not None else ""  # what the size word is said of
+    core = f" (core {r.core_pct:.2f}%{defect})" if r.core_pct is not None else ""
     return f"{r.area_pct:.2f}% of the image{core}"
 
 
