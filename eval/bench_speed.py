@@ -330,15 +330,14 @@ def main(argv: list[str] | None = None) -> None:
     gflops = matmul_gflops(args.threads)
     print(f"data: {what}; {len(files)} test images; fp32 matmul {gflops:.0f} GFLOP/s on {args.threads} threads")
     from vlm_ad.data import load_image
-    from vlm_ad.detectors import load_detector
 
     rows, e2e, floors, notes, knobs, rates, inputs = [], [], {}, [], {}, [gflops], {}
     for backbone in args.backbones.split(","):
         model, export = fit_and_export(backbone, shots, work)
         floors[backbone] = network_gflop(model, files)
-        g = load_detector(model).embedder.geometry  # the input the rows below ran at
-        inputs[backbone] = f"{g.mode} {g.size}" + (f", short side >= {g.min_side}" if g.min_side else "")
         dets = {run: load(model, export, run, args.threads) for run in RUNS}
+        g = dets["torch"].embedder.geometry  # the input the rows below ran at
+        inputs[backbone] = f"{g.mode} {g.size}" + (f", short side >= {g.min_side}" if g.min_side else "")
         settings = [("torch", 1, "old", 0), ("torch", 1, "now", 0)] + [(rt, BATCH, "now", 0) for rt in RUNS] + \
             [(rt, BATCH, "now", 2) for rt in RUNS]  # last: files written by 2 threads behind the compute
         for s in settings[2:]:  # warm-up: a runtime plans (and OpenVINO compiles) per input shape on first sight

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from vlm_ad.evidence.build import _component, _labels, _peak_component, region_core
+from vlm_ad.evidence.build import _component, _labels, _peak_component, defect_share, region_core
 from vlm_ad.naming import MAP_LENS, DefectLibrary
 from vlm_ad.regions import find_regions
 from vlm_ad.types import AnomalyMap, Sample
@@ -63,11 +63,6 @@ def _found(amap: AnomalyMap) -> tuple[np.ndarray, bool] | None:
     return (peak[1], False) if peak is not None else None
 
 
-def _blur_core(psf: np.ndarray, level: float) -> float:
-    """Area share of the core, at ``level``, of a point-spread map (its median taken as 0, the map's floor)."""
-    return float(region_core(psf, psf > 0, level, median=0.0).mean())
-
-
 def _region_rows(sample: Sample, amap: AnomalyMap, libraries: dict[float, Any],
                  psf: Callable[[tuple[int, int]], np.ndarray] | None = None) -> dict[str, Any] | None:
     found = _found(amap)
@@ -88,9 +83,8 @@ def _region_rows(sample: Sample, amap: AnomalyMap, libraries: dict[float, Any],
         row[f"size core {f}"] = size_word(float(core.mean()))
         row[f"size core {f}, small when missed"] = row[f"size core {f}"] if detected else "small"
         if psf is not None:
-            blur = _blur_core(psf(m.shape), f)
-            row[f"size core {f} minus blur, small when missed"] = size_word(max(float(core.mean()) - blur, 0.0)) \
-                if detected else "small"
+            share = defect_share(m, reg, psf(m.shape), f, median=median)
+            row[f"size core {f} minus blur, small when missed"] = size_word(share) if detected else "small"
     if libraries and sample.defect_type and sample.image_id not in set(libraries[0.0].example_ids):
         image, plain = sample.image, libraries[0.0]
         row["type"] = sample.defect_type

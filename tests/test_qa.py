@@ -186,6 +186,13 @@ def test_size_takes_off_the_maps_own_spread_of_one_patch():
 
     _, spread = _blurred_disc((75, 75), 3.0, sigma=12.0)
     image = np.full((150, 150, 3), 128, np.uint8)
+
+    class _Spread:  # what the pipeline asks of a detector: its point spread at an image shape
+        def point_spread(self, shape):
+            return spread
+
+    pipe = Pipeline(None, create_reasoner("grounded"))
+    pipe.detector = _Spread()
     for radius, truth in ((3.0, "small"), (30.0, "large")):
         disc, amap = _blurred_disc((40, 100), radius, sigma=12.0)
         assert size_word(disc.mean()) == truth
@@ -194,14 +201,7 @@ def test_size_takes_off_the_maps_own_spread_of_one_patch():
         assert build_evidence(found, image).regions[0].size_pct is None  # no detector spread: not measured
         assert r.size_pct < r.core_pct if truth == "small" else r.size_pct > 5
         assert size_word(r.size_pct / 100) == truth and (truth == "large" or size_word(r.core_pct / 100) == "medium")
-
-        class _Spread:  # what the pipeline asks of a detector: its point spread at an image shape
-            def point_spread(self, shape):
-                return spread
-
         sample = Sample(image, "hole/000.png", 1, "hole", disc)
-        pipe = Pipeline(None, create_reasoner("grounded"))
-        pipe.detector = _Spread()
         m, rows = evaluate_qa([sample], [found], pipe)
         got = {q["kind"]: q for q in rows}["size"]
         assert got["choice"] == truth and "spread of a single patch" in got["reply"], got["reply"]

@@ -19,7 +19,8 @@ from vlm_ad.evidence.types import (
 from vlm_ad.types import AnomalyMap, ExemplarHit
 from vlm_ad.vocabulary import location_word, orientation_word, principal_axes
 
-__all__ = ["CORE_LEVEL", "SIZE_LEVEL", "Namer", "build_evidence", "region_core", "region_shape"]
+__all__ = ["CORE_LEVEL", "SIZE_LEVEL", "Namer", "build_evidence", "defect_share", "region_core",
+           "region_shape"]
 
 #: a region's core: its pixels above this share of the way from the map's median to the region's peak (chosen on the
 #: synthetic dev suite for the size and type answers; magnetic_tile held out: eval/results/qa_rules.md)
@@ -238,9 +239,15 @@ def _defect_size(amap: np.ndarray, mask: np.ndarray, median: float, point_spread
     spread = point_spread(amap.shape) if point_spread is not None else None
     if spread is None or not spread.max() > 0:
         return None
-    core = float(region_core(amap, mask, SIZE_LEVEL, median=median).mean())
-    blur = float(region_core(spread, spread > 0, SIZE_LEVEL, median=0.0).mean())
-    return round(100 * max(core - blur, 0.0), 2)
+    return round(100 * defect_share(amap, mask, spread, SIZE_LEVEL, median=median), 2)
+
+
+def defect_share(amap: np.ndarray, mask: np.ndarray, spread: np.ndarray, level: float, *, median: float) -> float:
+    """The share of the image a region's defect is estimated to cover: the region's core at ``level`` less the core
+    at the same level of ``spread``, the detector's map of one anomalous patch (its median taken as 0), at least 0."""
+    core = float(region_core(amap, mask, level, median=median).mean())
+    blur = float(region_core(spread, spread > 0, level, median=0.0).mean())
+    return max(core - blur, 0.0)
 
 
 def region_core(amap: np.ndarray, mask: np.ndarray, level: float = CORE_LEVEL, *,
