@@ -72,6 +72,8 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
     "patchcore dinov2 area 280": ("patchcore", DINO, {"geometry": "area", "image_size": 280}, None, 3),
     "patchcore dinov2 area 280 min 224": ("patchcore", DINO, {"geometry": "area", "image_size": 280, "min_side": 224},
                                           None, 3),
+    "patchcore dinov2 area 224 min 224": ("patchcore", DINO, {"geometry": "area", "image_size": 224, "min_side": 224},
+                                          None, 3),
     "patchcore dinov2 aspect 308": ("patchcore", DINO, {"geometry": "aspect", "image_size": 308}, None, 3),
     "patchcore dinov2 area 308": ("patchcore", DINO, {"geometry": "area", "image_size": 308}, None, 3),
     "patchcore dinov2 aspect 448": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448}, None, 3),
@@ -80,6 +82,8 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
     "mutual dinov2 zero-shot square 224": ("mutual", DINO, {"geometry": "square", "image_size": 224}, None, 1),
     "mutual dinov2 zero-shot area 280": ("mutual", DINO, {"geometry": "area", "image_size": 280}, None, 1),
     "mutual dinov2 zero-shot area 280 min 224": ("mutual", DINO, {"geometry": "area", "image_size": 280,
+                                                                 "min_side": 224}, None, 1),
+    "mutual dinov2 zero-shot area 224 min 224": ("mutual", DINO, {"geometry": "area", "image_size": 224,
                                                                  "min_side": 224}, None, 1),
     "mutual dinov2 zero-shot aspect 308": ("mutual", DINO, {"geometry": "aspect", "image_size": 308}, None, 1),
     "mutual dinov2 zero-shot area 308": ("mutual", DINO, {"geometry": "area", "image_size": 308}, None, 1),
@@ -445,9 +449,11 @@ def verdict(rows: list[dict], new: str, old: str, half: str) -> str | None:
 
 
 GEOMETRY_LADDER = {  # DINOv2 long sides compared per set, the square 224 default first
-    "patchcore": ("patchcore dinov2 square 224", "patchcore dinov2 area 280", "patchcore dinov2 area 280 min 224",
+    "patchcore": ("patchcore dinov2 square 224", "patchcore dinov2 area 224 min 224", "patchcore dinov2 area 280",
+                  "patchcore dinov2 area 280 min 224",
                   "patchcore dinov2 aspect 308", "patchcore dinov2 area 308", "patchcore dinov2 aspect 448"),
-    "mutual": ("mutual dinov2 zero-shot square 224", "mutual dinov2 zero-shot area 280",
+    "mutual": ("mutual dinov2 zero-shot square 224", "mutual dinov2 zero-shot area 224 min 224",
+               "mutual dinov2 zero-shot area 280",
                "mutual dinov2 zero-shot area 280 min 224", "mutual dinov2 zero-shot aspect 308",
                "mutual dinov2 zero-shot area 308", "mutual dinov2 zero-shot aspect 448"),
 }
@@ -493,6 +499,7 @@ def speed_ratios() -> list[str]:
 # vlm-ad's border pooling against itself (what that one difference does)
 REFERENCE_PAIRS = (("patchcore effnet area 224", REF_EFF), ("patchcore dinov2 square 224", REF_DINO),
                    ("patchcore dinov2 area 280", REF_DINO), ("patchcore dinov2 area 280 min 224", REF_DINO),
+                   ("patchcore dinov2 area 224 min 224", REF_DINO),
                    ("patchcore dinov2 aspect 448 b7", REF_DINO),
                    (REF_EFF + ", padding counted", REF_EFF))
 
@@ -554,8 +561,8 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
         "",
         *objects_target(rows),
         "",
-        "## DINOv2 input size: pixel AUROC per set at square 224 / area 280 / area 280 min 224 / aspect 308 / "
-        "area 308 / aspect 448",
+        "## DINOv2 input size: pixel AUROC per set at square 224 / area 224 min 224 / area 280 / area 280 min 224 / "
+        "aspect 308 / area 308 / aspect 448",
         "",
         "`min 224`: the short side at least 224 px (`-o min_side=224`; a 320 x 800 image is seen at 224 x 560, 3:4 and "
         "square images as without it). Sets where square 224 (the DINOv2 default before `area 280 min 224` became "
@@ -583,6 +590,8 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
         ("patchcore dinov2 area 224", "patchcore dinov2 square 224"),
         ("patchcore dinov2 area 280", "patchcore dinov2 square 224"),
         ("patchcore dinov2 area 280 min 224", "patchcore dinov2 square 224"),
+        ("patchcore dinov2 area 224 min 224", "patchcore dinov2 square 224"),
+        ("patchcore dinov2 area 224 min 224", "patchcore dinov2 area 280 min 224"),
         ("patchcore dinov2 aspect 308", "patchcore dinov2 square 224"),
         ("patchcore dinov2 area 308", "patchcore dinov2 square 224"),
         ("patchcore dinov2 aspect 448", "patchcore dinov2 square 224"),
@@ -590,6 +599,7 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
         ("padim effnet area 224", "padim effnet square 224"),
         ("mutual dinov2 zero-shot area 280", "mutual dinov2 zero-shot square 224"),
         ("mutual dinov2 zero-shot area 280 min 224", "mutual dinov2 zero-shot square 224"),
+        ("mutual dinov2 zero-shot area 224 min 224", "mutual dinov2 zero-shot square 224"),
         ("mutual dinov2 zero-shot aspect 308", "mutual dinov2 zero-shot square 224"),
         ("mutual dinov2 zero-shot area 308", "mutual dinov2 zero-shot square 224"),
         ("mutual dinov2 zero-shot aspect 448", "mutual dinov2 zero-shot square 224"),

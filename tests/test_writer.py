@@ -77,6 +77,33 @@ def test_an_interrupted_caller_leaves_whole_files_or_none(tmp_path):
     assert (tmp_path / "0.bin").read_bytes() == payload
 
 
+def test_finish_on_error_writes_the_queued_jobs_before_the_interrupt_goes_through(tmp_path):
+    running, release = threading.Event(), threading.Event()
+
+    def slow_write(i: int) -> None:
+        if i == 0:
+            running.set()
+            release.wait(5)
+        atomic_write_bytes(tmp_path / f"{i}.bin", bytes([i]))
+
+    with pytest.raises(KeyboardInterrupt), BackgroundWriter(1, pending=8, finish_on_error=True) as writer:
+        for i in range(4):
+            writer.submit(slow_write, i)
+        running.wait(5)
+        threading.Timer(0.2, release.set).start()
+        raise KeyboardInterrupt  # jobs 1-3 are still queued here
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0.bin", "1.bin", "2.bin", "3.bin"]
+
+
+def test_finish_on_error_lets_the_callers_exception_through_a_job_error(tmp_path):
+    def fail() -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(KeyboardInterrupt), BackgroundWriter(1, finish_on_error=True) as writer:
+        writer.submit(fail)
+        raise KeyboardInterrupt
+
+
 def test_inline_mode_runs_in_the_caller(tmp_path):
     writer = BackgroundWriter(0)
     writer.submit(atomic_write_bytes, tmp_path / "a", b"1")

@@ -184,7 +184,8 @@ def run_report(
         counts["skipped"] = len(work) - len(todo)
         if progress and counts["skipped"]:
             progress(counts["skipped"])
-        with BackgroundWriter(1, name="vlm-ad-report") as writer:  # one thread: records are appended in turn
+        # one thread: records are appended in turn; an interrupt still writes the records already computed
+        with BackgroundWriter(1, name="vlm-ad-report", finish_on_error=True) as writer:
             for res in engine.map(explain_item, todo):
                 writer.submit(_record, out, jsonl, res, counts)
                 if progress:
