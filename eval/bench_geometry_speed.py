@@ -36,6 +36,7 @@ SETTINGS = {
     "dinov2 area 224": (DINO, {"geometry": "area", "image_size": 224}, None),
     "dinov2 area 280": (DINO, {"geometry": "area", "image_size": 280}, None),
     "dinov2 area 280 min 224": (DINO, {"geometry": "area", "image_size": 280, "min_side": 224}, None),
+    "dinov2 area 224 min 224": (DINO, {"geometry": "area", "image_size": 224, "min_side": 224}, None),
     "dinov2 aspect 308": (DINO, {"geometry": "aspect", "image_size": 308}, None),
     "dinov2 area 308": (DINO, {"geometry": "area", "image_size": 308}, None),
     "dinov2 aspect 448": (DINO, {"geometry": "aspect", "image_size": 448}, None),
