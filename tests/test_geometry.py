@@ -237,7 +237,11 @@ def test_default_input_per_backbone():
     assert create_detector("patchcore")._make_embedder().image_size == 224
     dino = create_detector("patchcore", backbone="dinov2-s14")._make_embedder().geometry  # PatchCore's own default
     assert (dino.mode, dino.size, dino.min_side) == ("area", 280, 224)
-    assert create_detector("mutual")._make_embedder().geometry.mode == "square"  # dinov2-s14 too: its default stays
+    mutual = create_detector("mutual")._make_embedder().geometry  # dinov2-s14: mutual's own default
+    assert (mutual.mode, mutual.size, mutual.min_side) == ("area", 224, 224)
+    assert mutual.input_shape(256, 256) == (224, 224)  # square images as at square 224
+    assert mutual.input_shape(600, 800) == (224, 294)  # 3:4 grows to a short side of 224 (x 14 multiple)
+    assert create_detector("mutual", backbone="efficientnet-lite0")._make_embedder().geometry.mode == "area"
     given = create_detector("patchcore", backbone="dinov2-s14", geometry="aspect", image_size=448)._make_embedder()
     assert (given.geometry.mode, given.geometry.size, given.geometry.min_side) == ("aspect", 448, None)
     assert create_detector("patchcore", image_size=320)._make_embedder().geometry.mode == "area"

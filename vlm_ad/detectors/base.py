@@ -37,8 +37,7 @@ DEFAULT_LAYERS = {"dinov2-s14": ("block5", "block7"), "efficientnet-lite0": ("bl
 # spread, and the unseen half agreed (area 256 won more on dev but lost image AUROC beyond the spread on the unseen
 # half)
 DEFAULT_INPUT: dict[str, tuple[str, int, int | None]] = {"efficientnet-lite0": ("area", 224, None)}
-# other backbones: square 224. For dinov2-s14 PatchCore has its own default (PatchCore.default_input); mutual keeps
-# square 224: area 280 (with or without min_side 224) loses square-set image AUROC and AUPRO on the dev half there
+# other backbones: square 224. For dinov2-s14 PatchCore and mutual have their own defaults (``default_input``)
 FALLBACK_INPUT = ("square", 224, None)
 
 
