@@ -7,6 +7,10 @@ choose defaults and ``unseen`` kept out of the choice, both reported):
     elongated  synthetic thin defects (crack, scratch) and holes on real brick texture, 320 x 800 (1:2.5)
     large      synthetic small defects (crack, scratch, hole) on real grass texture, 1536 x 2048; each defect is
                painted in a 512-px window, so it covers 0.01-0.05% of the image
+    large-brick, large-coffee
+               the same on brick texture at 2048 x 1536 (portrait; stains too), and the coffee object set below at
+               1536 x 2048 with defects painted in a 1178-px window (the objects' 460 px scaled up: about 0.2% of
+               the image, as on the 600 x 800 objects); large sets choose ``max_downscale``
     magnetic   real magnetic_tile (../shared/data/magnetic_tile): a seeded subsample of the test split
     clock, coins, coffee
                small-defect objects, 600 x 800: a real object photograph of scikit-image (``clock``, ``coins``,
@@ -74,6 +78,10 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
                                           None, 3),
     "patchcore dinov2 area 224 min 224": ("patchcore", DINO, {"geometry": "area", "image_size": 224, "min_side": 224},
                                           None, 3),
+    "patchcore dinov2 area 280 min 224 down 4": ("patchcore", DINO, {"geometry": "area", "image_size": 280,
+                                                                     "min_side": 224, "max_downscale": 4}, None, 3),
+    "patchcore dinov2 area 280 min 224 down 3": ("patchcore", DINO, {"geometry": "area", "image_size": 280,
+                                                                     "min_side": 224, "max_downscale": 3}, None, 3),
     "patchcore dinov2 aspect 308": ("patchcore", DINO, {"geometry": "aspect", "image_size": 308}, None, 3),
     "patchcore dinov2 area 308": ("patchcore", DINO, {"geometry": "area", "image_size": 308}, None, 3),
     "patchcore dinov2 aspect 448": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448}, None, 3),
@@ -127,15 +135,15 @@ OBJECTS = ("clock", "coins", "coffee")
 OBJECT_SHAPE, OBJECT_WINDOW, N_OBJECT_TEST = (600, 800), 460, 16  # N_OBJECT_TEST good + as many defective
 
 
-def _object_base(name: str) -> np.ndarray:
-    """The scikit-image photograph ``name``, RGB, centre-cropped to 3:4 and resized to :data:`OBJECT_SHAPE`."""
+def _object_base(name: str, shape: tuple[int, int] = OBJECT_SHAPE) -> np.ndarray:
+    """The scikit-image photograph ``name``, RGB, centre-cropped to 3:4 and resized to ``shape``."""
     import cv2
     import skimage.data
 
     img = getattr(skimage.data, name)()
     img = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
     h, w = img.shape[:2]
-    th, tw = OBJECT_SHAPE
+    th, tw = shape
     ch, cw = (int(w * th / tw), w) if h / w > th / tw else (h, int(h * tw / th))
     y, x = (h - ch) // 2, (w - cw) // 2
     return cv2.resize(np.ascontiguousarray(img[y : y + ch, x : x + cw]), (tw, th), interpolation=cv2.INTER_CUBIC)
@@ -154,10 +162,14 @@ def _object_view(base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _object(name: str) -> tuple[list[Sample], list[Sample]]:
+def _object(name: str, shape: tuple[int, int] = OBJECT_SHAPE, window: int = OBJECT_WINDOW, *,
+            tag: str | None = None) -> tuple[list[Sample], list[Sample]]:
+    """The small-defect object set of the photograph ``name`` at ``shape``, defects painted in ``window``-px windows
+    (``tag``: the set's name, default ``name``)."""
     from vlm_ad.data.synthetic import make_defect
 
-    base, (h, w), win = _object_base(name), OBJECT_SHAPE, OBJECT_WINDOW
+    base, (h, w), win = _object_base(name, shape), shape, window
+    name = tag or name
     rng = np.random.default_rng([11, zlib.crc32(name.encode())])  # the same images every run
     train = [Sample(_object_view(base, rng), f"{name}/train/{i}", 0) for i in range(N_TRAIN)]
     test = [Sample(_object_view(base, rng), f"{name}/good/{i}", 0, "good", np.zeros((h, w), bool))
@@ -200,6 +212,9 @@ def load_suite() -> dict[str, Callable[[], tuple[list[Sample], list[Sample]]]]:
         "elongated": lambda: _synthetic("elongated", "brick", (320, 800), ("crack", "scratch", "hole"), size="small"),
         "large": lambda: _synthetic("large", "grass", (1536, 2048), ("crack", "scratch", "hole"), size="small",
                                     window=512),
+        "large-brick": lambda: _synthetic("large-brick", "brick", (2048, 1536), ("crack", "scratch", "hole", "stain"),
+                                          size="small", window=512),
+        "large-coffee": lambda: _object("coffee", (1536, 2048), 1178, tag="large-coffee"),
         "magnetic": _magnetic,
         "textile": _textile,
         **{name: (lambda name=name: _object(name)) for name in OBJECTS},
@@ -505,6 +520,8 @@ def speed_ratios() -> list[str]:
 REFERENCE_PAIRS = (("patchcore effnet area 224", REF_EFF), ("patchcore dinov2 square 224", REF_DINO),
                    ("patchcore dinov2 area 280", REF_DINO), ("patchcore dinov2 area 280 min 224", REF_DINO),
                    ("patchcore dinov2 area 224 min 224", REF_DINO),
+                   ("patchcore dinov2 area 280 min 224 down 4", REF_DINO),
+                   ("patchcore dinov2 area 280 min 224 down 3", REF_DINO),
                    ("patchcore dinov2 aspect 448 b7", REF_DINO),
                    (REF_EFF + ", padding counted", REF_EFF))
 
@@ -598,6 +615,9 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
         ("patchcore dinov2 area 280 min 224", "patchcore dinov2 square 224"),
         ("patchcore dinov2 area 224 min 224", "patchcore dinov2 square 224"),
         ("patchcore dinov2 area 224 min 224", "patchcore dinov2 area 280 min 224"),
+        ("patchcore dinov2 area 280 min 224 down 4", "patchcore dinov2 area 280 min 224"),
+        ("patchcore dinov2 area 280 min 224 down 3", "patchcore dinov2 area 280 min 224"),
+        ("patchcore dinov2 area 280 min 224 down 3", "patchcore dinov2 area 280 min 224 down 4"),
         ("patchcore dinov2 aspect 308", "patchcore dinov2 square 224"),
         ("patchcore dinov2 area 308", "patchcore dinov2 square 224"),
         ("patchcore dinov2 aspect 448", "patchcore dinov2 square 224"),

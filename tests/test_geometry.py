@@ -51,6 +51,37 @@ def test_min_side_widens_elongated_inputs_only(mode, size):
     assert g.input_shape(10, 4000) == (14, 4 * size)  # the long side never beyond 4 x size
 
 
+def test_max_downscale_grows_large_inputs_only():
+    g, plain = Geometry("area", 280, 14, min_side=224, max_downscale=4), Geometry("area", 280, 14, min_side=224)
+    assert plain.input_shape(1536, 2048) == (238, 322)  # 6.4x smaller
+    assert g.input_shape(1536, 2048) == (392, 518)  # at most 4x: 2048 / 4 = 512, to a multiple of 14
+    assert g.input_shape(4096, 3072) == (1022, 770)
+    assert g.input_shape(8192, 6144) == (1120, 840)  # the long side never beyond 4 x size
+    for hw in ((600, 800), (320, 800), (256, 256), (632, 403)):  # images up to 4 x their input: unchanged
+        assert g.input_shape(*hw) == plain.input_shape(*hw)
+    with pytest.raises(ConfigError, match="max_downscale"):
+        Geometry("square", 224, 14, max_downscale=4)
+    with pytest.raises(ConfigError, match="max_downscale"):
+        Geometry("area", 224, 14, max_downscale=0)
+
+
+def test_max_downscale_is_saved_and_exported(tmp_path):
+    from vlm_ad.runtime import input_shape as export_input_shape
+
+    normal = _elongated(2, seed=0)  # 96 x 240
+    det = create_detector("patchcore", image_size=32, geometry="area", max_downscale=2, coreset=1.0).fit(normal)
+    assert det.embedder.input_shape(normal[0]) == (48, 128)  # not 16 x 48: at most 2x smaller (120, x 16 multiple)
+    det.save(tmp_path / "m")
+    again = load_detector(tmp_path / "m")
+    assert again.embedder.geometry.max_downscale == 2 and "shrunk at most 2x" in again.summary()
+    g = det.embedder.geometry
+    meta = {"input": {"geometry": g.mode, "size": g.size, "multiple": g.multiple, "shape": None, "min_side": None,
+                      "max_downscale": 2}}
+    assert export_input_shape(meta, 96, 240) == (48, 128)
+    with pytest.raises(ConfigError, match="max_downscale"):
+        create_detector("patchcore", max_downscale=2.5)
+
+
 def test_geometry_validates():
     with pytest.raises(ConfigError, match="geometry must be one of"):
         Geometry("letterbox", 256, 16)
@@ -251,7 +282,8 @@ def test_min_side_is_saved_exported_and_defaults_only_with_the_default_geometry(
     from vlm_ad.detectors import base
     from vlm_ad.runtime import input_shape as export_input_shape
 
-    monkeypatch.setitem(base.DEFAULT_INPUT, "efficientnet-lite0", ("area", 128, 112))
+    monkeypatch.setitem(base.DEFAULT_INPUT, "efficientnet-lite0",
+                        {"geometry": "area", "image_size": 128, "min_side": 112})
     assert create_detector("patchcore")._make_embedder().geometry.min_side == 112  # default geometry: its min side
     assert create_detector("patchcore", geometry="area")._make_embedder().geometry.min_side is None  # chosen: none
     normal = _elongated(4, seed=0)  # 96 x 240

@@ -13,11 +13,12 @@ __all__ = ["input_shape", "point_grid", "work_shape"]
 
 
 def input_shape(mode: str, size: int, multiple: int, height: int, width: int, *,
-                shape: Sequence[int] | None = None, min_side: int | None = None) -> tuple[int, int]:
+                shape: Sequence[int] | None = None, min_side: int | None = None,
+                max_downscale: int | None = None) -> tuple[int, int]:
     """The (H, W) input an image of ``height`` x ``width`` pixels is resized to under a geometry (``mode``
     ``aspect``/``area``/``square``, ``size``, sides a multiple of ``multiple``, the short side of ``aspect``/``area``
-    grown to at least ``min_side`` with the long side at most ``4 * size``; a fixed ``shape`` overrides them; see
-    :mod:`vlm_ad.backbones.geometry`)."""
+    grown to at least ``min_side`` and the long side to at least the image's long side over ``max_downscale``, the
+    long side at most ``4 * size``; a fixed ``shape`` overrides them; see :mod:`vlm_ad.backbones.geometry`)."""
     if shape is not None:
         return (int(shape[0]), int(shape[1]))
     if mode == "square":
@@ -26,6 +27,8 @@ def input_shape(mode: str, size: int, multiple: int, height: int, width: int, *,
     long_side = size if mode == "aspect" else min(4 * size, size * math.sqrt(ratio))
     if min_side:  # an elongated image is not seen thinner than min_side across
         long_side = max(long_side, min(4 * size, min_side * ratio))
+    if max_downscale:  # a large image is not shrunk more than max_downscale times
+        long_side = max(long_side, min(4 * size, max(height, width) / max_downscale))
     long_side = max(m, int(round(long_side / m)) * m)
     short = max(m, int(round(long_side / ratio / m)) * m)
     return (long_side, short) if height >= width else (short, long_side)

@@ -90,7 +90,7 @@ def export_model(model_dir: str | Path, out: str | Path, *, fmt: str = "onnx") -
                                                            "openvino": OPENVINO_FILE if fmt == "openvino" else None},
         "input": {"name": INPUT, "mean": list(emb.net.mean), "std": list(emb.net.std), "geometry": g.mode,
                   "size": g.size, "multiple": g.multiple, "shape": list(g.shape) if g.shape else None,
-                  "min_side": g.min_side},
+                  "min_side": g.min_side, "max_downscale": g.max_downscale},
         "output": OUTPUT, "layers": list(emb.layers), "pool": emb.pool, "normalize": emb.normalize,
         "sigma": float(det.hyper.get("sigma", 4.0)), "n_hits": int(det.hyper["n_hits"]), "threshold": det.threshold_,
         "parity": parity, "opset": OPSET,

@@ -248,7 +248,8 @@ def input_shape(meta: dict[str, Any], height: int, width: int) -> tuple[int, int
     """The (H, W) backbone input of an image under the export's geometry (:func:`vlm_ad._shapes.input_shape`)."""
     g = meta["input"]
     return _shapes.input_shape(g["geometry"], int(g["size"]), int(g["multiple"]), height, width, shape=g["shape"],
-                               min_side=g.get("min_side"))  # exports before min_side: none
+                               min_side=g.get("min_side"),  # exports before these keys: none
+                               max_downscale=g.get("max_downscale"))
 
 
 def _resize(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -12,6 +12,11 @@ overlapping tiles whose feature grids are stitched back into one grid.
 ``4 * size``), so an elongated image is not seen thinner across than the backbone's native resolution: at ``area``
 280 with ``min_side`` 224 a 320 x 800 image is seen at 224 x 560 instead of 182 x 448.
 
+``max_downscale`` (``aspect`` and ``area``): the long side is at least the image's long side over ``max_downscale``
+(again up to ``4 * size``), so a large image with small defects is not shrunk beyond that: at ``area`` 280 with
+``max_downscale`` 4 a 1536 x 2048 image is seen at 392 x 518 instead of 238 x 322; images up to 4 x the input it
+would get anyway are unchanged.
+
 With ``tile=T``, an input larger than ``T`` on a side is cut into overlapping ``T``-px tiles (at most ``T`` x ``T``, the
 backbone's native resolution), each tile is embedded alone, and every feature cell is taken from the tile whose
 centre is nearest to it, so a large image keeps its full resolution without one huge forward pass.
@@ -45,6 +50,7 @@ class Geometry:
         overlap: share of a tile's side that neighbouring tiles overlap at least.
         shape: a fixed (H, W) input for every image; overrides ``mode`` and ``size``.
         min_side: the least short side of ``aspect`` and ``area`` inputs, in pixels (None: no minimum).
+        max_downscale: the most an ``aspect`` or ``area`` input shrinks the image's long side (None: no limit).
     """
 
     mode: str = "aspect"
@@ -54,6 +60,7 @@ class Geometry:
     overlap: float = 0.25
     shape: tuple[int, int] | None = None
     min_side: int | None = None
+    max_downscale: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in GEOMETRIES:
@@ -70,11 +77,14 @@ class Geometry:
         if self.min_side is not None and (self.min_side <= 0 or self.mode == "square"):
             raise ConfigError(f"min_side (the least short side, px) must be positive and applies to the aspect and "
                               f"area geometries; got {self.min_side} with geometry {self.mode!r}")
+        if self.max_downscale is not None and (self.max_downscale < 1 or self.mode == "square"):
+            raise ConfigError(f"max_downscale (the most the long side shrinks) must be at least 1 and applies to the "
+                              f"aspect and area geometries; got {self.max_downscale} with geometry {self.mode!r}")
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
         """The (H, W) input an image of ``height`` x ``width`` pixels is resized to."""
         return input_shape(self.mode, self.size, self.multiple, height, width, shape=self.shape,
-                           min_side=self.min_side)
+                           min_side=self.min_side, max_downscale=self.max_downscale)
 
     def tiles(self, shape: tuple[int, int]) -> tuple[tuple[int, int], list[int], list[int]]:
         """Tile (h, w) and the row and column starts of the tiles covering an input of ``shape``."""

@@ -32,13 +32,13 @@ ImageLike = Union[np.ndarray, Sample]
 Progress = Callable[[int], None]  # called with the number of images just processed
 
 DEFAULT_LAYERS = {"dinov2-s14": ("block5", "block7"), "efficientnet-lite0": ("block4", "block10")}
-# (geometry, image_size, min_side) per backbone when none is given, from eval/results/generalization.md: for
-# efficientnet-lite0 "area" 224 beat "square" 224 on most cells of the dev half and lost nowhere by more than the seed
-# spread, and the unseen half agreed (area 256 won more on dev but lost image AUROC beyond the spread on the unseen
-# half)
-DEFAULT_INPUT: dict[str, tuple[str, int, int | None]] = {"efficientnet-lite0": ("area", 224, None)}
+# the input settings (geometry, image_size and optionally min_side, max_downscale) per backbone when no geometry is
+# given, from eval/results/generalization.md: for efficientnet-lite0 "area" 224 beat "square" 224 on most cells of the
+# dev half and lost nowhere by more than the seed spread, and the unseen half agreed (area 256 won more on dev but lost
+# image AUROC beyond the spread on the unseen half)
+DEFAULT_INPUT: dict[str, dict[str, Any]] = {"efficientnet-lite0": {"geometry": "area", "image_size": 224}}
 # other backbones: square 224. For dinov2-s14 PatchCore and mutual have their own defaults (``default_input``)
-FALLBACK_INPUT = ("square", 224, None)
+FALLBACK_INPUT: dict[str, Any] = {"geometry": "square", "image_size": 224}
 
 
 def as_images(images: Sequence[ImageLike]) -> tuple[list[np.ndarray], list[str]]:
@@ -69,6 +69,8 @@ class PatchEmbedder:
             backbones of one fixed input size (CLIP towers). See :mod:`vlm_ad.backbones.geometry`.
         min_side: the least short side of ``aspect``/``area`` inputs in pixels (the long side grows with it, up to
             4 x ``image_size``). Default: :data:`DEFAULT_INPUT`'s when ``geometry`` is not given either, else None.
+        max_downscale: the most an ``aspect``/``area`` input shrinks the image's long side (the input grows for
+            larger images, up to 4 x ``image_size``). Default as for ``min_side``.
         tile: tile side in input pixels: larger inputs are embedded as overlapping tiles and stitched (None: off).
         input_shape: a fixed (H, W) input for every image (PaDiM sets it from its training images).
         pool: side of the average-pooling window applied to each layer (PatchCore's local neighbourhood).
@@ -85,6 +87,7 @@ class PatchEmbedder:
         tile: int | None = None,
         input_shape: Sequence[int] | None = None,
         min_side: int | None = None,
+        max_downscale: int | None = None,
         pool: int = 3,
         normalize: bool = True,
     ) -> None:
@@ -94,7 +97,7 @@ class PatchEmbedder:
         else:
             self.backbone_name = backbone
             self.layers = tuple(layers) if layers else DEFAULT_LAYERS.get(backbone)
-            size = image_size or DEFAULT_INPUT.get(backbone, FALLBACK_INPUT)[1]
+            size = image_size or DEFAULT_INPUT.get(backbone, FALLBACK_INPUT)["image_size"]
             kw = {"image_size": size} | ({"layers": self.layers} if self.layers else {})
             self.net = create_backbone(backbone, **kw)
             self.layers = tuple(self.net.layers)
@@ -102,15 +105,17 @@ class PatchEmbedder:
             raise ConfigError(f"pool must be a positive odd number, got {pool}")
         any_shape = bool(getattr(self.net, "any_shape", False))
         size = size if any_shape else self.net.image_size  # fixed-size networks take their own size only
-        if geometry is None:  # the backbone's default input, its least short side included
-            geometry, _, default_min = DEFAULT_INPUT.get(self.backbone_name, FALLBACK_INPUT) if any_shape else \
-                FALLBACK_INPUT
-            min_side = default_min if min_side is None else min_side
+        if geometry is None:  # the backbone's default input, its least short side and most downscale included
+            default = DEFAULT_INPUT.get(self.backbone_name, FALLBACK_INPUT) if any_shape else FALLBACK_INPUT
+            geometry = default["geometry"]
+            min_side = default.get("min_side") if min_side is None else min_side
+            max_downscale = default.get("max_downscale") if max_downscale is None else max_downscale
         if not any_shape and (geometry != "square" or tile or input_shape):
             raise ConfigError(f"{self.backbone_name} takes square inputs of its own size only: use geometry='square' "
                               "without tile or input_shape")
         self.geometry = Geometry(mode=geometry, size=int(size), multiple=int(getattr(self.net, "patch_multiple", 1)),
-                                 tile=tile, shape=tuple(input_shape) if input_shape else None, min_side=min_side)
+                                 tile=tile, shape=tuple(input_shape) if input_shape else None, min_side=min_side,
+                                 max_downscale=max_downscale)
         self.pool, self.normalize = pool, normalize
 
     @property
@@ -136,7 +141,8 @@ class PatchEmbedder:
         g = self.geometry
         return {"backbone": self.backbone_name, "layers": list(self.layers), "image_size": g.size,
                 "geometry": g.mode, "tile": g.tile, "input_shape": list(g.shape) if g.shape else None,
-                "min_side": g.min_side, "pool": self.pool, "normalize": self.normalize}
+                "min_side": g.min_side, "max_downscale": g.max_downscale, "pool": self.pool,
+                "normalize": self.normalize}
 
     def input_shape(self, image: np.ndarray) -> tuple[int, int]:
         """The (H, W) backbone input of an image (images with equal input shapes are embedded together)."""
@@ -236,7 +242,8 @@ def resize_map(work_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 FORMAT_VERSION = 1  # of detector.json (see vlm_ad.artifacts)
-EMBEDDER_KEYS = ("layers", "image_size", "pool", "geometry", "tile", "input_shape", "min_side")  # the PatchEmbedder's
+EMBEDDER_KEYS = ("layers", "image_size", "pool", "geometry", "tile", "input_shape", "min_side",
+                 "max_downscale")  # the PatchEmbedder's
 
 
 class Detector:
@@ -249,8 +256,8 @@ class Detector:
     name = "detector"
     raw_features = False  # True: the detector models raw feature values, so patch vectors are never L2-normalised
     extra_options: tuple[str, ...] = ()  # options taken through **hyper besides the embedder's and ``sigma``
-    # backbone -> (geometry, image_size, min_side) when no geometry is given, over DEFAULT_INPUT (settings given win)
-    default_input: dict[str, tuple[str, int, int | None]] = {}
+    # backbone -> input settings when no geometry is given, over DEFAULT_INPUT (settings given win)
+    default_input: dict[str, dict[str, Any]] = {}
 
     def __init__(self, backbone: str | Backbone = "efficientnet-lite0", **hyper: Any) -> None:
         self.backbone = backbone
@@ -271,8 +278,7 @@ class Detector:
         kw = {k: self.hyper[k] for k in EMBEDDER_KEYS if k in self.hyper}
         name = self.backbone if isinstance(self.backbone, str) else getattr(self.backbone, "name", None)
         if "geometry" not in kw and name in self.default_input:  # this detector's own default for the backbone
-            geometry, size, min_side = self.default_input[name]
-            kw = {"geometry": geometry, "image_size": size, "min_side": min_side} | kw
+            kw = self.default_input[name] | kw
         emb = PatchEmbedder(self.backbone, **kw)
         if self.raw_features:
             emb.normalize = False
@@ -472,7 +478,8 @@ class Detector:
             return self.name
         g = emb.geometry
         tiled = f", tiles of {g.tile} px" if g.tile else ""
-        tiled = (f", short side at least {g.min_side} px" if g.min_side else "") + tiled
+        tiled = (f", short side at least {g.min_side} px" if g.min_side else "") + (
+            f", shrunk at most {g.max_downscale}x" if g.max_downscale else "") + tiled
         return f"{self.name} on {emb.backbone_name} ({', '.join(emb.layers)}), input {g.mode} {g.size} px{tiled}"
 
     def set_threshold(self, value: float | None) -> Detector:

@@ -40,7 +40,7 @@ class Mutual(Detector):
     # 224 x 560). Against square 224 in eval/results/generalization.md (zero-shot, deterministic) it is better on
     # 10 of 15 dev cells and 9 of 15 unseen ones and worse on none, and lifts pixel AUROC on the small-defect objects
     # above 0.95 (coffee 0.939 -> 0.958); area 280 lost square-set image AUROC and AUPRO
-    default_input = {"dinov2-s14": ("area", 224, 224)}
+    default_input = {"dinov2-s14": {"geometry": "area", "image_size": 224, "min_side": 224}}
 
     def __init__(self, backbone="dinov2-s14", *, n_ref: int = 16, frac: float = 0.3, buffer: int = 32,
                  exclude: int = 2, seed: int = 0, **hyper: Any) -> None:

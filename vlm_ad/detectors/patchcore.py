@@ -40,9 +40,9 @@ class PatchCore(Detector):
         threshold_rule: how the image threshold is set from the normal images' leave-image-out scores:
             ``"mean+1sd"`` (default; right more often with 4-8 shots across the dev suite, eval/results/thresholds.md)
             or ``"q99"`` (their 0.99 quantile, the earlier default: with few shots it is their maximum).
-        **hyper: embedder settings (``layers``, ``image_size``, ``geometry``, ``min_side``, ``tile``, ``pool``; see
-            :class:`~vlm_ad.detectors.base.PatchEmbedder`; dinov2-s14 defaults to :attr:`default_input`) and
-            ``sigma`` (map smoothing).
+        **hyper: embedder settings (``layers``, ``image_size``, ``geometry``, ``min_side``, ``max_downscale``,
+            ``tile``, ``pool``; see :class:`~vlm_ad.detectors.base.PatchEmbedder`; dinov2-s14 defaults to
+            :attr:`default_input`) and ``sigma`` (map smoothing).
     """
 
     name = "patchcore"
@@ -52,7 +52,7 @@ class PatchCore(Detector):
     # nowhere beyond the seed spread, and lifts pixel AUROC on small-defect objects above 0.95 (coffee 0.942 ->
     # 0.971); the unseen half agrees except on the 256 x 256 gravel set (image AUROC 0.854 -> 0.781). 1.7-1.8x the
     # time of square 224 on 3:4 and square images, 3.3x on 1:2.5 ones (seen at 224 x 560; geometry_speed_dinov2_min.md)
-    default_input = {"dinov2-s14": ("area", 280, 224)}
+    default_input = {"dinov2-s14": {"geometry": "area", "image_size": 280, "min_side": 224}}
 
     def __init__(self, backbone="efficientnet-lite0", *, coreset: float = 0.1, index: str = "auto",
                  n_hits: int = 5, augment: str = "none", seed: int = 0, normalize: bool | None = None,
