@@ -136,3 +136,20 @@ def test_the_deadline_covers_the_whole_call():
     t0 = time.monotonic()
     expl = r.explain(ev)
     assert time.monotonic() - t0 < 3 and "within the deadline of 0.5 s" in expl.flags[-1]
+
+
+def test_the_evidence_a_model_reads_carries_each_regions_size_word():
+    from vlm_ad.evidence.types import Evidence
+    from vlm_ad.reasoning.answers import grounded_answer
+
+    ev = _evidence()
+    data = ev.to_json()
+    r = ev.regions[0]
+    assert data["regions"][0]["size"] == r.size_word() in ("small", "medium", "large")
+    pct = next(v for v in (r.size_pct, r.core_pct, r.area_pct) if v is not None)
+    assert r.size_word() == ("small" if pct < 1 else "medium" if pct < 5 else "large")
+    assert Evidence.from_json(json.loads(json.dumps(data))).regions[0] == r  # the word is derived, not stored
+    expl = create_reasoner("grounded").explain(ev)
+    assert f"is {r.size_word()}" in grounded_answer(expl, ev, "how large is the defect?")  # the word grounded says
+    normal = _evidence(score=0.3).to_json()
+    assert "size" not in normal["peak"]  # a response below the threshold gets no size word

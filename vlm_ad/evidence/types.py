@@ -110,6 +110,14 @@ class RegionEvidence:
     core_pct: float | None = None
     size_pct: float | None = None
 
+    def size_word(self) -> str:
+        """``small``/``medium``/``large`` (:func:`vlm_ad.vocabulary.size_word`) of the defect's estimated area
+        (``size_pct``) when measured, else of the core, else of the whole region: the word every reasoner says."""
+        from vlm_ad.vocabulary import size_word
+
+        pct = next(v for v in (self.size_pct, self.core_pct, self.area_pct) if v is not None)
+        return size_word(pct / 100)
+
 
 @dataclass
 class ScoreEvidence:
@@ -186,6 +194,10 @@ class Evidence:
         """A JSON-serialisable dict (lists instead of tuples, no masks)."""
         out = asdict(self)
         out.pop("masks")
+        # each region's size word beside its numbers, so that a language model says the word the rule gives (not
+        # for the peak P1 of a normal image: a response below the threshold has no extent worth a word)
+        for d, r in zip(out["regions"], self.regions):
+            d["size"] = r.size_word()
         if out["peak"] is None:  # only a normal image has one; other records keep their keys
             out.pop("peak")
         out["exemplars"] = [{"id": e.pop("id"), **e} for e in out["exemplars"]]  # the citable id first

@@ -61,13 +61,6 @@ def _verdict(expl: Explanation, ev: Evidence) -> str:
 _NONE = "No region exceeds the threshold, so no defect is detected."
 
 
-def _size_word(r: RegionEvidence) -> str:
-    """The size word of a region: of the defect's estimated area (``size_pct``: its core less the map's spread of
-    one patch) when measured, else of its core, else of the whole region."""
-    pct = next(v for v in (r.size_pct, r.core_pct, r.area_pct) if v is not None)
-    return size_word(pct / 100)
-
-
 def _extent(r: RegionEvidence) -> str:
     defect = f", defect about {r.size_pct:.2f}%" if r.size_pct is not None else ""  # what the size word is said of
     core = f" (core {r.core_pct:.2f}%{defect})" if r.core_pct is not None else ""
@@ -96,7 +89,7 @@ def _where(expl: Explanation, ev: Evidence) -> str:
         if ev.peak is not None:
             return f"{_NONE} {_below(ev)}"
         return "No region exceeds the threshold, so nothing is localised. " + expl.summary
-    lines = [f"{r.id}: {r.location}, {_size_word(r)}, box {tuple(r.box)}, {_extent(r)}, peak {r.peak:.4f}"
+    lines = [f"{r.id}: {r.location}, {r.size_word()}, box {tuple(r.box)}, {_extent(r)}, peak {r.peak:.4f}"
              for r in ev.regions]
     return "Regions above the threshold:\n" + "\n".join(lines)
 
@@ -116,7 +109,7 @@ def _size(expl: Explanation, ev: Evidence) -> str:
         if r.size_pct is not None:
             how += (f"; less the map's own spread of a single patch, the defect itself is about {r.size_pct:.2f}% of "
                     "the image")
-        lines.append(f"{r.id} ({r.location}) is {_size_word(r)}: {how}.")
+        lines.append(f"{r.id} ({r.location}) is {r.size_word()}: {how}.")
     return "\n".join(lines)
 
 
