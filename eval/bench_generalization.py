@@ -11,6 +11,9 @@ choose defaults and ``unseen`` kept out of the choice, both reported):
                the same on brick texture at 2048 x 1536 (portrait; stains too), and the coffee object set below at
                1536 x 2048 with defects painted in a 1178-px window (the objects' 460 px scaled up: about 0.2% of
                the image, as on the 600 x 800 objects); large sets choose ``max_downscale``
+    mid-gravel, mid-clock
+               sizes where ``max_downscale`` 3 starts to act: gravel at 1200 x 1200 (defects in 512-px windows) and
+               the clock object at 1200 x 1600 (920-px windows, about 0.2% of the image); checked after the choice
     magnetic   real magnetic_tile (../shared/data/magnetic_tile): a seeded subsample of the test split
     clock, coins, coffee
                small-defect objects, 600 x 800: a real object photograph of scikit-image (``clock``, ``coins``,
@@ -215,6 +218,9 @@ def load_suite() -> dict[str, Callable[[], tuple[list[Sample], list[Sample]]]]:
         "large-brick": lambda: _synthetic("large-brick", "brick", (2048, 1536), ("crack", "scratch", "hole", "stain"),
                                           size="small", window=512),
         "large-coffee": lambda: _object("coffee", (1536, 2048), 1178, tag="large-coffee"),
+        "mid-gravel": lambda: _synthetic("mid-gravel", "gravel", (1200, 1200), ("scratch", "hole", "crack", "stain"),
+                                         size="small", window=512),
+        "mid-clock": lambda: _object("clock", (1200, 1600), 920, tag="mid-clock"),
         "magnetic": _magnetic,
         "textile": _textile,
         **{name: (lambda name=name: _object(name)) for name in OBJECTS},
