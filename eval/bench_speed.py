@@ -336,8 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         model, export = fit_and_export(backbone, shots, work)
         floors[backbone] = network_gflop(model, files)
         dets = {run: load(model, export, run, args.threads) for run in RUNS}
-        g = dets["torch"].embedder.geometry  # the input the rows below ran at
-        inputs[backbone] = f"{g.mode} {g.size}" + (f", short side >= {g.min_side}" if g.min_side else "")
+        inputs[backbone] = dets["torch"].embedder.geometry.describe()  # the input the rows below ran at
         settings = [("torch", 1, "old", 0), ("torch", 1, "now", 0)] + [(rt, BATCH, "now", 0) for rt in RUNS] + \
             [(rt, BATCH, "now", 2) for rt in RUNS]  # last: files written by 2 threads behind the compute
         for s in settings[2:]:  # warm-up: a runtime plans (and OpenVINO compiles) per input shape on first sight

@@ -81,6 +81,12 @@ class Geometry:
             raise ConfigError(f"max_downscale (the most the long side shrinks) must be at least 1 and applies to the "
                               f"aspect and area geometries; got {self.max_downscale} with geometry {self.mode!r}")
 
+    def describe(self) -> str:
+        """The input in words, e.g. ``"area 280 px, short side at least 224 px, shrunk at most 3x"``."""
+        return f"{self.mode} {self.size} px" + (f", short side at least {self.min_side} px" if self.min_side else "") \
+            + (f", shrunk at most {self.max_downscale}x" if self.max_downscale else "") \
+            + (f", tiles of {self.tile} px" if self.tile else "")
+
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
         """The (H, W) input an image of ``height`` x ``width`` pixels is resized to."""
         return input_shape(self.mode, self.size, self.multiple, height, width, shape=self.shape,

@@ -476,11 +476,7 @@ class Detector:
         emb = getattr(self, "embedder_", None)
         if not isinstance(emb, PatchEmbedder):
             return self.name
-        g = emb.geometry
-        tiled = f", tiles of {g.tile} px" if g.tile else ""
-        tiled = (f", short side at least {g.min_side} px" if g.min_side else "") + (
-            f", shrunk at most {g.max_downscale}x" if g.max_downscale else "") + tiled
-        return f"{self.name} on {emb.backbone_name} ({', '.join(emb.layers)}), input {g.mode} {g.size} px{tiled}"
+        return f"{self.name} on {emb.backbone_name} ({', '.join(emb.layers)}), input {emb.geometry.describe()}"
 
     def set_threshold(self, value: float | None) -> Detector:
         """Set the image-level decision threshold (used for ``AnomalyMap.label``)."""

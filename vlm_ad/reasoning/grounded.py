@@ -6,7 +6,6 @@ from __future__ import annotations
 from vlm_ad.evidence import Evidence, RegionEvidence
 from vlm_ad.reasoning.base import ImageViews, Reasoner
 from vlm_ad.reasoning.schema import Explanation, Step
-from vlm_ad.vocabulary import size_word
 
 __all__ = ["GroundedReasoner", "confidence_of"]
 
@@ -32,10 +31,10 @@ def _region_steps(r: RegionEvidence, exemplar_id: str | None) -> list[Step]:
     if r.core_pct is None:
         core = ""
     elif r.size_pct is None:
-        core = f" (its core {r.core_pct:.2f}%: {size_word(r.core_pct / 100)})"
+        core = f" (its core {r.core_pct:.2f}%: {r.size_word()})"
     else:  # the size word is said of the defect's estimate, the core less the map's spread of one patch
         core = (f" (its core {r.core_pct:.2f}%; less the map's spread of one patch, the defect about "
-                f"{r.size_pct:.2f}%: {size_word(r.size_pct / 100)})")
+                f"{r.size_pct:.2f}%: {r.size_word()})")
     steps = [
         Step(text=f"{r.id} covers {r.area_pct:.2f}% of the image{core} in the {r.location}, box ({x0}, {y0})-({x1}, "
                   f"{y1}), peak {r.peak:.4f}.", evidence=[r.id]),
