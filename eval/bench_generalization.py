@@ -70,6 +70,10 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
     "patchcore effnet aspect 320": ("patchcore", EFF, {"geometry": "aspect", "image_size": 320}, None, None),
     "patchcore effnet area 224": ("patchcore", EFF, {"geometry": "area", "image_size": 224}, None, None),
     "patchcore effnet area 256": ("patchcore", EFF, {"geometry": "area", "image_size": 256}, None, None),
+    "patchcore effnet area 224 down 4": ("patchcore", EFF, {"geometry": "area", "image_size": 224, "max_downscale": 4},
+                                         None, None),
+    "patchcore effnet area 224 down 3": ("patchcore", EFF, {"geometry": "area", "image_size": 224, "max_downscale": 3},
+                                         None, None),
     "patchcore effnet aspect 1024 tile 256": ("patchcore", EFF, {"geometry": "aspect", "image_size": 1024,
                                                                   "tile": 256}, ("large",), None),
     "padim effnet square 224": ("padim", EFF, {"geometry": "square", "image_size": 224}, None, 1),
@@ -486,7 +490,9 @@ GEOMETRY_LADDER = {  # DINOv2 long sides compared per set, the square 224 defaul
 
 
 _PC = "patchcore dinov2 area 280 min 224"
-DOWNSCALE_PAIRS = ((f"{_PC} down 4", _PC), (f"{_PC} down 3", _PC), (f"{_PC} down 3", f"{_PC} down 4"))
+_PE = "patchcore effnet area 224"  # the efficientnet-lite0 default
+DOWNSCALE_PAIRS = tuple((f"{base} down {a}", f"{base} down {b}" if b else base)
+                        for base in (_PC, _PE) for a, b in ((4, None), (3, None), (3, 4)))
 
 
 def geometry_ladder(rows: list[dict]) -> list[str]:
@@ -527,7 +533,8 @@ def speed_ratios() -> list[str]:
 # (vlm-ad row, reference row): the defaults, and one vlm-ad row at the reference's own settings (a check that the two
 # implementations agree where their settings do; they still differ in coreset 100% vs 10%), and the reference with
 # vlm-ad's border pooling against itself (what that one difference does)
-REFERENCE_PAIRS = (("patchcore effnet area 224", REF_EFF), ("patchcore dinov2 square 224", REF_DINO),
+REFERENCE_PAIRS = (("patchcore effnet area 224", REF_EFF), ("patchcore effnet area 224 down 4", REF_EFF),
+                   ("patchcore effnet area 224 down 3", REF_EFF), ("patchcore dinov2 square 224", REF_DINO),
                    ("patchcore dinov2 area 280", REF_DINO), ("patchcore dinov2 area 280 min 224", REF_DINO),
                    ("patchcore dinov2 area 224 min 224", REF_DINO),
                    ("patchcore dinov2 area 280 min 224 down 4", REF_DINO),
@@ -652,8 +659,9 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
                 v = verdict(rows, new, names[0], h)
                 if v:
                     text.append(f"- {v}")
-    text += ["", "`max_downscale` on PatchCore's DINOv2 input (it acts on images over about 3-4 x their input only: "
-             "the 2,048-px sets; elsewhere the input and the rows are the same):", ""]
+    text += ["", "`max_downscale` on PatchCore's input, DINOv2 and efficientnet-lite0 (it acts on images over about "
+             "3-4 x their input only: the 1,200- and 2,048-px sets; elsewhere the input and the rows are the same):",
+             ""]
     for new, old in DOWNSCALE_PAIRS:
         for h in ("dev", "unseen"):
             v = verdict(rows, new, old, h)

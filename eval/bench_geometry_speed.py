@@ -29,6 +29,8 @@ from vlm_ad.detectors import create_detector  # noqa: E402
 SETTINGS = {
     "effnet square 224 (old default)": (EFF, {"geometry": "square", "image_size": 224}, None),
     "effnet area 224": (EFF, {"geometry": "area", "image_size": 224}, None),
+    "effnet area 224 down 4": (EFF, {"geometry": "area", "image_size": 224, "max_downscale": 4}, None),
+    "effnet area 224 down 3": (EFF, {"geometry": "area", "image_size": 224, "max_downscale": 3}, None),
     "effnet aspect 256": (EFF, {"geometry": "aspect", "image_size": 256}, None),
     "effnet area 256": (EFF, {"geometry": "area", "image_size": 256}, None),
     "effnet aspect 1024 tile 256": (EFF, {"geometry": "aspect", "image_size": 1024, "tile": 256}, ("large",)),
