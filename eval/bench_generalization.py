@@ -100,6 +100,12 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
                                                                  "min_side": 224}, None, 1),
     "mutual dinov2 zero-shot area 224 min 224": ("mutual", DINO, {"geometry": "area", "image_size": 224,
                                                                  "min_side": 224}, None, 1),
+    "mutual dinov2 zero-shot area 224 min 224 down 4": ("mutual", DINO, {"geometry": "area", "image_size": 224,
+                                                                        "min_side": 224, "max_downscale": 4},
+                                                        None, 1),
+    "mutual dinov2 zero-shot area 224 min 224 down 3": ("mutual", DINO, {"geometry": "area", "image_size": 224,
+                                                                        "min_side": 224, "max_downscale": 3},
+                                                        None, 1),
     "mutual dinov2 zero-shot aspect 308": ("mutual", DINO, {"geometry": "aspect", "image_size": 308}, None, 1),
     "mutual dinov2 zero-shot area 308": ("mutual", DINO, {"geometry": "area", "image_size": 308}, None, 1),
     "mutual dinov2 zero-shot aspect 448": ("mutual", DINO, {"geometry": "aspect", "image_size": 448}, None, 1),
@@ -491,8 +497,9 @@ GEOMETRY_LADDER = {  # DINOv2 long sides compared per set, the square 224 defaul
 
 _PC = "patchcore dinov2 area 280 min 224"
 _PE = "patchcore effnet area 224"  # the efficientnet-lite0 default
+_MU = "mutual dinov2 zero-shot area 224 min 224"  # mutual's DINOv2 default
 DOWNSCALE_PAIRS = tuple((f"{base} down {a}", f"{base} down {b}" if b else base)
-                        for base in (_PC, _PE) for a, b in ((4, None), (3, None), (3, 4)))
+                        for base in (_PC, _PE, _MU) for a, b in ((4, None), (3, None), (3, 4)))
 
 
 def geometry_ladder(rows: list[dict]) -> list[str]:
@@ -659,9 +666,9 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
                 v = verdict(rows, new, names[0], h)
                 if v:
                     text.append(f"- {v}")
-    text += ["", "`max_downscale` on PatchCore's input, DINOv2 and efficientnet-lite0 (it acts on images over about "
-             "3-4 x their input only: the 1,200- and 2,048-px sets; elsewhere the input and the rows are the same):",
-             ""]
+    text += ["", "`max_downscale` on PatchCore's input (DINOv2, efficientnet-lite0) and mutual's (it acts on images "
+             "over about 3-4 x their input only: the 1,200- and 2,048-px sets; elsewhere the input and the rows are "
+             "the same):", ""]
     for new, old in DOWNSCALE_PAIRS:
         for h in ("dev", "unseen"):
             v = verdict(rows, new, old, h)

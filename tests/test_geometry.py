@@ -271,9 +271,10 @@ def test_default_input_per_backbone():
     assert dino.input_shape(1536, 2048) == (518, 686)  # a large image is shrunk 3x, not 6.4x
     assert dino.input_shape(600, 800) == Geometry("area", 280, 14, min_side=224).input_shape(600, 800)
     mutual = create_detector("mutual")._make_embedder().geometry  # dinov2-s14: mutual's own default
-    assert (mutual.mode, mutual.size, mutual.min_side) == ("area", 224, 224)
+    assert (mutual.mode, mutual.size, mutual.min_side, mutual.max_downscale) == ("area", 224, 224, 3)
     assert mutual.input_shape(256, 256) == (224, 224)  # square images as at square 224
     assert mutual.input_shape(600, 800) == (224, 294)  # 3:4 grows to a short side of 224 (x 14 multiple)
+    assert mutual.input_shape(1536, 2048) == (518, 686)  # a large image is shrunk 3x, not 9x
     assert create_detector("mutual", backbone="efficientnet-lite0")._make_embedder().geometry.mode == "area"
     given = create_detector("patchcore", backbone="dinov2-s14", geometry="aspect", image_size=448)._make_embedder()
     assert (given.geometry.mode, given.geometry.size, given.geometry.min_side) == ("aspect", 448, None)

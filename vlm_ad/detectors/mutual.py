@@ -39,8 +39,12 @@ class Mutual(Detector):
     # images are seen as at square 224, others keep their aspect ratio and grow: 3:4 at 224 x 294, 320 x 800 at
     # 224 x 560). Against square 224 in eval/results/generalization.md (zero-shot, deterministic) it is better on
     # 10 of 15 dev cells and 9 of 15 unseen ones and worse on none, and lifts pixel AUROC on the small-defect objects
-    # above 0.95 (coffee 0.939 -> 0.958); area 280 lost square-set image AUROC and AUPRO
-    default_input = {"dinov2-s14": {"geometry": "area", "image_size": 224, "min_side": 224}}
+    # above 0.95 (coffee 0.939 -> 0.958); area 280 lost square-set image AUROC and AUPRO. Images more than 3x the
+    # input's long side are shrunk only 3x, as for PatchCore (a 1536 x 2048 image is seen at 518 x 686, not
+    # 224 x 298): on the 1,200- and 2,048-px sets it beat the input without it on 12 of 15 cells of each half and lost
+    # none (max_downscale 4: also no loss, but behind 3 on 11-12 of 15), at 9-13x the time on a 2,048-px image
+    # (mutual compares every patch with every reference patch; geometry_speed_dinov2_mutual_large.md)
+    default_input = {"dinov2-s14": {"geometry": "area", "image_size": 224, "min_side": 224, "max_downscale": 3}}
 
     def __init__(self, backbone="dinov2-s14", *, n_ref: int = 16, frac: float = 0.3, buffer: int = 32,
                  exclude: int = 2, seed: int = 0, **hyper: Any) -> None:
