@@ -74,6 +74,16 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
                                          None, None),
     "patchcore effnet area 224 down 3": ("patchcore", EFF, {"geometry": "area", "image_size": 224, "max_downscale": 3},
                                          None, None),
+    "patchcore effnet area 224 pool exclude": ("patchcore", EFF, {"geometry": "area", "image_size": 224,
+                                                               "pool_pad": "exclude"}, None, None),
+    "patchcore effnet area 224 pool reflect": ("patchcore", EFF, {"geometry": "area", "image_size": 224,
+                                                               "pool_pad": "reflect"}, None, None),
+    "patchcore effnet area 224 rings 3": ("patchcore", EFF, {"geometry": "area", "image_size": 224, "rings": 3},
+                                          None, None),
+    "patchcore effnet area 224 rings 3 uncapped": ("patchcore", EFF, {"geometry": "area", "image_size": 224,
+                                                                   "rings": 3, "ring_cap": None}, None, None),
+    "patchcore effnet area 224 pool exclude rings 3 uncapped": ("patchcore", EFF, {
+        "geometry": "area", "image_size": 224, "pool_pad": "exclude", "rings": 3, "ring_cap": None}, None, None),
     "patchcore effnet aspect 1024 tile 256": ("patchcore", EFF, {"geometry": "aspect", "image_size": 1024,
                                                                   "tile": 256}, ("large",), None),
     "padim effnet square 224": ("padim", EFF, {"geometry": "square", "image_size": 224}, None, 1),
@@ -89,6 +99,9 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
                                                                      "min_side": 224, "max_downscale": 4}, None, 3),
     "patchcore dinov2 area 280 min 224 down 3": ("patchcore", DINO, {"geometry": "area", "image_size": 280,
                                                                      "min_side": 224, "max_downscale": 3}, None, 3),
+    "patchcore dinov2 area 280 min 224 down 3 rings 3": ("patchcore", DINO, {"geometry": "area", "image_size": 280,
+                                                                             "min_side": 224, "max_downscale": 3,
+                                                                             "rings": 3}, None, 3),
     "patchcore dinov2 aspect 308": ("patchcore", DINO, {"geometry": "aspect", "image_size": 308}, None, 3),
     "patchcore dinov2 area 308": ("patchcore", DINO, {"geometry": "area", "image_size": 308}, None, 3),
     "patchcore dinov2 aspect 448": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448}, None, 3),
@@ -484,6 +497,18 @@ def verdict(rows: list[dict], new: str, old: str, half: str) -> str | None:
             f"seed spread: {', '.join(beyond) or 'none'} -> {'qualifies' if ok else 'does not qualify'} under the rule")
 
 
+def acting_sets(rows: list[dict], new: str, old: str) -> set[str]:
+    """Sets where ``new`` changes some metric of some seed against ``old`` (an option that leaves every map of a set
+    as it was, e.g. border rings whose factors are all capped at 1 there, says nothing about it either way, like
+    ``max_downscale`` on images it does not shrink)."""
+    def values(name: str) -> dict:
+        return {(r["dataset"], r["seed"], r["half"]): tuple(r.get(m) for m in METRICS) for r in rows
+                if r["row"] == name}
+
+    a, b = values(new), values(old)
+    return {k[0] for k in a.keys() & b.keys() if a[k] != b[k]}
+
+
 GEOMETRY_LADDER = {  # DINOv2 long sides compared per set, the square 224 default first
     "patchcore": ("patchcore dinov2 square 224", "patchcore dinov2 area 224 min 224", "patchcore dinov2 area 280",
                   "patchcore dinov2 area 280 min 224",
@@ -498,6 +523,9 @@ GEOMETRY_LADDER = {  # DINOv2 long sides compared per set, the square 224 defaul
 _PC = "patchcore dinov2 area 280 min 224"
 _PE = "patchcore effnet area 224"  # the efficientnet-lite0 default
 _MU = "mutual dinov2 zero-shot area 224 min 224"  # mutual's DINOv2 default
+BORDER_ROWS = ("patchcore effnet area 224 pool exclude", "patchcore effnet area 224 pool reflect",
+               "patchcore effnet area 224 rings 3 uncapped", "patchcore effnet area 224 pool exclude rings 3 uncapped",
+               "patchcore effnet area 224 rings 3")
 DOWNSCALE_PAIRS = tuple((f"{base} down {a}", f"{base} down {b}" if b else base)
                         for base in (_PC, _PE, _MU) for a, b in ((4, None), (3, None), (3, 4)))
 
@@ -674,6 +702,15 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
             v = verdict(rows, new, old, h)
             if v:
                 text.append(f"- {v}")
+    text += ["", "The grid's border for efficientnet-lite0 PatchCore against its `area` 224 default (`pool_pad`: what "
+             "the 3 x 3 pooling sees past the border; `rings` 3: each of the 3 outer rings of cells scaled so that its "
+             "mean leave-image-out score on the normal shots matches the interior's, at most 1x unless uncapped):", ""]
+    for new in BORDER_ROWS:
+        acting = acting_sets(rows, new, _PE)
+        for h in ("dev", "unseen"):
+            v = verdict([r for r in rows if r["dataset"] in acting], new, _PE, h)
+            if v:
+                text.append(f"- {v} (sets where it changes a map: {', '.join(sorted(acting))})")
     (RESULTS / "generalization.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
 

@@ -51,3 +51,12 @@ def point_grid(grid_hw: Sequence[int], pool: int) -> np.ndarray:
     grid = np.zeros((gh, gw), np.float32)
     grid[max(0, gh // 2 - r) : gh // 2 + r + 1, max(0, gw // 2 - r) : gw // 2 + r + 1] = 1.0
     return grid
+
+
+def ring_index(grid_hw: Sequence[int], rings: int) -> np.ndarray:
+    """(h, w) int64: each cell's distance in cells to the grid's border, ``rings`` for cells further in (PatchCore's
+    border rings, ``vlm_ad.detectors.patchcore``)."""
+    h, w = int(grid_hw[0]), int(grid_hw[1])
+    r, c = np.arange(h)[:, None], np.arange(w)[None]
+    d = np.minimum(np.minimum(r, h - 1 - r), np.minimum(c, w - 1 - c))
+    return np.minimum(d, int(rings)).astype(np.int64)

@@ -91,8 +91,11 @@ def export_model(model_dir: str | Path, out: str | Path, *, fmt: str = "onnx") -
         "input": {"name": INPUT, "mean": list(emb.net.mean), "std": list(emb.net.std), "geometry": g.mode,
                   "size": g.size, "multiple": g.multiple, "shape": list(g.shape) if g.shape else None,
                   "min_side": g.min_side, "max_downscale": g.max_downscale},
-        "output": OUTPUT, "layers": list(emb.layers), "pool": emb.pool, "normalize": emb.normalize,
+        "output": OUTPUT, "layers": list(emb.layers), "pool": emb.pool, "pool_pad": emb.pool_pad,
+        "normalize": emb.normalize,
         "sigma": float(det.hyper.get("sigma", 4.0)), "n_hits": int(det.hyper["n_hits"]), "threshold": det.threshold_,
+        "rings": int(det.hyper.get("rings", 0)),
+        "ring_factors": None if det.ring_factors_ is None else [float(v) for v in det.ring_factors_],
         "parity": parity, "opset": OPSET,
     }
     write_meta(out / "export.json", kind=EXPORT_KIND, version=EXPORT_FORMAT, meta=meta)

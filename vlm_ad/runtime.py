@@ -381,6 +381,9 @@ class RuntimeDetector:
         t0 = time.perf_counter()
         dist, rows = self.bank.search(emb.reshape(-1, c))  # one search for the whole group
         grids, rows = dist.reshape(b, gh, gw).astype(np.float32), rows.reshape(b, -1)
+        factors = self.meta.get("ring_factors")  # PatchCore's border rings (None: off, or an older export)
+        if factors:
+            grids = grids * np.asarray(factors, np.float32)[_shapes.ring_index((gh, gw), int(self.meta["rings"]))]
         t1 = time.perf_counter()
         out = []
         for i in range(b):

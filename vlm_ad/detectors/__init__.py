@@ -135,7 +135,8 @@ def detector_options(det: Detector) -> dict[str, Any]:
     return out
 
 
-_TYPES = {"image_size": int, "pool": int, "tile": (int, type(None)), "min_side": (int, type(None)),
+_TYPES = {"image_size": int, "pool": int, "pool_pad": str, "rings": int, "ring_cap": (int, float, type(None)),
+          "tile": (int, type(None)), "min_side": (int, type(None)),
           "max_downscale": (int, type(None)), "geometry": str,
           "sigma": (int, float), "fuse": (str, int, float)}  # adapted: "auto" or a weight
 
@@ -178,7 +179,8 @@ def load_detector(directory: str | Path) -> Detector:
         emb = meta["embedder"]
         geometry = {"geometry": emb.get("geometry", "square"), "tile": emb.get("tile"),  # older models: square
                     "input_shape": emb.get("input_shape"), "min_side": emb.get("min_side"),
-                    "max_downscale": emb.get("max_downscale")}
+                    "max_downscale": emb.get("max_downscale"),
+                    "pool_pad": emb.get("pool_pad", "zero")}  # older models: zero
         geometry = geometry if emb["backbone"] != "pixels" else {}
         det = create_detector(meta["detector"], backbone=emb["backbone"], layers=emb["layers"],
                               image_size=emb["image_size"], pool=emb["pool"], **geometry,

@@ -36,6 +36,7 @@ DEFAULT_LAYERS = {"dinov2-s14": ("block5", "block7"), "efficientnet-lite0": ("bl
 # given, from eval/results/generalization.md: for efficientnet-lite0 "area" 224 beat "square" 224 on most cells of the
 # dev half and lost nowhere by more than the seed spread, and the unseen half agreed (area 256 won more on dev but lost
 # image AUROC beyond the spread on the unseen half)
+POOL_PADS = ("zero", "exclude", "reflect")  # PatchEmbedder(pool_pad=...)
 DEFAULT_INPUT: dict[str, dict[str, Any]] = {"efficientnet-lite0": {"geometry": "area", "image_size": 224}}
 # other backbones: square 224. For dinov2-s14 PatchCore and mutual have their own defaults (``default_input``)
 FALLBACK_INPUT: dict[str, Any] = {"geometry": "square", "image_size": 224}
@@ -74,6 +75,9 @@ class PatchEmbedder:
         tile: tile side in input pixels: larger inputs are embedded as overlapping tiles and stitched (None: off).
         input_shape: a fixed (H, W) input for every image (PaDiM sets it from its training images).
         pool: side of the average-pooling window applied to each layer (PatchCore's local neighbourhood).
+        pool_pad: what the pooling window sees past the grid's border: ``"zero"`` (zeros, counted in the average, as
+            anomalib; border vectors shrink), ``"exclude"`` (the average over the cells inside the grid) or
+            ``"reflect"`` (the cells mirrored at the border).
         normalize: L2-normalise each patch vector.
     """
 
@@ -89,6 +93,7 @@ class PatchEmbedder:
         min_side: int | None = None,
         max_downscale: int | None = None,
         pool: int = 3,
+        pool_pad: str = "zero",
         normalize: bool = True,
     ) -> None:
         if isinstance(backbone, Backbone):
@@ -103,6 +108,8 @@ class PatchEmbedder:
             self.layers = tuple(self.net.layers)
         if pool < 1 or pool % 2 == 0:
             raise ConfigError(f"pool must be a positive odd number, got {pool}")
+        if pool_pad not in POOL_PADS:
+            raise ConfigError(f"pool_pad must be one of {', '.join(POOL_PADS)}; got {pool_pad!r}")
         any_shape = bool(getattr(self.net, "any_shape", False))
         size = size if any_shape else self.net.image_size  # fixed-size networks take their own size only
         if geometry is None:  # the backbone's default input, its least short side and most downscale included
@@ -116,7 +123,7 @@ class PatchEmbedder:
         self.geometry = Geometry(mode=geometry, size=int(size), multiple=int(getattr(self.net, "patch_multiple", 1)),
                                  tile=tile, shape=tuple(input_shape) if input_shape else None, min_side=min_side,
                                  max_downscale=max_downscale)
-        self.pool, self.normalize = pool, normalize
+        self.pool, self.pool_pad, self.normalize = pool, pool_pad, normalize
 
     @property
     def image_size(self) -> int:
@@ -142,7 +149,7 @@ class PatchEmbedder:
         return {"backbone": self.backbone_name, "layers": list(self.layers), "image_size": g.size,
                 "geometry": g.mode, "tile": g.tile, "input_shape": list(g.shape) if g.shape else None,
                 "min_side": g.min_side, "max_downscale": g.max_downscale, "pool": self.pool,
-                "normalize": self.normalize}
+                "pool_pad": self.pool_pad, "normalize": self.normalize}
 
     def input_shape(self, image: np.ndarray) -> tuple[int, int]:
         """The (H, W) backbone input of an image (images with equal input shapes are embedded together)."""
@@ -196,10 +203,18 @@ class PatchEmbedder:
             per_image.append(stitch({k: torch.cat(v) for k, v in feats.items()}, shape, tile_hw, rows, cols))
         return {name: torch.cat([p[name] for p in per_image]) for name in per_image[0]}
 
+    def _pool(self, t: torch.Tensor) -> torch.Tensor:
+        """Average each cell over its ``pool`` x ``pool`` neighbourhood, the border as ``pool_pad`` says."""
+        r = self.pool // 2
+        if r == 0:
+            return t
+        if self.pool_pad == "reflect" and min(t.shape[-2:]) > r:  # reflection needs more cells than the radius
+            return F.avg_pool2d(F.pad(t, (r, r, r, r), mode="reflect"), self.pool, stride=1)
+        return F.avg_pool2d(t, self.pool, stride=1, padding=r, count_include_pad=self.pool_pad == "zero")
+
     def aggregate(self, layers: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pool each layer, resize to the finest grid, concatenate channels: (B, h, w, C)."""
-        maps = [F.avg_pool2d(t, self.pool, stride=1, padding=self.pool // 2) if self.pool > 1 else t
-                for t in layers.values()]
+        maps = [self._pool(t) for t in layers.values()]
         size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
         maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear") for m in maps]
         emb = torch.cat(maps, dim=1).permute(0, 2, 3, 1).contiguous()  # (B, h, w, C)
@@ -242,7 +257,7 @@ def resize_map(work_map: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 FORMAT_VERSION = 1  # of detector.json (see vlm_ad.artifacts)
-EMBEDDER_KEYS = ("layers", "image_size", "pool", "geometry", "tile", "input_shape", "min_side",
+EMBEDDER_KEYS = ("layers", "image_size", "pool", "pool_pad", "geometry", "tile", "input_shape", "min_side",
                  "max_downscale")  # the PatchEmbedder's
 
 
