@@ -80,6 +80,7 @@ def test_ring_factors_are_saved_and_exported_and_the_runtime_applies_them(tmp_pa
     det.save(tmp_path / "model")
     again = load_detector(tmp_path / "model")
     assert torch.equal(again.ring_factors_, det.ring_factors_)
+    assert "border rings scaled" in again.summary()  # fit and detect say what they did
     images = [Sample(load_image(it.path), it.image_id) for it in ImageFolder(cat / "test", recursive=True).items]
     ref = again.predict(images)
     plain = load_detector(tmp_path / "model")

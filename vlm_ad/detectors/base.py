@@ -491,7 +491,13 @@ class Detector:
         emb = getattr(self, "embedder_", None)
         if not isinstance(emb, PatchEmbedder):
             return self.name
-        return f"{self.name} on {emb.backbone_name} ({', '.join(emb.layers)}), input {emb.geometry.describe()}"
+        border = {"exclude": ", border cells pooled over the grid only",
+                  "reflect": ", border cells pooled with mirrored cells"}.get(emb.pool_pad, "")
+        return (f"{self.name} on {emb.backbone_name} ({', '.join(emb.layers)}), input {emb.geometry.describe()}"
+                f"{border}{self._summary_extra()}")
+
+    def _summary_extra(self) -> str:
+        return ""
 
     def set_threshold(self, value: float | None) -> Detector:
         """Set the image-level decision threshold (used for ``AnomalyMap.label``)."""

@@ -158,6 +158,11 @@ class PatchCore(Detector):
     def _score_embeddings(self, emb: torch.Tensor):
         return self._score_groups([emb])[0]
 
+    def _summary_extra(self) -> str:
+        if self.ring_factors_ is None:
+            return ""
+        return f", border rings scaled {' / '.join(f'{v:.2f}' for v in self.ring_factors_[:-1].tolist())}"
+
     def _score_groups(self, embs: list[torch.Tensor]) -> list[tuple[torch.Tensor, list[list]]]:
         """Nearest-exemplar distances of the patches of every group in one search (a faiss call per input shape,
         with a few hundred queries each, cost 2-3x more per query on 2 busy cores than one call with all of them)."""
