@@ -32,11 +32,11 @@ ImageLike = Union[np.ndarray, Sample]
 Progress = Callable[[int], None]  # called with the number of images just processed
 
 DEFAULT_LAYERS = {"dinov2-s14": ("block5", "block7"), "efficientnet-lite0": ("block4", "block10")}
+POOL_PADS = ("zero", "exclude", "reflect")  # PatchEmbedder(pool_pad=...): what the pooling sees past the border
 # the input settings (geometry, image_size and optionally min_side, max_downscale) per backbone when no geometry is
 # given, from eval/results/generalization.md: for efficientnet-lite0 "area" 224 beat "square" 224 on most cells of the
 # dev half and lost nowhere by more than the seed spread, and the unseen half agreed (area 256 won more on dev but lost
 # image AUROC beyond the spread on the unseen half)
-POOL_PADS = ("zero", "exclude", "reflect")  # PatchEmbedder(pool_pad=...)
 DEFAULT_INPUT: dict[str, dict[str, Any]] = {"efficientnet-lite0": {"geometry": "area", "image_size": 224}}
 # other backbones: square 224. For dinov2-s14 PatchCore and mutual have their own defaults (``default_input``)
 FALLBACK_INPUT: dict[str, Any] = {"geometry": "square", "image_size": 224}
