@@ -263,6 +263,31 @@ def test_mutual_uses_images_of_other_shapes_as_references():
         assert all(h.row < grids[h.image_id][0] and h.col < grids[h.image_id][1] for h in m.hits)
 
 
+@pytest.mark.parametrize("n_ref", [5, 2])  # every other image a reference / a random subset of them
+def test_mutual_compares_each_pair_of_batch_images_once_with_the_same_maps(monkeypatch, n_ref):
+    from vlm_ad.detectors.mutual import Mutual
+
+    images = _elongated(3, seed=0) + _elongated(3, seed=1)
+    kw = {"backbone": "efficientnet-lite0", "image_size": 128, "geometry": "aspect", "n_ref": n_ref, "buffer": 0}
+    calls = []
+    cdist = torch.cdist
+    monkeypatch.setattr(torch, "cdist", lambda *a, **k: calls.append(1) or cdist(*a, **k))
+    fast = create_detector("mutual", **kw).predict(images)
+    once = len(calls)
+    real = Mutual._mutual
+    monkeypatch.setattr(Mutual, "_mutual", lambda self, q, refs, h, w, **k: real(self, q, refs, h, w))  # no sharing
+    calls.clear()
+    slow = create_detector("mutual", **kw).predict(images)
+    assert len(calls) == len(images) * min(n_ref, len(images) - 1)  # one matrix per (query, reference)
+    assert once < len(calls) if n_ref == 5 else once <= len(calls)
+    if n_ref == 5:
+        assert once == len(images) * (len(images) - 1) // 2  # each pair once
+    for a, b in zip(fast, slow):
+        assert np.allclose(a.map, b.map, rtol=1e-5, atol=1e-6 * float(np.abs(b.map).max()))
+        assert a.score == pytest.approx(b.score, rel=1e-5)
+        assert [(h.image_id, h.row, h.col) for h in a.hits] == [(h.image_id, h.row, h.col) for h in b.hits]
+
+
 def test_default_input_per_backbone():
     assert create_detector("patchcore")._make_embedder().geometry.mode == "area"  # see generalization.md
     assert create_detector("patchcore")._make_embedder().image_size == 224

@@ -113,12 +113,13 @@ class Mutual(Detector):
         ids = [f"batch:{j}" for j in range(len(emb))]
         gen = torch.Generator().manual_seed(self.hyper["seed"])
         grids, hits, modes = [], [], set()
-        for i in range(len(emb)):
+        pairs: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # one distance matrix per pair of batch
+        for i in range(len(emb)):                                              # images, read both ways
             refs = self._references(i, emb, ids, gen)
             h, w, c = emb[i].shape
             q = emb[i].reshape(-1, c)  # (P, C)
             if refs:
-                g, hit = self._mutual(q, refs, h, w)
+                g, hit = self._mutual(q, refs, h, w, qid=ids[i], pairs=pairs)
                 modes.add("normal images" if self.normal_ids_ else "other images")
             else:
                 g, hit = self._self_score(q, h, w), []
@@ -129,13 +130,21 @@ class Mutual(Detector):
         self.last_mode_ = ", ".join(sorted(modes))
         return grids, hits
 
-    def _mutual(self, q: torch.Tensor, refs, h: int, w: int):
+    def _mutual(self, q: torch.Tensor, refs, h: int, w: int, *, qid: str = "", pairs: dict | None = None):
+        """Each query patch's distance to its nearest patch in each reference, and the query's hits. ``pairs`` holds
+        the nearest distances a later batch image (a ``batch:`` reference) has to this query, read off the same
+        distance matrix (its minimum over the other axis), so each pair of batch images is compared once."""
         dists, where = [], []
-        for _, r in refs:
-            d = torch.cdist(q, r.reshape(-1, r.shape[-1]))  # (P, P_r)
-            m = d.min(dim=1)
-            dists.append(m.values)
-            where.append(m.indices)
+        for rid, r in refs:
+            if pairs is not None and (qid, rid) in pairs:
+                values, indices = pairs.pop((qid, rid))
+            else:
+                d = torch.cdist(q, r.reshape(-1, r.shape[-1]))  # (P, P_r)
+                values, indices = d.min(dim=1)
+                if pairs is not None and rid.startswith("batch:") and qid.startswith("batch:"):
+                    pairs[(rid, qid)] = tuple(d.min(dim=0))  # the reference's patches against this query
+            dists.append(values)
+            where.append(indices)
         dists = torch.stack(dists)  # (R, P)
         k = max(1, int(-(-self.hyper["frac"] * len(refs) // 1)))
         grid = dists.sort(dim=0).values[:k].mean(0).reshape(h, w)
