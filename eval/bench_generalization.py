@@ -124,6 +124,7 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
     "mutual dinov2 zero-shot area 224 min 224 down 3": ("mutual", DINO, {"geometry": "area", "image_size": 224,
                                                                         "min_side": 224, "max_downscale": 3},
                                                         None, 1),
+    "mutual effnet zero-shot area 224": ("mutual", EFF, {"geometry": "area", "image_size": 224}, None, 1),
     "mutual dinov2 zero-shot aspect 308": ("mutual", DINO, {"geometry": "aspect", "image_size": 308}, None, 1),
     "mutual dinov2 zero-shot area 308": ("mutual", DINO, {"geometry": "area", "image_size": 308}, None, 1),
     "mutual dinov2 zero-shot aspect 448": ("mutual", DINO, {"geometry": "aspect", "image_size": 448}, None, 1),
@@ -516,12 +517,16 @@ def verdict(rows: list[dict], new: str, old: str, half: str) -> str | None:
 DINO_DEFAULT = "patchcore dinov2 default"
 
 
-def default_rows(rows: list[dict]) -> list[dict]:
-    """PatchCore's DINOv2 default per set as one row: ``area 280 min 224 down 3`` where it ran, else ``area 280 min
-    224`` (``max_downscale`` 3 leaves those sets' inputs as they were)."""
-    down = {r["dataset"] for r in rows if r["row"] == f"{_PC} down 3"}
-    return [r | {"row": DINO_DEFAULT} for r in rows
-            if r["row"] == (f"{_PC} down 3" if r["dataset"] in down else _PC)]
+MUTUAL_DEFAULT = "mutual dinov2 zero-shot default"
+
+
+def default_rows(rows: list[dict], base: str = "", name: str = DINO_DEFAULT) -> list[dict]:
+    """A DINOv2 default per set as one row (PatchCore's unless ``base`` says): ``<base> down 3`` where it ran, else
+    ``<base>`` (``max_downscale`` 3 leaves those sets' inputs as they were)."""
+    base = base or _PC
+    down = {r["dataset"] for r in rows if r["row"] == f"{base} down 3"}
+    return [r | {"row": name} for r in rows
+            if r["row"] == (f"{base} down 3" if r["dataset"] in down else base)]
 
 
 def acting_sets(rows: list[dict], new: str, old: str) -> set[str]:
@@ -750,6 +755,14 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
             v = verdict([r for r in merged if r["dataset"] in acting], new, DINO_DEFAULT, h)
             if v:
                 text.append(f"- {v} (sets: {', '.join(sorted(acting))})")
+    merged = rows + default_rows(rows, _MU, MUTUAL_DEFAULT)
+    text += ["", f"Zero-shot `mutual` on efficientnet-lite0 against `{MUTUAL_DEFAULT}` (dinov2-s14, `area` 224 "
+             "`min_side` 224 `max_downscale` 3; the `down 3` rows where they ran): which backbone `vlm-ad fit "
+             "--detector mutual` takes when none is given:", ""]
+    for h in ("dev", "unseen"):
+        v = verdict(merged, "mutual effnet zero-shot area 224", MUTUAL_DEFAULT, h)
+        if v:
+            text.append(f"- {v}")
     (RESULTS / "generalization.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
 

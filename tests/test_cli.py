@@ -85,6 +85,15 @@ def test_fit_detect_eval_round_trip(category, tmp_path):
     assert metrics["shots"] == 0 and 0 <= metrics["pixel_auroc"] <= 1
 
 
+def test_backbone_when_none_is_given_is_the_detectors_measured_default(tmp_path):
+    from vlm_ad.cli.images import _backbone
+
+    assert _backbone(None, None, "patchcore") == "efficientnet-lite0"
+    assert _backbone(None, None, "mutual") == "dinov2-s14"  # beat efficientnet-lite0 on the dev suite
+    assert _backbone("efficientnet-lite0", None, "mutual") == "efficientnet-lite0"  # as given
+    assert _backbone(None, tmp_path, "adapted") is None  # the adapter's own
+
+
 def test_clear_errors(tmp_path):
     result = runner.invoke(app, ["fit", str(tmp_path / "nope"), "--out", str(tmp_path / "m")])
     assert result.exit_code != 0 and "does not exist" in str(result.exception)
