@@ -113,8 +113,9 @@ class Mutual(Detector):
         ids = [f"batch:{j}" for j in range(len(emb))]
         gen = torch.Generator().manual_seed(self.hyper["seed"])
         grids, hits, modes = [], [], set()
-        pairs: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # one distance matrix per pair of batch
-        for i in range(len(emb)):                                              # images, read both ways
+        # one distance matrix per pair of batch images, read both ways: (query, reference) -> nearest distances, indices
+        pairs: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        for i in range(len(emb)):
             refs = self._references(i, emb, ids, gen)
             h, w, c = emb[i].shape
             q = emb[i].reshape(-1, c)  # (P, C)
