@@ -514,6 +514,22 @@ def verdict(rows: list[dict], new: str, old: str, half: str) -> str | None:
             f"seed spread: {', '.join(beyond) or 'none'} -> {'qualifies' if ok else 'does not qualify'} under the rule")
 
 
+def verdict_lines(rows: list[dict], pairs, *, acting: str = "") -> list[str]:
+    """The rule's verdict per (new, old) pair and half, as bullet lines; with ``acting`` (the label of the list),
+    judged over the sets where ``new`` changes a map (:func:`acting_sets`), which the line names."""
+    out = []
+    for new, old in pairs:
+        sel, named = rows, ""
+        if acting:
+            sets = acting_sets(rows, new, old)
+            sel, named = [r for r in rows if r["dataset"] in sets], f" ({acting}: {', '.join(sorted(sets))})"
+        for h in ("dev", "unseen"):
+            v = verdict(sel, new, old, h)
+            if v:
+                out.append(f"- {v}{named}")
+    return out
+
+
 DINO_DEFAULT = "patchcore dinov2 default"
 
 
@@ -721,48 +737,26 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
              f"spread (differences under {TIE} count as ties); the dev half chooses, the unseen half checks. DINOv2 "
              "input sizes against square 224 (the old default):",
              ""]
-    for names in GEOMETRY_LADDER.values():
-        for new in names[1:]:
-            for h in ("dev", "unseen"):
-                v = verdict(rows, new, names[0], h)
-                if v:
-                    text.append(f"- {v}")
+    text += verdict_lines(rows, [(new, names[0]) for names in GEOMETRY_LADDER.values() for new in names[1:]])
     text += ["", "`max_downscale` on PatchCore's input (DINOv2, efficientnet-lite0) and mutual's (it acts on images "
              "over about 3-4 x their input only: the 1,200- and 2,048-px sets; elsewhere the input and the rows are "
              "the same):", ""]
-    for new, old in DOWNSCALE_PAIRS:
-        for h in ("dev", "unseen"):
-            v = verdict(rows, new, old, h)
-            if v:
-                text.append(f"- {v}")
+    text += verdict_lines(rows, DOWNSCALE_PAIRS)
     text += ["", "The grid's border for PatchCore against its defaults (`pool_pad`: what the 3 x 3 pooling sees past "
              "the border; `rings` 3: each of the 3 outer rings of cells scaled so that its mean leave-image-out score "
              "on the normal shots matches the interior's, at most 1x unless uncapped):", ""]
-    for new, base in BORDER_PAIRS:
-        acting = acting_sets(rows, new, base)
-        for h in ("dev", "unseen"):
-            v = verdict([r for r in rows if r["dataset"] in acting], new, base, h)
-            if v:
-                text.append(f"- {v} (sets where it changes a map: {', '.join(sorted(acting))})")
+    text += verdict_lines(rows, BORDER_PAIRS, acting="sets where it changes a map")
     merged = rows + default_rows(rows)
     text += ["", "PatchCore's DINOv2 input at the reference's long side 448 (aspect kept, `min_side` 224, "
              f"`max_downscale` 3) against `{DINO_DEFAULT}` (`area` 280 `min_side` 224 `max_downscale` 3: the `down 3` "
              "rows where they ran, else `area 280 min 224`, the same input there), over the sets where the input "
              "differs:", ""]
-    for new in ("patchcore dinov2 aspect 448 min 224 down 3",):
-        acting = acting_sets(merged, new, DINO_DEFAULT)
-        for h in ("dev", "unseen"):
-            v = verdict([r for r in merged if r["dataset"] in acting], new, DINO_DEFAULT, h)
-            if v:
-                text.append(f"- {v} (sets: {', '.join(sorted(acting))})")
+    text += verdict_lines(merged, [("patchcore dinov2 aspect 448 min 224 down 3", DINO_DEFAULT)], acting="sets")
     merged = rows + default_rows(rows, _MU, MUTUAL_DEFAULT)
     text += ["", f"Zero-shot `mutual` on efficientnet-lite0 against `{MUTUAL_DEFAULT}` (dinov2-s14, `area` 224 "
              "`min_side` 224 `max_downscale` 3; the `down 3` rows where they ran): which backbone `vlm-ad fit "
              "--detector mutual` takes when none is given:", ""]
-    for h in ("dev", "unseen"):
-        v = verdict(merged, "mutual effnet zero-shot area 224", MUTUAL_DEFAULT, h)
-        if v:
-            text.append(f"- {v}")
+    text += verdict_lines(merged, [("mutual effnet zero-shot area 224", MUTUAL_DEFAULT)])
     (RESULTS / "generalization.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
 
