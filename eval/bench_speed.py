@@ -51,7 +51,8 @@ BACKBONES = ("efficientnet-lite0", "dinov2-s14")
 RUNTIMES = ("torch", "onnx", "openvino")
 # what the end-to-end rows run: a runtime with its default settings, or with one setting changed
 RUNS = {"torch": ("torch", {}), "onnx": ("onnx", {}), "openvino": ("openvino", {}),
-        "onnx spinning": ("onnx", {"spinning": True}), "openvino throughput": ("openvino", {"hint": "THROUGHPUT"})}
+        "onnx spinning": ("onnx", {"spinning": True}), "openvino throughput": ("openvino", {"hint": "THROUGHPUT"}),
+        "openvino bf16": ("openvino", {"precision": "bf16"})}  # opt-in: maps not equal, AUROCs are (precision.md)
 STAGES = ("decode", "resize", "backbone", "search", "map", "write")
 BATCH = 8
 
@@ -377,6 +378,33 @@ def main(argv: list[str] | None = None) -> None:
     write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes, knobs, inputs)
 
 
+def cpu_bf16() -> str:
+    """Which bf16 units this CPU has, from /proc/cpuinfo's flags (Linux)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "flags unknown"
+    if "amx_bf16" in flags:
+        return "AMX"
+    return "AVX-512 BF16, no AMX" if "avx512_bf16" in flags else "no bf16 units: emulated"
+
+
+def _knob(results: list, name: str):
+    return next((r for r in results if r[0] == name), None)
+
+
+def bf16_gain(knobs: dict) -> str:
+    """'1.5-1.7x': backbone ms of OpenVINO's defaults over bf16's, the range over the backbones."""
+    ratios = [d[1] / b[1] for res in knobs.values()
+              if (d := _knob(res, "openvino defaults")) and (b := _knob(res, "openvino precision=bf16"))]
+    return f"{min(ratios):.1f}-{max(ratios):.1f}x" if ratios else "not measured"
+
+
+def bf16_parity(knobs: dict) -> str:
+    vals = [b[2] for res in knobs.values() if (b := _knob(res, "openvino precision=bf16"))]
+    return f"{min(vals):.1e}-{max(vals):.1e}" if vals else "not measured"
+
+
 def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes, knobs, inputs) -> None:
     lines = ["# Speed of detect: stages, runtimes, FLOP floor", "",
              f"Command: `PYTHONPATH=. nice python eval/bench_speed.py --images {args.images} --repeats {args.repeats} "
@@ -419,7 +447,10 @@ def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes,
     for backbone, rt, batch, level, wt, ips, auc, load in e2e:
         lines.append(f"| {backbone} | {rt} | {batch} | {level} | {wt} | {ips:.2f} | {ips / base[backbone]:.2f}x | "
                      f"{auc:.4f} | {load:.1f} |")
-    lines += ["", "Write threads 0: each image's two files written in the loop that computes (the path before "
+    lines += ["", "`openvino bf16`: OpenVINO with `--runtime-setting precision=bf16`, opt-in: its maps are not "
+              "torch's to the parity tolerance (scores about 0.5% of their spread off for dinov2-s14); "
+              "eval/results/precision.md measures its AUROCs and verdicts against torch's on five sets.", "",
+              "Write threads 0: each image's two files written in the loop that computes (the path before "
               "`vlm_ad._writer.BackgroundWriter`); 2: written by two threads behind the compute (now the default). "
               "The overlay itself (regions, colours, PNG) is made in the batch engine's thread pool either way.", "",
               "## Runtime settings (backbone only)", "",
@@ -438,10 +469,12 @@ def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes,
     lines += ["", "Defaults: ONNX Runtime optimisation `all`, no thread spinning; OpenVINO LATENCY hint, f32, static "
               "shapes `auto` (a network compiled for the one input shape of square/fixed-shape geometry: dinov2-s14 "
               "here; dynamic shapes for aspect-keeping geometry, whose many input shapes would each cost a compile). "
-              "bf16 (this CPU has AMX) is 1.8-3.8x faster here but its embeddings are 0.5-10% off torch's, far "
-              "outside the parity tolerance, so it is never a default. The defaults row repeats a configuration of "
-              "another row (OpenVINO static=True for dinov2-s14, static=False for efficientnet-lite0): how far those "
-              "two differ shows the noise of the shared cores."]
+              f"bf16 (this CPU: {cpu_bf16()}) is {bf16_gain(knobs)} faster than OpenVINO's defaults here, but its "
+              f"embeddings are {bf16_parity(knobs)} off torch's (relative to their largest value), far outside the "
+              "parity tolerance, so it is never a default: eval/results/precision.md measures what it does to the "
+              "maps (AUROCs, verdicts) on several sets. The defaults row repeats a configuration of another row "
+              "(OpenVINO static=True for dinov2-s14, static=False for efficientnet-lite0): how far those two differ "
+              "shows the noise of the shared cores."]
     if args.threads == 1:
         lines += ["", "At 1 thread ONNX Runtime has no intra-op pool, so `spinning` cannot act: its row differs from "
                   "the defaults' by the noise of these shared cores alone, a measure of how far apart two rows must "
