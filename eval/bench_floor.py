@@ -5,7 +5,8 @@ thread pools, on magnetic_tile's many input shapes: there a runtime is timed rig
 were busy-waiting, and each new input shape costs a plan. This script isolates the question the speed issue asks
 ("the backbone within Nx of its FLOP floor"): one child process per (runtime, setting) that imports nothing but
 that runtime (torch only for the torch rows), feeds a fixed (batch, 3, size, size) input, warms up and times
-``--repeats`` calls; the parent measures the fp32 matmul rate (2048 x 2048 ``torch.mm``, same thread count)
+``--repeats`` calls; the parent measures the fp32 matmul rate (2048 x 2048, same thread count; the fastest of
+torch.mm, ONNX Runtime and OpenVINO: bench_speed.matmul_gflops)
 between the children and counts the network's FLOPs with ``torch.utils.flop_counter`` (2 x multiply-adds of
 convolutions and matmuls; norms, activations and pooling not counted). Floor = FLOPs / matmul rate.
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         folder, runtime, settings = args.child
         return child(folder, runtime, json.loads(settings), args.batch, args.size, args.repeats, args.threads)
 
-    from bench_speed import fit_and_export, load_data, matmul_gflops  # the same matmul probe as speed.md
+    from bench_speed import fit_and_export, load_data, matmul_gflops, matmul_note  # the probe of speed.md
 
     work = Path(tempfile.mkdtemp(prefix="bench_floor_"))
     what, shots, _, _ = load_data(8, work)
@@ -132,17 +133,19 @@ def main(argv: list[str] | None = None) -> None:
              f"export` writes), fed a fixed random ({args.batch}, 3, {args.size}, {args.size}) input; each "
              "(runtime, setting) in its own process (no other runtime's threads in it), 3 warm-up calls, then "
              f"{args.repeats} timed calls: median (min-max) ms per image. fp32 matmul: **{rate:.0f} GFLOP/s** (median "
-             f"of {len(rates)} probes between the children, {min(rates):.0f}-{max(rates):.0f}; 2048 x 2048 "
-             f"torch.mm, {args.threads} threads). Floor = FLOPs / that rate. `load`: 1-minute load average before "
-             "the row (the job itself adds up to 2).", "",
+             f"of {len(rates)} probes between the children, {min(rates):.0f}-{max(rates):.0f}; 2048 x 2048, "
+             f"{args.threads} threads, each probe the fastest of torch.mm, ONNX Runtime and OpenVINO; each "
+             f"library's median: {matmul_note()} GFLOP/s). Floor = FLOPs / that rate. `load`: 1-minute load "
+             "average before the row (the job itself adds up to 2).", "",
              "| backbone | runtime, setting | GFLOP per image | ms per image | min-max | floor ms | / floor | load |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for backbone, run, flops, med, lo, hi, load in rows:
         floor = flops / rate * 1e3
         lines.append(f"| {backbone} | {run} | {flops:.2f} | {med:.1f} | {lo:.1f}-{hi:.1f} | {floor:.1f} | "
                      f"{med / floor:.2f}x | {load:.1f} |")
-    lines += ["", "bf16 (OpenVINO on a CPU with AMX) computes below fp32 precision: its embeddings are 0.5-10% off "
-              "torch's (speed.md, parity column), so it is never a default and its ratio is against the fp32 floor. "
+    lines += ["", "bf16 (OpenVINO; AMX or AVX-512 BF16 units) computes below fp32 precision: its embeddings are "
+              "0.5-10% off torch's (speed.md, parity column; precision.md: what that does to AUROCs and verdicts), "
+              "so it is never a default and its ratio is against the fp32 floor. "
               "Depthwise convolutions (EfficientNet) cannot reach matmul speed."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

@@ -243,16 +243,68 @@ def knob_rounds(export: Path, torch_det, arrays: list[np.ndarray], threads: int,
 
 
 # ------------------------------------------------------------------------------------------------------ FLOP floor
-def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
+MATMUL_LOG: dict[str, list[float]] = {}  # library -> every rate its probes measured in this process
+
+
+def _rate(call, n: int, repeats: int) -> float:
+    call()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        torch.mm(a, b)
+        call()
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def _matmul_model(n: int) -> bytes:
+    """An ONNX graph of one fp32 (n, n) x (n, n) MatMul."""
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "ABC"]
+    graph = helper.make_graph([helper.make_node("MatMul", ["A", "B"], ["C"])], "mm", io[:2], io[2:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def matmul_rates(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """fp32 GFLOP/s of an n x n matmul in each library here at ``threads`` threads: torch (``torch.mm``: its BLAS,
+    MKL in the PyPI wheels, which takes a slower path on AMD CPUs), ONNX Runtime and OpenVINO (oneDNN/MLAS kernels)
+    where installed. Each median of ``repeats`` calls is also appended to :data:`MATMUL_LOG`."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = {"torch": _rate(lambda: torch.mm(a, b), n, repeats)}
+    an, bn = a.numpy(), b.numpy()
+    with contextlib.suppress(ImportError):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(_matmul_model(n), opts, providers=["CPUExecutionProvider"])
+        out["onnxruntime"] = _rate(lambda: sess.run(None, {"A": an, "B": bn}), n, repeats)
+    with contextlib.suppress(ImportError):
+        import openvino as ov
+
+        core = ov.Core()
+        net = core.compile_model(core.read_model(_matmul_model(n), b""), "CPU",
+                                 {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+        req = net.create_infer_request()
+        out["openvino"] = _rate(lambda: req.infer({0: an, 1: bn}), n, repeats)
+    for lib, rate in out.items():
+        MATMUL_LOG.setdefault(lib, []).append(rate)
+    return out
+
+
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """The floor's rate: the fastest fp32 matmul any library here reaches (:func:`matmul_rates`). torch.mm alone
+    understates it where its BLAS is not the fastest (on this AMD EPYC: 104 GFLOP/s against ONNX Runtime's 278), and
+    a floor from a slow matmul flatters every network measured against it."""
+    return max(matmul_rates(threads, n, repeats).values())
+
+
+def matmul_note() -> str:
+    """'torch 104, onnxruntime 278, openvino 267': each library's median rate over the probes of this process."""
+    return ", ".join(f"{lib} {statistics.median(v):.0f}" for lib, v in MATMUL_LOG.items())
 
 
 def gflop_at(net, shape: tuple[int, int]) -> float:
@@ -414,9 +466,10 @@ def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes,
              f"and OpenVINO (fp32). Medians of {args.repeats} rounds, settings interleaved. The machine has 2 cores "
              "shared with other jobs: `load` is the 1-minute load average when the row was measured (2 = both cores "
              "busy before this job).", "",
-             f"fp32 matmul here: **{gflops:.0f} GFLOP/s** (2048 x 2048 torch.mm, {args.threads} threads; "
-             "median of a probe before the "
-             "rounds and one in each round).", "",
+             f"fp32 matmul here: **{gflops:.0f} GFLOP/s** (2048 x 2048, {args.threads} threads; median over a "
+             "probe before the rounds and one in each round of the fastest library in that probe; each library's "
+             f"median: {matmul_note()} GFLOP/s). The floor's rate is the fastest matmul any runtime here reaches, "
+             "not torch.mm's alone (its BLAS can be the slowest of the three).", "",
              "## ms per image, by stage", "",
              "| backbone | runtime | batch | overlay | decode | resize | backbone | search | map | write | total | "
              "backbone / FLOP floor | load |", "|" + " --- |" * 13]
