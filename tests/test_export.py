@@ -74,6 +74,7 @@ def test_runtime_matches_torch_on_tiny_model(tiny, runtime):
     _assert_same(ref, det.predict(images))
     assert {a.label for a in ref} == {0, 1}
     assert det.grid_shape((64, 64)) == load_detector(model).grid_shape((64, 64))
+    assert f"input {torch_det.embedder.geometry.describe()}" in det.summary()  # the same words as the torch path
     # the size estimate's point spread (one anomalous patch's map) is the torch detector's too
     np.testing.assert_allclose(det.point_spread((48, 80)), torch_det.point_spread((48, 80)), atol=1e-4)
 
@@ -96,6 +97,8 @@ def test_bf16_reaches_openvino_and_stays_near_the_torch_maps(tiny):
     ref = load_detector(model).predict(images)
     det = load_runtime_detector(export, "openvino", threads=1, settings={"precision": "bf16"})
     assert det.net.config["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert "network in bf16" in det.summary()  # what detect prints: the user is told the maps are not torch's
+    assert "bf16" not in load_runtime_detector(export, "openvino", threads=1).summary()
     got = det.predict(images)
     for a, b in zip(ref, got):
         assert a.map.shape == b.map.shape
@@ -314,3 +317,4 @@ def test_shipped_backbones_parity(tmp_path, backbone, size):
     for runtime in RUNTIMES:
         rt = load_runtime_detector(tmp_path / "export", runtime)
         _assert_same(ref, rt.predict(samples) + rt.predict(wide))
+        assert f"input {det.embedder.geometry.describe()}" in rt.summary()  # min_side, max_downscale named too

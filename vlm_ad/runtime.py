@@ -301,7 +301,12 @@ class RuntimeDetector:
     def summary(self) -> str:
         """One line saying how this export makes its maps (printed by ``vlm-ad detect``, as a torch detector's)."""
         g = self.meta["input"]
-        return f"{self.name} on {self.backbone} (exported, {self.runtime}), input {g['geometry']} {g['size']} px"
+        geometry = f"{g['geometry']} {g['size']} px" + (f", short side at least {g['min_side']} px"
+                                                        if g.get("min_side") else "") \
+            + (f", shrunk at most {g['max_downscale']}x" if g.get("max_downscale") else "")
+        bf16 = getattr(self.net, "config", {}).get("INFERENCE_PRECISION_HINT") == "bf16"
+        return f"{self.name} on {self.backbone} (exported, {self.runtime}), input {geometry}" + \
+            (", network in bf16 (opt-in: maps near the torch path's, not equal to it)" if bf16 else "")
 
     def set_threshold(self, value: float | None) -> RuntimeDetector:
         self.threshold_ = None if value is None else float(value)
