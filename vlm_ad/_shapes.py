@@ -34,6 +34,14 @@ def input_shape(mode: str, size: int, multiple: int, height: int, width: int, *,
     return (long_side, short) if height >= width else (short, long_side)
 
 
+def describe_input(mode: str, size: int, *, min_side: int | None = None, max_downscale: int | None = None,
+                   tile: int | None = None) -> str:
+    """An input geometry in words, e.g. ``"area 280 px, short side at least 224 px, shrunk at most 3x"`` (the torch
+    path's :meth:`~vlm_ad.backbones.geometry.Geometry.describe` and the exported runtime's summary say the same)."""
+    return f"{mode} {size} px" + (f", short side at least {min_side} px" if min_side else "") \
+        + (f", shrunk at most {max_downscale}x" if max_downscale else "") + (f", tiles of {tile} px" if tile else "")
+
+
 def work_shape(grid_hw: Sequence[int], *, work: int = 256) -> tuple[int, int]:
     """The smoothing work grid of an (h, w) patch grid: the same aspect ratio, long side ``work`` (or 8 pixels per
     patch when the grid is finer than that, e.g. a tiled large image)."""

@@ -301,9 +301,8 @@ class RuntimeDetector:
     def summary(self) -> str:
         """One line saying how this export makes its maps (printed by ``vlm-ad detect``, as a torch detector's)."""
         g = self.meta["input"]
-        geometry = f"{g['geometry']} {g['size']} px" + (f", short side at least {g['min_side']} px"
-                                                        if g.get("min_side") else "") \
-            + (f", shrunk at most {g['max_downscale']}x" if g.get("max_downscale") else "")
+        geometry = _shapes.describe_input(g["geometry"], g["size"], min_side=g.get("min_side"),
+                                          max_downscale=g.get("max_downscale"))
         bf16 = getattr(self.net, "config", {}).get("INFERENCE_PRECISION_HINT") == "bf16"
         return f"{self.name} on {self.backbone} (exported, {self.runtime}), input {geometry}" + \
             (", network in bf16 (opt-in: maps near the torch path's, not equal to it)" if bf16 else "")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vlm_ad._shapes import input_shape
+from vlm_ad._shapes import describe_input, input_shape
 from vlm_ad.errors import ConfigError
 
 __all__ = ["GEOMETRIES", "Geometry", "stitch", "tile_starts"]
@@ -83,9 +83,8 @@ class Geometry:
 
     def describe(self) -> str:
         """The input in words, e.g. ``"area 280 px, short side at least 224 px, shrunk at most 3x"``."""
-        return f"{self.mode} {self.size} px" + (f", short side at least {self.min_side} px" if self.min_side else "") \
-            + (f", shrunk at most {self.max_downscale}x" if self.max_downscale else "") \
-            + (f", tiles of {self.tile} px" if self.tile else "")
+        return describe_input(self.mode, self.size, min_side=self.min_side, max_downscale=self.max_downscale,
+                              tile=self.tile)
 
     def input_shape(self, height: int, width: int) -> tuple[int, int]:
         """The (H, W) input an image of ``height`` x ``width`` pixels is resized to."""
