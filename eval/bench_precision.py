@@ -38,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_generalization import _shots, load_suite, score  # noqa: E402  (eval/ scripts share their data)
+from bench_speed import fit_and_export as fit_export  # noqa: E402  (and speed.md's fit + export)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "eval" / "results" / "precision.md"
@@ -49,18 +50,16 @@ SEED = 0
 
 
 def fit_and_export(backbone: str, train: list, work: Path) -> tuple[Path, Path, Path | None]:
-    """(model folder, export folder, export folder whose ONNX network has int8 weights: None when the network has
-    no MatMul/Gemm to quantise, as efficientnet-lite0, all convolutions)."""
+    """bench_speed's fit + export (PatchCore, product defaults, seed 0) on 8 shots of ``train``, plus a copy of the
+    export whose ONNX network has int8 weights: (model folder, export folder, int8 export folder or None when the
+    network has no MatMul/Gemm to quantise, as efficientnet-lite0, all convolutions)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from vlm_ad.detectors import create_detector
-    from vlm_ad.export import ONNX_FILE, export_model
+    from vlm_ad.export import ONNX_FILE
 
-    det = create_detector("patchcore", backbone=backbone, seed=SEED).fit(_shots(train, SEED))
-    model, export, int8 = work / "model", work / "export", work / "export-int8"
-    det.save(model)
-    export_model(model, export, fmt="openvino")
+    model, export = fit_export(backbone, _shots(train, SEED), work)
+    int8 = work / "export-int8"
     shutil.copytree(export, int8)
     quantize_dynamic(export / ONNX_FILE, int8 / ONNX_FILE, weight_type=QuantType.QInt8, per_channel=True,
                      op_types_to_quantize=["MatMul", "Gemm"])
