@@ -53,17 +53,50 @@ RUNTIMES = ("torch", "onnx", "openvino")
 RUNS = {"torch": ("torch", {}), "onnx": ("onnx", {}), "openvino": ("openvino", {}),
         "onnx spinning": ("onnx", {"spinning": True}), "openvino throughput": ("openvino", {"hint": "THROUGHPUT"}),
         "openvino bf16": ("openvino", {"precision": "bf16"})}  # opt-in: maps not equal, AUROCs are (precision.md)
+SUITE_SETS = ("coins", "gray-elongated", "elongated", "clock", "coffee", "square")  # --data choices besides magnetic
 NOT_EQUAL = {"openvino bf16"}  # runs whose maps are not torch's to the parity tolerance
 STAGES = ("decode", "resize", "backbone", "search", "map", "write")
 BATCH = 8
 
 
 # ------------------------------------------------------------------------------------------------------------ data
-def load_data(n: int, work: Path) -> tuple[str, list, list[Path], list[int]]:
-    """(description, 8 normal shots, test files, their labels)."""
+def _write_suite_set(name: str, root: Path) -> Path:
+    """A set of eval/bench_generalization.py's dev suite written as an MVTec-layout folder of PNG files (a grey set as
+    one-channel files, as a grayscale camera writes them), so that decode is timed as on a user's files."""
+    from bench_generalization import load_suite
+    from PIL import Image
+
+    train, test = load_suite()[name]()
+    out = root / name
+
+    def save(img: np.ndarray, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grey = bool((img[..., 0] == img[..., 1]).all() and (img[..., 0] == img[..., 2]).all())
+        Image.fromarray(img[..., 0] if grey else img).save(path)
+
+    for i, s in enumerate(train):
+        save(s.image, out / "train" / "good" / f"{i:03d}.png")
+    for i, s in enumerate(test):
+        kind = s.defect_type if s.label == 1 else "good"
+        save(s.image, out / "test" / kind / f"{i:03d}.png")
+        if s.label == 1:
+            (out / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
+            Image.fromarray((s.mask > 0).astype(np.uint8) * 255).save(out / "ground_truth" / kind / f"{i:03d}_mask.png")
+    return out
+
+
+def load_data(n: int, work: Path, data: str = "magnetic") -> tuple[str, list, list[Path], list[int]]:
+    """(description, 8 normal shots, test files, their labels) of magnetic_tile or of a set of the dev suite."""
+    from PIL import Image
+
     from vlm_ad.data import generate_dataset, open_data, select_shots
 
-    if DATA.is_dir():
+    if data != "magnetic":
+        root = _write_suite_set(data, work / "suite")
+        first = np.asarray(Image.open(next((root / "test" / "good").iterdir())))
+        what = (f"the dev suite's `{data}` set (synthetic, eval/bench_generalization.py; written as PNG files, "
+                f"{first.shape[0]} x {first.shape[1]} {'grey' if first.ndim == 2 else 'RGB'})")
+    elif DATA.is_dir():
         root, what = DATA, f"magnetic_tile (real, {DATA})"
     else:
         root = generate_dataset(work / "data", sources=("brick",), n_train=8, n_test_good=n // 2,
@@ -377,10 +410,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backbones", default=",".join(BACKBONES))
+    ap.add_argument("--data", default="magnetic", choices=("magnetic", *SUITE_SETS),
+                    help="magnetic_tile (real) or a set of the dev suite (eval/bench_generalization.py) at the "
+                         "shapes issue 18 measured: coins (600 x 800 RGB), gray-elongated (500 x 1250 grey)")
+    ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS),
+                    help="the batched runtime rows (the old path and torch batch 1 always run)")
+    ap.add_argument("--no-knobs", action="store_true", help="skip the runtime-settings rounds")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    args.command = "PYTHONPATH=. nice python eval/bench_speed.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_speed_"))
-    what, shots, files, labels = load_data(args.images, work)
+    what, shots, files, labels = load_data(args.images, work, args.data)
     gflops = matmul_gflops(args.threads)
     print(f"data: {what}; {len(files)} test images; fp32 matmul {gflops:.0f} GFLOP/s on {args.threads} threads")
     from vlm_ad.data import load_image
@@ -389,10 +431,11 @@ def main(argv: list[str] | None = None) -> None:
     for backbone in args.backbones.split(","):
         model, export = fit_and_export(backbone, shots, work)
         floors[backbone] = network_gflop(model, files)
-        dets = {run: load(model, export, run, args.threads) for run in RUNS}
+        runs = ["torch", *(r for r in args.runs if r != "torch")]
+        dets = {run: load(model, export, run, args.threads) for run in runs}
         inputs[backbone] = dets["torch"].embedder.geometry.describe()  # the input the rows below ran at
-        settings = [("torch", 1, "old", 0), ("torch", 1, "now", 0)] + [(rt, BATCH, "now", 0) for rt in RUNS] + \
-            [(rt, BATCH, "now", 2) for rt in RUNS]  # last: files written by 2 threads behind the compute
+        settings = [("torch", 1, "old", 0), ("torch", 1, "now", 0)] + [(rt, BATCH, "now", 0) for rt in runs] + \
+            [(rt, BATCH, "now", 2) for rt in runs]  # last: files written by 2 threads behind the compute
         for s in settings[2:]:  # warm-up: a runtime plans (and OpenVINO compiles) per input shape on first sight
             end_to_end(dets[s[0]], files, s[1], work / f"warm-{backbone}-{s[0]}-{s[3]}", s[3])
         st: dict = {s: [] for s in settings}
@@ -420,6 +463,8 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append((backbone, *s[:3], med, statistics.median(loads[s])))
             e2e.append((backbone, *s, statistics.median(ee[s]), auroc(labels, scores[s]),
                         statistics.median(loads[s])))
+        if args.no_knobs:
+            continue
         arrays = [load_image(f) for f in files]
         knobs[backbone] = knob_rounds(export, dets["torch"], arrays, args.threads, args.repeats)
         for name, ms, par, ld, rate in knobs[backbone]:
@@ -458,56 +503,9 @@ def bf16_parity(knobs: dict) -> str:
     return f"{min(vals):.1e}-{max(vals):.1e}" if vals else "not measured"
 
 
-def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes, knobs, inputs) -> None:
-    lines = ["# Speed of detect: stages, runtimes, FLOP floor", "",
-             f"Command: `PYTHONPATH=. nice python eval/bench_speed.py --images {args.images} --repeats {args.repeats} "
-             f"--threads {args.threads}`. Data: {what}; PatchCore, 8 normal shots (seed 0), coreset 0.1, each "
-             f"backbone's default input ({'; '.join(f'{b}: {i}' for b, i in inputs.items())}); "
-             f"{len(files)} test images (half good, half defective). {args.threads} threads for torch, ONNX Runtime "
-             f"and OpenVINO (fp32). Medians of {args.repeats} rounds, settings interleaved. The machine has 2 cores "
-             "shared with other jobs: `load` is the 1-minute load average when the row was measured (2 = both cores "
-             "busy before this job).", "",
-             f"fp32 matmul here: **{gflops:.0f} GFLOP/s** (2048 x 2048, {args.threads} threads; median over a "
-             "probe before the rounds and one in each round of the fastest library in that probe; each library's "
-             f"median: {matmul_note()} GFLOP/s). The floor's rate is the fastest matmul any runtime here reaches, "
-             "not torch.mm's alone (its BLAS can be the slowest of the three).", "",
-             "## ms per image, by stage", "",
-             "| backbone | runtime | batch | overlay | decode | resize | backbone | search | map | write | total | "
-             "backbone / FLOP floor | load |", "|" + " --- |" * 13]
-    for backbone, rt, batch, level, med, load in rows:
-        floor_ms = floors[backbone][0] / gflops * 1e3
-        lines.append(f"| {backbone} | {rt} | {batch} | {level} | " + " | ".join(f"{med[k]:.1f}" for k in STAGES) +
-                     f" | {sum(med.values()):.1f} | {med['backbone'] / floor_ms:.1f}x | {load:.1f} |")
-    lines += ["", "torch, batch 1, overlay old is the old `detect` (one image at a time; overlays as it made them: "
-              "colours interpolated per pixel, a float blend, Pillow's PNG encoder at its default zlib level 6); "
-              "overlay now: the product's overlay code (colour lookup table, integer blend, zlib level 1, OpenCV's "
-              "Huffman-only PNG encoder where installed); batched rows group images of equal input "
-              "shape (magnetic_tile images come in many sizes, so with aspect-keeping geometry many groups hold one "
-              "image: batching gains little there, the runtime gains the rest).", "",
-              "## FLOP floor", "",
-              "| backbone | GFLOP per test image (mean) | GFLOP at 224 x 224 | floor ms per image |",
-              "| --- | --- | --- | --- |"]
-    for backbone, (per_image, at224) in floors.items():
-        lines.append(f"| {backbone} | {per_image:.2f} | {at224:.2f} | {per_image / gflops * 1e3:.1f} |")
-    lines += ["", "FLOPs: `torch.utils.flop_counter.FlopCounterMode` on the exported network (backbone to its deepest "
-              "layer + patch aggregation) at each image's input shape; 2 x multiply-adds of convolutions and matmuls, "
-              "pooling/activations/norms not counted. Floor = FLOPs / the matmul rate above. Depthwise convolutions "
-              "(EfficientNet) cannot reach matmul speed.", "",
-              "## End to end (`detect_images`: decode, detect, regions, overlay, files written)", "",
-              "| backbone | runtime | batch | overlay | write threads | images/s | vs old path | image AUROC | "
-              "load |",
-              "|" + " --- |" * 9]
-    base = {r[0]: r[5] for r in e2e if r[1:5] == ("torch", 1, "old", 0)}
-    for backbone, rt, batch, level, wt, ips, auc, load in e2e:
-        lines.append(f"| {backbone} | {rt} | {batch} | {level} | {wt} | {ips:.2f} | {ips / base[backbone]:.2f}x | "
-                     f"{auc:.4f} | {load:.1f} |")
-    lines += ["", "`openvino bf16`: OpenVINO with `--runtime-setting precision=bf16`, opt-in: its maps are not "
-              "torch's to the parity tolerance (scores about 0.5% of their spread off for dinov2-s14); "
-              "eval/results/precision.md measures its AUROCs and verdicts against torch's on five sets.", "",
-              "Write threads 0: each image's two files written in the loop that computes (the path before "
-              "`vlm_ad._writer.BackgroundWriter`); 2: written by two threads behind the compute (now the default). "
-              "The overlay itself (regions, colours, PNG) is made in the batch engine's thread pool either way.", "",
-              "## Runtime settings (backbone only)", "",
+def knob_lines(args, knobs: dict, floors: dict) -> list[str]:
+    """The runtime-settings section of speed.md."""
+    lines = ["", "## Runtime settings (backbone only)", "",
               f"The exported network alone (batches of equal input shape, at most {BATCH} images), {args.threads} "
               "threads, one knob changed at a time from the defaults (`vlm_ad.runtime.RUNTIME_SETTINGS`); "
               "parity = max |runtime - torch| of the patch embeddings on the same inputs over their largest value "
@@ -535,6 +533,61 @@ def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes,
                   "be to mean anything. Spinning is off by default because spinning workers take CPU from the "
                   "decode/overlay/write threads of a pipelined run (a 2-thread probe under a load average of 9: "
                   "efficientnet-lite0 backbone 20 ms per image without spinning, 40 with; not in this table)."]
+    return lines
+
+
+def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes, knobs, inputs) -> None:
+    lines = ["# Speed of detect: stages, runtimes, FLOP floor", "",
+             f"Command: `{args.command}`. Data: {what}; PatchCore, 8 normal shots (seed 0), coreset 0.1, each "
+             f"backbone's default input ({'; '.join(f'{b}: {i}' for b, i in inputs.items())}); "
+             f"{len(files)} test images (half good, half defective). {args.threads} threads for torch, ONNX Runtime "
+             f"and OpenVINO (fp32). Medians of {args.repeats} rounds, settings interleaved. The machine has 2 cores "
+             "shared with other jobs: `load` is the 1-minute load average when the row was measured (2 = both cores "
+             "busy before this job).", "",
+             f"fp32 matmul here: **{gflops:.0f} GFLOP/s** (2048 x 2048, {args.threads} threads; median over a "
+             "probe before the rounds and one in each round of the fastest library in that probe; each library's "
+             f"median: {matmul_note()} GFLOP/s). The floor's rate is the fastest matmul any runtime here reaches, "
+             "not torch.mm's alone (its BLAS can be the slowest of the three).", "",
+             "## ms per image, by stage", "",
+             "| backbone | runtime | batch | overlay | decode | resize | backbone | search | map | write | total | "
+             "backbone / FLOP floor | load |", "|" + " --- |" * 13]
+    for backbone, rt, batch, level, med, load in rows:
+        floor_ms = floors[backbone][0] / gflops * 1e3
+        lines.append(f"| {backbone} | {rt} | {batch} | {level} | " + " | ".join(f"{med[k]:.1f}" for k in STAGES) +
+                     f" | {sum(med.values()):.1f} | {med['backbone'] / floor_ms:.1f}x | {load:.1f} |")
+    lines += ["", "torch, batch 1, overlay old is the old `detect` (one image at a time; overlays as it made them: "
+              "colours interpolated per pixel, a float blend, Pillow's PNG encoder at its default zlib level 6); "
+              "overlay now: the product's overlay code (colour lookup table, integer blend, zlib level 1, OpenCV's "
+              "Huffman-only PNG encoder where installed); batched rows group images of equal input "
+              "shape" + (" (magnetic_tile images come in many sizes, so with aspect-keeping geometry many groups "
+                         "hold one image: batching gains little there, the runtime gains the rest)"
+                         if args.data == "magnetic" else "") + ".", "",
+              "## FLOP floor", "",
+              "| backbone | GFLOP per test image (mean) | GFLOP at 224 x 224 | floor ms per image |",
+              "| --- | --- | --- | --- |"]
+    for backbone, (per_image, at224) in floors.items():
+        lines.append(f"| {backbone} | {per_image:.2f} | {at224:.2f} | {per_image / gflops * 1e3:.1f} |")
+    lines += ["", "FLOPs: `torch.utils.flop_counter.FlopCounterMode` on the exported network (backbone to its deepest "
+              "layer + patch aggregation) at each image's input shape; 2 x multiply-adds of convolutions and matmuls, "
+              "pooling/activations/norms not counted. Floor = FLOPs / the matmul rate above. Depthwise convolutions "
+              "(EfficientNet) cannot reach matmul speed.", "",
+              "## End to end (`detect_images`: decode, detect, regions, overlay, files written)", "",
+              "| backbone | runtime | batch | overlay | write threads | images/s | vs old path | image AUROC | "
+              "load |",
+              "|" + " --- |" * 9]
+    base = {r[0]: r[5] for r in e2e if r[1:5] == ("torch", 1, "old", 0)}
+    for backbone, rt, batch, level, wt, ips, auc, load in e2e:
+        lines.append(f"| {backbone} | {rt} | {batch} | {level} | {wt} | {ips:.2f} | {ips / base[backbone]:.2f}x | "
+                     f"{auc:.4f} | {load:.1f} |")
+    if "openvino bf16" in args.runs:
+        lines += ["", "`openvino bf16`: OpenVINO with `--runtime-setting precision=bf16`, opt-in: its maps are not "
+                  "torch's to the parity tolerance (scores about 0.5% of their spread off for dinov2-s14); "
+                  "eval/results/precision.md measures its AUROCs and verdicts against torch's on five sets."]
+    lines += ["", "Write threads 0: each image's two files written in the loop that computes (the path before "
+              "`vlm_ad._writer.BackgroundWriter`); 2: written by two threads behind the compute (now the default). "
+              "The overlay itself (regions, colours, PNG) is made in the batch engine's thread pool either way."]
+    if knobs:
+        lines += knob_lines(args, knobs, floors)
     lines += ["", "## anomalib", ""]
     eff = next((r for r in e2e if r[0] == "efficientnet-lite0" and r[1] != "torch"), None)
     if ano_ms is None:
@@ -561,8 +614,8 @@ def write(what, files, args, gflops, rows, e2e, floors, ano_ms, ano_note, notes,
                   "ms per call with 2 threads and 43-88 ms with 1, so every runtime here runs on 1 thread and the "
                   "matmul rate (the floor) is measured on 1 thread too."]
     lines += notes
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
