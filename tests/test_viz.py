@@ -32,6 +32,24 @@ def test_colorize_survives_nan_and_a_flat_map():
     assert viz.colorize(holes, 0.0, 1.0)[0, 0].tolist() == viz._ANCHORS[0].tolist()
 
 
+@pytest.mark.parametrize("opencv", [True, False], ids=["opencv", "numpy"])
+def test_colorize_is_the_lookup_table_exactly_with_or_without_opencv(monkeypatch, opencv):
+    """The packed-word lookup gives the table's colours: the same bytes as indexing the RGB table by level, with NaN
+    and infinities clipped as before, whichever library drops the packing byte."""
+    if opencv and viz._cv2() is None:
+        pytest.skip("OpenCV is not installed (the export extra)")
+    if not opencv:
+        monkeypatch.setattr(viz, "_cv2", lambda: None)
+    values = np.random.default_rng(3).uniform(-1, 3, (45, 71)).astype(np.float32)
+    values[0, :4] = [np.nan, np.inf, -np.inf, 2.0]
+    got = viz.colorize(values, 0.0, 2.0)
+    level = np.nan_to_num(np.clip(values * ((viz._LUT_SIZE - 1) / 2.0), 0, viz._LUT_SIZE - 1), nan=0.0)
+    assert got.flags.c_contiguous and got.shape == (45, 71, 3)
+    assert (got == viz._lut()[level.astype(np.int32)]).all()
+    assert got[0, 0].tolist() == got[0, 2].tolist() == viz._ANCHORS[0].tolist()
+    assert got[0, 1].tolist() == got[0, 3].tolist() == viz._lut()[-1].tolist()
+
+
 def test_overlay_is_the_mean_of_image_and_colours():
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)

@@ -41,14 +41,31 @@ def _lut() -> np.ndarray:
     return interpolated_colors(np.linspace(0, 1, _LUT_SIZE, dtype=np.float32))
 
 
+@functools.lru_cache(maxsize=1)
+def _lut32() -> np.ndarray:
+    """:func:`_lut` with each colour packed in one uint32 (bytes R, G, B, 0): a lookup of one word per pixel is
+    several times faster than numpy's gather of 3-byte rows."""
+    rgba = np.zeros((_LUT_SIZE, 4), np.uint8)
+    rgba[:, :3] = _lut()
+    return rgba.view(np.uint32)[:, 0]
+
+
 def colorize(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
-    """Map an (H, W) float array to (H, W, 3) uint8 colours; ``vmin``/``vmax`` default to the array's range."""
+    """Map an (H, W) float array to (H, W, 3) uint8 colours; ``vmin``/``vmax`` default to the array's range.
+    NaN takes the first colour; the colours are :func:`_lut`'s, looked up one packed word per pixel (500 x 1250 px:
+    0.8 ms against 7.3 for a gather of RGB rows, the same colours)."""
     v = np.asarray(values, dtype=np.float32)
     lo = float(np.min(v)) if vmin is None else vmin
     hi = float(np.max(v)) if vmax is None else vmax
     scale = (_LUT_SIZE - 1) / (hi - lo if hi > lo else 1.0)
-    idx = np.clip((v - lo) * scale, 0, _LUT_SIZE - 1)
-    return _lut()[np.nan_to_num(idx, nan=0.0).astype(np.int32)]
+    idx = (v - lo) * scale
+    np.clip(idx, 0, _LUT_SIZE - 1, out=idx)
+    idx[np.isnan(idx)] = 0
+    rgba = _lut32().take(idx.astype(np.int32)).view(np.uint8).reshape(*idx.shape, 4)
+    cv2 = _cv2()
+    if cv2 is not None and rgba.ndim == 3 and rgba.size:  # OpenCV drops the 4th byte at memory speed
+        return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
+    return np.ascontiguousarray(rgba[..., :3])
 
 
 def overlay(
@@ -116,7 +133,8 @@ def png_bytes(image: np.ndarray, *, compress_level: int = 1) -> bytes:
                   cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
         if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV 4.11+; older ones choose per row
             params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_AVG]
-        ok, buf = cv2.imencode(".png", np.ascontiguousarray(img[..., ::-1]), params)
+        # OpenCV encodes BGR: its own swap is far faster than a numpy flip and copy
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
         if ok:
             return buf.tobytes()
     out = io.BytesIO()
