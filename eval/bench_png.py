@@ -7,6 +7,9 @@ size and content (the real magnetic_tile subsample and synthetic sets of eval/be
 by Pillow at zlib level 1 (the path without OpenCV) and by OpenCV at level 1 with zlib's Huffman-only strategy under
 each PNG row filter (OpenCV's default is adaptive: every filter tried on every row). Each setting is checked to
 decode to the same pixels; ms per image = median over ``--repeats`` rounds of encoding every overlay of the set.
+A second table times the two other steps of an overlay, before and now, on the same maps and overlays: map ->
+colours (a gather of RGB rows from the lookup table vs one packed uint32 per pixel) and RGB -> BGR for OpenCV (a
+numpy flip and copy vs ``cv2.cvtColor``), each pair checked to give the same bytes.
 Writes eval/results/png.md.
 
     PYTHONPATH=. nice python eval/bench_png.py [--datasets magnetic coins gray-elongated large] [--repeats 5]
@@ -39,7 +42,7 @@ def settings() -> dict:
     base = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
 
     def opencv(extra):
-        return lambda rgb: cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]), base + extra)[1].tobytes()
+        return lambda rgb: cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), base + extra)[1].tobytes()
 
     def pillow(rgb):
         out = io.BytesIO()
@@ -53,17 +56,41 @@ def settings() -> dict:
     return out
 
 
-def overlays(name: str) -> list[np.ndarray]:
+def overlays(name: str) -> tuple[list[np.ndarray], list[tuple[np.ndarray, float]]]:
+    """(overlays, (map, colour-scale top) of each) of a set's test images."""
     from vlm_ad.detectors import create_detector
     from vlm_ad.viz import map_overlay
 
     train, test = load_suite()[name]()
     det = create_detector("patchcore", backbone="efficientnet-lite0", seed=0).fit(_shots(train, 0))
-    out = []
+    out, maps = [], []
     for i in range(0, len(test), 8):
         batch = [s.image for s in test[i : i + 8]]
-        out += [map_overlay(img, m.map, m.threshold) for img, m in zip(batch, det.predict(batch))]
-    return out
+        for img, m in zip(batch, det.predict(batch)):
+            out.append(map_overlay(img, m.map, m.threshold))
+            maps.append((m.map, 1.5 * m.threshold))
+    return out, maps
+
+
+def colours_before(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
+    """``vlm_ad.viz.colorize`` before it packed the table (a gather of RGB rows), kept here as the baseline."""
+    from vlm_ad.viz import _LUT_SIZE, _lut
+
+    v = np.asarray(values, dtype=np.float32)
+    scale = (_LUT_SIZE - 1) / (vmax - vmin if vmax > vmin else 1.0)
+    idx = np.clip((v - vmin) * scale, 0, _LUT_SIZE - 1)
+    return _lut()[np.nan_to_num(idx, nan=0.0).astype(np.int32)]
+
+
+def colour_steps() -> dict:
+    """name -> (before, now) of the two overlay steps besides the encoder: map -> colours, RGB -> BGR for OpenCV."""
+    import cv2
+
+    from vlm_ad.viz import colorize
+
+    return {"colours (map -> RGB)": (lambda m, top: colours_before(m, 0.0, top), lambda m, top: colorize(m, 0.0, top)),
+            "RGB -> BGR for OpenCV": (lambda o: np.ascontiguousarray(o[..., ::-1]),
+                                      lambda o: cv2.cvtColor(o, cv2.COLOR_RGB2BGR))}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,8 +102,22 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     encoders = settings()
     rows = []
+    steps = colour_steps()
+    step_rows = []
     for name in args.datasets:
-        ovs = overlays(name)
+        ovs, maps = overlays(name)
+        for step, (before, now) in steps.items():
+            inputs = maps if step.startswith("colours") else [(o,) for o in ovs]
+            assert all(np.array_equal(before(*x), now(*x)) for x in inputs), f"{step}: not the same bytes"
+            tt: dict = {"before": [], "now": []}
+            for _ in range(args.repeats):
+                for k, f in (("before", before), ("now", now)):
+                    t0 = time.perf_counter()
+                    for x in inputs:
+                        f(*x)
+                    tt[k].append((time.perf_counter() - t0) * 1000 / len(inputs))
+            step_rows.append((name, step, statistics.median(tt["before"]), statistics.median(tt["now"])))
+            print(f"{name} {step}: {step_rows[-1][2]:.2f} -> {step_rows[-1][3]:.2f} ms", flush=True)
         shape = f"{ovs[0].shape[0]} x {ovs[0].shape[1]}" + (" (sizes vary)" if len({o.shape for o in ovs}) > 1 else "")
         times: dict = {k: [] for k in encoders}
         sizes = {}
@@ -117,6 +158,15 @@ def main(argv: list[str] | None = None) -> None:
               "about as fast as `up`, `sub` or `none` (all near half the adaptive filter's time) with files closest to "
               "the adaptive filter's; "
               "Pillow level 1 is the path without OpenCV."]
+    lines += ["", "## The other steps of an overlay", "",
+              "Before the encoder, `map_overlay` turns the map into colours and `png_bytes` hands OpenCV the image in "
+              "BGR order. Colours before: the lookup table indexed by level, a numpy gather of 3-byte RGB rows; now: "
+              "one packed uint32 per level (`vlm_ad.viz._lut32`), taken per pixel, the packing byte dropped by "
+              "OpenCV. Swap before: a numpy flip and copy; now: `cv2.cvtColor`. Each pair gives the same bytes "
+              f"(checked on every overlay); ms per overlay, median of {args.repeats} interleaved rounds.", "",
+              "| set | step | before ms | now ms | now / before |", "|" + " --- |" * 5]
+    for name, step, b, n in step_rows:
+        lines.append(f"| {name} | {step} | {b:.2f} | {n:.2f} | {n / b:.2f}x |")
     RESULTS.write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS}")
 
