@@ -3,7 +3,10 @@ anomalib's inferencer. Writes eval/results/speed.md.
 
 Data: ``../shared/data/magnetic_tile`` (real; PatchCore fitted on 8 normal shots drawn with seed 0, default
 settings: coreset 0.1, each backbone's default input); timed on ``--images`` test images (half good, half defective,
-every k-th file in sorted order), or synthetic brick-texture defects when the data is missing. Per backbone:
+every k-th file in sorted order), or synthetic brick-texture defects when the data is missing. ``--data SET`` times a
+set of eval/bench_generalization.py's dev suite instead, written as PNG files first (a grey set as one-channel PNGs):
+``coins`` (600 x 800 RGB) and ``gray-elongated`` (500 x 1250 grey) are the image shapes issue 18 measured. Per
+backbone:
 
 * **stages**: ms per image of decode (file -> RGB), resize (+ normalise), backbone (network + patch aggregation),
   search (faiss kNN over the memory bank), map (smoothing, resize to the image, hits) and write (regions, overlay,
@@ -16,15 +19,17 @@ every k-th file in sorted order), or synthetic brick-texture defects when the da
   changed at a time), its parity with torch and its ratio to the FLOP floor;
 * **FLOP floor**: FLOPs of the exported network (backbone up to its deepest layer + aggregation) counted by
   ``torch.utils.flop_counter.FlopCounterMode`` (2 x multiply-adds of convolutions and matmuls; pooling, activations
-  and norms not counted) at each test image's input shape, over the fp32 matmul rate measured here (2048 x 2048
-  ``torch.mm`` with the same thread count), i.e. the time the network would take at matmul speed;
+  and norms not counted) at each test image's input shape, over the fp32 matmul rate measured here (2048 x 2048,
+  the same thread count, the fastest of torch.mm, ONNX Runtime and OpenVINO), i.e. the time the network would take
+  at matmul speed;
 * **anomalib**: anomalib 2.7's ``TorchInferencer`` on its PatchCore with the same efficientnet-lite0 weights
   (``eval/peer_anomalib.py``), per image, where it runs.
 
 Medians of ``--repeats`` rounds in one process, the settings interleaved round-robin so that the load of the shared
 machine (2 cores, other jobs running: the 1-minute load average is printed beside every row) hits them alike.
 
-    PYTHONPATH=. nice python eval/bench_speed.py [--images 24] [--repeats 3] [--threads 2]
+    PYTHONPATH=. nice python eval/bench_speed.py [--images 24] [--repeats 3] [--threads 2] [--data coins]
+        [--runs onnx openvino] [--no-knobs] [--out eval/results/speed_coins.md]
 """
 
 from __future__ import annotations
