@@ -69,6 +69,8 @@ def test_fit_detect_eval_round_trip(category, tmp_path):
     assert result.exit_code == 1, result.output  # 1 = some inputs failed; the others are still written
     assert "skipped" in result.output and "broken.png" in result.output
     assert "patchcore on efficientnet-lite0" in result.output
+    assert re.search(r"wrote 2 results to \S+ in [0-9.]+ s \([0-9.]+ images/s, files written\); 1 skipped",
+                     " ".join(result.output.split())), result.output  # the rate a user can compare runtimes by
     records = sorted((tmp_path / "det").glob("*.json"))
     assert len(records) == 2 and len(list((tmp_path / "det").glob("*_overlay.png"))) == 2
     rec = json.loads(records[0].read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import typer
@@ -200,10 +201,12 @@ def detect(
     runner = create_engine(engine, Pipeline(det), PipelineSpec(model, threshold=threshold, runtime=runtime,
                                                                runtime_settings=settings),
                            address=address, batch_size=batch_size)
+    t0 = time.perf_counter()
     with progress_bar() as progress:
         handle = progress.add_task("detecting", total=None)
         results = detect_images(images, det, out, engine=runner, on_total=lambda n: progress.update(handle, total=n),
                                 progress=lambda n: progress.advance(handle, n))
+    seconds = time.perf_counter() - t0
     table = Table(title=f"{len(results)} images, model {model}")
     for col in ("image", "score", "verdict", "regions"):
         table.add_column(col)
@@ -219,7 +222,9 @@ def detect(
     for r in failed:
         console.print(f"[yellow]skipped[/yellow] {r.path}: {r.error}", soft_wrap=True)
     skipped = f"; {len(failed)} skipped" if failed else ""
-    console.print(f"wrote {len(results) - len(failed)} results to {out}/{skipped}")
+    written = len(results) - len(failed)
+    rate = f" ({written / seconds:.1f} images/s, files written)" if written and seconds > 0 else ""
+    console.print(f"wrote {written} results to {out}/ in {seconds:.1f} s{rate}{skipped}")
     if failed or not results:
         raise typer.Exit(1)
 
