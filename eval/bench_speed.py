@@ -428,7 +428,15 @@ def main(argv: list[str] | None = None) -> None:
                     help="the batched runtime rows (the old path and torch batch 1 always run)")
     ap.add_argument("--no-knobs", action="store_true", help="skip the runtime-settings rounds")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--write-set", type=Path, metavar="DIR",
+                    help="only write the --data set as an MVTec-layout folder DIR/<set> and exit (to run 'vlm-ad eval' "
+                         "on the same files)")
     args = ap.parse_args(argv)
+    if args.write_set:
+        if args.data == "magnetic":
+            ap.error("--write-set needs a dev-suite set: --data coins|gray-elongated|...")
+        print(_write_suite_set(args.data, args.write_set))
+        return
     args.command = "PYTHONPATH=. nice python eval/bench_speed.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     torch.set_num_threads(args.threads)
