@@ -69,24 +69,21 @@ def _write_suite_set(name: str, root: Path) -> Path:
     """A set of eval/bench_generalization.py's dev suite written as an MVTec-layout folder of PNG files (a grey set as
     one-channel files, as a grayscale camera writes them), so that decode is timed as on a user's files."""
     from bench_generalization import load_suite
-    from PIL import Image
+
+    from vlm_ad.data import save_png
+
+    def one_channel_if_grey(img: np.ndarray) -> np.ndarray:
+        return img[..., 0] if (img == img[..., :1]).all() else img
 
     train, test = load_suite()[name]()
     out = root / name
-
-    def save(img: np.ndarray, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grey = bool((img[..., 0] == img[..., 1]).all() and (img[..., 0] == img[..., 2]).all())
-        Image.fromarray(img[..., 0] if grey else img).save(path)
-
     for i, s in enumerate(train):
-        save(s.image, out / "train" / "good" / f"{i:03d}.png")
+        save_png(out / "train" / "good" / f"{i:03d}.png", one_channel_if_grey(s.image))
     for i, s in enumerate(test):
         kind = s.defect_type if s.label == 1 else "good"
-        save(s.image, out / "test" / kind / f"{i:03d}.png")
+        save_png(out / "test" / kind / f"{i:03d}.png", one_channel_if_grey(s.image))
         if s.label == 1:
-            (out / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
-            Image.fromarray((s.mask > 0).astype(np.uint8) * 255).save(out / "ground_truth" / kind / f"{i:03d}_mask.png")
+            save_png(out / "ground_truth" / kind / f"{i:03d}_mask.png", s.mask > 0)
     return out
 
 
