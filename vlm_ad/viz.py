@@ -52,7 +52,7 @@ def _lut32() -> np.ndarray:
 
 def colorize(values: np.ndarray, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
     """Map an (H, W) float array to (H, W, 3) uint8 colours; ``vmin``/``vmax`` default to the array's range.
-    NaN takes the first colour; the colours are :func:`_lut`'s, looked up one packed word per pixel: 0.13-0.18x the
+    NaN takes the first colour; the colours are :func:`_lut`'s, looked up one packed word per pixel: 0.13-0.20x the
     time of a gather of RGB rows on the overlays of four sets, the same colours (eval/results/png.md)."""
     v = np.asarray(values, dtype=np.float32)
     lo = float(np.min(v)) if vmin is None else vmin
@@ -123,7 +123,7 @@ def png_bytes(image: np.ndarray, *, compress_level: int = 1) -> bytes:
     Pillow's 6: on magnetic_tile overlays it encodes 4x faster (11 vs 47 ms, once the largest cost of detect per
     image) for files 16% larger. Where OpenCV is installed (the ``export`` extra of the fast runtimes) an RGB image
     is encoded by it with zlib's Huffman-only strategy and every row under the PNG "average" filter (OpenCV's
-    default tries all five filters on every row): 0.44-0.54x the time of that default on the overlays of four sets
+    default tries all five filters on every row): 0.45-0.57x the time of that default on the overlays of four sets
     (magnetic_tile and synthetic ones up to 1536 x 2048 px), files 0-7% larger, the same pixels
     (eval/results/png.md)."""
     img = np.asarray(image)
