@@ -96,6 +96,26 @@ def test_backbone_when_none_is_given_is_the_detectors_measured_default(tmp_path)
     assert _backbone(None, tmp_path, "adapted") is None  # the adapter's own
 
 
+def test_fit_takes_a_plain_folder_of_normal_images_or_train_good_without_a_test_split(category, tmp_path):
+    import shutil
+
+    plain = tmp_path / "good_parts"
+    shutil.copytree(category / "train" / "good", plain)
+    (plain / "notes.txt").write_text("not an image")  # ignored: not an image file name
+    out = _ok(runner.invoke(app, ["fit", str(plain), "--out", str(tmp_path / "m1"), "-o", "image_size=96"]))
+    assert "all taken as normal" in out and "fitting on all 4 of 4" in out
+    assert (tmp_path / "m1" / "detector.json").is_file()
+    only_train = tmp_path / "only_train"
+    shutil.copytree(category / "train", only_train / "train")  # an MVTec layout with no test/ yet
+    out = _ok(runner.invoke(app, ["fit", str(only_train), "--shots", "2", "--out", str(tmp_path / "m2"),
+                                  "-o", "image_size=96"]))
+    assert "fitting on 2 of 4" in out and (tmp_path / "m2" / "detector.json").is_file()
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["fit", str(tmp_path / "empty"), "--out", str(tmp_path / "m3")])
+    assert result.exit_code != 0 and "MVTec AD layout" in str(result.exception)
+    assert not (tmp_path / "m3").exists()
+
+
 def test_clear_errors(tmp_path):
     result = runner.invoke(app, ["fit", str(tmp_path / "nope"), "--out", str(tmp_path / "m")])
     assert result.exit_code != 0 and "does not exist" in str(result.exception)

@@ -20,6 +20,8 @@ from vlm_ad.errors import ConfigError
 console = Console()
 
 DATA_HELP = "An MVTec-layout category folder (train/good, test/<type>, ground_truth/<type>) or 'textile'."
+FIT_DATA_HELP = ("The normal images to fit on: an MVTec-layout category folder (its train/good; no test split needed), "
+                 "a plain folder of normal images (all its image files, not sub-folders), or 'textile'.")
 SHOTS_HELP = "Normal training images: omitted = all, K = K drawn with --seed, 0 = zero-shot (no normal image)."
 OPTION_HELP = "Detector option KEY=VALUE, e.g. -o coreset=0.05 (repeatable)."
 ADAPTER_HELP = ("With --detector adapted: an adapter folder written by 'vlm-ad adapt' "

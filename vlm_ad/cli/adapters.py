@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from vlm_ad.cli._common import DATA_HELP, console, progress_bar
+from vlm_ad.cli._common import FIT_DATA_HELP, console, progress_bar
 from vlm_ad.errors import ConfigError
 
 library_app = typer.Typer(help="A labelled-defect library that names detected regions (add, show, name).",
@@ -90,7 +90,7 @@ def library_name(
 
 
 def adapt(
-    data: str = typer.Argument(..., help=DATA_HELP),
+    data: str = typer.Argument(..., help=FIT_DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Adapter folder, e.g. adapters/NAME."),
     images: int = typer.Option(32, min=2, help="Normal training images used (drawn with --seed)."),
     epochs: int = typer.Option(6, min=1),
@@ -107,11 +107,11 @@ def adapt(
     Use it with: vlm-ad eval DATA --detector adapted --backbone dinov2-s14 --adapter OUT
     """
     from vlm_ad.adapt import AdaptConfig, train_adapter
-    from vlm_ad.data import open_data, select_shots
+    from vlm_ad.data import open_train, select_shots
 
     cfg = AdaptConfig(epochs=epochs, steps_per_epoch=steps, batch_size=batch_size, rank=rank, seed=seed,
                       lora_blocks=tuple(int(b) for b in blocks.split(",")), image_size=image_size)
-    train, _ = open_data(data, seed=seed)
+    train, _ = open_train(data, seed=seed)
     normal = [s.image for s in select_shots(train, images, seed)]
     with progress_bar() as progress:
         task = progress.add_task("adapting", total=cfg.epochs * cfg.steps_per_epoch)

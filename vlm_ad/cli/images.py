@@ -13,6 +13,7 @@ from rich.table import Table
 from vlm_ad.cli._common import (
     ADAPTER_HELP,
     DATA_HELP,
+    FIT_DATA_HELP,
     OPTION_HELP,
     SHOTS_HELP,
     ReasonerOptions,
@@ -143,7 +144,7 @@ def _backbone(backbone: str | None, adapter: Path | None, detector: str = "patch
 
 
 def fit(
-    data: str = typer.Argument(..., help=DATA_HELP),
+    data: str = typer.Argument(..., help=FIT_DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Folder to save the fitted model in."),
     detector: str = typer.Option("patchcore", help="Detector name (see 'vlm-ad detectors')."),
     backbone: str = typer.Option(None, help="Backbone name (see 'vlm-ad backbones'); default efficientnet-lite0 "
@@ -157,13 +158,16 @@ def fit(
 
     Example: vlm-ad fit ../shared/data/magnetic_tile --shots 8 --out models/tile-8shot
 
+    A plain folder of normal images works too: vlm-ad fit my_good_parts/ --out models/parts
+
     With an adapter: vlm-ad fit DATA --detector adapted --backbone dinov2-s14 --adapter adapters/NAME --out DIR
     """
-    from vlm_ad.data import open_data, select_shots
+    from vlm_ad.data import open_train, select_shots
     from vlm_ad.evaluation.run import fit_detector
 
-    train, _ = open_data(data, seed=seed)
+    train, source = open_train(data, seed=seed)
     n = len(select_shots(train, shots, seed))
+    console.print(f"normal images: {source}; fitting on {'all ' if shots is None else ''}{n} of {len(train)}")
     with progress_bar() as progress:
         det, seconds = fit_detector(train, detector=detector, backbone=_backbone(backbone, adapter, detector),
                                     shots=shots, seed=seed, progress=task(progress, "embedding normal images", n),

@@ -19,7 +19,7 @@ from __future__ import annotations
 from vlm_ad.data.base import DatasetItem, ImageDataset
 from vlm_ad.data.images import IMAGE_EXTENSIONS, is_image_file, load_image, load_mask, save_png
 from vlm_ad.data.mvtec import ImageFolder, MVTecDataset
-from vlm_ad.data.splits import TEXTILE, open_data, select_shots
+from vlm_ad.data.splits import TEXTILE, open_data, open_train, select_shots
 from vlm_ad.data.synthetic import (
     BUILTIN_SOURCES,
     DEFECT_TYPES,
@@ -50,6 +50,7 @@ __all__ = [
     "load_source",
     "make_defect",
     "open_data",
+    "open_train",
     "random_crop",
     "read_references",
     "save_png",

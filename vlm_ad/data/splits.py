@@ -10,7 +10,7 @@ from vlm_ad.data.textile import TextileDataset
 from vlm_ad.errors import ConfigError
 from vlm_ad.types import Sample
 
-__all__ = ["TEXTILE", "open_data", "select_shots"]
+__all__ = ["TEXTILE", "open_data", "open_train", "select_shots"]
 
 TEXTILE = "textile"  # the DATA name of the embedded textile benchmark
 
@@ -26,6 +26,26 @@ def open_data(data: str | Path, *, textile_test: int | None = None, seed: int = 
     if str(data) == TEXTILE:
         return TextileDataset("train", seed=seed), TextileDataset("test", seed=seed, limit_test=textile_test)
     return MVTecDataset(data, "train"), MVTecDataset(data, "test")
+
+
+def open_train(data: str | Path, *, seed: int = 0) -> tuple[ImageDataset, str]:
+    """The normal training images to fit on, and a line saying where they came from.
+
+    ``"textile"``: the benchmark's training split; a folder with ``train/good``: those images (no ``test`` split
+    needed to fit); any other folder that holds image files (not looking into sub-folders): all of them, taken as
+    normal. Anything else raises the MVTec-layout error of :class:`~vlm_ad.data.mvtec.MVTecDataset`.
+    """
+    from vlm_ad.data.images import is_image_file
+    from vlm_ad.data.mvtec import ImageFolder
+
+    if str(data) == TEXTILE:
+        return TextileDataset("train", seed=seed), "the textile benchmark's training split"
+    root = Path(data)
+    if (root / "train" / "good").is_dir() or not root.is_dir():
+        return MVTecDataset(root, "train"), f"{root / 'train' / 'good'}"
+    if (root / "test").is_dir() or not any(p.is_file() and is_image_file(p) for p in root.iterdir()):
+        return MVTecDataset(root, "train"), f"{root / 'train' / 'good'}"  # its layout error says what is missing
+    return ImageFolder(root, label=0), f"every image file in {root} (no train/good/ there: all taken as normal)"
 
 
 def select_shots(train: ImageDataset, shots: int | None, seed: int) -> list[Sample]:
