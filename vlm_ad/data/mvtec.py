@@ -189,7 +189,8 @@ class ImageFolder(ImageDataset):
                 where = "or its sub-folders " if recursive else ""
                 raise EmptyDatasetError(
                     f"{path} {where}holds no image files (looked for {', '.join(IMAGE_EXTENSIONS)})"
-                    + ("" if recursive else "; pass recursive=True to look into sub-folders")
+                    + ("" if recursive else "; sub-folders are not looked into: pass them as well (from Python: "
+                                            "recursive=True)")
                 )
             pairs = [(p.relative_to(path).as_posix(), p) for p in files]
         super().__init__([DatasetItem(i, p, label, dtype, None) for i, p in pairs])
