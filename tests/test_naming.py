@@ -121,6 +121,45 @@ def test_map_lens_names_a_region_cut_from_a_map_like_its_examples_seen_that_way(
         DefectLibrary(lens=0.7)
 
 
+def test_patches_mode_names_a_blurred_map_core_by_its_patches_and_round_trips(tmp_path):
+    """'patches': the DINOv2 patches a region covers vote for their nearest labelled patches. A map core is a blob
+    wider than the defect (here a thin dark crack seen as a dilated band): named by what its patches show, not by
+    its outline, and the same after save / load. Leave-one-out excludes an example's own patches."""
+    from scipy import ndimage
+
+    crops = texture_crops(6, 112, seed=0)
+    lib = DefectLibrary(features="patches", k=3)
+    for i in range(3):
+        img, line = crops[i].copy(), np.zeros((112, 112), bool)
+        line[40 + 10 * i : 43 + 10 * i, 10:100] = True
+        img[line] = 20
+        lib.add(img, line, "crack", f"test/crack/{i:03d}")
+        img, disc = crops[3 + i].copy(), np.zeros((112, 112), bool)
+        yy, xx = np.mgrid[:112, :112]
+        disc = (yy - 56) ** 2 + (xx - 30 - 20 * i) ** 2 <= 14 ** 2
+        img[disc] = (220, 40, 40)
+        lib.add(img, disc, "stain", f"test/stain/{i:03d}")
+    assert lib.patches.shape[1] == 768 and set(lib.patch_owner.tolist()) == set(range(6))
+    q = texture_crops(1, 112, seed=5)[0].copy()
+    crack = np.zeros((112, 112), bool)
+    crack[70:73, 15:95] = True
+    q[crack] = 20
+    blob = ndimage.binary_dilation(crack, iterations=8)  # a core cut from a blurred map: far wider than the crack
+    res = lib.name(q, blob, from_map=True)
+    assert res.name == "crack" and res.example_id.startswith("test/crack/") and res.votes["crack"] > 0.5
+    assert f"like {res.example_id}" in res.explanation
+    lib.save(tmp_path / "lib")
+    again = DefectLibrary.load(tmp_path / "lib")
+    np.testing.assert_allclose(again.patches, lib.patches)
+    assert again.name(q, blob, from_map=True) == res
+    d, _ = lib.describe(q, blob)
+    patches, cover = lib._region_patches(q, blob)
+    alone = lib.name_patches(d, patches, cover, exclude=[lab != "stain" for lab in lib.labels])
+    assert alone.name == "stain"  # only the stain examples were left to vote
+    with pytest.raises(ConfigError, match="name_patches"):
+        lib.name_described(d, None)
+
+
 def test_library_errors():
     with pytest.raises(DataError, match="library is empty"):
         DefectLibrary(features="descriptors").name(_paint(_disc(), 40), _disc())
@@ -156,7 +195,8 @@ def test_cli_library_add_and_eval_naming(tmp_path):
     r = runner.invoke(app, ["library", "add", str(tmp_path / "lib"), "--from", str(root)])
     assert r.exit_code == 0, r.output
     lib = DefectLibrary.load(tmp_path / "lib")
-    assert lib.summary() == {"hole": 1, "scratch": 2} and lib.features == "combined" and lib.deep.shape == (3, 768)
+    assert lib.summary() == {"hole": 1, "scratch": 2} and lib.features == "patches" and lib.patches.shape[1] == 768
+    assert set(lib.patch_owner.tolist()) == {0, 1, 2}
     r = runner.invoke(app, ["library", "name", str(tmp_path / "lib"), "--image", str(root / "test/hole/000.png"),
                             "--mask", str(root / "ground_truth/hole/000.png")])
     assert r.exit_code == 0 and "named " in r.output, r.output

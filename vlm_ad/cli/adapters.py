@@ -23,7 +23,7 @@ def _open_library(path: Path, features: str | None):
         if features and features != lib.features:
             raise ConfigError(f"{path} uses {lib.features!r} features, not {features!r}; use another folder")
         return lib
-    return DefectLibrary(features=features or "combined")
+    return DefectLibrary(features=features or "patches")
 
 
 @library_app.command("add")
@@ -34,7 +34,8 @@ def library_add(
     image: Path = typer.Option(None, help="One labelled example: its image file..."),
     mask: Path = typer.Option(None, help="...its region mask file..."),
     label: str = typer.Option(None, help="...and its defect name."),
-    features: str = typer.Option(None, help="New library only: combined (default), descriptors or deep."),
+    features: str = typer.Option(None, help="New library only: patches (default: names the regions a detector's "
+                                 "map shows best), combined (best on exact masks), descriptors or deep."),
     seed: int = typer.Option(0, help="Seed for choosing --per-type examples."),
 ) -> None:
     """Add labelled defect regions to a library, from a dataset's test/<type> folders or one image + mask + label.

@@ -129,11 +129,14 @@ def evaluate_qa(samples: Sequence[Sample], maps: Sequence[AnomalyMap], pipeline:
 
 def qa_on_data(data: Any, detector: Any, test: Any, maps: Sequence[AnomalyMap], reasoner: Any, *,
                shots_per_type: int = 3, seed: int = 0, progress: Callable[[int], None] | None = None,
-               core_level: float | None = CORE_LEVEL) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+               core_level: float | None = CORE_LEVEL, library_features: str = "patches"
+               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """:func:`evaluate_qa` on an MVTec-layout folder: when it has two or more masked defect types, a labelled-defect
     library of ``shots_per_type`` examples per type (drawn with ``seed``) names regions for the ``type`` questions,
     and the library's own images are left out of the questions (no answer is looked up from itself).
-    ``core_level``: see :class:`~vlm_ad.pipeline.Pipeline` (None: the rules before region cores, a baseline)."""
+    ``core_level``: see :class:`~vlm_ad.pipeline.Pipeline` (None: the rules before region cores, a baseline).
+    ``library_features``: the library's ``features`` (:class:`~vlm_ad.naming.DefectLibrary`): ``patches`` names the
+    map's regions best (type 0.675 vs 0.508 by descriptors on the synthetic dev suite: eval/results/qa.md)."""
     from pathlib import Path
 
     from vlm_ad.pipeline import Pipeline
@@ -145,12 +148,13 @@ def qa_on_data(data: Any, detector: Any, test: Any, maps: Sequence[AnomalyMap], 
     if len(types) > 1 and root.is_dir():
         from vlm_ad.naming import DefectLibrary
 
-        namer = DefectLibrary(features="descriptors").add_mvtec(root, per_type=shots_per_type, seed=seed)
+        namer = DefectLibrary(features=library_features).add_mvtec(root, per_type=shots_per_type, seed=seed)
         held = set(namer.example_ids)
     pipeline = Pipeline(detector, reasoner, namer=namer, exemplar_root=root if root.is_dir() else None,
                         core_level=core_level)
     asked = [s for s in samples if s.image_id not in held]
     metrics, rows = evaluate_qa(asked, maps, pipeline, defect_types=types, progress=progress)
     metrics |= {"qa_reasoner": getattr(reasoner, "name", str(reasoner)), "qa_library_shots_per_type":
-                shots_per_type if namer is not None else 0, "qa_images": len(asked)}
+                shots_per_type if namer is not None else 0, "qa_library_features": library_features,
+                "qa_images": len(asked)}
     return metrics, rows
