@@ -90,6 +90,11 @@ def test_evidence_uses_the_exemplar_patch_when_available():
     assert c.reference == "exemplar" and c.reference_id == "train/good/000.png" and c.intensity_delta < -50
     missing = build_evidence(amap, image, load_exemplar=lambda i: None, grid_shape=(8, 8))
     assert missing.regions[0].contrast.reference == "ring" and "not available" in missing.notes[0]
+    # a hit whose cell lies outside the exemplar's grid (an exemplar seen at another input shape): the window is
+    # clamped into the image, never empty, so the contrast is a number, not NaN
+    coarse = build_evidence(amap, image, load_exemplar=lambda i: normal, grid_shape=(2, 2))
+    c = coarse.regions[0].contrast
+    assert c.reference == "exemplar" and np.isfinite(c.intensity_delta) and np.isfinite(c.texture_ratio)
 
 
 def test_normal_image_has_no_regions():

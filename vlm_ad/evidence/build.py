@@ -102,7 +102,9 @@ def _exemplar_patch(exemplar: np.ndarray, hit: ExemplarHit, grid: tuple[int, int
     """The exemplar window of the region's relative size, centred on the hit's patch: (h, w) grey and gradient."""
     gray = _gray(exemplar)
     h, w = gray.shape
-    cy, cx = (hit.row + 0.5) / grid[0] * h, (hit.col + 0.5) / grid[1] * w
+    # inside the image even when the hit's cell lies outside this grid (an exemplar seen at another input shape)
+    cy = min(max((hit.row + 0.5) / grid[0] * h, 0.0), h - 1.0)
+    cx = min(max((hit.col + 0.5) / grid[1] * w, 0.0), w - 1.0)
     hh, hw = max(4.0, box_frac[0] * h / 2), max(4.0, box_frac[1] * w / 2)
     y0, y1 = int(max(0, cy - hh)), int(min(h, cy + hh + 1))
     x0, x1 = int(max(0, cx - hw)), int(min(w, cx + hw + 1))
