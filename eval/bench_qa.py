@@ -293,16 +293,18 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
              f"leave-image-out scores), sizes from each region's core at level {SIZE_LEVEL} less the same core of the "
              "map the detector draws for one anomalous patch (`size_pct`, `vlm_ad.evidence.build.SIZE_LEVEL`, "
              "`Detector.point_spread`), \"small\" when nothing exceeds the threshold, defect names "
-             f"of the core at level {CORE_LEVEL} (`vlm_ad.evidence.build.region_core`) against the library examples "
-             "seen through the map lens (`vlm_ad.naming.map_lens`, sigma "
-             f"{MAP_LENS} of the longer side). `{OLD}` (baseline): threshold q99, sizes and names from the whole "
+             f"of the core at level {CORE_LEVEL} (`vlm_ad.evidence.build.region_core`) by the library's `patches` "
+             "mode (each DINOv2 patch of the core votes for the label of its nearest patch among the examples'). "
+             f"`{DESCRIPTOR_NAMER}` (`--descriptor-namer`): the same, but names by the examples' descriptors seen "
+             f"through the map lens (`vlm_ad.naming.map_lens`, sigma {MAP_LENS} of the longer side; 3-NN), the rule "
+             f"before. `{OLD}` (baseline): threshold q99, sizes and names (descriptors) from the whole "
              "region above the threshold. "
              "Every rule was chosen on the synthetic dev suite (qa_rules.md); magnetic_tile is held out. Type "
-             "questions use a labelled-defect library (descriptors, 3-NN) of 3 examples per type (seed 0) whose images "
+             "questions use a labelled-defect library of 3 examples per type (seed 0) whose images "
              "are not asked about. Accuracy counts an abstention (a reply naming no option) as wrong; chance = mean 1 "
-             "/ options. Rows marked * are from an earlier run (their evidence had the rules of that run: sizes from "
-             "the core at 0.7 with no point spread taken off, or, the oldest, the old rules), kept because LLM runs "
-             "are slow here.", "",
+             "/ options. Rows marked * are from an earlier run (their evidence had the rules of that run: names by "
+             "descriptors through the map lens; sizes from the core at 0.7 with no point spread taken off, or, the "
+             "oldest, the old rules), kept because LLM runs are slow here.", "",
              "| data | reasoner | images | questions | accuracy | " + " | ".join(
                  f"{k} (chance)" for k in KINDS) + " | abstain where/size | s per answer |",
              "| --- " * (7 + len(KINDS)) + "|"]
@@ -363,7 +365,8 @@ def render_rules(rules: list[dict]) -> None:
               f"{tile['detected']:.2f}" if tile else "-"]
     shipped = {"verdict": f"verdict {dev[0]['threshold_rule']} bal", "where": "where region centroid (old)",
                "size": f"size core {SIZE_LEVEL} minus blur, small when missed",
-               "type": f"type core {CORE_LEVEL} + map lens {MAP_LENS}, k=3"}
+               "type": f"type core {CORE_LEVEL}, patch vote"}  # the library's 'patches' mode (before: descriptors
+    # through the map lens, `type core 0.7 + map lens 0.04, k=3`)
     lines += ["", "Shipped rule vs the best candidate on the dev suite, per kind (differences of a few hundredths are "
               "a few questions: about 270 yes/no, 310 where/size and 160 type questions in the dev suite):", ""]
     for kind, rule in shipped.items():
