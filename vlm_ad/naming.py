@@ -260,7 +260,7 @@ class DefectLibrary:
             ``"descriptors"`` (interpretable only, no backbone), ``"deep"`` (DINOv2 pooled over the region) or
             ``"combined"`` (both: best on exact ground-truth masks, ``eval/results/naming.md``). The explanation
             always cites the descriptors and the example.
-        k: neighbours that vote.
+        k: neighbours that vote (not in ``"patches"`` mode, where every covered patch votes).
         deep_weight: weight of the deep distance in ``"combined"`` mode.
         encoder: a :class:`DeepRegionEncoder` to reuse (built lazily when deep features are needed).
         lens: sigma of the :func:`map_lens` the examples are also described through, as a share of the longer side.
