@@ -99,10 +99,11 @@ def naming(rows: list[dict]) -> list[str]:
                        + " | ".join(_f(sum(r[k] for r in rs) / len(rs)) for k in keys) + " |")
     out += ["", "(f) is the library's `patches` mode (vlm_ad.naming), which the product now uses: the patch votes "
             "(c, d, f) beat the map core's descriptors (a) and the library's default before, (e), on both dev groups "
-            "and on magnetic_tile. (c) and (d) tie on the dev suite; (d)'s DINOv2 patches were built, as (f), because "
-            "they live in the library and so work with every detector. (c), the detector's own features at the map's "
-            "strongest cells, names magnetic_tile's defects best (0.568): a lead for a later change, not chosen on "
-            "magnetic_tile. The QA benchmark measures the product path itself (eval/results/qa.md).", ""]
+            "and on magnetic_tile. (c) and (d) tied on the first 8 dev sets; (d)'s DINOv2 patches were built, as (f), "
+            "because they live in the library and so work with every detector, and (f) is ahead of (c) on both dev "
+            "groups. (c), the detector's own features at the map's strongest cells, names magnetic_tile's defects "
+            "best (0.568): a lead for a later change, not a choice made on magnetic_tile. The QA benchmark measures "
+            "the product path itself (eval/results/qa.md).", ""]
     return out
 
 
