@@ -281,13 +281,19 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
     command = (f"PYTHONPATH=. python eval/bench_qa.py --llm-images {args.llm_images}"
                f"{' --llm ' + ' '.join(args.llm) if args.llm != ['smollm2'] and args.llm_images else ''}"
                f"{' --same-images' if args.same_images else ''}{' --llm-only' if args.llm_only else ''}"
-               f"{' --keep' if args.keep else ''}")
-    if args.oracle or args.full_shot:  # adds its rows only: the other rows keep the command that made them
-        old = re.search(r"^Command: `([^`]*)`", (RESULTS / "qa.md").read_text() if (RESULTS / "qa.md").is_file()
-                        else "", re.M)
-        command = old.group(1) if old else command
+               f"{' --oracle' if args.oracle else ''}{' --full-shot' if args.full_shot else ''}"
+               f"{' --descriptor-namer' if args.descriptor_namer else ''}"
+               f"{f' --threads {args.threads}' if args.threads != 2 else ''}{' --keep' if args.keep else ''}")
+    # a run that redoes some rows only (--keep with a partial flag, or --render) adds its command to those of the
+    # runs that made the other rows; a full run starts the list again
+    before = (RESULTS / "qa.md").read_text() if (RESULTS / "qa.md").is_file() else ""
+    found = re.search(r"^Commands?(?:, in order)?: (.*?)\. Detector:", before, re.M)
+    earlier = re.findall(r"`([^`]*)`", found.group(1)) if found else []
+    partial = args.keep and (args.llm_only or args.oracle or args.full_shot or args.descriptor_namer)
+    commands = earlier if args.render and earlier else \
+        [c for c in earlier if c != command] + [command] if partial else [command]
     lines = ["# Question answering (multiple choice) through the chat loop", "",
-             f"Command: `{command}`. "
+             "Commands, in order: " + ", then ".join(f"`{c}`" for c in commands) + ". "
              "Detector: PatchCore, efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0. "
              f"`{NEW}`: the product's rules: the detector's default threshold rule (mean + 1 sd of the normal shots' "
              f"leave-image-out scores), sizes from each region's core at level {SIZE_LEVEL} less the same core of the "
