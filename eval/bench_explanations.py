@@ -116,8 +116,9 @@ def write_results(rows: list[dict]) -> None:
            "subset, max_retries 1, on_ungrounded=flag, 384 new tokens at most, texts constrained to the evidence's "
            "numbers by the reply schema's grammar, the verdict decoded as the measured one (and no location when no "
            "region is above the threshold). `library (patches)`: the labelled-defect library in its default mode "
-           "(vlm_ad.naming: a region's DINOv2 patches vote for their nearest labelled patches); `library`: by "
-           "descriptors (the rows of runs before that default)."]
+           "(vlm_ad.naming: a region's DINOv2 patches vote for their nearest labelled patches); "
+           "`library (descriptors)`: the same examples naming by descriptors through the map lens "
+           "(`--library-features descriptors --llm-subset 0 --append`), the default before."]
     if any(r.get("earlier_run") for r in rows):
         md[-1] += (" Rows marked * are from an earlier run, before the number constraint (kept where the new run did "
                    "not redo them: SmolLM2 took minutes per explanation on the shared cores).")
