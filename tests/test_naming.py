@@ -197,6 +197,8 @@ def test_cli_library_add_and_eval_naming(tmp_path):
     lib = DefectLibrary.load(tmp_path / "lib")
     assert lib.summary() == {"hole": 1, "scratch": 2} and lib.features == "patches" and lib.patches.shape[1] == 768
     assert set(lib.patch_owner.tolist()) == {0, 1, 2}
+    r = runner.invoke(app, ["library", "show", str(tmp_path / "lib")])
+    assert r.exit_code == 0 and f"{len(lib.patch_owner)} patches vote" in " ".join(r.output.split()), r.output
     r = runner.invoke(app, ["library", "name", str(tmp_path / "lib"), "--image", str(root / "test/hole/000.png"),
                             "--mask", str(root / "ground_truth/hole/000.png")])
     assert r.exit_code == 0 and "named " in r.output, r.output

@@ -64,14 +64,21 @@ def library_add(
 @library_app.command("show")
 def library_show(library: Path = typer.Argument(..., help="Library folder.")) -> None:
     """List a library's labels, example counts and features."""
+    import numpy as np
+
     from vlm_ad.naming import DefectLibrary
 
     lib = DefectLibrary.load(library)
-    table = Table(title=f"{library} ({lib.features} features, k = {lib.k})")
+    how = f"{len(lib.patch_owner)} patches vote" if lib.uses_patches else f"k = {lib.k}"
+    table = Table(title=f"{library} ({lib.features} features, {how})")
     table.add_column("label")
     table.add_column("examples")
+    if lib.uses_patches:
+        table.add_column("patches")
+    counts = np.bincount(lib.patch_owner, minlength=len(lib)) if lib.uses_patches else None
     for lab, n in lib.summary().items():
-        table.add_row(lab, str(n))
+        extra = [str(int(sum(counts[i] for i, x in enumerate(lib.labels) if x == lab)))] if counts is not None else []
+        table.add_row(lab, str(n), *extra)
     console.print(table)
 
 
