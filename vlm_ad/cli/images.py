@@ -102,7 +102,8 @@ def demo(
                   f"  vlm-ad chat {res.chat_image} --model {res.model_dir}        # ask your own questions\n"
                   f"  vlm-ad report {res.data_dir / 'test'} --model {res.model_dir} --out my-report   "
                   "# explain a folder\n"
-                  "Your own images: vlm-ad fit YOUR_CATEGORY --shots 8 --out my-model (MVTec layout)",
+                  "Your own images: vlm-ad fit YOUR_FOLDER --shots 8 --out my-model (a folder of normal images, or "
+                  "an MVTec-layout category)",
                   soft_wrap=True)  # whole command lines, so they can be copied
 
 
