@@ -96,14 +96,21 @@ def test_backbone_when_none_is_given_is_the_detectors_measured_default(tmp_path)
     assert _backbone(None, tmp_path, "adapted") is None  # the adapter's own
 
 
-def test_fit_takes_a_plain_folder_of_normal_images_or_train_good_without_a_test_split(category, tmp_path):
+def test_fit_takes_a_plain_folder_of_normal_images_or_train_good_without_a_test_split(category, tmp_path,
+                                                                                     monkeypatch):
     import shutil
+
+    from vlm_ad.data.base import ImageDataset
 
     plain = tmp_path / "good_parts"
     shutil.copytree(category / "train" / "good", plain)
     (plain / "notes.txt").write_text("not an image")  # ignored: not an image file name
+    reads = []
+    load = ImageDataset.load
+    monkeypatch.setattr(ImageDataset, "load", lambda self, item: reads.append(item.path) or load(self, item))
     out = _ok(runner.invoke(app, ["fit", str(plain), "--out", str(tmp_path / "m1"), "-o", "image_size=96"]))
     assert "all taken as normal" in out and "fitting on all 4 of 4" in out
+    assert len(reads) == 4  # each image read once (counting the shots reads none)
     assert (tmp_path / "m1" / "detector.json").is_file()
     only_train = tmp_path / "only_train"
     shutil.copytree(category / "train", only_train / "train")  # an MVTec layout with no test/ yet

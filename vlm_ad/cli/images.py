@@ -163,11 +163,11 @@ def fit(
 
     With an adapter: vlm-ad fit DATA --detector adapted --backbone dinov2-s14 --adapter adapters/NAME --out DIR
     """
-    from vlm_ad.data import open_train, select_shots
+    from vlm_ad.data.splits import open_train, shot_indices
     from vlm_ad.evaluation.run import fit_detector
 
     train, source = open_train(data, seed=seed)
-    n = len(select_shots(train, shots, seed))
+    n = len(shot_indices(train, shots, seed))  # counted without reading them: fit_detector reads each image once
     console.print(f"normal images: {source}; fitting on {'all ' if shots is None else ''}{n} of {len(train)}")
     with progress_bar() as progress:
         det, seconds = fit_detector(train, detector=detector, backbone=_backbone(backbone, adapter, detector),
@@ -261,7 +261,8 @@ def eval_cmd(
     """Fit on DATA's normal training images and evaluate on its test split: image AUROC/AP/F1-max and, with
     masks, pixel AUROC/AP, AUPRO (FPR <= 0.3), IoU and pointing game, plus fit time, images/s and peak memory.
     With --explanations, the reasoner options choose who explains."""
-    from vlm_ad.data import open_data, select_shots
+    from vlm_ad.data import open_data
+    from vlm_ad.data.splits import shot_indices
     from vlm_ad.evaluation.run import evaluate_detector, fit_detector, split_mask_problems
 
     if naming:
@@ -269,7 +270,7 @@ def eval_cmd(
 
         return naming_eval(data, shots_per_type=shots_per_type, seed=seed, json_out=json_out)
     train, test = open_data(data, textile_test=textile_test, seed=seed)
-    n = len(select_shots(train, shots, seed))
+    n = len(shot_indices(train, shots, seed))  # counted without reading them: fit_detector reads each image once
     problems = split_mask_problems(test)
     for line in problems[:10]:
         console.print(f"[yellow]mask problem[/yellow] {line}", soft_wrap=True)

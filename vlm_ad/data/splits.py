@@ -10,7 +10,7 @@ from vlm_ad.data.textile import TextileDataset
 from vlm_ad.errors import ConfigError
 from vlm_ad.types import Sample
 
-__all__ = ["TEXTILE", "open_data", "open_train", "select_shots"]
+__all__ = ["TEXTILE", "open_data", "open_train", "select_shots", "shot_indices"]
 
 TEXTILE = "textile"  # the DATA name of the embedded textile benchmark
 
@@ -48,10 +48,15 @@ def open_train(data: str | Path, *, seed: int = 0) -> tuple[ImageDataset, str]:
     return ImageFolder(root, label=0), f"every image file in {root} (no train/good/ there: all taken as normal)"
 
 
-def select_shots(train: ImageDataset, shots: int | None, seed: int) -> list[Sample]:
-    """All normal training images (``shots=None``), none (0), or ``shots`` of them drawn with ``seed``."""
+def shot_indices(train: ImageDataset, shots: int | None, seed: int) -> list[int]:
+    """The indices :func:`select_shots` loads (no image is read)."""
     if shots is None:
-        return [train[i] for i in train.normal_indices()]
+        return train.normal_indices()
     if shots < 0:
         raise ConfigError(f"--shots must be >= 0 (0 = zero-shot), got {shots}")
-    return [] if shots == 0 else [train[i] for i in train.sample_shots(shots, seed=seed)]
+    return [] if shots == 0 else train.sample_shots(shots, seed=seed)
+
+
+def select_shots(train: ImageDataset, shots: int | None, seed: int) -> list[Sample]:
+    """All normal training images (``shots=None``), none (0), or ``shots`` of them drawn with ``seed``."""
+    return [train[i] for i in shot_indices(train, shots, seed)]
