@@ -9,9 +9,7 @@ the share whose map maximum / core centroid falls in the mask centroid's 3 x 3 c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -21,13 +19,13 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from probe_patch_naming import emit, probe_sets  # noqa: E402
+
 from vlm_ad.data import MVTecDataset, open_data  # noqa: E402
 from vlm_ad.detectors.base import resize_map  # noqa: E402
 from vlm_ad.evaluation.run import fit_detector  # noqa: E402
 from vlm_ad.naming import DefectLibrary  # noqa: E402
 from vlm_ad.vocabulary import location_word  # noqa: E402
-
-TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"
 
 
 def cell_fraction(mask: np.ndarray, gh: int, gw: int) -> np.ndarray:
@@ -112,20 +110,8 @@ def main() -> None:
     p.add_argument("--out", help="append each dataset's JSON line to this file too")
     a = p.parse_args()
     torch.set_num_threads(2)
-    sets: dict[str, Path] = {}
-    tmp = Path(tempfile.mkdtemp())
-    if "dev" in a.data:
-        from bench_qa import _dev_sets
-
-        sets |= _dev_sets(tmp)
-    if "magnetic" in a.data and TILE.is_dir():
-        sets["magnetic_tile"] = TILE
-    for name, root in sets.items():
-        line = json.dumps(run(name, root, a.min_frac))
-        print(line, flush=True)
-        if a.out:
-            with open(a.out, "a") as f:
-                f.write(line + "\n")
+    for name, root in probe_sets(a.data).items():
+        emit(run(name, root, a.min_frac), a.out)
 
 
 if __name__ == "__main__":

@@ -115,12 +115,19 @@ def main() -> None:
     p.add_argument("--out", help="append each dataset's JSON line to this file too")
     a = p.parse_args()
     torch.set_num_threads(2)
+    for name, root in probe_sets(a.data).items():
+        emit(run(name, root, a.top), a.out)
+
+
+def probe_sets(names: list[str]) -> dict[str, Path]:
+    """MVTec-layout folders of the probes: ``dev`` (bench_qa's 8 synthetic sets), ``dev-more`` (6 more of the same
+    kind, seeds 2 and 3, generated after the first 8 had been looked at), ``magnetic`` (magnetic_tile, held out)."""
     sets: dict[str, Path] = {}
-    if "dev" in a.data:
+    if "dev" in names:
         from bench_qa import _dev_sets
 
         sets |= _dev_sets(Path(tempfile.mkdtemp()))
-    if "dev-more" in a.data:  # more of the dev suite's kind, other seeds: a tie-breaker never looked at before
+    if "dev-more" in names:
         from vlm_ad.data import DEFECT_TYPES, generate_dataset
 
         tmp = Path(tempfile.mkdtemp())
@@ -128,14 +135,18 @@ def main() -> None:
             sets |= {f"dev/{k}-s{seed}": v for k, v in generate_dataset(
                 tmp / f"dev{seed}", sources=("brick", "grass", "gravel"), n_train=8, n_test_good=14, n_test_per_type=6,
                 types=DEFECT_TYPES, image_size=256, seed=seed).items()}
-    if "magnetic" in a.data and TILE.is_dir():
+    if "magnetic" in names and TILE.is_dir():
         sets["magnetic_tile"] = TILE
-    for name, root in sets.items():
-        line = json.dumps(run(name, root, a.top))
-        print(line, flush=True)
-        if a.out:
-            with open(a.out, "a") as f:
-                f.write(line + "\n")
+    return sets
+
+
+def emit(record: dict, out: str | None) -> None:
+    """Print one dataset's JSON line, and append it to ``out`` when given."""
+    line = json.dumps(record)
+    print(line, flush=True)
+    if out:
+        with open(out, "a") as f:
+            f.write(line + "\n")
 
 
 if __name__ == "__main__":

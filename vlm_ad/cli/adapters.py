@@ -64,7 +64,7 @@ def library_add(
 @library_app.command("show")
 def library_show(library: Path = typer.Argument(..., help="Library folder.")) -> None:
     """List a library's labels, example counts and features."""
-    import numpy as np
+    from collections import Counter
 
     from vlm_ad.naming import DefectLibrary
 
@@ -75,10 +75,9 @@ def library_show(library: Path = typer.Argument(..., help="Library folder.")) ->
     table.add_column("examples")
     if lib.uses_patches:
         table.add_column("patches")
-    counts = np.bincount(lib.patch_owner, minlength=len(lib)) if lib.uses_patches else None
+    patches = Counter(lib.labels[i] for i in lib.patch_owner)
     for lab, n in lib.summary().items():
-        extra = [str(int(sum(counts[i] for i, x in enumerate(lib.labels) if x == lab)))] if counts is not None else []
-        table.add_row(lab, str(n), *extra)
+        table.add_row(lab, str(n), *([str(patches[lab])] if lib.uses_patches else []))
     console.print(table)
 
 

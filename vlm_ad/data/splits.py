@@ -41,11 +41,11 @@ def open_train(data: str | Path, *, seed: int = 0) -> tuple[ImageDataset, str]:
     if str(data) == TEXTILE:
         return TextileDataset("train", seed=seed), "the textile benchmark's training split"
     root = Path(data)
-    if (root / "train" / "good").is_dir() or not root.is_dir():
-        return MVTecDataset(root, "train"), f"{root / 'train' / 'good'}"
-    if (root / "test").is_dir() or not any(p.is_file() and is_image_file(p) for p in root.iterdir()):
-        return MVTecDataset(root, "train"), f"{root / 'train' / 'good'}"  # its layout error says what is missing
-    return ImageFolder(root, label=0), f"every image file in {root} (no train/good/ there: all taken as normal)"
+    plain = (root.is_dir() and not (root / "train" / "good").is_dir() and not (root / "test").is_dir()
+             and any(p.is_file() and is_image_file(p) for p in root.iterdir()))
+    if plain:
+        return ImageFolder(root, label=0), f"every image file in {root} (no train/good/ there: all taken as normal)"
+    return MVTecDataset(root, "train"), str(root / "train" / "good")  # or its layout error, saying what is missing
 
 
 def shot_indices(train: ImageDataset, shots: int | None, seed: int) -> list[int]:
