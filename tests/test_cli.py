@@ -121,6 +121,14 @@ def test_fit_takes_a_plain_folder_of_normal_images_or_train_good_without_a_test_
     result = runner.invoke(app, ["fit", str(tmp_path / "empty"), "--out", str(tmp_path / "m3")])
     assert result.exit_code != 0 and "MVTec AD layout" in str(result.exception)
     assert not (tmp_path / "m3").exists()
+    good = sorted(plain.glob("*.png"))
+    good[0].write_bytes(b"\x89PNG\r\n\x1a\nnot a png")  # two broken normal images: both named in one error
+    good[1].write_bytes(good[2].read_bytes()[:60])
+    result = runner.invoke(app, ["fit", str(plain), "--out", str(tmp_path / "m4"), "-o", "image_size=96"])
+    message = str(result.exception)
+    assert result.exit_code != 0 and "2 of the 4 normal images to fit on cannot be read" in message
+    assert good[0].name in message and good[1].name in message and good[2].name not in message
+    assert not (tmp_path / "m4").exists()
 
 
 def test_clear_errors(tmp_path):

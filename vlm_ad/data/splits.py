@@ -7,7 +7,7 @@ from pathlib import Path
 from vlm_ad.data.base import ImageDataset
 from vlm_ad.data.mvtec import MVTecDataset
 from vlm_ad.data.textile import TextileDataset
-from vlm_ad.errors import ConfigError
+from vlm_ad.errors import ConfigError, ImageReadError
 from vlm_ad.types import Sample
 
 __all__ = ["TEXTILE", "open_data", "open_train", "select_shots", "shot_indices"]
@@ -58,5 +58,20 @@ def shot_indices(train: ImageDataset, shots: int | None, seed: int) -> list[int]
 
 
 def select_shots(train: ImageDataset, shots: int | None, seed: int) -> list[Sample]:
-    """All normal training images (``shots=None``), none (0), or ``shots`` of them drawn with ``seed``."""
-    return [train[i] for i in shot_indices(train, shots, seed)]
+    """All normal training images (``shots=None``), none (0), or ``shots`` of them drawn with ``seed``.
+
+    Every one is read before any fails the call: an :class:`~vlm_ad.errors.ImageReadError` names all the unreadable
+    ones at once (a user fixes the folder in one go, not one file per run)."""
+    samples, bad = [], []
+    for i in shot_indices(train, shots, seed):
+        try:
+            samples.append(train[i])
+        except ImageReadError as exc:
+            bad.append(str(exc))
+    if len(bad) == 1:
+        raise ImageReadError(bad[0])
+    if bad:
+        shown = "\n  ".join(bad[:10]) + (f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise ImageReadError(f"{len(bad)} of the {len(samples) + len(bad)} normal images to fit on cannot be read; "
+                             f"fix or remove them:\n  {shown}")
+    return samples
