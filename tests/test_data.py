@@ -89,6 +89,26 @@ def test_load_image_16_bit_scaled_from_full_range(tmp_path, ext):
     np.testing.assert_array_equal(out[..., 0], [[0, 1, 128], [255, 200, 4]])
 
 
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_load_image_reads_a_12_bit_frame_in_16_bits_by_its_bit_depth(tmp_path, ext, monkeypatch):
+    # a Mono12 camera frame stored unshifted: 0-4095; read as 16-bit it would be 0-16, 17 grey levels
+    a = np.array([[0, 4095, 2048], [1000, 16, 4094]], dtype=np.uint16)
+    Image.fromarray(a).save(tmp_path / f"d{ext}")
+    out = load_image(tmp_path / f"d{ext}")[..., 0]
+    np.testing.assert_array_equal(out, np.rint(a.astype(float) * 255 / 4095))
+    assert out.max() == 255 and len(np.unique(out)) == 5  # 4094 and 4095 both 255
+    Image.fromarray(np.array([[0, 200], [255, 17]], dtype=np.uint16)).save(tmp_path / f"e{ext}")  # 8 bits in 16
+    np.testing.assert_array_equal(load_image(tmp_path / f"e{ext}")[..., 0], [[0, 200], [255, 17]])
+    monkeypatch.setenv("VLM_AD_BIT_DEPTH", "16")  # the override: every file read from the full 16-bit range
+    np.testing.assert_array_equal(load_image(tmp_path / f"d{ext}")[..., 0], np.rint(a.astype(float) / 257))
+    monkeypatch.setenv("VLM_AD_BIT_DEPTH", "10")  # values above the stated depth saturate
+    np.testing.assert_array_equal(load_image(tmp_path / f"d{ext}")[..., 0],
+                                  np.rint(np.minimum(a, 1023).astype(float) * 255 / 1023))
+    monkeypatch.setenv("VLM_AD_BIT_DEPTH", "twelve")
+    with pytest.raises(ConfigError, match="VLM_AD_BIT_DEPTH must be a whole number of bits"):
+        load_image(tmp_path / f"d{ext}")
+
+
 def test_load_image_float_tiff_and_bmp_and_jpeg(tmp_path, write_image):
     Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)).save(tmp_path / "f.tif")
     np.testing.assert_array_equal(load_image(tmp_path / "f.tif")[..., 0], [[0, 128], [255, 64]])

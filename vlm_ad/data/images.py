@@ -5,8 +5,10 @@ Images are returned as ``(H, W, 3)`` ``uint8`` RGB whatever the file holds:
 * grayscale (``L``, ``1``) is repeated into three channels;
 * palette images go through their palette (transparency included);
 * alpha (``RGBA``, ``LA``, ``PA``) is composited onto black, so fully transparent pixels read as black;
-* 16-bit and 32-bit integer images are scaled from the full 16-bit range (``value / 257``), float images
-  in [0, 1] are scaled by 255 and other float ranges are min-max stretched;
+* 16-bit and 32-bit integer (single-channel) images are scaled from the range of their bit depth: 8, 12 or 16
+  bits, the smallest that holds the image's largest value (a 12-bit camera frame stored in a 16-bit PNG or TIFF
+  uses 0-4095; read as 16-bit it would keep 16 grey levels), or ``$VLM_AD_BIT_DEPTH`` when set (see
+  :func:`bit_depth`); float images in [0, 1] are scaled by 255 and other float ranges are min-max stretched;
 * CMYK, YCbCr, LAB and other modes are converted by Pillow;
 * the EXIF orientation tag is applied (the array is what a viewer shows);
 * multi-frame files (TIFF, GIF) give their first frame.
@@ -30,7 +32,7 @@ from PIL import Image, ImageOps
 from vlm_ad._cache import atomic_write_bytes
 from vlm_ad.errors import ConfigError, ImageReadError, ImageTooLargeError, MaskError
 
-__all__ = ["IMAGE_EXTENSIONS", "is_image_file", "load_image", "load_mask", "save_png"]
+__all__ = ["IMAGE_EXTENSIONS", "bit_depth", "is_image_file", "load_image", "load_mask", "save_png"]
 
 PathLikeStr = Union[str, PathLike]
 T = TypeVar("T")
@@ -87,7 +89,7 @@ def _read(path: Path, error: type[Exception], what: str, convert: Callable[[Imag
             _check_size(im, path, what, cap)
             im.load()  # decodes all pixel data of the first frame; truncated files raise here
             return convert(im)
-    except (error, ImageTooLargeError):
+    except (error, ImageTooLargeError, ConfigError):  # ConfigError: a bad $VLM_AD_BIT_DEPTH, not a bad file
         raise
     except Image.UnidentifiedImageError:
         raise error(
@@ -129,6 +131,29 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
+#: Bit depths an integer image over 8 bits is read at when ``$VLM_AD_BIT_DEPTH`` is not set (the smallest that holds
+#: its largest value). 10- and 14-bit are left out on purpose: a dark frame of a 12-bit camera whose brightest pixel
+#: is under 1024 would otherwise be read 4x brighter than its siblings; 12 and 16 bits are the usual storage of
+#: industrial cameras (Mono12 unshifted, or shifted into 16 bits). A 10- or 14-bit camera: set the variable.
+AUTO_BIT_DEPTHS: tuple[int, ...] = (8, 12, 16)
+
+
+def bit_depth(arr: np.ndarray) -> int:
+    """The bit depth an integer image is scaled from: ``$VLM_AD_BIT_DEPTH`` (8-16) when set, else the smallest of
+    :data:`AUTO_BIT_DEPTHS` whose range holds the image's largest value."""
+    raw = os.environ.get("VLM_AD_BIT_DEPTH")
+    if raw is not None and raw.strip().lower() not in ("", "auto"):
+        try:
+            bits = int(raw)
+        except ValueError:
+            bits = 0
+        if not 8 <= bits <= 16:
+            raise ConfigError(f"VLM_AD_BIT_DEPTH must be a whole number of bits from 8 to 16 (or 'auto'), got {raw!r}")
+        return bits
+    top = float(arr.max()) if arr.size else 0.0
+    return next((b for b in AUTO_BIT_DEPTHS if top <= 2**b - 1), AUTO_BIT_DEPTHS[-1])
+
+
 def _high_depth_to_uint8(arr: np.ndarray, *, is_float: bool) -> np.ndarray:
     if is_float:
         a = np.nan_to_num(arr.astype(np.float64))
@@ -138,7 +163,8 @@ def _high_depth_to_uint8(arr: np.ndarray, *, is_float: bool) -> np.ndarray:
         scale = hi - lo if hi > lo else 1.0
         return np.rint((a - lo) / scale * 255.0).astype(np.uint8)
     a = np.clip(arr.astype(np.float64), 0, 65535)
-    return np.rint(a / 257.0).astype(np.uint8)
+    top = 2 ** bit_depth(a) - 1
+    return np.rint(np.minimum(a, top) * (255.0 / top)).astype(np.uint8)
 
 
 def load_image(path: PathLikeStr) -> np.ndarray:
