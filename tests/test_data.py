@@ -109,6 +109,42 @@ def test_load_image_reads_a_12_bit_frame_in_16_bits_by_its_bit_depth(tmp_path, e
         load_image(tmp_path / f"d{ext}")
 
 
+def _png16_rgb(path, a):
+    """A 16-bit RGB PNG written by hand (Pillow writes none): filter 0 rows of big-endian samples."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = a.shape
+    rows = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_load_image_16_bit_colour_tiff_at_full_depth_and_12_bit_colour_png_refused(tmp_path, monkeypatch):
+    import tifffile
+
+    a = np.random.default_rng(0).integers(0, 4096, (6, 7, 3)).astype(np.uint16)
+    a[0, 0] = 4095
+    tifffile.imwrite(tmp_path / "c.tif", a, photometric="rgb")
+    np.testing.assert_array_equal(load_image(tmp_path / "c.tif"), np.rint(a.astype(float) * 255 / 4095))
+    rgba = np.concatenate([a, np.full((6, 7, 1), 4095, np.uint16)], axis=2)
+    rgba[1, 1, 3] = 0  # transparent: black, as for 8-bit RGBA
+    tifffile.imwrite(tmp_path / "ca.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    out = load_image(tmp_path / "ca.tif")
+    assert (out[1, 1] == 0).all() and (out[2, 2] == np.rint(a[2, 2].astype(float) * 255 / 4095)).all()
+    with pytest.raises(ImageReadError, match="16-bit colour PNG whose values fit in 12 bits"):
+        load_image(_png16_rgb(tmp_path / "c.png", a))
+    monkeypatch.setenv("VLM_AD_BIT_DEPTH", "16")
+    assert load_image(tmp_path / "c.png").max() == 15  # asked for: the high bytes as they are
+    monkeypatch.delenv("VLM_AD_BIT_DEPTH")
+    full = a * 16  # the same frame shifted into 16 bits: its high bytes are a fair 8-bit image
+    np.testing.assert_array_equal(load_image(_png16_rgb(tmp_path / "f.png", full)), full >> 8)
+
+
 def test_load_image_float_tiff_and_bmp_and_jpeg(tmp_path, write_image):
     Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)).save(tmp_path / "f.tif")
     np.testing.assert_array_equal(load_image(tmp_path / "f.tif")[..., 0], [[0, 128], [255, 64]])

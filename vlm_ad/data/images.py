@@ -8,7 +8,9 @@ Images are returned as ``(H, W, 3)`` ``uint8`` RGB whatever the file holds:
 * 16-bit and 32-bit integer (single-channel) images are scaled from the range of their bit depth: 8, 12 or 16
   bits, the smallest that holds the image's largest value (a 12-bit camera frame stored in a 16-bit PNG or TIFF
   uses 0-4095; read as 16-bit it would keep 16 grey levels), or ``$VLM_AD_BIT_DEPTH`` when set (see
-  :func:`bit_depth`); float images in [0, 1] are scaled by 255 and other float ranges are min-max stretched;
+  :func:`bit_depth`); 16-bit colour TIFFs the same way (through tifffile: Pillow keeps only each sample's high
+  byte); 16-bit colour PNGs from their high bytes, refused when those are all under 16 (a 12-bit frame: black);
+  float images in [0, 1] are scaled by 255 and other float ranges are min-max stretched;
 * CMYK, YCbCr, LAB and other modes are converted by Pillow;
 * the EXIF orientation tag is applied (the array is what a viewer shows);
 * multi-frame files (TIFF, GIF) give their first frame.
@@ -87,7 +89,10 @@ def _read(path: Path, error: type[Exception], what: str, convert: Callable[[Imag
     try:
         with Image.open(path) as im:
             _check_size(im, path, what, cap)
+            deep = _deep_colour(im)  # read before load(), which drops the decoder's raw mode
             im.load()  # decodes all pixel data of the first frame; truncated files raise here
+            if deep and convert is _to_rgb:
+                return _deep_colour_rgb(im, path, error, what)
             return convert(im)
     except (error, ImageTooLargeError, ConfigError):  # ConfigError: a bad $VLM_AD_BIT_DEPTH, not a bad file
         raise
@@ -100,6 +105,41 @@ def _read(path: Path, error: type[Exception], what: str, convert: Callable[[Imag
         reason = str(exc) or type(exc).__name__
         hint = "the file is corrupt or truncated; re-export it or remove it from the folder"
         raise error(f"cannot read {what} {path}: {reason} ({hint})") from exc
+
+
+def _deep_colour(im: Image.Image) -> bool:
+    """True for a 16-bit-per-sample colour file: Pillow decodes only the high byte of each sample of those."""
+    if im.mode not in ("RGB", "RGBA") or not im.tile:
+        return False
+    args = im.tile[0][3]
+    raw = args[0] if isinstance(args, tuple) and args else args
+    return isinstance(raw, str) and ";16" in raw
+
+
+def _deep_colour_rgb(im: Image.Image, path: Path, error: type[Exception], what: str) -> np.ndarray:
+    """A 16-bit colour file as uint8 RGB by its bit depth: TIFF through tifffile (every bit); PNG, whose low bytes
+    Pillow does not give, refused when its values fit in 12 bits (the high bytes alone would be a black image)."""
+    if im.format == "TIFF":
+        import tifffile
+
+        try:
+            arr = np.asarray(tifffile.imread(path, key=0))
+        except Exception:  # a compression tifffile cannot decode without imagecodecs: Pillow's high bytes below
+            arr = np.empty(0)
+        if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.shape[:2] == (im.height, im.width):
+            rgb = _high_depth_to_uint8(arr[..., :3], is_float=False).astype(np.float32)
+            if arr.shape[2] == 4:
+                rgb *= _high_depth_to_uint8(arr[..., 3:], is_float=False).astype(np.float32) / 255.0
+            return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    out = _to_rgb(im)
+    if out.max() <= 15 and os.environ.get("VLM_AD_BIT_DEPTH", "").strip() != "16":
+        raise error(
+            f"cannot read {what} {path}: a 16-bit colour {im.format} whose values fit in 12 bits (0-4095); the "
+            f"reader gives only the high byte of each value (at most {int(out.max())} here), which would be a black "
+            "image. Save it as an uncompressed or deflate 16-bit TIFF (read at its full depth) or as an 8-bit PNG "
+            "(value * 255 / 4095), or set VLM_AD_BIT_DEPTH=16 to read it as it is"
+        )
+    return out
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
