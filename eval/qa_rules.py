@@ -15,8 +15,9 @@ library of 3 shots per type); the masks and labels only score the answers.
 ``type``     the library's name for: the region's pixels, its core at a level, the core compared with the examples
              seen through the map lens (vlm_ad.naming.map_lens) of a sigma, k = 3 votes or the nearest example
              (k = 1); ``patch vote``: the core's DINOv2 patches vote for their nearest labelled patches (a library in
-             ``patches`` mode, vlm_ad.naming); the ground-truth mask as an upper bound (not an answer rule: it needs
-             the mask).
+             ``patches`` mode, vlm_ad.naming); ``patch + cell vote``: those votes plus the votes of the region's 5
+             strongest efficientnet-lite0 cells of the map for their nearest labelled cells (``patches+cells``
+             mode); the ground-truth mask as an upper bound (not an answer rule: it needs the mask).
 """
 
 from __future__ import annotations
@@ -106,8 +107,12 @@ def _region_rows(sample: Sample, amap: AnomalyMap, libraries: dict[float, Any],
             image, cores[0.7], from_map=True).name
         row["type ground-truth mask, k=3 (upper bound)"] = plain.name(image, mask).name
         if patch_library is not None:
-            row["type core 0.7, patch vote"] = patch_library.name(image, cores[0.7], from_map=True).name
-            row["type ground-truth mask, patch vote (upper bound)"] = patch_library.name(image, mask).name
+            votes, cells = patch_library["patches"], patch_library["patches+cells"]
+            row["type core 0.7, patch vote"] = votes.name(image, cores[0.7], from_map=True).name
+            row["type ground-truth mask, patch vote (upper bound)"] = votes.name(image, mask).name
+            heat = np.where(reg, m - float(m.min()), 0.0)  # as the evidence gives it: the map over the region
+            row["type core 0.7, patch + cell vote"] = cells.name(image, cores[0.7], from_map=True, heat=heat).name
+            row["type ground-truth mask, patch + cell vote (upper bound)"] = cells.name(image, mask).name
     return row
 
 
@@ -119,7 +124,8 @@ def rule_scores(samples: Sequence[Sample], maps: Sequence[AnomalyMap], cal: np.n
     the normal shots' leave-image-out scores; ``libraries``: map-lens sigma -> the same labelled-defect library
     (3 shots per type, descriptors) built with that lens, 0.0 included, or None; ``psf``: image (H, W) -> the
     detector's map of one anomalous patch at that shape, for the ``minus blur`` size rules; ``patch_library``: the
-    same examples in a ``patches`` mode library, for the ``patch vote`` type rules)."""
+    same examples in a ``patches`` and a ``patches+cells`` library, ``{mode: library}``, for the ``patch vote`` and
+    ``patch + cell vote`` type rules)."""
     out: dict[str, Any] = _verdicts(samples, maps, cal)
     by_id = {m.image_id: m for m in maps}
     rows = [r for s in samples if s.label == 1 and s.mask is not None and s.mask.any()

@@ -5,6 +5,7 @@
 - eval/probe_library_map.py -> probe_library_map.jsonl: do the labelled defect examples of a library sharpen the map?
 - eval/probe_patch_naming.py -> probe_patch_naming.jsonl: naming a detected region from its patches.
 - eval/probe_augment.py -> probe_augment.jsonl: flipped copies of the normal shots in PatchCore's memory bank.
+- eval/probe_cell_votes.py -> probe_cell_votes.jsonl: the detector's cells where the map is strongest voting too.
 
 Run: PYTHONPATH=. python eval/render_probes.py
 """
@@ -149,6 +150,41 @@ def augment(rows: list[dict]) -> list[str]:
     return out
 
 
+def cell_votes(rows: list[dict]) -> list[str]:
+    keys = ["patches", "cells, top scores", "cells, top map", "patches + cells, top scores", "patches + cells, top map"]
+    out = ["## Naming by DINOv2 patch votes plus the detector's cells where the map is strongest", "",
+           "`PYTHONPATH=. python eval/probe_cell_votes.py --library-seed 0 --out "
+           "eval/results/probe_cell_votes.jsonl`, then the same with `--library-seed 1` (another 3 labelled examples "
+           "per type). The QA benchmark's detector (PatchCore, efficientnet-lite0, 8 shots, seed 0, coreset off) and "
+           "sets (`dev`: its 8 synthetic sets; `dev-more`: 6 more of the generator, seeds 2 and 3; magnetic_tile held "
+           "out); every anomalous test image with a type that is not a library example, named from the map's core "
+           "(cells at 0.7 of the map's range). `patches`: the core's DINOv2 patches vote (the library's `patches` "
+           "mode, the default before); `cells`: 5 efficientnet-lite0 cells vote against the examples' cells, the "
+           "detector's 5 highest patch scores (`top scores`) or the map's 5 strongest cells (`top map`, what a "
+           "library can do from the map alone); `patches + cells`: both votes, each as shares of its own sum. Type "
+           "accuracy, mean over the sets of each group (per set in probe_cell_votes.jsonl):", "",
+           "| group | library seed | images | " + " | ".join(keys) + " | patches + cells, top map vs patches: "
+           "sets better / level / worse |", "|---|---|---|" + "---|" * (len(keys) + 1)]
+    for seed in sorted({r["library_seed"] for r in rows}):
+        mine = [r for r in rows if r["library_seed"] == seed]
+        groups = {"dev (8 sets)": [r for r in mine if r["data"].startswith(("synthetic/", "dev/"))
+                                   and r["data"][-1] not in "23"],
+                  "dev-more (6 sets)": [r for r in mine if r["data"].startswith("dev/") and r["data"][-1] in "23"],
+                  "magnetic_tile (held out)": [r for r in mine if r["data"] == "magnetic_tile"]}
+        for name, rs in groups.items():
+            if not rs:
+                continue
+            d = [r["patches + cells, top map"] - r["patches"] for r in rs]
+            tally = f"{sum(x > 1e-9 for x in d)} / {sum(abs(x) <= 1e-9 for x in d)} / {sum(x < -1e-9 for x in d)}"
+            out.append(f"| {name} | {seed} | {sum(r['images'] for r in rs)} | "
+                       + " | ".join(_f(sum(r[k] for r in rs) / len(rs)) for k in keys) + f" | {tally} |")
+    out += ["", "Built as the library's `patches+cells` mode (the default now; `top map`, since the library sees the "
+            "map, not the detector's internals): the evidence gives the namer the map over each region, and its 5 "
+            "strongest cells vote besides the core's DINOv2 patches. The product path is measured by the QA "
+            "benchmark (eval/results/qa.md).", ""]
+    return out
+
+
 def main() -> None:
     lines = ["# Probes of map quality and defect naming", "",
              "Experiments run to decide what to build; each section gives its command. Written by "
@@ -157,6 +193,7 @@ def main() -> None:
     lines += library_map(_read("probe_library_map.jsonl"))
     lines += naming(_read("probe_patch_naming.jsonl"))
     lines += augment(_read("probe_augment.jsonl"))
+    lines += cell_votes(_read("probe_cell_votes.jsonl"))
     (RESULTS / "probes.md").write_text("\n".join(lines))
     print(f"wrote {RESULTS / 'probes.md'}")
 

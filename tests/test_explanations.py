@@ -599,9 +599,10 @@ def test_chat_ask_prints_flags_through_rich_and_names_with_a_library(fitted, tmp
     assert rep.exit_code == 0, rep.output
     rec = json.loads((tmp_path / "rep/report.jsonl").read_text().splitlines()[0])
     assert rec["evidence"]["regions"][0]["defect"]["name"] == "pothole"
-    # the default library ('patches': the region's DINOv2 patches vote) through the same report path, after a save
+    # the default library ('patches+cells': the region's DINOv2 patches and strongest map cells vote) through the
+    # same report path, after a save
     patches = DefectLibrary(k=1).add(load_image(image), mask, "pothole", "test/hole/000.png")
-    assert patches.features == "patches" and len(patches.patches) > 0
+    assert patches.features == "patches+cells" and len(patches.patches) > 0 and len(patches.cells) > 0
     patches.save(tmp_path / "lib2")
     rep = runner.invoke(app, ["report", str(image), "--model", str(model), "--out", str(tmp_path / "rep2"),
                               "--library", str(tmp_path / "lib2")])

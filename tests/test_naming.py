@@ -160,6 +160,70 @@ def test_patches_mode_names_a_blurred_map_core_by_its_patches_and_round_trips(tm
         lib.name_described(d, None)
 
 
+def test_patches_cells_mode_adds_the_votes_of_the_maps_strongest_cells_and_round_trips(tmp_path):
+    """'patches+cells' (the default): the DINOv2 patch votes plus the votes of the region's strongest map cells in
+    efficientnet-lite0 features. Where the map is strongest decides what the cells vote for; saved and loaded, the
+    library names the same; the evidence gives the namer the map over the region."""
+    from scipy import ndimage
+
+    from vlm_ad.naming import TOP_CELLS
+
+    crops = texture_crops(7, 112, seed=0)
+    lib = DefectLibrary()
+    assert lib.features == "patches+cells"
+    yy, xx = np.mgrid[:112, :112]
+    for i in range(3):
+        img, line = crops[i].copy(), np.zeros((112, 112), bool)
+        line[40 + 10 * i : 43 + 10 * i, 10:100] = True
+        img[line] = 20
+        lib.add(img, line, "crack", f"test/crack/{i:03d}")
+        img = crops[3 + i].copy()
+        disc = (yy - 56) ** 2 + (xx - 30 - 20 * i) ** 2 <= 14 ** 2
+        img[disc] = (220, 40, 40)
+        lib.add(img, disc, "stain", f"test/stain/{i:03d}")
+    assert lib.cells.shape[0] == len(lib.cell_owner) > 0 and set(lib.cell_owner.tolist()) == set(range(6))
+    q = crops[6].copy()  # a crack at the top and a stain at the bottom, in one wide region
+    crack = np.zeros((112, 112), bool)
+    crack[20:23, 15:95] = True
+    stain = (yy - 85) ** 2 + (xx - 56) ** 2 <= 12 ** 2
+    q[crack], q[stain] = 20, (220, 40, 40)
+    region = ndimage.binary_dilation(crack | stain, iterations=6)
+    for where, label in ((stain, "stain"), (crack, "crack")):
+        heat = np.where(region, ndimage.gaussian_filter(where.astype(float), 3), 0.0)
+        feats, weights = lib._query_cells(q, region, heat)
+        assert len(feats) == TOP_CELLS and np.all(weights > 0)
+        votes, _ = lib._votes(feats, weights, lib.cells, lib.cell_owner, None)
+        assert max(votes, key=votes.get) == label  # the cells where the map is strongest vote for what is there
+    heat = np.where(region, ndimage.gaussian_filter(crack.astype(float), 3), 0.0)
+    res = lib.name(q, ndimage.binary_dilation(crack, iterations=6), from_map=True, heat=heat)
+    assert res.name == "crack" and res.example_id.startswith("test/crack/")
+    assert sum(res.votes.values()) == pytest.approx(1.0)
+    lib.save(tmp_path / "lib")
+    again = DefectLibrary.load(tmp_path / "lib")
+    assert again.features == "patches+cells" and again.cell_backbone == "efficientnet-lite0"
+    np.testing.assert_allclose(again.cells, lib.cells)
+    assert again.name(q, ndimage.binary_dilation(crack, iterations=6), from_map=True, heat=heat) == res
+
+    from vlm_ad.evidence import build_evidence
+    from vlm_ad.types import AnomalyMap
+
+    seen = {}
+
+    class Spy:  # records what the evidence gives a namer that reads the map
+        names_map_regions = names_with_heat = True
+
+        def name(self, image, mask, from_map=False, heat=None):
+            seen["heat"], seen["mask"] = heat, mask
+            return lib.name(image, mask, from_map=from_map, heat=heat)
+
+    amap_arr = (ndimage.gaussian_filter(crack.astype(np.float32), 4) * 10).astype(np.float32)
+    ev = build_evidence(AnomalyMap("q", float(amap_arr.max()), amap_arr, threshold=0.5 * float(amap_arr.max())),
+                        q, namer=Spy())
+    assert ev.regions and ev.regions[0].defect is not None
+    inside = amap_arr > 0.5 * amap_arr.max()
+    assert seen["heat"].shape == q.shape[:2] and (seen["heat"][~inside] == 0).all() and seen["heat"].max() > 0
+
+
 def test_library_errors():
     with pytest.raises(DataError, match="library is empty"):
         DefectLibrary(features="descriptors").name(_paint(_disc(), 40), _disc())
@@ -195,10 +259,12 @@ def test_cli_library_add_and_eval_naming(tmp_path):
     r = runner.invoke(app, ["library", "add", str(tmp_path / "lib"), "--from", str(root)])
     assert r.exit_code == 0, r.output
     lib = DefectLibrary.load(tmp_path / "lib")
-    assert lib.summary() == {"hole": 1, "scratch": 2} and lib.features == "patches" and lib.patches.shape[1] == 768
-    assert set(lib.patch_owner.tolist()) == {0, 1, 2}
+    assert lib.summary() == {"hole": 1, "scratch": 2} and lib.features == "patches+cells"
+    assert lib.patches.shape[1] == 768 and set(lib.patch_owner.tolist()) == set(lib.cell_owner.tolist()) == {0, 1, 2}
     r = runner.invoke(app, ["library", "show", str(tmp_path / "lib")])
-    assert r.exit_code == 0 and f"{len(lib.patch_owner)} patches vote" in " ".join(r.output.split()), r.output
+    shown = " ".join(r.output.split())
+    assert r.exit_code == 0 and f"{len(lib.patch_owner)} patches vote, {len(lib.cell_owner)} cells vote" in shown, \
+        r.output
     r = runner.invoke(app, ["library", "name", str(tmp_path / "lib"), "--image", str(root / "test/hole/000.png"),
                             "--mask", str(root / "ground_truth/hole/000.png")])
     assert r.exit_code == 0 and "named " in r.output, r.output

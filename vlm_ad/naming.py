@@ -8,9 +8,11 @@ or from a user's own examples). Each region is described by
   library's own mean and spread, and optionally
 * **deep** features: DINOv2-S blocks 5 + 7 averaged over the region, minus their average over the ring.
 
-In ``patches`` mode (the default) every DINOv2 patch a region covers votes for the label of its nearest patch among
-the examples' (weights ``coverage / (distance + eps)``): robust to a region cut from a blurred map, whose outline
-is not the defect's. Otherwise :meth:`DefectLibrary.name` votes among the ``k`` nearest library regions (weights
+In ``patches`` mode every DINOv2 patch a region covers votes for the label of its nearest patch among the examples'
+(weights ``coverage / (distance + eps)``): robust to a region cut from a blurred map, whose outline is not the
+defect's. ``patches+cells`` (the default) adds the votes of the region's strongest cells of the detector's map in
+efficientnet-lite0 features (PatchCore's default embedding: what the default detector itself saw there) against the
+examples' cells, each kind's votes as shares of its own sum. Otherwise :meth:`DefectLibrary.name` votes among the ``k`` nearest library regions (weights
 ``1 / (distance + eps)``)
 and returns a :class:`DefectName` whose ``explanation`` cites the measured descriptors and the library example
 the region resembles, e.g. ``"named hole: round, elongation 1.2, 0.18 darker than its surroundings; like
@@ -39,7 +41,8 @@ from vlm_ad._cache import atomic_write_bytes
 from vlm_ad.artifacts import read_artifact, write_meta
 from vlm_ad.errors import ConfigError, DataError, MaskError
 
-__all__ = ["DESCRIPTORS", "FEATURE_MODES", "MAP_LENS", "DefectLibrary", "DefectName", "map_lens", "region_descriptors"]
+__all__ = ["DESCRIPTORS", "FEATURE_MODES", "MAP_LENS", "CellEncoder", "DefectLibrary", "DefectName", "map_lens",
+           "region_descriptors"]
 
 DESCRIPTORS = (
     "log_area",  # log of the region's area fraction
@@ -54,10 +57,15 @@ DESCRIPTORS = (
     "solidity",  # area / convex-hull area of the largest component
     "edge_contrast",  # mean gradient on the region boundary minus in the ring, in grey / 255
 )
-FEATURE_MODES = ("descriptors", "deep", "combined", "patches")
+FEATURE_MODES = ("descriptors", "deep", "combined", "patches", "patches+cells")
+#: the features a new library uses unless told (``vlm-ad library add``, ``vlm-ad eval --qa``): see DefectLibrary
+DEFAULT_FEATURES = "patches+cells"
 #: a region's cells that vote in ``patches`` mode: those covered at least this share of the best-covered cell
 PATCH_COVER = 0.25
 DEEP_LAYERS = ("block5", "block7")
+#: ``patches+cells`` mode: the efficientnet-lite0 cells (PatchCore's default embedding) of a region's strongest map
+#: response that vote, besides its DINOv2 patches
+TOP_CELLS = 5
 _FORMAT = 1  # of library.json (see vlm_ad.artifacts)
 #: sigma of the map lens's blur, as a share of the image's longer side: chosen for the type answers on the synthetic
 #: dev suite (magnetic_tile held out) among 0.0125, 0.025 and 0.04; 0.06, tried after, did as well (within 2 of about
@@ -237,6 +245,22 @@ class DeepRegionEncoder:
         return (vec / (np.linalg.norm(vec) + _EPS)).astype(np.float32)
 
 
+class CellEncoder:
+    """efficientnet-lite0 cells as PatchCore embeds them by default (stride-8 and stride-16 blocks, 3 x 3 pooled,
+    L2-normalised, the product's input geometry): what the default detector itself sees of a defect."""
+
+    def __init__(self, *, backbone: str = "efficientnet-lite0") -> None:
+        from vlm_ad.detectors import create_detector
+
+        self.config = {"backbone": backbone}
+        self.embedder = create_detector("patchcore", backbone=backbone)._make_embedder()
+
+    def grids(self, image: np.ndarray) -> np.ndarray:
+        """The (h, w, C) cell grid of one image."""
+        out = self.embedder([image])
+        return (out[0] if isinstance(out, list) else out[0]).numpy()
+
+
 def _grid_weights(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Fraction of each patch covered by ``mask``, normalised to sum 1 (the best-covered patch if tiny)."""
     import torch
@@ -253,10 +277,13 @@ class DefectLibrary:
     """A store of labelled defect regions that names new regions by nearest-neighbour voting.
 
     Args:
-        features: ``"patches"`` (the default): every DINOv2 patch (blocks 5 + 7) a region covers votes for the
-            label of its nearest labelled patch of the library's examples, weighted by its coverage / (distance +
-            0.001); it names the regions cut from a detector's map best (QA type answers on the synthetic dev suite
-            0.675 vs 0.508 by descriptors, magnetic_tile held out 0.446 vs 0.289: eval/results/qa.md).
+        features: ``"patches+cells"`` (the default): every DINOv2 patch (blocks 5 + 7) a region covers votes for
+            the label of its nearest labelled patch of the library's examples, weighted by its coverage / (distance
+            + 0.001), and so do the region's :data:`TOP_CELLS` strongest cells of the map in efficientnet-lite0
+            features (PatchCore's default embedding; weighted by the map) against the examples' cells, each kind's
+            votes as shares of its own sum; ``"patches"``: the DINOv2 votes alone (the default before). Both name
+            the regions cut from a detector's map far better than descriptors (eval/results/qa.md,
+            eval/results/probes.md).
             ``"descriptors"`` (interpretable only, no backbone), ``"deep"`` (DINOv2 pooled over the region) or
             ``"combined"`` (both: best on exact ground-truth masks, ``eval/results/naming.md``). The explanation
             always cites the descriptors and the example.
@@ -266,7 +293,7 @@ class DefectLibrary:
         lens: sigma of the :func:`map_lens` the examples are also described through, as a share of the longer side.
     """
 
-    def __init__(self, *, features: str = "patches", k: int = 3, deep_weight: float = 1.0,
+    def __init__(self, *, features: str = DEFAULT_FEATURES, k: int = 3, deep_weight: float = 1.0,
                  encoder: DeepRegionEncoder | None = None, lens: float = MAP_LENS) -> None:
         if features not in FEATURE_MODES:
             raise ConfigError(f"features must be one of {FEATURE_MODES}, got {features!r}")
@@ -282,6 +309,10 @@ class DefectLibrary:
         self.deep = np.zeros((0, 0), np.float32)  # (N, C) deep features, or (N, 0) without them
         self.patches = np.zeros((0, 0), np.float32)  # (M, C) the examples' patch features ("patches" mode)
         self.patch_owner = np.zeros(0, np.int64)  # (M,) the example each patch row belongs to
+        self.cells = np.zeros((0, 0), np.float32)  # (L, C') their efficientnet-lite0 cells ("patches+cells")
+        self.cell_owner = np.zeros(0, np.int64)  # (L,) the example each cell row belongs to
+        self.cell_backbone = "efficientnet-lite0"
+        self._cell_encoder: CellEncoder | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -292,7 +323,17 @@ class DefectLibrary:
 
     @property
     def uses_patches(self) -> bool:
-        return self.features == "patches"
+        return self.features in ("patches", "patches+cells")
+
+    @property
+    def uses_cells(self) -> bool:
+        return self.features == "patches+cells"
+
+    @property
+    def cell_encoder(self) -> CellEncoder:
+        if self._cell_encoder is None:
+            self._cell_encoder = CellEncoder(backbone=self.cell_backbone)
+        return self._cell_encoder
 
     @property
     def encoder(self) -> DeepRegionEncoder:
@@ -314,7 +355,8 @@ class DefectLibrary:
         img, m = _check_pair(image, mask)
         lens = region_descriptors(img, map_lens(m, self.lens))
         patches = self._region_patches(img, m)[0] if self.uses_patches else None
-        return self.add_described(d, deep, label, example_id, lens_descriptors=lens, patches=patches)
+        cells = self._region_cells(img, m)[0] if self.uses_cells else None
+        return self.add_described(d, deep, label, example_id, lens_descriptors=lens, patches=patches, cells=cells)
 
     def _region_patches(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the patch features of the cells ``mask`` covers (n, C), their coverages (n,))."""
@@ -322,12 +364,38 @@ class DefectLibrary:
         cells, cover = region_cells(mask, g.shape[:2])
         return g.reshape(-1, g.shape[-1])[cells].astype(np.float32), cover
 
+    def _region_cells(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the efficientnet-lite0 cells ``mask`` covers (n, C'), their coverages (n,))."""
+        g = self.cell_encoder.grids(image)
+        cells, cover = region_cells(mask, g.shape[:2])
+        return g.reshape(-1, g.shape[-1])[cells].astype(np.float32), cover
+
+    def _query_cells(self, image: np.ndarray, mask: np.ndarray, heat: np.ndarray | None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The cells of a region to name that vote, with their weights: the :data:`TOP_CELLS` strongest cells of
+        ``heat`` (the map over the region, 0 elsewhere; cell = its average), weighted by it; without a usable
+        ``heat``, every cell the region covers, weighted by its coverage."""
+        import torch
+
+        g = self.cell_encoder.grids(image)
+        flat = g.reshape(-1, g.shape[-1]).astype(np.float32)
+        if heat is not None and np.shape(heat) == mask.shape:
+            h = np.clip(np.nan_to_num(np.asarray(heat, np.float32)), 0, None)
+            pooled = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(h)[None, None], g.shape[:2])
+            pooled = pooled.reshape(-1)
+            if float(pooled.max()) > 0:
+                top = torch.topk(pooled, min(TOP_CELLS, int((pooled > 0).sum())))
+                return flat[top.indices.numpy()], top.values.numpy()
+        cells, cover = region_cells(mask, g.shape[:2])
+        return flat[cells], cover
+
     def add_described(self, descriptors: dict[str, float], deep: np.ndarray | None, label: str,
                       example_id: str, *, lens_descriptors: dict[str, float] | None = None,
-                      patches: np.ndarray | None = None) -> DefectLibrary:
+                      patches: np.ndarray | None = None, cells: np.ndarray | None = None) -> DefectLibrary:
         """Add a region whose descriptors (and deep vector) are already computed; returns self.
         ``lens_descriptors``: of its mask through :func:`map_lens` (default: the same as ``descriptors``);
-        ``patches``: (n, C) features of the cells it covers ("patches" mode)."""
+        ``patches``: (n, C) DINOv2 features of the cells it covers ("patches" modes); ``cells``: (n', C')
+        efficientnet-lite0 features of the cells it covers ("patches+cells")."""
         if not label or not str(label).strip():
             raise ConfigError("a library example needs a non-empty label (the defect type name)")
         if self.uses_deep and deep is None:
@@ -338,6 +406,12 @@ class DefectLibrary:
             rows = np.asarray(patches, np.float32)
             self.patches = rows if self.patches.size == 0 else np.concatenate([self.patches, rows])
             self.patch_owner = np.concatenate([self.patch_owner, np.full(len(rows), len(self.labels), np.int64)])
+        if self.uses_cells:
+            if cells is None or len(cells) == 0:
+                raise ConfigError("this library uses 'patches+cells' features: pass the region's cells too")
+            rows = np.asarray(cells, np.float32)
+            self.cells = rows if self.cells.size == 0 else np.concatenate([self.cells, rows])
+            self.cell_owner = np.concatenate([self.cell_owner, np.full(len(rows), len(self.labels), np.int64)])
         row = np.array([[descriptors[n] for n in DESCRIPTORS]], np.float32)
         self.desc = np.concatenate([self.desc, row])
         lens = row if lens_descriptors is None else np.array([[lens_descriptors[n] for n in DESCRIPTORS]], np.float32)
@@ -398,37 +472,59 @@ class DefectLibrary:
     #: the evidence names a detected region with ``from_map=True`` (see :func:`map_lens`)
     names_map_regions = True
 
-    def name(self, image: np.ndarray, region_mask: np.ndarray, *, from_map: bool = False) -> DefectName:
+    #: ``name`` takes ``heat``: the detector's map over the region (see :meth:`name`)
+    names_with_heat = True
+
+    def name(self, image: np.ndarray, region_mask: np.ndarray, *, from_map: bool = False,
+             heat: np.ndarray | None = None) -> DefectName:
         """Name the region ``region_mask`` ((H, W) bool) of ``image`` by its nearest labelled library regions;
-        ``from_map``: the mask was cut from a detector's map (compare with the examples through the map lens)."""
+        ``from_map``: the mask was cut from a detector's map (compare with the examples through the map lens);
+        ``heat``: (H, W) the map over the whole region the mask was cut from, 0 elsewhere ("patches+cells": its
+        strongest cells vote; without it, the cells the mask covers)."""
         self._check_ready()
         d, deep = self.describe(image, region_mask)
         if self.uses_patches:
             img, m = _check_pair(image, region_mask)
-            return self.name_patches(d, *self._region_patches(img, m))
+            cells = self._query_cells(img, m, heat) if self.uses_cells else None
+            return self.name_patches(d, *self._region_patches(img, m), cells=cells)
         return self.name_described(d, deep, from_map=from_map)
 
-    def name_patches(self, descriptors: dict[str, float], patches: np.ndarray, cover: np.ndarray,
-                     exclude: Sequence[bool] | None = None) -> DefectName:
-        """Name a region from the features of the patches it covers: each votes for the label of its nearest library
-        patch with weight ``cover / (distance + 0.001)`` (Euclidean distance of L2-normalised block features);
-        ``exclude`` (N,) masks out library examples (leave-one-out). The example cited is the owner of the winning
-        label's nearest patch."""
+    def _votes(self, query: np.ndarray, weights: np.ndarray, bank: np.ndarray, owner: np.ndarray,
+               exclude: Sequence[bool] | None) -> tuple[Counter[str], dict[str, tuple[float, int]]]:
+        """Each query row votes for the label of its nearest bank row with ``weight / (distance + 0.001)``; the
+        votes as shares of their sum, and per label its nearest (distance, example)."""
         import torch
 
-        usable = np.ones(len(self.patch_owner), bool) if exclude is None else \
-            ~np.asarray(exclude, bool)[self.patch_owner]
+        usable = np.ones(len(owner), bool) if exclude is None else ~np.asarray(exclude, bool)[owner]
         if not usable.any():
             raise DataError("no library example is left to compare with; add more labelled regions")
-        bank, owner = self.patches[usable], self.patch_owner[usable]
-        dist, idx = torch.cdist(torch.from_numpy(np.asarray(patches, np.float32)), torch.from_numpy(bank)).min(dim=1)
+        bank, owner = bank[usable], owner[usable]
+        dist, idx = torch.cdist(torch.from_numpy(np.asarray(query, np.float32)), torch.from_numpy(bank)).min(dim=1)
         votes: Counter[str] = Counter()
         nearest: dict[str, tuple[float, int]] = {}
-        for w, di, i in zip(np.asarray(cover, np.float64), dist.tolist(), idx.tolist()):
+        for w, di, i in zip(np.asarray(weights, np.float64), dist.tolist(), idx.tolist()):
             lab = self.labels[int(owner[i])]
             votes[lab] += float(w) / (di + 1e-3)
             if lab not in nearest or di < nearest[lab][0]:
                 nearest[lab] = (di, int(owner[i]))
+        total = sum(votes.values()) or 1.0
+        return Counter({lab: v / total for lab, v in votes.items()}), nearest
+
+    def name_patches(self, descriptors: dict[str, float], patches: np.ndarray, cover: np.ndarray,
+                     exclude: Sequence[bool] | None = None, *,
+                     cells: tuple[np.ndarray, np.ndarray] | None = None) -> DefectName:
+        """Name a region from the features of the patches it covers: each votes for the label of its nearest library
+        patch with weight ``cover / (distance + 0.001)`` (Euclidean distance of L2-normalised block features);
+        ``exclude`` (N,) masks out library examples (leave-one-out). ``cells``: (features (n, C'), weights (n,)) of
+        the region's efficientnet-lite0 cells ("patches+cells"), whose votes against the examples' cells are added,
+        each bank's votes as shares of its own sum. The example cited is the owner of the winning label's nearest
+        DINOv2 patch (its nearest cell when no patch voted for it)."""
+        votes, nearest = self._votes(patches, cover, self.patches, self.patch_owner, exclude)
+        if cells is not None and len(self.cell_owner):
+            cell_votes, cell_nearest = self._votes(cells[0], cells[1], self.cells, self.cell_owner, exclude)
+            votes.update(cell_votes)  # Counter.update adds
+            for lab, hit in cell_nearest.items():
+                nearest.setdefault(lab, hit)
         label = max(votes, key=lambda lab: (votes[lab], -nearest[lab][0]))
         dist_best, best = nearest[label]
         total = sum(votes.values())
@@ -472,10 +568,14 @@ class DefectLibrary:
         if self.uses_patches and self.patches.size:
             tensors["patches"] = torch.from_numpy(np.ascontiguousarray(self.patches))
             tensors["patch_owner"] = torch.from_numpy(np.ascontiguousarray(self.patch_owner))
+        if self.uses_cells and self.cells.size:
+            tensors["cells"] = torch.from_numpy(np.ascontiguousarray(self.cells))
+            tensors["cell_owner"] = torch.from_numpy(np.ascontiguousarray(self.cell_owner))
         atomic_write_bytes(directory / "library.safetensors", save(tensors))
         meta = {"features": self.features, "k": self.k, "deep_weight": self.deep_weight, "lens": self.lens,
                 "descriptor_names": list(DESCRIPTORS), "labels": self.labels, "example_ids": self.example_ids,
-                "encoder": self._encoder.config if self._encoder is not None else None}
+                "encoder": self._encoder.config if self._encoder is not None else None,
+                "cell_encoder": {"backbone": self.cell_backbone} if self.uses_cells else None}
         write_meta(directory / "library.json", kind="defect-library", version=_FORMAT, meta=meta)
         return directory
 
@@ -498,6 +598,9 @@ class DefectLibrary:
         lib.deep = tensors["deep"].numpy() if "deep" in tensors else np.zeros((len(lib.desc), 0), np.float32)
         if "patches" in tensors:
             lib.patches, lib.patch_owner = tensors["patches"].numpy(), tensors["patch_owner"].numpy().astype(np.int64)
+        if "cells" in tensors:
+            lib.cells, lib.cell_owner = tensors["cells"].numpy(), tensors["cell_owner"].numpy().astype(np.int64)
+            lib.cell_backbone = (meta.get("cell_encoder") or {}).get("backbone", lib.cell_backbone)
         lib.labels, lib.example_ids = list(meta["labels"]), list(meta["example_ids"])
         return lib
 

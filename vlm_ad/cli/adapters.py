@@ -16,14 +16,14 @@ library_app = typer.Typer(help="A labelled-defect library that names detected re
 
 
 def _open_library(path: Path, features: str | None):
-    from vlm_ad.naming import DefectLibrary
+    from vlm_ad.naming import DEFAULT_FEATURES, DefectLibrary
 
     if (path / "library.json").is_file():
         lib = DefectLibrary.load(path)
         if features and features != lib.features:
             raise ConfigError(f"{path} uses {lib.features!r} features, not {features!r}; use another folder")
         return lib
-    return DefectLibrary(features=features or "patches")
+    return DefectLibrary(features=features or DEFAULT_FEATURES)
 
 
 @library_app.command("add")
@@ -34,8 +34,9 @@ def library_add(
     image: Path = typer.Option(None, help="One labelled example: its image file..."),
     mask: Path = typer.Option(None, help="...its region mask file..."),
     label: str = typer.Option(None, help="...and its defect name."),
-    features: str = typer.Option(None, help="New library only: patches (default: names the regions a detector's "
-                                 "map shows best), combined (best on exact masks), descriptors or deep."),
+    features: str = typer.Option(None, help="New library only: patches+cells (default: names the regions a "
+                                 "detector's map shows best), patches (DINOv2 patch votes alone, the default "
+                                 "before), combined (best on exact masks), descriptors or deep."),
     seed: int = typer.Option(0, help="Seed for choosing --per-type examples."),
 ) -> None:
     """Add labelled defect regions to a library, from a dataset's test/<type> folders or one image + mask + label.
@@ -70,6 +71,7 @@ def library_show(library: Path = typer.Argument(..., help="Library folder.")) ->
 
     lib = DefectLibrary.load(library)
     how = f"{len(lib.patch_owner)} patches vote" if lib.uses_patches else f"k = {lib.k}"
+    how += f", {len(lib.cell_owner)} cells vote" if lib.uses_cells else ""
     table = Table(title=f"{library} ({lib.features} features, {how})")
     table.add_column("label")
     table.add_column("examples")

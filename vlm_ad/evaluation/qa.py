@@ -129,14 +129,14 @@ def evaluate_qa(samples: Sequence[Sample], maps: Sequence[AnomalyMap], pipeline:
 
 def qa_on_data(data: Any, detector: Any, test: Any, maps: Sequence[AnomalyMap], reasoner: Any, *,
                shots_per_type: int = 3, seed: int = 0, progress: Callable[[int], None] | None = None,
-               core_level: float | None = CORE_LEVEL, library_features: str = "patches"
+               core_level: float | None = CORE_LEVEL, library_features: str | None = None
                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """:func:`evaluate_qa` on an MVTec-layout folder: when it has two or more masked defect types, a labelled-defect
     library of ``shots_per_type`` examples per type (drawn with ``seed``) names regions for the ``type`` questions,
     and the library's own images are left out of the questions (no answer is looked up from itself).
     ``core_level``: see :class:`~vlm_ad.pipeline.Pipeline` (None: the rules before region cores, a baseline).
-    ``library_features``: the library's ``features`` (:class:`~vlm_ad.naming.DefectLibrary`): ``patches`` names the
-    map's regions best (type 0.675 vs 0.508 by descriptors on the synthetic dev suite: eval/results/qa.md)."""
+    ``library_features``: the library's ``features`` (:class:`~vlm_ad.naming.DefectLibrary`; default its
+    ``DEFAULT_FEATURES``, the mode that names the map's regions best: eval/results/qa.md)."""
     from pathlib import Path
 
     from vlm_ad.pipeline import Pipeline
@@ -146,8 +146,9 @@ def qa_on_data(data: Any, detector: Any, test: Any, maps: Sequence[AnomalyMap], 
     types = sorted({s.defect_type for s in samples if s.label == 1 and s.mask is not None and s.defect_type})
     namer, held = None, set()
     if len(types) > 1 and root.is_dir():
-        from vlm_ad.naming import DefectLibrary
+        from vlm_ad.naming import DEFAULT_FEATURES, DefectLibrary
 
+        library_features = library_features or DEFAULT_FEATURES
         namer = DefectLibrary(features=library_features).add_mvtec(root, per_type=shots_per_type, seed=seed)
         held = set(namer.example_ids)
     pipeline = Pipeline(detector, reasoner, namer=namer, exemplar_root=root if root.is_dir() else None,

@@ -131,14 +131,18 @@ def _region_contrast(gray, mask, hit, grid, load_exemplar) -> tuple[Contrast, st
 _RING = "; contrast taken against a ring around the region instead"
 
 
-def _name(namer: Namer | None, image: np.ndarray, mask: np.ndarray, *, from_map: bool = False
-          ) -> DefectNameEvidence | None:
+def _name(namer: Namer | None, image: np.ndarray, mask: np.ndarray, *, from_map: bool = False,
+          heat: Callable[[], np.ndarray] | None = None) -> DefectNameEvidence | None:
     """The namer's name for ``mask``; ``from_map``: the mask is a core cut from the map, said to a namer that tells
-    such masks apart (``names_map_regions``, e.g. :class:`vlm_ad.naming.DefectLibrary`)."""
+    such masks apart (``names_map_regions``, e.g. :class:`vlm_ad.naming.DefectLibrary`); ``heat``: makes the map
+    over the whole region (0 elsewhere), for a namer that reads it (``names_with_heat``)."""
     if namer is None:
         return None
-    d = namer.name(image, mask, from_map=True) if from_map and getattr(namer, "names_map_regions", False) else \
-        namer.name(image, mask)
+    if from_map and getattr(namer, "names_map_regions", False):
+        extra = {"heat": heat()} if heat is not None and getattr(namer, "names_with_heat", False) else {}
+        d = namer.name(image, mask, from_map=True, **extra)
+    else:
+        d = namer.name(image, mask)
     return DefectNameEvidence(str(d.name), round(float(d.confidence), 3), str(d.example_id),
                               round(float(d.distance), 4), str(getattr(d, "explanation", "")))
 
@@ -230,7 +234,8 @@ def _region_evidence(rid: str, reg, mask: np.ndarray, k: int, *, image, gray, na
     return RegionEvidence(rid, reg.box, round(100 * reg.area_fraction, 2), round(reg.peak, 4),
                           (round(reg.centroid[0], 1), round(reg.centroid[1], 1)), location_word(*reg.centroid, *size),
                           region_shape(mask), contrast,
-                          _name(namer, image, mask if core is None else core, from_map=core is not None),
+                          _name(namer, image, mask if core is None else core, from_map=core is not None,
+                                heat=lambda: np.where(mask, amap - float(amap.min()), 0.0)),
                           None if core is None else round(100 * float(core.mean()), 2),
                           None if core is None else _defect_size(amap, mask, median, point_spread))
 
