@@ -12,12 +12,12 @@ In ``patches`` mode every DINOv2 patch a region covers votes for the label of it
 (weights ``coverage / (distance + eps)``): robust to a region cut from a blurred map, whose outline is not the
 defect's. ``patches+cells`` (the default) adds the votes of the region's strongest cells of the detector's map in
 efficientnet-lite0 features (PatchCore's default embedding: what the default detector itself saw there) against the
-examples' cells, each kind's votes as shares of its own sum. Otherwise :meth:`DefectLibrary.name` votes among the ``k`` nearest library regions (weights
-``1 / (distance + eps)``)
-and returns a :class:`DefectName` whose ``explanation`` cites the measured descriptors and the library example
-the region resembles, e.g. ``"named hole: round, elongation 1.2, 0.18 darker than its surroundings; like
-test/hole/012.png"``. Distances are lower-is-closer. ``features="combined"`` adds the two distances, each
-divided by its median over library pairs so neither dominates by scale.
+examples' cells, each kind's votes as shares of its own sum. Otherwise :meth:`DefectLibrary.name` votes among the
+``k`` nearest library regions (weights ``1 / (distance + eps)``) and returns a :class:`DefectName` whose
+``explanation`` cites the measured descriptors and the library example the region resembles, e.g. ``"named hole:
+round, elongation 1.2, 0.18 darker than its surroundings; like test/hole/012.png"``. Distances are lower-is-closer.
+``features="combined"`` adds the two distances, each divided by its median over library pairs so neither dominates
+by scale.
 
 A detected region is cut from the detector's map, which spreads a defect (upsampled, smoothed patch distances), so
 it is rounder and smoother than the ground-truth mask of a library example. Every example is therefore also described
