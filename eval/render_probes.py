@@ -155,8 +155,9 @@ def cell_votes(rows: list[dict]) -> list[str]:
     out = ["## Naming by DINOv2 patch votes plus the detector's cells where the map is strongest", "",
            "`PYTHONPATH=. python eval/probe_cell_votes.py --library-seed 0 --out "
            "eval/results/probe_cell_votes.jsonl`, then the same with `--library-seed 1 --data dev dev-more` (another 3 "
-           "labelled examples per type; magnetic_tile, held out, not rerun). The QA benchmark's detector (PatchCore, efficientnet-lite0, 8 shots, seed 0, coreset off) and "
-           "sets (`dev`: its 8 synthetic sets; `dev-more`: 6 more of the generator, seeds 2 and 3; magnetic_tile held "
+           "labelled examples per type; magnetic_tile, held out, not rerun). The QA benchmark's detector "
+           "(PatchCore, efficientnet-lite0, 8 shots, seed 0, coreset off) and sets (`dev`: its 8 synthetic sets; "
+           "`dev-more`: 6 more of the generator, seeds 2 and 3; magnetic_tile held "
            "out); every anomalous test image with a type that is not a library example, named from the map's core "
            "(cells at 0.7 of the map's range). `patches`: the core's DINOv2 patches vote (the library's `patches` "
            "mode, the default before); `cells`: 5 efficientnet-lite0 cells vote against the examples' cells, the "
