@@ -21,33 +21,21 @@ One JSON line per dataset. eval/render_probes.py renders them into eval/results/
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from probe_patch_naming import core, emit, probe_sets  # noqa: E402
+from probe_patch_naming import core, probe_main, tally  # noqa: E402
 
 from vlm_ad.data import MVTecDataset, open_data  # noqa: E402
 from vlm_ad.evaluation.run import fit_detector  # noqa: E402
 from vlm_ad.naming import DeepRegionEncoder, DefectLibrary, region_cells  # noqa: E402
 
 TOP = 5
-
-
-def tally(query: np.ndarray, weights: np.ndarray, bank: np.ndarray, labels: np.ndarray) -> Counter:
-    """Votes of ``query`` rows for the labels of their nearest ``bank`` rows (weight / (distance + 0.001)), as
-    shares of their sum."""
-    dist, idx = torch.cdist(torch.from_numpy(np.asarray(query, np.float32)), torch.from_numpy(bank)).min(dim=1)
-    out: Counter = Counter()
-    for w, d, i in zip(np.asarray(weights, np.float64), dist.tolist(), idx.tolist()):
-        out[str(labels[i])] += float(w) / (d + 1e-3)
-    total = sum(out.values()) or 1.0
-    return Counter({k: v / total for k, v in out.items()})
 
 
 def _grid(det, image: np.ndarray) -> torch.Tensor:
@@ -104,14 +92,7 @@ def run(name: str, root: Path, library_seed: int) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", nargs="+", default=["dev", "dev-more", "magnetic"])
-    p.add_argument("--library-seed", type=int, default=0)
-    p.add_argument("--out", help="append each dataset's JSON line to this file too")
-    a = p.parse_args()
-    torch.set_num_threads(2)
-    for name, root in probe_sets(a.data).items():
-        emit(run(name, root, a.library_seed), a.out)
+    probe_main(run, "--library-seed", 0, data=["dev", "dev-more", "magnetic"], description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

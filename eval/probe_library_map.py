@@ -8,7 +8,6 @@ the share whose map maximum / core centroid falls in the mask centroid's 3 x 3 c
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from probe_patch_naming import emit, probe_sets  # noqa: E402
+from probe_patch_naming import probe_main  # noqa: E402
 
 from vlm_ad.data import MVTecDataset, open_data  # noqa: E402
 from vlm_ad.detectors.base import resize_map  # noqa: E402
@@ -104,14 +103,7 @@ def run(name: str, root: Path, min_frac: float) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--data", nargs="+", default=["magnetic", "dev"])
-    p.add_argument("--min-frac", type=float, default=0.25)
-    p.add_argument("--out", help="append each dataset's JSON line to this file too")
-    a = p.parse_args()
-    torch.set_num_threads(2)
-    for name, root in probe_sets(a.data).items():
-        emit(run(name, root, a.min_frac), a.out)
+    probe_main(run, "--min-frac", 0.25, data=["magnetic", "dev"])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +38,22 @@ def core(amap: np.ndarray, level: float = 0.7) -> np.ndarray:
     return lab == lab[y, x]
 
 
+def tally(query: np.ndarray, weights: np.ndarray, bank: np.ndarray, labels: np.ndarray) -> Counter:
+    """Each query row votes for the label of its nearest bank row, weight ``weights`` / (distance + 0.001); the votes
+    as shares of their sum."""
+    dist, idx = torch.cdist(torch.from_numpy(np.asarray(query, np.float32)),
+                            torch.from_numpy(np.asarray(bank, np.float32))).min(dim=1)
+    out: Counter = Counter()
+    for w, di, i in zip(np.asarray(weights, np.float64), dist.tolist(), idx.tolist()):
+        out[str(labels[i])] += float(w) / (di + 1e-3)
+    total = sum(out.values()) or 1.0
+    return Counter({k: v / total for k, v in out.items()})
+
+
 def vote(query: np.ndarray, weights: np.ndarray, bank: np.ndarray, labels: np.ndarray) -> str:
-    """Each query row votes for the label of its nearest bank row, weight ``weights`` / (distance + eps)."""
-    d = torch.cdist(torch.from_numpy(query).float(), torch.from_numpy(bank).float())
-    dist, idx = d.min(dim=1)
-    tally: dict[str, float] = defaultdict(float)
-    for w, di, i in zip(weights, dist.tolist(), idx.tolist()):
-        tally[str(labels[i])] += float(w) / (di + 1e-3)
-    return max(tally, key=tally.get)
+    """The label :func:`tally` gives most votes."""
+    votes = tally(query, weights, bank, labels)
+    return max(votes, key=votes.get)
 
 
 def run(name: str, root: Path, top: int) -> dict:
@@ -108,15 +116,23 @@ def run(name: str, root: Path, top: int) -> dict:
             **{k: round(float(np.mean(v)), 3) for k, v in right.items()}}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--data", nargs="+", default=["magnetic", "dev"])
-    p.add_argument("--top", type=int, default=5)
+def probe_main(run_one, option: str, default: float | int, *, data: list[str], description: str | None = None
+               ) -> None:
+    """The probes' command line: ``--data`` (names for :func:`probe_sets`), the probe's own ``option`` and ``--out``;
+    ``run_one(name, root, value)`` makes each dataset's JSON line."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", nargs="+", default=data)
+    p.add_argument(option, type=type(default), default=default)
     p.add_argument("--out", help="append each dataset's JSON line to this file too")
     a = p.parse_args()
     torch.set_num_threads(2)
+    value = getattr(a, option.lstrip("-").replace("-", "_"))
     for name, root in probe_sets(a.data).items():
-        emit(run(name, root, a.top), a.out)
+        emit(run_one(name, root, value), a.out)
+
+
+def main() -> None:
+    probe_main(run, "--top", 5, data=["magnetic", "dev"])
 
 
 def probe_sets(names: list[str]) -> dict[str, Path]:

@@ -26,6 +26,14 @@ def _f(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
+def _group(data: str) -> str:
+    """The naming probes' group of a dataset: the QA benchmark's 8 dev sets, the 6 generated after them (seeds 2
+    and 3), or magnetic_tile (held out)."""
+    if data == "magnetic_tile":
+        return "magnetic_tile (held out)"
+    return "dev-more (6 sets)" if data.startswith("dev/") and data[-1] in "23" else "dev (8 sets)"
+
+
 def geometry(rows: list[dict]) -> list[str]:
     out = ["## Choosing DINOv2's input per dataset from normal data (a negative result)", "",
            "`PYTHONPATH=. python eval/probe_geometry_choice.py --datasets coins mid-gravel --seeds 0`, then the same "
@@ -91,10 +99,7 @@ def naming(rows: list[dict]) -> list[str]:
     for r in rows:
         out.append(f"| {r['data']} | {r['images']} | {_f(r['chance'])} | " + " | ".join(_f(r[k]) for k in keys)
                    + " |")
-        if r["data"].startswith("dev/") and r["data"][-1] in "23":
-            groups["dev-more (6 sets)"].append(r)
-        elif r["data"] != "magnetic_tile":
-            groups["dev (8 sets)"].append(r)
+        groups.get(_group(r["data"]), []).append(r)
     for name, rs in groups.items():
         if rs:
             out.append(f"| **mean, {name}** | {sum(r['images'] for r in rs)} | - | "
@@ -168,10 +173,8 @@ def cell_votes(rows: list[dict]) -> list[str]:
            "sets better / level / worse |", "|---|---|---|" + "---|" * (len(keys) + 1)]
     for seed in sorted({r["library_seed"] for r in rows}):
         mine = [r for r in rows if r["library_seed"] == seed]
-        groups = {"dev (8 sets)": [r for r in mine if r["data"].startswith(("synthetic/", "dev/"))
-                                   and r["data"][-1] not in "23"],
-                  "dev-more (6 sets)": [r for r in mine if r["data"].startswith("dev/") and r["data"][-1] in "23"],
-                  "magnetic_tile (held out)": [r for r in mine if r["data"] == "magnetic_tile"]}
+        groups = {g: [r for r in mine if _group(r["data"]) == g]
+                  for g in ("dev (8 sets)", "dev-more (6 sets)", "magnetic_tile (held out)")}
         for name, rs in groups.items():
             if not rs:
                 continue

@@ -220,6 +220,13 @@ def region_cells(mask: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, n
     return keep, w[keep]
 
 
+def _covered(grid: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of an (h, w, C) feature grid whose cells ``mask`` covers (:func:`region_cells`), as float32 (n, C),
+    and their coverages (n,)."""
+    cells, cover = region_cells(mask, grid.shape[:2])
+    return grid.reshape(-1, grid.shape[-1])[cells].astype(np.float32), cover
+
+
 class DeepRegionEncoder:
     """DINOv2-S (blocks 5 + 7) features averaged over a region minus their average over its ring: (2 * 384,)."""
 
@@ -359,16 +366,12 @@ class DefectLibrary:
         return self.add_described(d, deep, label, example_id, lens_descriptors=lens, patches=patches, cells=cells)
 
     def _region_patches(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the patch features of the cells ``mask`` covers (n, C), their coverages (n,))."""
-        g = self.encoder.grids(image)
-        cells, cover = region_cells(mask, g.shape[:2])
-        return g.reshape(-1, g.shape[-1])[cells].astype(np.float32), cover
+        """(the DINOv2 patch features of the cells ``mask`` covers (n, C), their coverages (n,))."""
+        return _covered(self.encoder.grids(image), mask)
 
     def _region_cells(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the efficientnet-lite0 cells ``mask`` covers (n, C'), their coverages (n,))."""
-        g = self.cell_encoder.grids(image)
-        cells, cover = region_cells(mask, g.shape[:2])
-        return g.reshape(-1, g.shape[-1])[cells].astype(np.float32), cover
+        return _covered(self.cell_encoder.grids(image), mask)
 
     def _query_cells(self, image: np.ndarray, mask: np.ndarray, heat: np.ndarray | None
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -378,16 +381,14 @@ class DefectLibrary:
         import torch
 
         g = self.cell_encoder.grids(image)
-        flat = g.reshape(-1, g.shape[-1]).astype(np.float32)
         if heat is not None and np.shape(heat) == mask.shape:
             h = np.clip(np.nan_to_num(np.asarray(heat, np.float32)), 0, None)
             pooled = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(h)[None, None], g.shape[:2])
             pooled = pooled.reshape(-1)
             if float(pooled.max()) > 0:
                 top = torch.topk(pooled, min(TOP_CELLS, int((pooled > 0).sum())))
-                return flat[top.indices.numpy()], top.values.numpy()
-        cells, cover = region_cells(mask, g.shape[:2])
-        return flat[cells], cover
+                return g.reshape(-1, g.shape[-1])[top.indices.numpy()].astype(np.float32), top.values.numpy()
+        return _covered(g, mask)
 
     def add_described(self, descriptors: dict[str, float], deep: np.ndarray | None, label: str,
                       example_id: str, *, lens_descriptors: dict[str, float] | None = None,
