@@ -1,9 +1,10 @@
 """Images/s of each input geometry on the generalization suite, measured interleaved (round-robin over the
 settings, repeated), so that the load of a shared machine hits every setting alike.
 
-PatchCore, 8 shots (seed 0, coreset off), or with ``--detector mutual`` zero-shot mutual scoring, predict on the
-same test images (up to ``--images`` per set, a quarter of that on the large set) in batches of 16; the median over
-``--repeats`` rounds, and each setting's cost relative to the first. Writes eval/results/geometry_speed.md (or
+PatchCore, 8 shots (seed 0, coreset off; settings named ``ensemble`` run the ``ensemble`` detector), or with
+``--detector mutual`` zero-shot mutual scoring, predict on the same test images (up to ``--images`` per set, a
+quarter of that on the large set) in batches of 16; the median over ``--repeats`` rounds, and each setting's cost
+relative to the first. Writes eval/results/geometry_speed.md (or
 ``--out``).
 
     PYTHONPATH=. nice python eval/bench_geometry_speed.py [--repeats 3] [--images 16] [--threads 1] [--settings ...]
@@ -52,6 +53,8 @@ SETTINGS = {
     "dinov2 aspect 308": (DINO, {"geometry": "aspect", "image_size": 308}, None),
     "dinov2 area 308": (DINO, {"geometry": "area", "image_size": 308}, None),
     "dinov2 aspect 448": (DINO, {"geometry": "aspect", "image_size": 448}, None),
+    # the ensemble detector: PatchCore on both backbones at each one's default input, maps scaled and averaged
+    "ensemble effnet+dinov2": (f"{EFF}+{DINO}", {}, None),
     "effnet area 224, one search per input shape (before)": (EFF, {"geometry": "area", "image_size": 224}, None),
     "dinov2 aspect 448, one search per input shape (before)": (DINO, {"geometry": "aspect", "image_size": 448}, None),
 }
@@ -94,7 +97,8 @@ def main(argv=None) -> int:
         tests[d] = test
         images = [s.image for s in test[: n_images(d, args.images)]]
         extra, normal = ({"coreset": 1.0}, _shots(train, 0)) if args.detector == "patchcore" else ({}, [])
-        dets = {name: create_detector(args.detector, backbone=bb, **extra, **kw).fit(normal)
+        dets = {name: create_detector("ensemble" if "+" in bb else args.detector, backbone=bb, **extra, **kw)
+                .fit(normal)
                 for name, (bb, kw, only) in SETTINGS.items() if (not only or d in only) and name in args.settings}
         dets = {name: per_shape_search(det) if PER_SHAPE in name else det for name, det in dets.items()}
         for _ in range(args.repeats):

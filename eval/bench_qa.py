@@ -48,6 +48,7 @@ TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic_tile"
 NEW, OLD = "grounded", "grounded, old rules"
 ORACLE_VERDICT, ORACLE_MAP = "grounded, oracle verdict", "grounded, oracle map"
 FULL_SHOT = "grounded, full-shot detector"
+ENSEMBLE = "grounded, ensemble detector"
 DESCRIPTOR_NAMER = "grounded, descriptor namer (before)"
 PATCH_NAMER = "grounded, patch namer (before)"
 LENSES = (0.0, 0.0125, 0.025, 0.04, 0.06)  # map-lens sigmas of the type candidates (0: none)
@@ -107,13 +108,17 @@ def oracle_maps(samples, maps, *, verdict_only: bool) -> list:
 
 def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",), threads: int = 2, *,
           same_images: bool = False, llm_only: bool = False, oracle: bool = False, full_shot: bool = False,
-          descriptor_namer: bool = False, patch_namer: bool = False) -> tuple[list[dict], dict | None]:
+          descriptor_namer: bool = False, patch_namer: bool = False, ensemble: bool = False
+          ) -> tuple[list[dict], dict | None]:
     """QA rows (new and old grounded rules, local LLMs, the grounded reasoner on the LLM rows' images) and the
     candidate-rule scores of one dataset (None with ``llm_only``: only the LLM subset is scored then).
     ``oracle``: only the two oracle rows (:func:`oracle_maps`), no rule scores. ``full_shot``: only the grounded row
-    on a detector fitted on every normal training image (coreset 0.1, PatchCore's default), no rule scores."""
+    on a detector fitted on every normal training image (coreset 0.1, PatchCore's default), no rule scores.
+    ``ensemble``: only the grounded row on the ``ensemble`` detector (efficientnet-lite0 + dinov2-s14 PatchCore, the
+    same 8 shots, coreset 1.0), no rule scores."""
     train, test = open_data(root)
-    det, _ = fit_detector(train, detector="patchcore", backbone="efficientnet-lite0", shots=None if full_shot else 8,
+    detector, backbone = ("ensemble", None) if ensemble else ("patchcore", "efficientnet-lite0")
+    det, _ = fit_detector(train, detector=detector, backbone=backbone, shots=None if full_shot else 8,
                           seed=0, coreset=0.1 if full_shot else 1.0)
     subset = _Subset(test, llm_images)
     scored = subset if llm_only else test  # an LLM-only run needs the maps of the subset only
@@ -129,6 +134,8 @@ def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",)
         llms = ()
     if full_shot:
         configs, llms = [(FULL_SHOT, grounded, test, maps, CORE_LEVEL)], ()
+    if ensemble:
+        configs, llms = [(ENSEMBLE, grounded, test, maps, CORE_LEVEL)], ()
     if descriptor_namer:
         configs, llms = [(DESCRIPTOR_NAMER, grounded, test, maps, CORE_LEVEL)], ()
     if patch_namer:
@@ -148,13 +155,13 @@ def _rows(name: str, root: Path, llm_images: int, llms: list[str] = ("smollm2",)
         metrics, _ = qa_on_data(root, _NoSpread(det) if rname == ORACLE_MAP else det, split, split_maps, reasoner,
                                 shots_per_type=3, seed=0, core_level=core,
                                 **({"library_features": features[rname]} if rname in features else {}))
-        row = {"data": name, "reasoner": rname, "detector": "patchcore/efficientnet-lite0",
+        row = {"data": name, "reasoner": rname, "detector": f"{det.name}/{det.backbone}",
                "shots": "all" if full_shot else 8, "seed": 0,
                "threshold_rule": "q99" if rname == OLD else det.hyper["threshold_rule"], "core_level": core,
                "seconds": time.perf_counter() - t0, **metrics} | _speed(reasoner)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    if llm_only or oracle or full_shot or descriptor_namer or patch_namer:
+    if llm_only or oracle or full_shot or descriptor_namer or patch_namer or ensemble:
         return rows, None
     types = {s.defect_type for s in samples if s.label == 1 and s.mask is not None}
     libraries = patch_library = None
@@ -184,7 +191,7 @@ def _dev_sets(tmp: Path) -> dict[str, Path]:
 
 
 SAME_IMAGES = "grounded (same images)"
-ORDER = (NEW, PATCH_NAMER, DESCRIPTOR_NAMER, OLD, ORACLE_VERDICT, ORACLE_MAP, FULL_SHOT)
+ORDER = (NEW, PATCH_NAMER, DESCRIPTOR_NAMER, OLD, ENSEMBLE, ORACLE_VERDICT, ORACLE_MAP, FULL_SHOT)
 
 
 def _speed(reasoner) -> dict:
@@ -222,6 +229,8 @@ def main() -> None:
     ap.add_argument("--patch-namer", action="store_true", help="only the grounded row with the library naming "
                     "by DINOv2 patch votes alone ('patches' mode, the rule before 'patches+cells'), on the same maps "
                     "and questions (with --keep: the other rows stay unmarked)")
+    ap.add_argument("--ensemble", action="store_true", help="only the grounded row on the 'ensemble' detector "
+                    "(efficientnet-lite0 + dinov2-s14 PatchCore maps, scaled and averaged; the same 8 shots)")
     ap.add_argument("--data", nargs="+", choices=("synthetic", "tile"), default=["synthetic", "tile"],
                     help="synthetic: the dev suite; tile: magnetic_tile (held out)")
     args = ap.parse_args()
@@ -230,7 +239,8 @@ def main() -> None:
         return render(old, _read(RESULTS / "qa_rules.jsonl"), args)
     rows, rules = [], []
     opts = {"same_images": args.same_images, "llm_only": args.llm_only, "oracle": args.oracle,
-            "full_shot": args.full_shot, "descriptor_namer": args.descriptor_namer, "patch_namer": args.patch_namer}
+            "full_shot": args.full_shot, "descriptor_namer": args.descriptor_namer, "patch_namer": args.patch_namer,
+            "ensemble": args.ensemble}
     with tempfile.TemporaryDirectory() as tmp:
         sets = _dev_sets(Path(tmp)) if "synthetic" in args.data and not args.full_shot else {}  # 8 images there
         for name, root in sets.items():
@@ -244,7 +254,7 @@ def main() -> None:
         rows, rules = rows + r, rules + ([q] if q else [])
     if args.keep:
         done = {(r["data"], r["reasoner"]) for r in rows}
-        rows += [r if args.oracle or args.full_shot or args.descriptor_namer or args.patch_namer
+        rows += [r if args.oracle or args.full_shot or args.descriptor_namer or args.patch_namer or args.ensemble
                  or args.llm_only and not r["reasoner"].startswith("llamacpp")
                  else r | {"earlier_run": True}
                  for r in old if (r["data"], r["reasoner"]) not in done]
@@ -291,6 +301,7 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
                f"{' --same-images' if args.same_images else ''}{' --llm-only' if args.llm_only else ''}"
                f"{' --oracle' if args.oracle else ''}{' --full-shot' if args.full_shot else ''}"
                f"{' --descriptor-namer' if args.descriptor_namer else ''}{' --patch-namer' if args.patch_namer else ''}"
+               f"{' --ensemble' if args.ensemble else ''}"
                f"{f' --threads {args.threads}' if args.threads != 2 else ''}{' --keep' if args.keep else ''}")
     # a run that redoes some rows only (--keep with a partial flag, or --render) adds its command to those of the
     # runs that made the other rows; a full run starts the list again
@@ -298,7 +309,7 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
     found = re.search(r"^Commands?(?:, in order)?: (.*?)\. Detector:", before, re.M)
     earlier = re.findall(r"`([^`]*)`", found.group(1)) if found else []
     partial = args.keep and (args.llm_only or args.oracle or args.full_shot or args.descriptor_namer
-                             or args.patch_namer)
+                             or args.patch_namer or args.ensemble)
     commands = earlier if args.render and earlier else \
         [c for c in earlier if c != command] + [command] if partial else [command]
     lines = ["# Question answering (multiple choice) through the chat loop", "",
@@ -346,6 +357,12 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
                   "rules, questions and 3-example type library, on maps of PatchCore fitted on every normal training "
                   "image of magnetic_tile (coreset 0.1, the product default) instead of 8: what better real maps, not "
                   "an oracle, give the answers."]
+    if any(r["reasoner"] == ENSEMBLE for r in rows):
+        lines += ["", f"`{ENSEMBLE}` (`PYTHONPATH=. python eval/bench_qa.py --ensemble --keep`): the same reasoner, "
+                  "rules, questions and library, on the maps of the `ensemble` detector (vlm_ad.detectors.ensemble: "
+                  "PatchCore on efficientnet-lite0 and on dinov2-s14, the same 8 shots, coreset 1.0, each map divided "
+                  "by the mean of its normal shots' leave-image-out scores, then averaged; threshold mean + 1 sd of "
+                  "the shots' mixed leave-image-out maps' maxima)."]
     lines += _speed_table(rows)
     (RESULTS / "qa.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -94,6 +94,22 @@ def test_backbone_when_none_is_given_is_the_detectors_measured_default(tmp_path)
     assert _backbone(None, None, "mutual") == "dinov2-s14"  # beat efficientnet-lite0 on the dev suite
     assert _backbone("efficientnet-lite0", None, "mutual") == "efficientnet-lite0"  # as given
     assert _backbone(None, tmp_path, "adapted") is None  # the adapter's own
+    assert _backbone(None, None, "ensemble") == "efficientnet-lite0+dinov2-s14"
+
+
+def test_fit_and_detect_with_the_two_backbone_ensemble(category, tmp_path):
+    model = tmp_path / "model"
+    out = _ok(runner.invoke(app, ["fit", str(category), "--detector", "ensemble", "--shots", "3", "--out", str(model),
+                                  "-o", "image_size=112"]))
+    assert "fitted ensemble (efficientnet-lite0+dinov2-s14)" in out
+    assert (model / "member-0" / "detector.json").is_file() and (model / "member-1" / "detector.json").is_file()
+    image = sorted((category / "test").rglob("*.png"))[0]
+    out = _ok(runner.invoke(app, ["detect", str(image), "--model", str(model), "--out", str(tmp_path / "det")]))
+    said = " ".join(out.split())
+    assert "ensemble: the mean of the scaled maps of patchcore on efficientnet-lite0" in said
+    assert "; patchcore on dinov2-s14" in said
+    rec = json.loads(next((tmp_path / "det").glob("*.json")).read_text())
+    assert rec["threshold"] is not None and rec["hits"][0]["image_id"].startswith("train/good/")
 
 
 def test_fit_takes_a_plain_folder_of_normal_images_or_train_good_without_a_test_split(category, tmp_path,

@@ -40,6 +40,7 @@ CONTRACT = {
     "vae": {"image_size": 32, **FAST},
     "cavga": {"image_size": 48, **FAST},
     "feature-ae": FAST,
+    "ensemble": {"backbone": "efficientnet-lite0+dinov2-s14", "image_size": 112},  # a multiple of both strides
     "adapted": {"backbone": "dinov2-s14", "image_size": 98,
                 "adapt": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "lora_blocks": [7], "modules": ["qkv"]}},
 }
@@ -275,3 +276,47 @@ def test_few_shot_threshold_rule(data):
     assert len(loo) == 4 and det.threshold_ == pytest.approx(loo.mean() + loo.std(ddof=1))
     old = create_detector("patchcore", image_size=SIZE, threshold_rule="q99").fit(normal[:4])
     assert old.threshold_ == pytest.approx(np.quantile(loo, 0.99), rel=1e-5)
+
+
+def test_ensemble_map_is_the_mean_of_its_members_maps_on_their_normal_scales(data, tmp_path):
+    from vlm_ad.detectors import load_detector
+    from vlm_ad.detectors.threshold import threshold_from_normal
+
+    torch.set_num_threads(2)
+    normal, test, _ = data
+    det = create_detector("ensemble", backbone="efficientnet-lite0+dinov2-s14", image_size=112, coreset=1.0)
+    maps = det.fit(normal).predict(test)
+    members = [m.predict(test) for m in det.members_]
+    assert [m.backbone for m in det.members_] == ["efficientnet-lite0", "dinov2-s14"]
+    for i, amap in enumerate(maps):
+        expect = (members[0][i].map / det.scales_[0] + members[1][i].map / det.scales_[1]) / 2
+        np.testing.assert_allclose(amap.map, expect, rtol=1e-5, atol=1e-6)
+        assert amap.score == pytest.approx(float(amap.map.max()))  # a score above the threshold has a region above it
+        assert [h.image_id for h in amap.hits] == [h.image_id for h in members[0][i].hits]
+    # each member's normal leave-image-out maxima average 1 after scaling, so the mixed ones are at most about 1
+    for m, s in zip(det.members_, det.scales_):
+        assert s == pytest.approx(float(np.mean(m.calibration_scores_)), rel=0.05)
+    assert 0.5 < float(np.mean(det.calibration_scores_)) <= 1.0 + 1e-6
+    assert det.threshold_ == pytest.approx(threshold_from_normal(det.calibration_scores_, "mean+1sd"))
+    assert maps[-1].score > det.threshold_ > max(m.score for m in maps[:-1])  # the planted square, and only it
+    spread = det.point_spread((96, 96))
+    assert spread.shape == (96, 96) and float(spread.max()) <= 1.0 + 1e-6
+    back = load_detector(det.save(tmp_path / "model"))
+    assert back.threshold_ == det.threshold_ and "dinov2-s14" in back.summary()
+    np.testing.assert_allclose(back.predict(test)[-1].map, maps[-1].map, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"backbone": "efficientnet-lite0"}, ConfigError, "two or more different backbones"),
+    ({"backbone": "efficientnet-lite0+efficientnet-lite0"}, ConfigError, "two or more different backbones"),
+    ({"layers": ["block4"]}, ConfigError, "own backbones' layers"),
+    ({"augment": "flips"}, ConfigError, "no option 'augment'"),
+])
+def test_ensemble_refuses_what_it_cannot_do(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        create_detector("ensemble", **kwargs)
+
+
+def test_ensemble_needs_two_normal_images(data):
+    with pytest.raises(DataError, match="at least 2 normal images"):
+        create_detector("ensemble", image_size=112).fit(data[0][:1])

@@ -4,6 +4,7 @@ Registered names:
     patchcore   nearest normal patch in a coreset memory bank (full-shot and k-shot)
     padim       per-position Gaussian, Mahalanobis distance
     mutual      zero-shot mutual scoring between unlabelled images (no normal image needed)
+    ensemble    PatchCore on two or more backbones (default efficientnet-lite0+dinov2-s14), maps averaged
     adapted     per-category LoRA adapter head (synthetic defects) fused with PatchCore retrieval distances
     ae          convolutional autoencoder on pixels, map = reconstruction error           (generative)
     vae         convolutional VAE on pixels, map = reconstruction error                    (generative)
@@ -38,6 +39,13 @@ def _patchcore(**kw: Any) -> Detector:
     from vlm_ad.detectors.patchcore import PatchCore
 
     return PatchCore(**kw)
+
+
+@DETECTORS.register("ensemble", description="PatchCore on several backbones ('a+b'), their scaled maps averaged")
+def _ensemble(**kw: Any) -> Detector:
+    from vlm_ad.detectors.ensemble import Ensemble
+
+    return Ensemble(**kw)
 
 
 @DETECTORS.register("padim", description="per-position Gaussian of normal patches, Mahalanobis distance")
@@ -175,6 +183,14 @@ def load_detector(directory: str | Path) -> Detector:
     meta, tensors = read_artifact(directory, "detector.json", "detector.safetensors", kind="detector",
                                   version=FORMAT_VERSION, what="saved model",
                                   remedy="create one with 'vlm-ad fit DATA --out DIR'")
+    if meta.get("detector") == "ensemble":  # members in sub-folders, no embedder of its own
+        from vlm_ad.detectors.ensemble import Ensemble
+
+        try:
+            return Ensemble.load(Path(directory), meta, tensors)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"{Path(directory) / 'detector.json'} is malformed ({exc!r}); re-create the model with "
+                              "'vlm-ad fit'") from exc
     try:
         emb = meta["embedder"]
         geometry = {"geometry": emb.get("geometry", "square"), "tile": emb.get("tile"),  # older models: square
