@@ -135,12 +135,12 @@ class Ensemble(Detector):
         return self.members_[0].grid_shape(image_shape)
 
     def point_spread(self, image_shape: tuple[int, int]) -> np.ndarray | None:
-        """The mean of the members' point spreads, each at peak 1: the mixed map of one anomalous spot."""
+        """The first member's point spread (the map of one anomalous patch), which the size estimate takes off a
+        region's core. Chosen on the QA benchmark's synthetic dev suite (8 sets; magnetic_tile held out), size
+        accuracy of the product's size rule on the ensemble's maps: the first member's (efficientnet-lite0) 0.608,
+        the mean of the members' spreads at peak 1 0.572, DINOv2's 0.526."""
         self._check_fitted()
-        spreads = [m.point_spread(image_shape) for m in self.members_]
-        if any(s is None for s in spreads):
-            return None
-        return (sum(s / max(float(s.max()), 1e-12) for s in spreads) / len(spreads)).astype(np.float32)
+        return self.members_[0].point_spread(image_shape)
 
     def summary(self) -> str:
         if not self._is_fitted():
