@@ -362,7 +362,7 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
                   "rules, questions and library, on the maps of the `ensemble` detector (vlm_ad.detectors.ensemble: "
                   "PatchCore on efficientnet-lite0 and on dinov2-s14, the same 8 shots, coreset 1.0, each map divided "
                   "by the mean of its normal shots' leave-image-out scores, then averaged; threshold mean + 1 sd of "
-                  "the shots' mixed leave-image-out maps' maxima)."]
+                  "the shots' mixed leave-image-out maps' maxima; sizes less the first member's point spread)."]
     lines += _speed_table(rows)
     (RESULTS / "qa.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
