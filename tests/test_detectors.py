@@ -285,7 +285,9 @@ def test_ensemble_map_is_the_mean_of_its_members_maps_on_their_normal_scales(dat
     torch.set_num_threads(2)
     normal, test, _ = data
     det = create_detector("ensemble", backbone="efficientnet-lite0+dinov2-s14", image_size=112, coreset=1.0)
-    maps = det.fit(normal).predict(test)
+    ticks: list[float] = []
+    maps = det.fit(normal, progress=ticks.append).predict(test)
+    assert sum(ticks) == pytest.approx(len(normal))  # one progress bar, each member advancing it by its share
     members = [m.predict(test) for m in det.members_]
     assert [m.backbone for m in det.members_] == ["efficientnet-lite0", "dinov2-s14"]
     for i, amap in enumerate(maps):

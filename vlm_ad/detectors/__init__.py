@@ -187,10 +187,12 @@ def load_detector(directory: str | Path) -> Detector:
         from vlm_ad.detectors.ensemble import Ensemble
 
         try:
-            return Ensemble.load(Path(directory), meta, tensors)
+            det = Ensemble.load(Path(directory), meta, tensors)
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"{Path(directory) / 'detector.json'} is malformed ({exc!r}); re-create the model with "
                               "'vlm-ad fit'") from exc
+        det.threshold_ = _saved_threshold(meta, directory)
+        return det
     try:
         emb = meta["embedder"]
         geometry = {"geometry": emb.get("geometry", "square"), "tile": emb.get("tile"),  # older models: square
@@ -209,10 +211,14 @@ def load_detector(directory: str | Path) -> Detector:
     if det.embedder_ is not None and "normalize" in emb:  # the saved embedder is the truth
         det.embedder_.normalize = bool(emb["normalize"])
     det._load_state(tensors, meta, Path(directory))
+    det.threshold_ = _saved_threshold(meta, directory)
+    return det
+
+
+def _saved_threshold(meta: dict[str, Any], directory: str | Path) -> float | None:
     threshold = meta.get("threshold")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
                                   or not math.isfinite(threshold)):
         raise ConfigError(f"{Path(directory) / 'detector.json'}: threshold must be a finite number or null, got "
                           f"{threshold!r}; fix it or set one with 'vlm-ad detect --threshold'")
-    det.threshold_ = threshold
-    return det
+    return threshold

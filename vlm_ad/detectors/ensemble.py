@@ -2,11 +2,12 @@
 
 A CNN (efficientnet-lite0) and a ViT (DINOv2-S/14) see an image differently: the one local texture, the other patch
 semantics at a coarser grid. Where one errs the other often does not, so their mean map is a better map on more kinds
-of data than either (eval/results/probes.md, "two backbones"): over the 9 sets of the generalization suite (8 shots,
-seeds 0-2) the mean map beat efficientnet-lite0 alone on 17 of 25 (set, metric) cells of the dev half and 12 of 25 of
-the unseen half (mean AUPRO of the sets with masks 0.844 -> 0.860 / 0.879 -> 0.897) and DINOv2 alone on 18 / 23; it
-is not the default because it costs both backbones' time and lost to efficientnet-lite0 on the 1,200-px gravel set's
-dev half (pixel AUROC -0.044, AUPRO -0.067).
+of data than either (eval/results/probes.md, "Two backbones' maps averaged"; 9 sets of the generalization suite,
+8 shots, seeds 0-2): mean image AUROC / pixel AUROC / AUPRO over the sets 0.896 / 0.938 / 0.838 (dev half) and 0.928 /
+0.953 / 0.881 (unseen half) against 0.863 / 0.938 / 0.833 and 0.901 / 0.949 / 0.854 for efficientnet-lite0 alone; it
+beat that on 15 and 12 of 25 (set, metric) cells and DINOv2 alone on 18 and 23. It is not the default: it costs both
+backbones' time (4.3-8.0x efficientnet-lite0's, eval/results/geometry_speed_ensemble.md) and lost to efficientnet-lite0
+beyond the seed spread on the 1,200-px gravel set's dev half (pixel AUROC -0.044, AUPRO -0.067).
 
 Each member is a :class:`~vlm_ad.detectors.patchcore.PatchCore` with its backbone's own default input (or the input
 settings given, for every member). The members' maps are on different scales (distances between different
@@ -78,10 +79,11 @@ class Ensemble(Detector):
             raise DataError(f"ensemble needs at least 2 normal images (it puts its members on one scale by their "
                             f"normal images' leave-image-out scores), got {len(set(ids))}")
         members, loo = [], []
+        share = _share(progress, len(self.backbones))
         for backbone in self.backbones:  # PatchCore.fit's steps, keeping the embeddings for the calibration maps
             m = self._member(backbone)
             m._ensure_embedder()
-            emb = m._embed(arrays, progress)
+            emb = m._embed(arrays, share)
             m._fit_embeddings(emb, ids)
             m.threshold_ = m._calibrate(emb, ids)
             members.append(m)
@@ -115,7 +117,8 @@ class Ensemble(Detector):
         arrays, ids = as_images(images)
         if not arrays:
             raise DataError("predict() got no images")
-        per_member = [m.predict(arrays_with_ids(arrays, ids), progress=progress) for m in self.members_]
+        share = _share(progress, len(self.members_))
+        per_member = [m.predict(arrays_with_ids(arrays, ids), progress=share) for m in self.members_]
         for key in self.timings_:
             self.timings_[key] = sum(m.timings_[key] for m in self.members_)
         out = []
@@ -182,8 +185,12 @@ class Ensemble(Detector):
         det.members_ = members
         det.scales_ = tensors["scales"].numpy()
         det.calibration_scores_ = tensors["calibration"].numpy()
-        det.threshold_ = meta.get("threshold")
         return det
+
+
+def _share(progress, k: int):
+    """A progress callback that each of ``k`` members advances by its share, so a bar ends at its total once."""
+    return None if progress is None else (lambda n: progress(n / k))
 
 
 def arrays_with_ids(arrays: list[np.ndarray], ids: list[str]) -> list:
