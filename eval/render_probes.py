@@ -228,9 +228,12 @@ def ensemble(rows: list[dict]) -> list[str]:
     if not rows:
         return []
     seeds = sorted({r["seed"] for r in rows})
+    large = any(r["dataset"].startswith("large") for r in rows)
     out = ["## Two backbones' maps averaged (built as the `ensemble` detector; not the default)", "",
-           "`PYTHONPATH=. python eval/probe_ensemble.py --seeds 0 1 2 --out eval/results/probe_ensemble.jsonl` (sets "
-           "of eval/bench_generalization.py, its 8 shots per seed, coreset off). `effnet` / `dinov2`: PatchCore at "
+           "`PYTHONPATH=. python eval/probe_ensemble.py --seeds 0 1 2 --out eval/results/probe_ensemble.jsonl`"
+           + (", then the same with `--datasets large large-brick large-coffee mid-clock`" if large else "")
+           + " (sets of eval/bench_generalization.py, its 8 shots per seed, coreset off; pixel metrics of the 2,048-px "
+           "sets on maps and masks downsampled to a 1,024-px long side, as there). `effnet` / `dinov2`: PatchCore at "
            "each backbone's default input (the product's `patchcore`); `mean z`: each map and score as (x - mean) / "
            "sd of its detector's leave-image-out normal scores, averaged; `mean ratio`: x / mean of those scores, "
            "averaged (image score: the mean of the two scaled scores); `ensemble detector`: vlm_ad.detectors.ensemble, "
