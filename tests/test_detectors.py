@@ -321,3 +321,12 @@ def test_ensemble_refuses_what_it_cannot_do(kwargs, error, message):
 def test_ensemble_needs_two_normal_images(data):
     with pytest.raises(DataError, match="at least 2 normal images"):
         create_detector("ensemble", image_size=112).fit(data[0][:1])
+
+
+def test_ensemble_takes_images_of_several_sizes(data):
+    torch.set_num_threads(2)
+    normal, test, _ = data
+    wide = [np.ascontiguousarray(np.concatenate([s.image, s.image[:, :32]], axis=1)) for s in normal[:3]]
+    det = create_detector("ensemble", image_size=112).fit([s.image for s in normal[3:]] + wide)
+    maps = det.predict([test[0], wide[0][:, 8:]])
+    assert [m.map.shape for m in maps] == [(96, 96), (96, 120)] and det.threshold_ is not None
