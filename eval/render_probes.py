@@ -259,11 +259,13 @@ def ensemble(rows: list[dict]) -> list[str]:
             b, lv, w, behind = ensemble_tally(rows, "ensemble detector", old, half)
             out.append(f"- vs {old}, {half} half: {b} / {lv} / {w}; behind beyond the spread: "
                        f"{', '.join(behind) or 'none'}")
+    out.append("")
     out += ensemble_vs_reference(rows)
     t = {(o, h): ensemble_tally(rows, "ensemble detector", o, h)
          for o in ("effnet", "dinov2") for h in ("dev", "unseen")}
+    n = sum(t["effnet", "dev"][:3])
     out += ["", f"The mixed map is better than DINOv2 alone on {t['dinov2', 'dev'][0]} and {t['dinov2', 'unseen'][0]} "
-            f"of 25 cells (dev / unseen half) and than efficientnet-lite0 alone on {t['effnet', 'dev'][0]} and "
+            f"of {n} cells (dev / unseen half) and than efficientnet-lite0 alone on {t['effnet', 'dev'][0]} and "
             f"{t['effnet', 'unseen'][0]}; its means over the sets are above or level with both backbones' on every "
             "metric of both halves. It costs both backbones' time (eval/results/geometry_speed_ensemble.md) and loses "
             "to efficientnet-lite0 alone beyond the seed spread on some cells (above), so under the project's rule "

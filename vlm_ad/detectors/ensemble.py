@@ -2,12 +2,13 @@
 
 A CNN (efficientnet-lite0) and a ViT (DINOv2-S/14) see an image differently: the one local texture, the other patch
 semantics at a coarser grid. Where one errs the other often does not, so their mean map is a better map on more kinds
-of data than either (eval/results/probes.md, "Two backbones' maps averaged"; 9 sets of the generalization suite,
-8 shots, seeds 0-2): mean image AUROC / pixel AUROC / AUPRO over the sets 0.896 / 0.938 / 0.838 (dev half) and 0.928 /
-0.953 / 0.881 (unseen half) against 0.863 / 0.938 / 0.833 and 0.901 / 0.949 / 0.854 for efficientnet-lite0 alone; it
-beat that on 15 and 12 of 25 (set, metric) cells and DINOv2 alone on 18 and 23. It is not the default: it costs both
-backbones' time (4.3-8.0x efficientnet-lite0's, eval/results/geometry_speed_ensemble.md) and lost to efficientnet-lite0
-beyond the seed spread on the 1,200-px gravel set's dev half (pixel AUROC -0.044, AUPRO -0.067).
+of data than either (eval/results/probes.md, "Two backbones' maps averaged"; the 13 sets of the generalization
+suite, 8 shots, seeds 0-2): mean image AUROC / pixel AUROC / AUPRO over the sets 0.928 / 0.957 / 0.887 (dev half) and
+0.950 / 0.966 / 0.912 (unseen half) against 0.905 / 0.957 / 0.881 and 0.931 / 0.963 / 0.892 for efficientnet-lite0
+alone; it beat that on 20 and 16 of 37 (set, metric) cells (11 level each) and DINOv2 alone on 22 and 30. It is not
+the default: it costs both backbones' time (4.3-8.0x efficientnet-lite0's, eval/results/geometry_speed_ensemble.md)
+and lost to efficientnet-lite0 beyond the seed spread on the 1,200-px gravel set's dev half (pixel AUROC -0.044, AUPRO
+-0.067).
 
 Each member is a :class:`~vlm_ad.detectors.patchcore.PatchCore` with its backbone's own default input (or the input
 settings given, for every member). The members' maps are on different scales (distances between different
