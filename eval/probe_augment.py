@@ -12,17 +12,15 @@ eval/render_probes.py renders it into eval/results/probes.md.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_generalization as bg  # noqa: E402
-from probe_patch_naming import emit  # noqa: E402
+from probe_patch_naming import suite_main  # noqa: E402
 
 from vlm_ad.detectors import create_detector  # noqa: E402
 from vlm_ad.types import Sample  # noqa: E402
@@ -47,21 +45,10 @@ def run(train: list[Sample], test: list[Sample], seed: int, augment: bool) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--datasets", nargs="+", default=["magnetic", "square", "gray-elongated", "elongated", "coins",
-                                                      "clock", "coffee", "textile"])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=None, help="append the JSON lines to this file")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    suite = bg.load_suite()
-    for name in args.datasets:
-        train, test = suite[name]()
-        for seed in args.seeds:
-            for augment in (False, True):
-                emit({"dataset": name, "seed": seed, "bank": "shots + flips" if augment else "shots",
-                      **run(train, test, seed, augment)}, args.out)
+    suite_main(lambda train, test, seed: ({"bank": "shots + flips" if augment else "shots",
+                                           **run(train, test, seed, augment)} for augment in (False, True)),
+               datasets=["magnetic", "square", "gray-elongated", "elongated", "coins", "clock", "coffee", "textile"],
+               description=__doc__.split("\n\n")[0], argv=argv)
 
 
 if __name__ == "__main__":

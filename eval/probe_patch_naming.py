@@ -131,6 +131,28 @@ def probe_main(run_one, option: str, default: float | int, *, data: list[str], d
         emit(run_one(name, root, value), a.out)
 
 
+def suite_main(records, *, datasets: list[str], description: str | None = None,
+               argv: list[str] | None = None) -> None:
+    """The command line of the probes on eval/bench_generalization.py's sets: ``--datasets``, ``--seeds``,
+    ``--threads``, ``--out``; ``records(train, test, seed)`` gives the JSON lines of one (set, seed), each prefixed
+    with its ``dataset`` and ``seed``."""
+    import bench_generalization as bg
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--datasets", nargs="+", default=datasets)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="append the JSON lines to this file")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    suite = bg.load_suite()
+    for name in args.datasets:
+        train, test = suite[name]()
+        for seed in args.seeds:
+            for record in records(train, test, seed):
+                emit({"dataset": name, "seed": seed, **record}, args.out)
+
+
 def main() -> None:
     probe_main(run, "--top", 5, data=["magnetic", "dev"])
 

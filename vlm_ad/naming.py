@@ -280,6 +280,13 @@ def _grid_weights(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ the library
+def _grown(bank: np.ndarray, owner: np.ndarray, rows: Any, example: int) -> tuple[np.ndarray, np.ndarray]:
+    """A feature bank and its owner column with one example's ``rows`` appended (owned by index ``example``)."""
+    rows = np.asarray(rows, np.float32)
+    bank = rows if bank.size == 0 else np.concatenate([bank, rows])
+    return bank, np.concatenate([owner, np.full(len(rows), example, np.int64)])
+
+
 class DefectLibrary:
     """A store of labelled defect regions that names new regions by nearest-neighbour voting.
 
@@ -404,15 +411,11 @@ class DefectLibrary:
         if self.uses_patches:
             if patches is None or len(patches) == 0:
                 raise ConfigError("this library uses 'patches' features: pass the region's patch features too")
-            rows = np.asarray(patches, np.float32)
-            self.patches = rows if self.patches.size == 0 else np.concatenate([self.patches, rows])
-            self.patch_owner = np.concatenate([self.patch_owner, np.full(len(rows), len(self.labels), np.int64)])
+            self.patches, self.patch_owner = _grown(self.patches, self.patch_owner, patches, len(self.labels))
         if self.uses_cells:
             if cells is None or len(cells) == 0:
                 raise ConfigError("this library uses 'patches+cells' features: pass the region's cells too")
-            rows = np.asarray(cells, np.float32)
-            self.cells = rows if self.cells.size == 0 else np.concatenate([self.cells, rows])
-            self.cell_owner = np.concatenate([self.cell_owner, np.full(len(rows), len(self.labels), np.int64)])
+            self.cells, self.cell_owner = _grown(self.cells, self.cell_owner, cells, len(self.labels))
         row = np.array([[descriptors[n] for n in DESCRIPTORS]], np.float32)
         self.desc = np.concatenate([self.desc, row])
         lens = row if lens_descriptors is None else np.array([[lens_descriptors[n] for n in DESCRIPTORS]], np.float32)
