@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SHARED_DATA, build_mvtec
-from PIL import Image
+from PIL import Image, ImageOps
 
 from vlm_ad.data import (
     ImageFolder,
@@ -109,8 +109,9 @@ def test_load_image_reads_a_12_bit_frame_in_16_bits_by_its_bit_depth(tmp_path, e
         load_image(tmp_path / f"d{ext}")
 
 
-def _png16_rgb(path, a):
-    """A 16-bit RGB PNG written by hand (Pillow writes none): filter 0 rows of big-endian samples."""
+def _png16_rgb(path, a, orientation=None):
+    """A 16-bit RGB PNG written by hand (Pillow writes none): filter 0 rows of big-endian samples; an eXIf chunk
+    with the orientation tag when given."""
     import struct
     import zlib
 
@@ -119,30 +120,84 @@ def _png16_rgb(path, a):
 
     h, w, _ = a.shape
     rows = b"".join(b"\x00" + a[y].astype(">u2").tobytes() for y in range(h))
+    exif = b""
+    if orientation is not None:
+        tags = Image.Exif()
+        tags[0x0112] = orientation
+        exif = chunk(b"eXIf", tags.tobytes()[6:])  # the TIFF block, without the JPEG "Exif\0\0" prefix
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+                     + exif + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
     return path
 
 
-def test_load_image_16_bit_colour_tiff_at_full_depth_and_12_bit_colour_png_refused(tmp_path, monkeypatch):
+def test_load_image_16_bit_colour_tiff_and_png_at_full_depth(tmp_path, monkeypatch):
+    import cv2
     import tifffile
 
     a = np.random.default_rng(0).integers(0, 4096, (6, 7, 3)).astype(np.uint16)
     a[0, 0] = 4095
+    want = np.rint(a.astype(float) * 255 / 4095)
     tifffile.imwrite(tmp_path / "c.tif", a, photometric="rgb")
-    np.testing.assert_array_equal(load_image(tmp_path / "c.tif"), np.rint(a.astype(float) * 255 / 4095))
+    np.testing.assert_array_equal(load_image(tmp_path / "c.tif"), want)
     rgba = np.concatenate([a, np.full((6, 7, 1), 4095, np.uint16)], axis=2)
     rgba[1, 1, 3] = 0  # transparent: black, as for 8-bit RGBA
     tifffile.imwrite(tmp_path / "ca.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
     out = load_image(tmp_path / "ca.tif")
-    assert (out[1, 1] == 0).all() and (out[2, 2] == np.rint(a[2, 2].astype(float) * 255 / 4095)).all()
+    assert (out[1, 1] == 0).all() and (out[2, 2] == want[2, 2]).all()
+    # a 12-bit frame in a 16-bit colour PNG: every bit read (Pillow alone gives 0-15 of it, a black image)
+    np.testing.assert_array_equal(load_image(_png16_rgb(tmp_path / "c.png", a)), want)
+    cv2.imwrite(str(tmp_path / "ca.png"), rgba[..., [2, 1, 0, 3]])  # 16-bit RGBA PNG (OpenCV writes BGRA)
+    out = load_image(tmp_path / "ca.png")
+    assert (out[1, 1] == 0).all() and (out[2, 2] == want[2, 2]).all()
+    full = a * 16  # the same frame shifted into 16 bits: read from the 16-bit range, within one grey level
+    np.testing.assert_allclose(load_image(_png16_rgb(tmp_path / "f.png", full)), want, atol=1)
+    monkeypatch.setenv("VLM_AD_BIT_DEPTH", "16")  # asked for: the 12-bit values read from the 16-bit range
+    np.testing.assert_array_equal(load_image(tmp_path / "c.png"), np.rint(a.astype(float) / 257))
+
+
+def test_load_image_16_bit_colour_png_without_opencv_falls_back_to_the_high_bytes(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_cv2(name, *args, **kwargs):
+        if name == "cv2":
+            raise ImportError("no cv2 here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_cv2)
+    a = np.random.default_rng(1).integers(0, 4096, (5, 4, 3)).astype(np.uint16)
     with pytest.raises(ImageReadError, match="16-bit colour PNG whose values fit in 12 bits"):
         load_image(_png16_rgb(tmp_path / "c.png", a))
-    monkeypatch.setenv("VLM_AD_BIT_DEPTH", "16")
-    assert load_image(tmp_path / "c.png").max() == 15  # asked for: the high bytes as they are
-    monkeypatch.delenv("VLM_AD_BIT_DEPTH")
-    full = a * 16  # the same frame shifted into 16 bits: its high bytes are a fair 8-bit image
+    full = a * 16
     np.testing.assert_array_equal(load_image(_png16_rgb(tmp_path / "f.png", full)), full >> 8)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_of_arrays_matches_pillow(orientation):
+    from vlm_ad.data.images import oriented
+
+    a = np.random.default_rng(orientation).integers(0, 255, (5, 7, 3)).astype(np.uint8)
+    buf = io.BytesIO()
+    exif = Image.Image.getexif(Image.new("RGB", (1, 1)))
+    exif[0x0112] = orientation
+    Image.fromarray(a).save(buf, "PNG", exif=exif.tobytes())
+    with Image.open(buf) as im:
+        im.load()
+        np.testing.assert_array_equal(oriented(np.asarray(im), orientation), np.asarray(ImageOps.exif_transpose(im)))
+
+
+def test_load_image_16_bit_colour_tiff_and_png_apply_their_orientation(tmp_path):
+    import tifffile
+
+    a = np.random.default_rng(2).integers(0, 65536, (4, 6, 3)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "r.tif", a, photometric="rgb", extratags=[(274, "H", 1, 6, True)])  # rotate 90 cw
+    out = load_image(tmp_path / "r.tif")
+    assert out.shape == (6, 4, 3)
+    np.testing.assert_array_equal(out, np.rot90(np.rint(a.astype(float) / 257), -1))
+    out = load_image(_png16_rgb(tmp_path / "r.png", a, orientation=8))  # rotate 90 ccw
+    assert out.shape == (6, 4, 3)
+    np.testing.assert_array_equal(out, np.rot90(np.rint(a.astype(float) / 257), 1))
 
 
 def test_load_image_float_tiff_and_bmp_and_jpeg(tmp_path, write_image):

@@ -8,8 +8,8 @@ Images are returned as ``(H, W, 3)`` ``uint8`` RGB whatever the file holds:
 * 16-bit and 32-bit integer (single-channel) images are scaled from the range of their bit depth: 8, 12 or 16
   bits, the smallest that holds the image's largest value (a 12-bit camera frame stored in a 16-bit PNG or TIFF
   uses 0-4095; read as 16-bit it would keep 16 grey levels), or ``$VLM_AD_BIT_DEPTH`` when set (see
-  :func:`bit_depth`); 16-bit colour TIFFs the same way (through tifffile: Pillow keeps only each sample's high
-  byte); 16-bit colour PNGs from their high bytes, refused when those are all under 16 (a 12-bit frame: black);
+  :func:`bit_depth`); 16-bit colour TIFFs and PNGs the same way (through tifffile and OpenCV: Pillow keeps only
+  each sample's high byte);
   float images in [0, 1] are scaled by 255 and other float ranges are min-max stretched;
 * CMYK, YCbCr, LAB and other modes are converted by Pillow;
 * the EXIF orientation tag is applied (the array is what a viewer shows);
@@ -90,9 +90,11 @@ def _read(path: Path, error: type[Exception], what: str, convert: Callable[[Imag
         with Image.open(path) as im:
             _check_size(im, path, what, cap)
             deep = _deep_colour(im)  # read before load(), which drops the decoder's raw mode
+            # and the orientation, which Pillow's TIFF loader applies to its own pixels and removes
+            turned = _orientation(im) if deep else 1
             im.load()  # decodes all pixel data of the first frame; truncated files raise here
             if deep and convert is _to_rgb:
-                return _deep_colour_rgb(im, path, error, what)
+                return _deep_colour_rgb(im, path, error, what, turned or _orientation(im))
             return convert(im)
     except (error, ImageTooLargeError, ConfigError):  # ConfigError: a bad $VLM_AD_BIT_DEPTH, not a bad file
         raise
@@ -116,21 +118,27 @@ def _deep_colour(im: Image.Image) -> bool:
     return isinstance(raw, str) and ";16" in raw
 
 
-def _deep_colour_rgb(im: Image.Image, path: Path, error: type[Exception], what: str) -> np.ndarray:
-    """A 16-bit colour file as uint8 RGB by its bit depth: TIFF through tifffile (every bit); PNG, whose low bytes
-    Pillow does not give, refused when its values fit in 12 bits (the high bytes alone would be a black image)."""
-    if im.format == "TIFF":
-        import tifffile
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1-8), 0 when the file has none or its EXIF block is malformed."""
+    try:
+        return int(im.getexif().get(_EXIF_ORIENTATION, 0))
+    except Exception:
+        return 0
 
-        try:
-            arr = np.asarray(tifffile.imread(path, key=0))
-        except Exception:  # a compression tifffile cannot decode without imagecodecs: Pillow's high bytes below
-            arr = np.empty(0)
-        if arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.shape[:2] == (im.height, im.width):
-            rgb = _high_depth_to_uint8(arr[..., :3], is_float=False).astype(np.float32)
-            if arr.shape[2] == 4:
-                rgb *= _high_depth_to_uint8(arr[..., 3:], is_float=False).astype(np.float32) / 255.0
-            return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+def _deep_colour_rgb(im: Image.Image, path: Path, error: type[Exception], what: str, orientation: int) -> np.ndarray:
+    """A 16-bit colour file as uint8 RGB by its bit depth, every bit read: TIFF through tifffile, PNG through OpenCV
+    (Pillow decodes only the high byte of each sample of both). The file's EXIF orientation is applied as for 8-bit
+    files. Where neither reader can decode the file (a TIFF compression tifffile needs imagecodecs for; OpenCV not
+    installed), Pillow's high bytes are used, and a PNG whose values fit in 12 bits (the high bytes alone would be a
+    black image) is refused with what to do instead."""
+    arr = _deep_colour_array(im, path)
+    if arr is not None:
+        rgb = _high_depth_to_uint8(arr[..., :3], is_float=False).astype(np.float32)
+        if arr.shape[2] == 4:  # alpha composited onto black, as for 8-bit RGBA
+            rgb *= _high_depth_to_uint8(arr[..., 3:], is_float=False).astype(np.float32) / 255.0
+        out = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(oriented(out, orientation))
     out = _to_rgb(im)
     if out.max() <= 15 and os.environ.get("VLM_AD_BIT_DEPTH", "").strip() != "16":
         raise error(
@@ -140,6 +148,49 @@ def _deep_colour_rgb(im: Image.Image, path: Path, error: type[Exception], what: 
             "(value * 255 / 4095), or set VLM_AD_BIT_DEPTH=16 to read it as it is"
         )
     return out
+
+
+def _deep_colour_array(im: Image.Image, path: Path) -> np.ndarray | None:
+    """The file's (H, W, 3|4) integer RGB(A) samples at full depth, or None when no installed reader decodes it."""
+    arr: np.ndarray | None = None
+    if im.format == "TIFF":
+        import tifffile
+
+        with contextlib.suppress(Exception):  # a compression tifffile cannot decode without imagecodecs
+            arr = np.asarray(tifffile.imread(path, key=0))
+    elif im.format == "PNG":
+        try:
+            import cv2
+        except ImportError:  # opencv-python-headless is a dependency; a broken install falls back to Pillow
+            return None
+        with contextlib.suppress(Exception):
+            arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is not None and arr.ndim == 3 and arr.shape[2] in (3, 4):
+            arr = arr[..., [2, 1, 0, 3][: arr.shape[2]]]  # OpenCV gives BGR(A)
+    # Pillow reports a TIFF's size with width and height swapped when its orientation turns it a quarter
+    if arr is None or arr.ndim != 3 or arr.shape[2] not in (3, 4) or sorted(arr.shape[:2]) != sorted(im.size):
+        return None
+    return arr
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def oriented(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """``arr`` (H, W[, C]) as a viewer shows it under EXIF orientation ``orientation`` (1-8; anything else: as
+    stored), the same transposition as Pillow's ``ImageOps.exif_transpose``."""
+    swap = (1, 0) + tuple(range(2, arr.ndim))
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(swap),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.rot90(a, 2).transpose(swap),
+        8: lambda a: np.rot90(a, 1),
+    }
+    op = ops.get(orientation)
+    return op(arr) if op else arr
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:
