@@ -39,7 +39,7 @@ from vlm_ad.data.synthetic import DEFECT_TYPES
 from vlm_ad.detectors.threshold import threshold_from_normal
 from vlm_ad.evaluation.qa import KINDS, qa_on_data
 from vlm_ad.evaluation.run import fit_detector
-from vlm_ad.evidence.build import CORE_LEVEL, SIZE_LEVEL
+from vlm_ad.evidence.build import CORE_LEVEL
 from vlm_ad.naming import MAP_LENS
 from vlm_ad.reasoning import create_reasoner
 
@@ -317,9 +317,10 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
              "Commands, in order: " + ", then ".join(f"`{c}`" for c in commands) + ". "
              "Detector: PatchCore, efficientnet-lite0, 8 normal shots, seed 0, coreset 1.0. "
              f"`{NEW}`: the product's rules: the detector's default threshold rule (mean + 1 sd of the normal shots' "
-             f"leave-image-out scores), sizes from each region's core at level {SIZE_LEVEL} less the same core of the "
-             "map the detector draws for one anomalous patch (`size_pct`, `vlm_ad.evidence.build.SIZE_LEVEL`, "
-             "`Detector.point_spread`), \"small\" when nothing exceeds the threshold, defect names "
+             "leave-image-out scores), sizes from each region's effective area (its map above the median, summed, "
+             "over its peak) less the same of the map the detector draws for one anomalous patch (`size_pct`, "
+             "`vlm_ad.evidence.build.defect_share`, `Detector.point_spread`; before: the core at level 0.6 less the "
+             "same core of that map), \"small\" when nothing exceeds the threshold, defect names "
              f"of the core at level {CORE_LEVEL} (`vlm_ad.evidence.build.region_core`) by the library's "
              "`patches+cells` mode (each DINOv2 patch of the core votes for the label of its nearest patch among the "
              "examples', and so do the region's 5 strongest cells of the map in efficientnet-lite0 features among the "
@@ -403,7 +404,7 @@ def render_rules(rules: list[dict]) -> None:
               f"{np.mean([r['detected'] for r in dev]):.2f}, magnetic_tile "
               f"{tile['detected']:.2f}" if tile else "-"]
     shipped = {"verdict": f"verdict {dev[0]['threshold_rule']} bal", "where": "where region centroid (old)",
-               "size": f"size core {SIZE_LEVEL} minus blur, small when missed",
+               "size": "size mass minus blur, small when missed",  # before: size core 0.6 minus blur, ...
                "type": f"type core {CORE_LEVEL}, patch + cell vote"}  # the library's 'patches+cells' mode (before:
     # 'patches', `type core 0.7, patch vote`; before that descriptors through the map lens, `... map lens 0.04, k=3`)
     lines += ["", "Shipped rule vs the best candidate on the dev suite, per kind (differences of a few hundredths are "

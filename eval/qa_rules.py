@@ -11,7 +11,9 @@ library of 3 shots per type); the masks and labels only score the answers.
 ``size``     the size word of: the region's area (P1's when nothing is detected), the core's area at a level, and
              the core's area with "small" when nothing is detected; ``minus blur``: the core's area less the core
              area (same level) of the detector's map of one anomalous patch at that image's shape (its point-spread:
-             patch pooling, upsampling, smoothing), which a defect smaller than a patch still fills.
+             patch pooling, upsampling, smoothing), which a defect smaller than a patch still fills; ``mass minus
+             blur``: the region's effective area (map above the median summed over its peak) less the point
+             spread's (vlm_ad.evidence.build.defect_share, no level).
 ``type``     the library's name for: the region's pixels, its core at a level, the core compared with the examples
              seen through the map lens (vlm_ad.naming.map_lens) of a sigma, k = 3 votes or the nearest example
              (k = 1); ``patch vote``: the core's DINOv2 patches vote for their nearest labelled patches (a library in
@@ -87,8 +89,13 @@ def _region_rows(sample: Sample, amap: AnomalyMap, libraries: dict[float, Any],
         row[f"size core {f}"] = size_word(float(core.mean()))
         row[f"size core {f}, small when missed"] = row[f"size core {f}"] if detected else "small"
         if psf is not None:
-            share = defect_share(m, reg, psf(m.shape), f, median=median)
+            spread = psf(m.shape)
+            blur = float(region_core(spread, spread > 0, f, median=0.0).mean())
+            share = max(float(core.mean()) - blur, 0.0)
             row[f"size core {f} minus blur, small when missed"] = size_word(share) if detected else "small"
+    if psf is not None:
+        share = defect_share(m, reg, psf(m.shape), median=median)
+        row["size mass minus blur, small when missed"] = size_word(share) if detected else "small"
     if libraries and sample.defect_type and sample.image_id not in set(libraries[0.0].example_ids):
         image, plain = sample.image, libraries[0.0]
         row["type"] = sample.defect_type

@@ -8,13 +8,18 @@
 - eval/probe_cell_votes.py -> probe_cell_votes.jsonl: the detector's cells where the map is strongest voting too.
 - eval/probe_ensemble.py -> probe_ensemble.jsonl: the maps of two backbones averaged (the ``ensemble`` detector).
 - eval/probe_ensemble_spread.py -> probe_ensemble_spread.jsonl: the point spread the ensemble gives the size rule.
+- eval/probe_size_rules.py -> probe_size_rules.jsonl: size estimates of a detected region across detectors.
 
 Run: PYTHONPATH=. python eval/render_probes.py
 """
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import probe_size_rules  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -339,6 +344,7 @@ def main() -> None:
     lines += cell_votes(_read("probe_cell_votes.jsonl"))
     lines += ensemble(_read("probe_ensemble.jsonl"))
     lines += ensemble_spread(_read("probe_ensemble_spread.jsonl"))
+    lines += probe_size_rules.table(_read("probe_size_rules.jsonl"))
     (RESULTS / "probes.md").write_text("\n".join(lines))
     print(f"wrote {RESULTS / 'probes.md'}")
 

@@ -175,6 +175,28 @@ def test_region_core_checks_its_level_and_half_maximum_is_the_fwhm():
         region_core(amap, amap > 0.05, 1.5)
 
 
+def test_defect_share_is_the_effective_area_less_the_spreads():
+    """A blur keeps a defect's mass: a defect much wider than the spread reaches full height, so its effective area
+    (map over its peak, summed) is its own area; one much smaller than the spread gives the spread's shape, so the
+    share less the spread's is about 0; in between the estimate grows with the defect (under-called, a heuristic)."""
+    from vlm_ad.evidence.build import defect_share
+
+    sigma = 5.0
+    _, spread = _blurred_disc((75, 75), 0.5, sigma=sigma)  # one "patch": the map of a point
+    shares, areas = [], []
+    for radius in (1.0, 4.0, 8.0, 20.0, 35.0):
+        disc, amap = _blurred_disc((75, 75), radius, sigma=sigma)
+        region = amap > 1e-3 * amap.max()
+        shares.append(defect_share(amap, region, spread, median=0.0))
+        areas.append(float(disc.mean()))
+        offset = defect_share(amap + 0.2, region, spread, median=0.2)  # measured from the map's median
+        assert abs(offset - shares[-1]) < 1e-6
+    assert shares[0] < 0.1 * areas[0] + 1e-4  # a point: the spread itself, nothing left
+    assert all(abs(s - a) < 0.15 * a for s, a in zip(shares[3:], areas[3:]))  # wide: the defect's own area
+    assert shares == sorted(shares) and all(s <= 1.05 * a for s, a in zip(shares, areas))
+    assert defect_share(np.zeros((150, 150)), region, spread, median=0.0) == 0.0  # a flat map: nothing to size
+
+
 def test_size_takes_off_the_maps_own_spread_of_one_patch():
     """A defect far smaller than a patch still fills the map's point spread (the map the detector draws for one
     anomalous patch): its core alone reads "medium", the core less that spread "small"; a large defect stays large.

@@ -92,10 +92,10 @@ class RegionEvidence:
             :data:`~vlm_ad.evidence.build.CORE_LEVEL` of the way from the map's median to the peak: the estimate of
             the defect's own extent (the map spreads a defect over more pixels than it covers, so the region
             above the detection threshold is larger); None when the core was not measured.
-        size_pct: the estimated area of the defect itself, in % of the image: the region's core at
-            :data:`~vlm_ad.evidence.build.SIZE_LEVEL` less the same core of the map the detector draws for one
-            anomalous patch at this image's shape (its point spread, which even a defect smaller than a patch fills),
-            at least 0; the size word is said of it. None when not measured.
+        size_pct: the estimated area of the defect itself, in % of the image: the region's effective area (its map
+            above the median, summed, over its peak) less the same of the map the detector draws for one anomalous
+            patch at this image's shape (its point spread, which even a defect smaller than a patch fills), at least
+            0 (:func:`~vlm_ad.evidence.build.defect_share`); the size word is said of it. None when not measured.
     """
 
     id: str
