@@ -318,19 +318,24 @@ def ensemble_vs_reference(rows: list[dict]) -> list[str]:
 def ensemble_spread(rows: list[dict]) -> list[str]:
     if not rows:
         return []
-    keys = [k for k in rows[0] if k not in ("data", "images")]
+    before = "size core 0.6 minus blur, small when missed"  # the first run's rows carry no rule: this one
     out = ["### The ensemble's point spread for the size estimate", "",
-           "`PYTHONPATH=. python eval/probe_ensemble_spread.py --out eval/results/probe_ensemble_spread.jsonl`: the "
-           "`ensemble` detector (8 shots, seed 0, coreset off) on the QA benchmark's 8 synthetic dev sets "
-           "(magnetic_tile held out, not run); size-word accuracy of the product's size rule (a region's core at 0.6 "
-           "less the same core of the detector's point spread, eval/qa_rules.py) with each candidate spread.", "",
-           "| data | anomalous images | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
-    for r in rows:
-        out.append(f"| {r['data']} | {r['images']} | " + " | ".join(_f(r[k]) for k in keys) + " |")
-    out += [f"| **mean** | {sum(r['images'] for r in rows)} | "
-            + " | ".join(_f(sum(r[k] for r in rows) / len(rows)) for k in keys) + " |", "",
-            "Built: the first member's spread (`Ensemble.point_spread`).", ""]
-    return out
+           "`PYTHONPATH=. python eval/probe_ensemble_spread.py --out eval/results/probe_ensemble_spread.jsonl "
+           "[--rule R]`: the `ensemble` detector (8 shots, seed 0, coreset off) on the QA benchmark's 8 synthetic dev "
+           "sets (magnetic_tile held out, not run); size-word accuracy of a size rule of eval/qa_rules.py with each "
+           "candidate spread: first with the rule of that time (a region's core at 0.6 less the same core of the "
+           "spread), then with the product's rule now (the region's effective area less the spread's, `mass minus "
+           "blur`).", ""]
+    for rule in dict.fromkeys(r.get("rule", before) for r in rows):
+        mine = [r for r in rows if r.get("rule", before) == rule]
+        keys = [k for k in mine[0] if k not in ("data", "images", "rule")]
+        out += [f"Rule `{rule}`:", "", "| data | anomalous images | " + " | ".join(keys) + " |",
+                "|---|---|" + "---|" * len(keys)]
+        for r in mine:
+            out.append(f"| {r['data']} | {r['images']} | " + " | ".join(_f(r[k]) for k in keys) + " |")
+        out += [f"| **mean** | {sum(r['images'] for r in mine)} | "
+                + " | ".join(_f(sum(r[k] for r in mine) / len(mine)) for k in keys) + " |", ""]
+    return out + ["Built: the first member's spread (`Ensemble.point_spread`).", ""]
 
 
 def main() -> None:

@@ -140,9 +140,10 @@ class Ensemble(Detector):
 
     def point_spread(self, image_shape: tuple[int, int]) -> np.ndarray | None:
         """The first member's point spread (the map of one anomalous patch), which the size estimate takes off a
-        region's core. Chosen on the QA benchmark's synthetic dev suite (8 sets; magnetic_tile held out), size
-        accuracy of the product's size rule on the ensemble's maps: the first member's (efficientnet-lite0) 0.608,
-        the mean of the members' spreads at peak 1 0.572, DINOv2's 0.526."""
+        region's effective area. Chosen on the QA benchmark's synthetic dev suite (8 sets; magnetic_tile held out),
+        size accuracy of the product's size rule on the ensemble's maps: the first member's (efficientnet-lite0)
+        0.687, the mean of the members' spreads at peak 1 0.637, DINOv2's 0.598 (with the size rule before, the
+        core at 0.6 less the spread's core: 0.608, 0.572, 0.526; eval/probe_ensemble_spread.py)."""
         self._check_fitted()
         return self.members_[0].point_spread(image_shape)
 
