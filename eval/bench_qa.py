@@ -332,9 +332,9 @@ def render(rows: list[dict], rules: list[dict], args) -> None:
              "Every rule was chosen on the synthetic dev suite (qa_rules.md); magnetic_tile is held out. Type "
              "questions use a labelled-defect library of 3 examples per type (seed 0) whose images "
              "are not asked about. Accuracy counts an abstention (a reply naming no option) as wrong; chance = mean 1 "
-             "/ options. Rows marked * are from an earlier run, kept because LLM runs are slow here: their evidence "
-             "had the rules of that run (the LLM rows and their `grounded (same images)` rows: names by the "
-             "`patches` mode, every other rule as now).", "",
+             "/ options." + (" Rows marked * are from an earlier run, kept because LLM runs are slow here: their "
+                           "evidence had the rules and code of that run (see the git history of this file)."
+                           if any(r.get("earlier_run") for r in rows) else ""), "",
              "| data | reasoner | images | questions | accuracy | " + " | ".join(
                  f"{k} (chance)" for k in KINDS) + " | abstain where/size | s per answer |",
              "| --- " * (7 + len(KINDS)) + "|"]
