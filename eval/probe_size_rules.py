@@ -32,11 +32,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_qa import TILE, _dev_sets  # noqa: E402
-from qa_rules import _found  # noqa: E402
+from qa_rules import _found, _spread_core  # noqa: E402
 
 from vlm_ad.data import open_data  # noqa: E402
 from vlm_ad.evaluation.run import fit_detector  # noqa: E402
-from vlm_ad.evidence.build import region_core  # noqa: E402
+from vlm_ad.evidence.build import effective_area, region_core  # noqa: E402
 from vlm_ad.vocabulary import size_word  # noqa: E402
 
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -54,12 +54,10 @@ def _features(amap, mask, psf) -> dict | None:
     spread = psf(m.shape)
     out = {"size": size_word(float(mask.mean())), "detected": bool(detected), "true_pct": 100 * float(mask.mean())}
     for f in LEVELS:
-        core = float(region_core(m, reg, f, median=med).mean())
-        blur = float(region_core(spread, spread > 0, f, median=0.0).mean())
-        out[f"core {f}"], out[f"blur {f}"] = core, blur
-    peak = float(m[reg].max())
-    out["mass"] = float(np.clip(m[reg] - med, 0, None).sum() / max(peak - med, 1e-12) / m.size)
-    out["blur mass"] = float(spread.sum() / max(float(spread.max()), 1e-12) / spread.size)
+        out[f"core {f}"] = float(region_core(m, reg, f, median=med).mean())
+        out[f"blur {f}"] = _spread_core(spread, f)
+    out["mass"] = effective_area(m, reg, median=med)  # the product's size estimate is mass less blur mass
+    out["blur mass"] = effective_area(spread, np.ones(spread.shape, bool), median=0.0)
     return out
 
 

@@ -58,6 +58,12 @@ def _centroid(mask: np.ndarray) -> tuple[float, float]:
     return float(xs.mean()), float(ys.mean())
 
 
+def _spread_core(spread: np.ndarray, level: float) -> float:
+    """The share of the image covered by the core at ``level`` of a detector's point spread (the map of one anomalous
+    patch, its zero as the median): what the ``minus blur`` size rules take off a region's core at that level."""
+    return float(region_core(spread, spread > 0, level, median=0.0).mean())
+
+
 def _found(amap: AnomalyMap) -> tuple[np.ndarray, bool] | None:
     """The mask the evidence measures (R1 when the score is above the threshold, else P1) and whether it is R1."""
     m = amap.map
@@ -84,17 +90,16 @@ def _region_rows(sample: Sample, amap: AnomalyMap, libraries: dict[float, Any],
            "size region area (old)": size_word(float(reg.mean()))}
     median = float(np.median(m))
     cores = {f: region_core(m, reg, f, median=median) for f in LEVELS}
+    spread = psf(m.shape) if psf is not None else None
     for f, core in cores.items():
         row[f"where core {f} centroid"] = location_word(*_centroid(core), w, h)
         row[f"size core {f}"] = size_word(float(core.mean()))
         row[f"size core {f}, small when missed"] = row[f"size core {f}"] if detected else "small"
-        if psf is not None:
-            spread = psf(m.shape)
-            blur = float(region_core(spread, spread > 0, f, median=0.0).mean())
-            share = max(float(core.mean()) - blur, 0.0)
+        if spread is not None:
+            share = max(float(core.mean()) - _spread_core(spread, f), 0.0)
             row[f"size core {f} minus blur, small when missed"] = size_word(share) if detected else "small"
-    if psf is not None:
-        share = defect_share(m, reg, psf(m.shape), median=median)
+    if spread is not None:
+        share = defect_share(m, reg, spread, median=median)
         row["size mass minus blur, small when missed"] = size_word(share) if detected else "small"
     if libraries and sample.defect_type and sample.image_id not in set(libraries[0.0].example_ids):
         image, plain = sample.image, libraries[0.0]

@@ -19,7 +19,7 @@ from vlm_ad.evidence.types import (
 from vlm_ad.types import AnomalyMap, ExemplarHit
 from vlm_ad.vocabulary import location_word, orientation_word, principal_axes
 
-__all__ = ["CORE_LEVEL", "Namer", "build_evidence", "defect_share", "region_core",
+__all__ = ["CORE_LEVEL", "Namer", "build_evidence", "defect_share", "effective_area", "region_core",
            "region_shape"]
 
 #: a region's core: its pixels above this share of the way from the map's median to the region's peak (chosen on the
@@ -257,14 +257,16 @@ def defect_share(amap: np.ndarray, mask: np.ndarray, spread: np.ndarray, *, medi
     QA dev suite (8 synthetic sets, maps of efficientnet-lite0 PatchCore and of the ensemble, seeded halves of the
     images) it answered size better than the core at any level less the spread's core (the rule before, level 0.6)
     over both detectors; magnetic_tile held out (eval/results/probes.md, eval/probe_size_rules.py)."""
+    own = effective_area(amap, mask, median=median)
+    return max(own - effective_area(spread, np.ones(spread.shape, bool), median=0.0), 0.0) if own > 0 else 0.0
+
+
+def effective_area(amap: np.ndarray, mask: np.ndarray, *, median: float) -> float:
+    """The share of the image that the map inside ``mask`` would cover at its peak height: its values above
+    ``median``, summed, over their largest (0 for a region that does not rise above the median)."""
     values = np.clip(amap[mask] - median, 0.0, None)
     peak = float(values.max()) if values.size else 0.0
-    if not peak > 0:
-        return 0.0
-    own = float(values.sum()) / peak / amap.size
-    s = np.clip(spread, 0.0, None)
-    blur = float(s.sum()) / float(s.max()) / s.size if s.max() > 0 else 0.0
-    return max(own - blur, 0.0)
+    return float(values.sum()) / peak / amap.size if peak > 0 else 0.0
 
 
 def region_core(amap: np.ndarray, mask: np.ndarray, level: float = CORE_LEVEL, *,
