@@ -107,6 +107,10 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
                                                                              "rings": 3}, None, 3),
     "patchcore dinov2 aspect 448 min 224 down 3": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448,
                                                                        "min_side": 224, "max_downscale": 3}, None, 3),
+    "patchcore dinov2 area 336 min 224 down 3": ("patchcore", DINO, {"geometry": "area", "image_size": 336,
+                                                                     "min_side": 224, "max_downscale": 3}, None, 3),
+    "patchcore dinov2 area 364 min 224 down 3": ("patchcore", DINO, {"geometry": "area", "image_size": 364,
+                                                                     "min_side": 224, "max_downscale": 3}, None, 3),
     "patchcore dinov2 aspect 308": ("patchcore", DINO, {"geometry": "aspect", "image_size": 308}, None, 3),
     "patchcore dinov2 area 308": ("patchcore", DINO, {"geometry": "area", "image_size": 308}, None, 3),
     "patchcore dinov2 aspect 448": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448}, None, 3),
@@ -530,19 +534,32 @@ def verdict_lines(rows: list[dict], pairs, *, acting: str = "") -> list[str]:
     return out
 
 
-DINO_DEFAULT = "patchcore dinov2 default"
+DINO_DEFAULT = "patchcore dinov2 default"  # `area` 364 `min_side` 224 `max_downscale` 3 since 2026-12-03
+DINO_BEFORE = "patchcore dinov2 area 280 default (before)"  # `area` 280 `min_side` 224 `max_downscale` 3
+_PC_DEFAULT = "patchcore dinov2 area 364 min 224 down 3"
+# sets where `area` 364 and `area` 280 give the same input (both shrink these 2,048-px images 3x, to 518 x 686)
+SAME_INPUT_364_280 = ("large", "large-brick", "large-coffee")
 
 
 MUTUAL_DEFAULT = "mutual dinov2 zero-shot default"
 
 
-def default_rows(rows: list[dict], base: str = "", name: str = DINO_DEFAULT) -> list[dict]:
+def default_rows(rows: list[dict], base: str = "", name: str = DINO_BEFORE) -> list[dict]:
     """A DINOv2 default per set as one row (PatchCore's unless ``base`` says): ``<base> down 3`` where it ran, else
     ``<base>`` (``max_downscale`` 3 leaves those sets' inputs as they were)."""
     base = base or _PC
     down = {r["dataset"] for r in rows if r["row"] == f"{base} down 3"}
     return [r | {"row": name} for r in rows
             if r["row"] == (f"{base} down 3" if r["dataset"] in down else base)]
+
+
+def dino_default_rows(rows: list[dict]) -> list[dict]:
+    """PatchCore's DINOv2 default per set as one row: the `area 364 min 224 down 3` rows where they ran, else the
+    `area` 280 default's rows on the sets where both inputs are the same (SAME_INPUT_364_280)."""
+    have = {r["dataset"] for r in rows if r["row"] == _PC_DEFAULT}
+    return [r | {"row": DINO_DEFAULT} for r in rows if r["row"] == _PC_DEFAULT] + [
+        r | {"row": DINO_DEFAULT} for r in default_rows(rows)
+        if r["dataset"] not in have and r["dataset"] in SAME_INPUT_364_280]
 
 
 def acting_sets(rows: list[dict], new: str, old: str) -> set[str]:
@@ -622,7 +639,10 @@ REFERENCE_PAIRS = (("patchcore effnet area 224", REF_EFF), ("patchcore effnet ar
                    ("patchcore dinov2 area 224 min 224", REF_DINO),
                    ("patchcore dinov2 area 280 min 224 down 4", REF_DINO),
                    ("patchcore dinov2 area 280 min 224 down 3", REF_DINO),
-                   ("patchcore dinov2 default", REF_DINO),
+                   (DINO_BEFORE, REF_DINO),
+                   (DINO_DEFAULT, REF_DINO),
+                   ("patchcore dinov2 area 336 min 224 down 3", REF_DINO),
+                   ("patchcore dinov2 area 364 min 224 down 3", REF_DINO),
                    ("patchcore dinov2 aspect 448 b7", REF_DINO),
                    (REF_EFF + ", padding counted", REF_EFF))
 
@@ -706,7 +726,7 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
         "border, as vlm_ad and anomalib pool. Cells: the first row minus the second, all test images, means over the "
         "seeds both ran; bold: behind by more than the seed spread.",
         "",
-        *against_reference(rows + default_rows(rows)),
+        *against_reference(rows + default_rows(rows) + dino_default_rows(rows)),
         "## decision",
         "",
     ]
@@ -747,11 +767,16 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
              "on the normal shots matches the interior's, at most 1x unless uncapped):", ""]
     text += verdict_lines(rows, BORDER_PAIRS, acting="sets where it changes a map")
     merged = rows + default_rows(rows)
-    text += ["", "PatchCore's DINOv2 input at the reference's long side 448 (aspect kept, `min_side` 224, "
-             f"`max_downscale` 3) against `{DINO_DEFAULT}` (`area` 280 `min_side` 224 `max_downscale` 3: the `down 3` "
+    text += ["", "PatchCore's DINOv2 input at the reference's long side 448 or at the area of a 336- or 364-px "
+             "square (aspect kept, `min_side` 224, "
+             f"`max_downscale` 3) against `{DINO_BEFORE}` (`area` 280 `min_side` 224 `max_downscale` 3: the `down 3` "
              "rows where they ran, else `area 280 min 224`, the same input there), over the sets where the input "
              "differs:", ""]
-    text += verdict_lines(merged, [("patchcore dinov2 aspect 448 min 224 down 3", DINO_DEFAULT)], acting="sets")
+    text += verdict_lines(merged, [(f"patchcore dinov2 {g} min 224 down 3", DINO_BEFORE)
+                                   for g in ("aspect 448", "area 336", "area 364")], acting="sets")
+    text += ["", f"`{_PC_DEFAULT}` qualifies on both halves and became PatchCore's dinov2-s14 default "
+             f"(`{DINO_DEFAULT}` in the reference comparison above: its rows, and on {', '.join(SAME_INPUT_364_280)}, "
+             "where both inputs are the same 518 x 686 image, the `area` 280 rows)."]
     merged = rows + default_rows(rows, _MU, MUTUAL_DEFAULT)
     text += ["", f"Zero-shot `mutual` on efficientnet-lite0 against `{MUTUAL_DEFAULT}` (dinov2-s14, `area` 224 "
              "`min_side` 224 `max_downscale` 3; the `down 3` rows where they ran): which backbone `vlm-ad fit "

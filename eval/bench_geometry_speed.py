@@ -48,6 +48,8 @@ SETTINGS = {
                                               "max_downscale": 4}, None),
     "dinov2 area 224 min 224 down 3": (DINO, {"geometry": "area", "image_size": 224, "min_side": 224,
                                               "max_downscale": 3}, None),
+    "dinov2 area 364 min 224 down 3": (DINO, {"geometry": "area", "image_size": 364, "min_side": 224,
+                                              "max_downscale": 3}, None),
     "dinov2 aspect 448 min 224 down 3": (DINO, {"geometry": "aspect", "image_size": 448, "min_side": 224,
                                                 "max_downscale": 3}, None),
     "dinov2 aspect 308": (DINO, {"geometry": "aspect", "image_size": 308}, None),

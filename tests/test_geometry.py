@@ -292,9 +292,10 @@ def test_default_input_per_backbone():
     assert create_detector("patchcore")._make_embedder().geometry.mode == "area"  # see generalization.md
     assert create_detector("patchcore")._make_embedder().image_size == 224
     dino = create_detector("patchcore", backbone="dinov2-s14")._make_embedder().geometry  # PatchCore's own default
-    assert (dino.mode, dino.size, dino.min_side, dino.max_downscale) == ("area", 280, 224, 3)
-    assert dino.input_shape(1536, 2048) == (518, 686)  # a large image is shrunk 3x, not 6.4x
-    assert dino.input_shape(600, 800) == Geometry("area", 280, 14, min_side=224).input_shape(600, 800)
+    assert (dino.mode, dino.size, dino.min_side, dino.max_downscale) == ("area", 364, 224, 3)
+    assert dino.input_shape(1536, 2048) == (518, 686)  # a large image is shrunk 3x, not 4.9x
+    assert dino.input_shape(600, 800) == Geometry("area", 364, 14, min_side=224).input_shape(600, 800) == (308, 420)
+    assert dino.input_shape(320, 800) == (224, 574)  # the short side kept at 224
     mutual = create_detector("mutual")._make_embedder().geometry  # dinov2-s14: mutual's own default
     assert (mutual.mode, mutual.size, mutual.min_side, mutual.max_downscale) == ("area", 224, 224, 3)
     assert mutual.input_shape(256, 256) == (224, 224)  # square images as at square 224

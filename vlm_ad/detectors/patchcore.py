@@ -54,17 +54,15 @@ class PatchCore(Detector):
 
     name = "patchcore"
     ragged = True  # the bank takes patches of grids of any shape
-    # dinov2-s14: the pixel count of a 280-px square at the image's aspect ratio, short side at least 224 (DINOv2's
-    # native side). On the dev half of eval/results/generalization.md it beat square 224 on 14 of 18 cells and lost
-    # nowhere beyond the seed spread, and lifts pixel AUROC on small-defect objects above 0.95 (coffee 0.942 ->
-    # 0.971); the unseen half agrees except on the 256 x 256 gravel set (image AUROC 0.854 -> 0.781). 1.7-1.8x the
-    # time of square 224 on 3:4 and square images, 3.3x on 1:2.5 ones (seen at 224 x 560; geometry_speed_dinov2_min.md).
-    # Images more than 3x the input's long side are shrunk only 3x (a 1536 x 2048 image is seen at 518 x 686, not
-    # 238 x 322; images up to about 1,000 px are unchanged): on the three 2,048-px sets it beat the input without it
-    # on 7 of 9 cells of each half (2 ties at image AUROC 1.000) and the reference PatchCore on all 9 (max_downscale 4
-    # lost the grass set's dev pixel AUROC and AUPRO), at several times the time on such images
-    # (geometry_speed_dinov2_large.md)
-    default_input = {"dinov2-s14": {"geometry": "area", "image_size": 280, "min_side": 224, "max_downscale": 3}}
+    # dinov2-s14: the pixel count of a 364-px square at the image's aspect ratio, short side at least 224 (DINOv2's
+    # native side), images more than 3x the input shrunk only 3x (a 1536 x 2048 image is seen at 518 x 686, not
+    # 308 x 420; 600 x 800 ones at 308 x 420). Chosen on eval/results/generalization.md's dev suite against the `area`
+    # 280 input it replaced (2026-12-03): better on 13 of 21 dev cells and 19 of 21 unseen ones of the sets where the
+    # input differs, worse nowhere beyond the seed spread; against the reference PatchCore (long side 448, block 7) 29
+    # of 30 cells (was 20; coins image AUROC still -0.030). `area` 336 lost magnetic_tile's dev pixel AUROC beyond the
+    # spread; the reference's long side 448 lost the 1,200-px gravel set. About 1.7x the time of `area` 280 on 3:4
+    # images (eval/results/geometry_speed_dinov2_364.md). Before it: `area` 280 (beat square 224 on 14 of 18 cells).
+    default_input = {"dinov2-s14": {"geometry": "area", "image_size": 364, "min_side": 224, "max_downscale": 3}}
 
     def __init__(self, backbone="efficientnet-lite0", *, coreset: float = 0.1, index: str = "auto",
                  n_hits: int = 5, augment: str = "none", seed: int = 0, normalize: bool | None = None,
