@@ -60,8 +60,9 @@ class PatchCore(Detector):
     # 280 input it replaced (2026-12-03): better on 13 of 21 dev cells and 19 of 21 unseen ones of the sets where the
     # input differs, worse nowhere beyond the seed spread; against the reference PatchCore (long side 448, block 7) 29
     # of 30 cells (was 20; coins image AUROC still -0.030). `area` 336 lost magnetic_tile's dev pixel AUROC beyond the
-    # spread; the reference's long side 448 lost the 1,200-px gravel set. About 1.7x the time of `area` 280 on 3:4
-    # images (eval/results/geometry_speed_dinov2_364.md). Before it: `area` 280 (beat square 224 on 14 of 18 cells).
+    # spread; the reference's long side 448 lost the 1,200-px gravel set. 2.0-2.1x the time of `area` 280 on 3:4 and
+    # square images, 3.1-3.7x square 224's (eval/results/geometry_speed_dinov2_364.md); `image_size=280` gives the
+    # input of before (which beat square 224 on 14 of 18 cells).
     default_input = {"dinov2-s14": {"geometry": "area", "image_size": 364, "min_side": 224, "max_downscale": 3}}
 
     def __init__(self, backbone="efficientnet-lite0", *, coreset: float = 0.1, index: str = "auto",
