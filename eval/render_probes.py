@@ -237,6 +237,10 @@ def ensemble(rows: list[dict]) -> list[str]:
     out = ["## Two backbones' maps averaged (built as the `ensemble` detector; not the default)", "",
            "`PYTHONPATH=. python eval/probe_ensemble.py --seeds 0 1 2 --out eval/results/probe_ensemble.jsonl`"
            + (", then the same with `--datasets large large-brick large-coffee mid-clock`" if large else "")
+           + ("; after PatchCore's dinov2-s14 default input became `area` 364 (2026-12-03), rerun on the sets where "
+              "that input differs from `area` 280 (`... --seeds 0 1 2 --threads 1 --datasets magnetic square "
+              "gray-elongated elongated coins clock coffee textile`, the output merged in place of those sets' lines; "
+              "mid-gravel and the 2,048-px sets see the same input at both)" if large else "")
            + " (sets of eval/bench_generalization.py, its 8 shots per seed, coreset off; pixel metrics of the 2,048-px "
            "sets on maps and masks downsampled to a 1,024-px long side, as there). `effnet` / `dinov2`: PatchCore at "
            "each backbone's default input (the product's `patchcore`); `mean z`: each map and score as (x - mean) / "
