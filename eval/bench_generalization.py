@@ -111,6 +111,9 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
                                                                      "min_side": 224, "max_downscale": 3}, None, 3),
     "patchcore dinov2 area 364 min 224 down 3": ("patchcore", DINO, {"geometry": "area", "image_size": 364,
                                                                      "min_side": 224, "max_downscale": 3}, None, 3),
+    "patchcore dinov2 area 364 min 224 down 3 b7": ("patchcore", DINO, {"geometry": "area", "image_size": 364,
+                                                                        "min_side": 224, "max_downscale": 3,
+                                                                        "layers": ["block7"]}, None, 3),
     "patchcore dinov2 aspect 308": ("patchcore", DINO, {"geometry": "aspect", "image_size": 308}, None, 3),
     "patchcore dinov2 area 308": ("patchcore", DINO, {"geometry": "area", "image_size": 308}, None, 3),
     "patchcore dinov2 aspect 448": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448}, None, 3),
@@ -643,6 +646,7 @@ REFERENCE_PAIRS = (("patchcore effnet area 224", REF_EFF), ("patchcore effnet ar
                    (DINO_DEFAULT, REF_DINO),
                    ("patchcore dinov2 area 336 min 224 down 3", REF_DINO),
                    ("patchcore dinov2 area 364 min 224 down 3", REF_DINO),
+                   ("patchcore dinov2 area 364 min 224 down 3 b7", REF_DINO),
                    ("patchcore dinov2 aspect 448 b7", REF_DINO),
                    (REF_EFF + ", padding counted", REF_EFF))
 
@@ -776,7 +780,9 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
                                    for g in ("aspect 448", "area 336", "area 364")], acting="sets")
     text += ["", f"`{_PC_DEFAULT}` qualifies on both halves and became PatchCore's dinov2-s14 default "
              f"(`{DINO_DEFAULT}` in the reference comparison above: its rows, and on {', '.join(SAME_INPUT_364_280)}, "
-             "where both inputs are the same 518 x 686 image, the `area` 280 rows)."]
+             "where both inputs are the same 518 x 686 image, the `area` 280 rows). Block 7 alone (the reference's "
+             "layer) at that input, against it:", ""]
+    text += verdict_lines(rows, [(f"{_PC_DEFAULT} b7", _PC_DEFAULT)])
     merged = rows + default_rows(rows, _MU, MUTUAL_DEFAULT)
     text += ["", f"Zero-shot `mutual` on efficientnet-lite0 against `{MUTUAL_DEFAULT}` (dinov2-s14, `area` 224 "
              "`min_side` 224 `max_downscale` 3; the `down 3` rows where they ran): which backbone `vlm-ad fit "
