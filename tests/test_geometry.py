@@ -329,3 +329,22 @@ def test_min_side_is_saved_exported_and_defaults_only_with_the_default_geometry(
     assert export_input_shape(meta, 96, 240) == (112, 288)
     del meta["input"]["min_side"]  # an export written before min_side
     assert export_input_shape(meta, 96, 240) == Geometry("area", 128, 16).input_shape(96, 240)
+
+
+def test_saved_model_keeps_its_input_when_the_default_changes(tmp_path, monkeypatch):
+    """A model fitted at a detector's default input is scored at that input after the default moves on (dinov2-s14's
+    PatchCore default went from area 280 to 364): the saved embedder settings win over the new default."""
+    from vlm_ad.detectors.patchcore import PatchCore
+
+    normal = _elongated(3, seed=0)  # 96 x 240
+    before = {"geometry": "area", "image_size": 128, "min_side": 112, "max_downscale": 3}
+    monkeypatch.setattr(PatchCore, "default_input", {"efficientnet-lite0": before})
+    det = create_detector("patchcore", coreset=1.0).fit(normal)
+    assert det.embedder.input_shape(normal[0]) == (112, 288)
+    det.save(tmp_path / "m")
+    monkeypatch.setattr(PatchCore, "default_input", {"efficientnet-lite0": before | {"image_size": 160}})
+    assert create_detector("patchcore")._make_embedder().geometry.size == 160  # the new default for new models
+    again = load_detector(tmp_path / "m")
+    assert again.embedder.geometry == det.embedder.geometry  # the saved model's own input
+    assert again.embedder.input_shape(normal[0]) == (112, 288)
+    np.testing.assert_allclose(again.predict(normal[:1])[0].map, det.predict(normal[:1])[0].map, rtol=1e-5)
