@@ -73,6 +73,7 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
     "patchcore effnet aspect 320": ("patchcore", EFF, {"geometry": "aspect", "image_size": 320}, None, None),
     "patchcore effnet area 224": ("patchcore", EFF, {"geometry": "area", "image_size": 224}, None, None),
     "patchcore effnet area 256": ("patchcore", EFF, {"geometry": "area", "image_size": 256}, None, None),
+    "patchcore effnet area 288": ("patchcore", EFF, {"geometry": "area", "image_size": 288}, None, None),
     "patchcore effnet area 224 down 4": ("patchcore", EFF, {"geometry": "area", "image_size": 224, "max_downscale": 4},
                                          None, None),
     "patchcore effnet area 224 down 3": ("patchcore", EFF, {"geometry": "area", "image_size": 224, "max_downscale": 3},
@@ -636,7 +637,8 @@ def speed_ratios() -> list[str]:
 # (vlm-ad row, reference row): the defaults, and one vlm-ad row at the reference's own settings (a check that the two
 # implementations agree where their settings do; they still differ in coreset 100% vs 10%), and the reference with
 # vlm-ad's border pooling against itself (what that one difference does)
-REFERENCE_PAIRS = (("patchcore effnet area 224", REF_EFF), ("patchcore effnet area 224 down 4", REF_EFF),
+REFERENCE_PAIRS = (("patchcore effnet area 224", REF_EFF), ("patchcore effnet area 256", REF_EFF),
+                   ("patchcore effnet area 288", REF_EFF), ("patchcore effnet area 224 down 4", REF_EFF),
                    ("patchcore effnet area 224 down 3", REF_EFF), ("patchcore dinov2 square 224", REF_DINO),
                    ("patchcore dinov2 area 280", REF_DINO), ("patchcore dinov2 area 280 min 224", REF_DINO),
                    ("patchcore dinov2 area 224 min 224", REF_DINO),
@@ -783,6 +785,8 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
              "where both inputs are the same 518 x 686 image, the `area` 280 rows). Block 7 alone (the reference's "
              "layer) at that input, against it:", ""]
     text += verdict_lines(rows, [(f"{_PC_DEFAULT} b7", _PC_DEFAULT)])
+    text += ["", f"efficientnet-lite0's input size against its `area` 224 default (`{_PE}`):", ""]
+    text += verdict_lines(rows, [(f"patchcore effnet area {n}", _PE) for n in (256, 288)])
     merged = rows + default_rows(rows, _MU, MUTUAL_DEFAULT)
     text += ["", f"Zero-shot `mutual` on efficientnet-lite0 against `{MUTUAL_DEFAULT}` (dinov2-s14, `area` 224 "
              "`min_side` 224 `max_downscale` 3; the `down 3` rows where they ran): which backbone `vlm-ad fit "
