@@ -370,6 +370,44 @@ def input_pad(rows: list[dict]) -> list[str]:
                   "border cell is not the network's zero padding; not built.", ""]
 
 
+def image_score(rows: list[dict]) -> list[str]:
+    """eval/probe_image_score.py: image AUROC from the smoothed map's maximum vs the raw patch grid's."""
+    if not rows:
+        return []
+    seeds = sorted({r["seed"] for r in rows})
+    keys = ("smoothed max", "raw patch max")
+    out = ["## Image score: the smoothed map's maximum or the raw patch grid's (not built)", "",
+           f"`PYTHONPATH=. python eval/probe_image_score.py --seeds {' '.join(map(str, seeds))}`: PatchCore at each "
+           "backbone's default input (dinov2-s14 `area` 364), 8 shots, coreset off, eval/bench_generalization.py's "
+           "sets and halves; the same predictions scored by the maximum of the smoothed map (the product: a score "
+           "above the threshold always has a map region above it) and by the largest patch distance before smoothing "
+           "(the reference PatchCore's). Cells: image AUROC, mean over the seeds, dev / unseen half.", "",
+           "| set | backbone | smoothed max | raw patch max |", "|---|---|---|---|"]
+    tally = {}
+    for d in dict.fromkeys(r["dataset"] for r in rows):
+        for b in dict.fromkeys(r["backbone"] for r in rows):
+            cells = []
+            for k in keys:
+                v = [_mean([r[k] for r in rows if r["dataset"] == d and r["backbone"] == b and r["half"] == h])
+                     for h in ("dev", "unseen")]
+                cells.append(" / ".join(_f(x) for x in v))
+                tally.setdefault(b, {}).setdefault(k, []).append(v)
+            out.append(f"| {d} | {b} | " + " | ".join(cells) + " |")
+    out.append("")
+    for b, t in tally.items():
+        diffs = [(r[0] - s[0], r[1] - s[1]) for s, r in zip(t["smoothed max"], t["raw patch max"])]
+        for i, h in enumerate(("dev", "unseen")):
+            up = sum(x[i] >= 5e-4 for x in diffs)
+            down = sum(x[i] <= -5e-4 for x in diffs)
+            out.append(f"- {b}, {h} half: the raw maximum is better on {up} and worse on {down} of {len(diffs)} sets "
+                       f"(mean change {_mean([x[i] for x in diffs]):+.3f})")
+    return out + ["", "The coins cell where DINOv2's default trails the reference is this smoothing: on the unseen "
+                  "half the raw maximum lifts coins 0.953 -> 0.990. But the dev half, which chooses, does not move on "
+                  "average (DINOv2 +0.001, one set up, one down), efficientnet-lite0 loses on both halves, and the raw "
+                  "maximum would give up the guarantee that a flagged image has a map region above the threshold. "
+                  "Not built.", ""]
+
+
 def main() -> None:
     lines = ["# Probes of map quality and defect naming", "",
              "Experiments run to decide what to build; each section gives its command. Written by "
@@ -383,6 +421,7 @@ def main() -> None:
     lines += ensemble_spread(_read("probe_ensemble_spread.jsonl"))
     lines += probe_size_rules.table(_read("probe_size_rules.jsonl"))
     lines += input_pad(_read("probe_input_pad.jsonl"))
+    lines += image_score(_read("probe_image_score.jsonl"))
     (RESULTS / "probes.md").write_text("\n".join(lines))
     print(f"wrote {RESULTS / 'probes.md'}")
 
