@@ -26,11 +26,11 @@ choose defaults and ``unseen`` kept out of the choice, both reported):
                in a 460-px window, so each covers about 0.2% of the image (median; the issue's "T" set)
     textile    simulated textile (PyPI conformal-clip-data): a balanced subsample, image labels only
 
-Rows: a simple baseline (intensity z-score against the normal pixels, no backbone), PatchCore (coreset off,
-8 shots) with EfficientNet-Lite0 and DINOv2-S/14 under each geometry, tiling on the large set, PaDiM, mutual
-zero-shot scoring, and issue 12's reference PatchCore (eval/reference_patchcore.py, written apart from vlm_ad's
-detectors) that every PatchCore row is held against. Pixel metrics of the large set are computed on maps and masks
-downsampled to a 1024-px long side.
+Rows: a simple baseline (intensity z-score against the normal pixels, no backbone), PatchCore (coreset off, 8 shots)
+with EfficientNet-Lite0 and DINOv2-S/14 under each geometry and map smoothing (sigma), tiling on the large set,
+PaDiM, mutual zero-shot scoring, and issue 12's reference PatchCore (eval/reference_patchcore.py, written apart from
+vlm_ad's detectors) that every PatchCore row is held against. Pixel metrics of the large set are computed on maps
+and masks downsampled to a 1024-px long side.
 Writes eval/results/generalization.{jsonl,md} (the jsonl anew each run).
 
     nice python eval/bench_generalization.py [--seeds 0 1 2] [--threads 2] [--rows NAME ...]
