@@ -146,6 +146,10 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
                                                                         "min_side": 224, "max_downscale": 3},
                                                         None, 1),
     "mutual effnet zero-shot area 224": ("mutual", EFF, {"geometry": "area", "image_size": 224}, None, 1),
+    "mutual dinov2 zero-shot area 224 min 224 down 3 sigma 2": ("mutual", DINO, {
+        "geometry": "area", "image_size": 224, "min_side": 224, "max_downscale": 3, "sigma": 2}, None, 1),
+    "mutual dinov2 zero-shot area 224 min 224 down 3 sigma 3": ("mutual", DINO, {
+        "geometry": "area", "image_size": 224, "min_side": 224, "max_downscale": 3, "sigma": 3}, None, 1),
     "mutual dinov2 zero-shot aspect 308": ("mutual", DINO, {"geometry": "aspect", "image_size": 308}, None, 1),
     "mutual dinov2 zero-shot area 308": ("mutual", DINO, {"geometry": "area", "image_size": 308}, None, 1),
     "mutual dinov2 zero-shot aspect 448": ("mutual", DINO, {"geometry": "aspect", "image_size": 448}, None, 1),
@@ -809,6 +813,9 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
     text += verdict_lines(rows + dino_default_rows(rows), [(f"{_PC_DEFAULT} sigma {s}", DINO_DEFAULT)
                                                            for s in (2, 3, 6)])
     merged = rows + default_rows(rows, _MU, MUTUAL_DEFAULT)
+    text += ["", f"The same for zero-shot `mutual` against `{MUTUAL_DEFAULT}` (one run: no seed spread, so every loss "
+             "counts):", ""]
+    text += verdict_lines(merged, [(f"{_MU} down 3 sigma {s}", MUTUAL_DEFAULT) for s in (2, 3)])
     text += ["", f"Zero-shot `mutual` on efficientnet-lite0 against `{MUTUAL_DEFAULT}` (dinov2-s14, `area` 224 "
              "`min_side` 224 `max_downscale` 3; the `down 3` rows where they ran): which backbone `vlm-ad fit "
              "--detector mutual` takes when none is given:", ""]
