@@ -115,19 +115,6 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
     "patchcore dinov2 area 364 min 224 down 3 b7": ("patchcore", DINO, {"geometry": "area", "image_size": 364,
                                                                         "min_side": 224, "max_downscale": 3,
                                                                         "layers": ["block7"]}, None, 3),
-    # map smoothing (`sigma`, pixels of a 256-px long side; 4 is the default, anomalib's) at each backbone's default
-    "patchcore effnet area 224 sigma 2": ("patchcore", EFF, {"geometry": "area", "image_size": 224, "sigma": 2},
-                                          None, None),
-    "patchcore effnet area 224 sigma 3": ("patchcore", EFF, {"geometry": "area", "image_size": 224, "sigma": 3},
-                                          None, None),
-    "patchcore effnet area 224 sigma 6": ("patchcore", EFF, {"geometry": "area", "image_size": 224, "sigma": 6},
-                                          None, None),
-    "patchcore dinov2 area 364 min 224 down 3 sigma 2": ("patchcore", DINO, {
-        "geometry": "area", "image_size": 364, "min_side": 224, "max_downscale": 3, "sigma": 2}, None, 3),
-    "patchcore dinov2 area 364 min 224 down 3 sigma 3": ("patchcore", DINO, {
-        "geometry": "area", "image_size": 364, "min_side": 224, "max_downscale": 3, "sigma": 3}, None, 3),
-    "patchcore dinov2 area 364 min 224 down 3 sigma 6": ("patchcore", DINO, {
-        "geometry": "area", "image_size": 364, "min_side": 224, "max_downscale": 3, "sigma": 6}, None, 3),
     "patchcore dinov2 aspect 308": ("patchcore", DINO, {"geometry": "aspect", "image_size": 308}, None, 3),
     "patchcore dinov2 area 308": ("patchcore", DINO, {"geometry": "area", "image_size": 308}, None, 3),
     "patchcore dinov2 aspect 448": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448}, None, 3),
@@ -146,10 +133,6 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
                                                                         "min_side": 224, "max_downscale": 3},
                                                         None, 1),
     "mutual effnet zero-shot area 224": ("mutual", EFF, {"geometry": "area", "image_size": 224}, None, 1),
-    "mutual dinov2 zero-shot area 224 min 224 down 3 sigma 2": ("mutual", DINO, {
-        "geometry": "area", "image_size": 224, "min_side": 224, "max_downscale": 3, "sigma": 2}, None, 1),
-    "mutual dinov2 zero-shot area 224 min 224 down 3 sigma 3": ("mutual", DINO, {
-        "geometry": "area", "image_size": 224, "min_side": 224, "max_downscale": 3, "sigma": 3}, None, 1),
     "mutual dinov2 zero-shot aspect 308": ("mutual", DINO, {"geometry": "aspect", "image_size": 308}, None, 1),
     "mutual dinov2 zero-shot area 308": ("mutual", DINO, {"geometry": "area", "image_size": 308}, None, 1),
     "mutual dinov2 zero-shot aspect 448": ("mutual", DINO, {"geometry": "aspect", "image_size": 448}, None, 1),
@@ -160,6 +143,13 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
     REF_DINO: ("reference", DINO, {"long_side": 448, "layers": ["block7"]}, None, None),
     REF_EFF + ", padding counted": ("reference", EFF, {"long_side": 256, "pad_counts": True}, None, None),
 }
+# map smoothing (`sigma`, pixels of a 256-px long side; 4, anomalib's, is every detector's default) at each detector's
+# default input: the default row's settings with another sigma
+for _base, _sigmas in (("patchcore effnet area 224", (2, 3, 6)),
+                       ("patchcore dinov2 area 364 min 224 down 3", (2, 3, 6)),
+                       ("mutual dinov2 zero-shot area 224 min 224 down 3", (2, 3))):
+    _det, _backbone, _kw, _only, _n_seeds = ROWS[_base]
+    ROWS.update({f"{_base} sigma {s}": (_det, _backbone, _kw | {"sigma": s}, _only, _n_seeds) for s in _sigmas})
 N_TRAIN, N_GOOD, N_DEFECT = 16, 16, 16  # per synthetic set
 
 
