@@ -26,11 +26,11 @@ choose defaults and ``unseen`` kept out of the choice, both reported):
                in a 460-px window, so each covers about 0.2% of the image (median; the issue's "T" set)
     textile    simulated textile (PyPI conformal-clip-data): a balanced subsample, image labels only
 
-Rows: a simple baseline (intensity z-score against the normal pixels, no backbone), PatchCore (coreset off, 8 shots)
-with EfficientNet-Lite0 and DINOv2-S/14 under each geometry and map smoothing (sigma), tiling on the large set,
-PaDiM, mutual zero-shot scoring, and issue 12's reference PatchCore (eval/reference_patchcore.py, written apart from
-vlm_ad's detectors) that every PatchCore row is held against. Pixel metrics of the large set are computed on maps
-and masks downsampled to a 1024-px long side.
+Rows: a simple baseline (intensity z-score against the normal pixels, no backbone), PatchCore (coreset off unless
+the row says, 8 shots) with EfficientNet-Lite0 and DINOv2-S/14 under each geometry, map smoothing (sigma) and coreset,
+tiling on the large set, PaDiM, mutual zero-shot scoring (and its neighbours, frac), and issue 12's reference
+PatchCore (eval/reference_patchcore.py, written apart from vlm_ad's detectors) that every PatchCore row is held
+against. Pixel metrics of the large set are computed on maps and masks downsampled to a 1024-px long side.
 Writes eval/results/generalization.{jsonl,md} (the jsonl anew each run).
 
     nice python eval/bench_generalization.py [--seeds 0 1 2] [--threads 2] [--rows NAME ...]
@@ -150,6 +150,16 @@ for _base, _sigmas in (("patchcore effnet area 224", (2, 3, 6)),
                        ("mutual dinov2 zero-shot area 224 min 224 down 3", (2, 3))):
     _det, _backbone, _kw, _only, _n_seeds = ROWS[_base]
     ROWS.update({f"{_base} sigma {s}": (_det, _backbone, _kw | {"sigma": s}, _only, _n_seeds) for s in _sigmas})
+# PatchCore's coreset at 8 shots: the other rows keep every patch (coreset off); the product's default keeps 10% (the
+# reference's too) whatever the shot count
+for _base in ("patchcore effnet area 224", "patchcore dinov2 area 364 min 224 down 3"):
+    _det, _backbone, _kw, _only, _n_seeds = ROWS[_base]
+    ROWS.update({f"{_base} coreset {c}": (_det, _backbone, _kw | {"coreset": c}, _only, _n_seeds) for c in (0.1, 0.25)})
+# zero-shot mutual's neighbours: a patch's score is the mean of its ceil(frac x n_ref) smallest per-reference distances
+# (frac 0.3 the default; 15 references here, the other images of a batch of 16)
+_det, _backbone, _kw, _only, _n_seeds = ROWS["mutual dinov2 zero-shot area 224 min 224 down 3"]
+ROWS.update({f"mutual dinov2 zero-shot area 224 min 224 down 3 frac {f}": (_det, _backbone, _kw | {"frac": f}, _only,
+                                                                         _n_seeds) for f in (0.1, 0.5)})
 N_TRAIN, N_GOOD, N_DEFECT = 16, 16, 16  # per synthetic set
 
 
@@ -331,8 +341,8 @@ def run_row(row: str, train: list[Sample], test: list[Sample], seed: int) -> tup
 
         det = ReferencePatchCore(backbone, seed=seed, **kw).fit([s.image for s in normal])
     else:
-        extra = {"coreset": 1.0} if detector == "patchcore" else {}
-        det = create_detector(detector, backbone=backbone, seed=seed, **extra, **kw)
+        extra = {"coreset": 1.0} if detector == "patchcore" else {}  # coreset off unless the row sets one
+        det = create_detector(detector, backbone=backbone, seed=seed, **(extra | kw))
         det.fit([] if detector == "mutual" else normal)
     t1 = time.perf_counter()
     if detector == "zscore":
@@ -659,6 +669,7 @@ REFERENCE_PAIRS = (("patchcore effnet area 224", REF_EFF), ("patchcore effnet ar
                    ("patchcore dinov2 aspect 448 b7", REF_DINO),
                    *((f"{_PE} sigma {s}", REF_EFF) for s in (2, 3, 6)),
                    *((f"{_PC_DEFAULT} sigma {s}", REF_DINO) for s in (2, 3, 6)),
+                   (f"{_PE} coreset 0.1", REF_EFF), (f"{_PC_DEFAULT} coreset 0.1", REF_DINO),
                    (REF_EFF + ", padding counted", REF_EFF))
 
 
@@ -806,6 +817,15 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
     text += ["", f"The same for zero-shot `mutual` against `{MUTUAL_DEFAULT}` (one run: no seed spread, so every loss "
              "counts):", ""]
     text += verdict_lines(merged, [(f"{_MU} down 3 sigma {s}", MUTUAL_DEFAULT) for s in (2, 3)])
+    text += ["", "Zero-shot `mutual`'s neighbours: a patch's score is the mean of its `ceil(frac x n_ref)` smallest "
+             "per-reference distances (`frac` 0.3, the default; 15 references here), at 0.1 and 0.5 against 0.3:", ""]
+    text += verdict_lines(merged, [(f"{_MU} down 3 frac {f}", MUTUAL_DEFAULT) for f in (0.1, 0.5)])
+    text += ["", "PatchCore's coreset at 8 shots: the rows above keep every patch (coreset off), the product's "
+             "`coreset` default keeps 10% (greedy k-center, as the reference) whatever the shot count. Every patch and "
+             "25% against 10%, at each backbone's default input:", ""]
+    text += verdict_lines(rows, [(_PE, f"{_PE} coreset 0.1"), (f"{_PE} coreset 0.25", f"{_PE} coreset 0.1")])
+    text += verdict_lines(rows + dino_default_rows(rows), [(DINO_DEFAULT, f"{_PC_DEFAULT} coreset 0.1"), (
+        f"{_PC_DEFAULT} coreset 0.25", f"{_PC_DEFAULT} coreset 0.1")])
     text += ["", f"Zero-shot `mutual` on efficientnet-lite0 against `{MUTUAL_DEFAULT}` (dinov2-s14, `area` 224 "
              "`min_side` 224 `max_downscale` 3; the `down 3` rows where they ran): which backbone `vlm-ad fit "
              "--detector mutual` takes when none is given:", ""]

@@ -27,7 +27,10 @@ class PatchCore(Detector):
 
     Args:
         backbone: backbone name or instance.
-        coreset: fraction of normal patches kept (default 0.1; 1.0 keeps all, best for few-shot).
+        coreset: fraction of normal patches kept by the greedy k-center coreset (default 0.1, the reference's and
+            anomalib's; 1.0 keeps all). At 8 shots, keeping every patch or 25% is no better across the dev suite
+            (eval/results/generalization.md, "decision": better on 9-20 of the 36-37 cells of a half, and each loses
+            beyond the seed spread on a dev cell), so 0.1 holds at few shots as well.
         index: faiss index kind: ``"auto"`` (default: exact up to 16,384 bank rows, HNSW above - full-shot banks),
             ``"exact"``, ``"ivf"`` or ``"hnsw"`` (see :class:`~vlm_ad.retrieval.ExemplarStore`).
         n_hits: retrieval hits kept per image (its most anomalous patches).
