@@ -27,10 +27,10 @@ choose defaults and ``unseen`` kept out of the choice, both reported):
     textile    simulated textile (PyPI conformal-clip-data): a balanced subsample, image labels only
 
 Rows: a simple baseline (intensity z-score against the normal pixels, no backbone), PatchCore (coreset off unless
-the row says, 8 shots) with EfficientNet-Lite0 and DINOv2-S/14 under each geometry, map smoothing (sigma) and coreset,
-tiling on the large set, PaDiM, mutual zero-shot scoring (and its neighbours, frac), and issue 12's reference
-PatchCore (eval/reference_patchcore.py, written apart from vlm_ad's detectors) that every PatchCore row is held
-against. Pixel metrics of the large set are computed on maps and masks downsampled to a 1024-px long side.
+the row says, 8 shots) with EfficientNet-Lite0 and DINOv2-S/14 under each geometry, map smoothing (sigma), coreset and
+pooling window, tiling on the large set, PaDiM, mutual zero-shot scoring (and its neighbours, frac), and issue 12's
+reference PatchCore (eval/reference_patchcore.py, written apart from vlm_ad's detectors) that every PatchCore row is
+held against. Pixel metrics of the large set are computed on maps and masks downsampled to a 1024-px long side.
 Writes eval/results/generalization.{jsonl,md} (the jsonl anew each run).
 
     nice python eval/bench_generalization.py [--seeds 0 1 2] [--threads 2] [--rows NAME ...]
@@ -155,6 +155,11 @@ for _base, _sigmas in (("patchcore effnet area 224", (2, 3, 6)),
 for _base in ("patchcore effnet area 224", "patchcore dinov2 area 364 min 224 down 3"):
     _det, _backbone, _kw, _only, _n_seeds = ROWS[_base]
     ROWS.update({f"{_base} coreset {c}": (_det, _backbone, _kw | {"coreset": c}, _only, _n_seeds) for c in (0.1, 0.25)})
+# PatchCore's local neighbourhood (`pool`: the side of the average-pooling window over each layer; 3, the PatchCore
+# paper's and anomalib's, chosen on magnetic_tile alone in eval/results/fewshot.md) at 1 (no pooling) and 5
+for _base in ("patchcore effnet area 224", "patchcore dinov2 area 364 min 224 down 3"):
+    _det, _backbone, _kw, _only, _n_seeds = ROWS[_base]
+    ROWS.update({f"{_base} pool {w}": (_det, _backbone, _kw | {"pool": w}, _only, _n_seeds) for w in (1, 5)})
 # zero-shot mutual's neighbours: a patch's score is the mean of its ceil(frac x n_ref) smallest per-reference distances
 # (frac 0.3 the default; 15 references here, the other images of a batch of 16)
 _det, _backbone, _kw, _only, _n_seeds = ROWS["mutual dinov2 zero-shot area 224 min 224 down 3"]
@@ -670,6 +675,8 @@ REFERENCE_PAIRS = (("patchcore effnet area 224", REF_EFF), ("patchcore effnet ar
                    *((f"{_PE} sigma {s}", REF_EFF) for s in (2, 3, 6)),
                    *((f"{_PC_DEFAULT} sigma {s}", REF_DINO) for s in (2, 3, 6)),
                    (f"{_PE} coreset 0.1", REF_EFF), (f"{_PC_DEFAULT} coreset 0.1", REF_DINO),
+                   *((f"{_PE} pool {w}", REF_EFF) for w in (1, 5)),
+                   *((f"{_PC_DEFAULT} pool {w}", REF_DINO) for w in (1, 5)),
                    (REF_EFF + ", padding counted", REF_EFF))
 
 
@@ -826,6 +833,11 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
     text += verdict_lines(rows, [(_PE, f"{_PE} coreset 0.1"), (f"{_PE} coreset 0.25", f"{_PE} coreset 0.1")])
     text += verdict_lines(rows + dino_default_rows(rows), [(DINO_DEFAULT, f"{_PC_DEFAULT} coreset 0.1"), (
         f"{_PC_DEFAULT} coreset 0.25", f"{_PC_DEFAULT} coreset 0.1")])
+    text += ["", "PatchCore's local neighbourhood (`pool`: the side of the average-pooling window over each layer; 3, "
+             "the PatchCore paper's and anomalib's, had been measured on magnetic_tile alone) at 1 (no pooling) and 5 "
+             "against 3, at each backbone's default input:", ""]
+    text += verdict_lines(rows, [(f"{_PE} pool {w}", _PE) for w in (1, 5)])
+    text += verdict_lines(rows + dino_default_rows(rows), [(f"{_PC_DEFAULT} pool {w}", DINO_DEFAULT) for w in (1, 5)])
     text += ["", f"Zero-shot `mutual` on efficientnet-lite0 against `{MUTUAL_DEFAULT}` (dinov2-s14, `area` 224 "
              "`min_side` 224 `max_downscale` 3; the `down 3` rows where they ran): which backbone `vlm-ad fit "
              "--detector mutual` takes when none is given:", ""]
