@@ -157,9 +157,10 @@ for _base in ("patchcore effnet area 224", "patchcore dinov2 area 364 min 224 do
     ROWS.update({f"{_base} coreset {c}": (_det, _backbone, _kw | {"coreset": c}, _only, _n_seeds) for c in (0.1, 0.25)})
 # PatchCore's local neighbourhood (`pool`: the side of the average-pooling window over each layer; 3, the PatchCore
 # paper's and anomalib's, chosen on magnetic_tile alone in eval/results/fewshot.md) at 1 (no pooling) and 5
-for _base in ("patchcore effnet area 224", "patchcore dinov2 area 364 min 224 down 3"):
+for _base, _windows in (("patchcore effnet area 224", (1, 5)), ("patchcore dinov2 area 364 min 224 down 3", (1, 5)),
+                        ("mutual dinov2 zero-shot area 224 min 224 down 3", (1,))):
     _det, _backbone, _kw, _only, _n_seeds = ROWS[_base]
-    ROWS.update({f"{_base} pool {w}": (_det, _backbone, _kw | {"pool": w}, _only, _n_seeds) for w in (1, 5)})
+    ROWS.update({f"{_base} pool {w}": (_det, _backbone, _kw | {"pool": w}, _only, _n_seeds) for w in _windows})
 # zero-shot mutual's neighbours: a patch's score is the mean of its ceil(frac x n_ref) smallest per-reference distances
 # (frac 0.3 the default; 15 references here, the other images of a batch of 16)
 _det, _backbone, _kw, _only, _n_seeds = ROWS["mutual dinov2 zero-shot area 224 min 224 down 3"]
@@ -835,9 +836,11 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
         f"{_PC_DEFAULT} coreset 0.25", f"{_PC_DEFAULT} coreset 0.1")])
     text += ["", "PatchCore's local neighbourhood (`pool`: the side of the average-pooling window over each layer; 3, "
              "the PatchCore paper's and anomalib's, had been measured on magnetic_tile alone) at 1 (no pooling) and 5 "
-             "against 3, at each backbone's default input:", ""]
+             "against 3, at each backbone's default input; the last line: zero-shot `mutual` (one run, every loss "
+             "counts) without pooling:", ""]
     text += verdict_lines(rows, [(f"{_PE} pool {w}", _PE) for w in (1, 5)])
     text += verdict_lines(rows + dino_default_rows(rows), [(f"{_PC_DEFAULT} pool {w}", DINO_DEFAULT) for w in (1, 5)])
+    text += verdict_lines(merged, [(f"{_MU} down 3 pool 1", MUTUAL_DEFAULT)])
     text += ["", f"Zero-shot `mutual` on efficientnet-lite0 against `{MUTUAL_DEFAULT}` (dinov2-s14, `area` 224 "
              "`min_side` 224 `max_downscale` 3; the `down 3` rows where they ran): which backbone `vlm-ad fit "
              "--detector mutual` takes when none is given:", ""]
