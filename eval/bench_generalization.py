@@ -143,29 +143,21 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
     REF_DINO: ("reference", DINO, {"long_side": 448, "layers": ["block7"]}, None, None),
     REF_EFF + ", padding counted": ("reference", EFF, {"long_side": 256, "pad_counts": True}, None, None),
 }
-# map smoothing (`sigma`, pixels of a 256-px long side; 4, anomalib's, is every detector's default) at each detector's
-# default input: the default row's settings with another sigma
-for _base, _sigmas in (("patchcore effnet area 224", (2, 3, 6)),
-                       ("patchcore dinov2 area 364 min 224 down 3", (2, 3, 6)),
-                       ("mutual dinov2 zero-shot area 224 min 224 down 3", (2, 3))):
+# one setting changed at a default row (the default row's settings with another value), for the choice of that
+# setting's default: map smoothing (`sigma`, pixels of a 256-px long side; 4, anomalib's, every detector's default),
+# PatchCore's coreset at 8 shots (the other rows keep every patch; the product keeps 10%, as the reference, whatever
+# the shot count), the local neighbourhood (`pool`, the side of the average-pooling window over each layer; 3, the
+# PatchCore paper's and anomalib's, chosen on magnetic_tile alone in eval/results/fewshot.md) and zero-shot mutual's
+# neighbours (`frac`: a patch scores the mean of its ceil(frac x n_ref) smallest per-reference distances; 0.3 the
+# default; 15 references here, the other images of a batch of 16)
+_PE0, _PC0, _MU0 = ("patchcore effnet area 224", "patchcore dinov2 area 364 min 224 down 3",
+                    "mutual dinov2 zero-shot area 224 min 224 down 3")
+for _base, _key, _values in ((_PE0, "sigma", (2, 3, 6)), (_PC0, "sigma", (2, 3, 6)), (_MU0, "sigma", (2, 3)),
+                             (_PE0, "coreset", (0.1, 0.25)), (_PC0, "coreset", (0.1, 0.25)),
+                             (_PE0, "pool", (1, 5)), (_PC0, "pool", (1, 5)), (_MU0, "pool", (1,)),
+                             (_MU0, "frac", (0.1, 0.5))):
     _det, _backbone, _kw, _only, _n_seeds = ROWS[_base]
-    ROWS.update({f"{_base} sigma {s}": (_det, _backbone, _kw | {"sigma": s}, _only, _n_seeds) for s in _sigmas})
-# PatchCore's coreset at 8 shots: the other rows keep every patch (coreset off); the product's default keeps 10% (the
-# reference's too) whatever the shot count
-for _base in ("patchcore effnet area 224", "patchcore dinov2 area 364 min 224 down 3"):
-    _det, _backbone, _kw, _only, _n_seeds = ROWS[_base]
-    ROWS.update({f"{_base} coreset {c}": (_det, _backbone, _kw | {"coreset": c}, _only, _n_seeds) for c in (0.1, 0.25)})
-# PatchCore's local neighbourhood (`pool`: the side of the average-pooling window over each layer; 3, the PatchCore
-# paper's and anomalib's, chosen on magnetic_tile alone in eval/results/fewshot.md) at 1 (no pooling) and 5
-for _base, _windows in (("patchcore effnet area 224", (1, 5)), ("patchcore dinov2 area 364 min 224 down 3", (1, 5)),
-                        ("mutual dinov2 zero-shot area 224 min 224 down 3", (1,))):
-    _det, _backbone, _kw, _only, _n_seeds = ROWS[_base]
-    ROWS.update({f"{_base} pool {w}": (_det, _backbone, _kw | {"pool": w}, _only, _n_seeds) for w in _windows})
-# zero-shot mutual's neighbours: a patch's score is the mean of its ceil(frac x n_ref) smallest per-reference distances
-# (frac 0.3 the default; 15 references here, the other images of a batch of 16)
-_det, _backbone, _kw, _only, _n_seeds = ROWS["mutual dinov2 zero-shot area 224 min 224 down 3"]
-ROWS.update({f"mutual dinov2 zero-shot area 224 min 224 down 3 frac {f}": (_det, _backbone, _kw | {"frac": f}, _only,
-                                                                         _n_seeds) for f in (0.1, 0.5)})
+    ROWS.update({f"{_base} {_key} {v}": (_det, _backbone, _kw | {_key: v}, _only, _n_seeds) for v in _values})
 N_TRAIN, N_GOOD, N_DEFECT = 16, 16, 16  # per synthetic set
 
 
