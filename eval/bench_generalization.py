@@ -155,9 +155,12 @@ _PE0, _PC0, _MU0 = ("patchcore effnet area 224", "patchcore dinov2 area 364 min 
 for _base, _key, _values in ((_PE0, "sigma", (2, 3, 6)), (_PC0, "sigma", (2, 3, 6)), (_MU0, "sigma", (2, 3)),
                              (_PE0, "coreset", (0.1, 0.25)), (_PC0, "coreset", (0.1, 0.25)),
                              (_PE0, "pool", (1, 5)), (_PC0, "pool", (1, 5)), (_MU0, "pool", (1,)),
-                             (_MU0, "frac", (0.1, 0.5))):
+                             (_MU0, "frac", (0.1, 0.5)),
+                             # one window per layer (shallow, deep): pooling only one of the two layers
+                             (_PE0, "pool", ((1, 3), (3, 1))), (_PC0, "pool", ((1, 3), (3, 1)))):
     _det, _backbone, _kw, _only, _n_seeds = ROWS[_base]
-    ROWS.update({f"{_base} {_key} {v}": (_det, _backbone, _kw | {_key: v}, _only, _n_seeds) for v in _values})
+    ROWS.update({f"{_base} {_key} {'+'.join(map(str, v)) if isinstance(v, tuple) else v}":
+                 (_det, _backbone, _kw | {_key: v}, _only, _n_seeds) for v in _values})
 N_TRAIN, N_GOOD, N_DEFECT = 16, 16, 16  # per synthetic set
 
 

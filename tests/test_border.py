@@ -99,3 +99,37 @@ def test_models_saved_without_rings_load_and_export_as_before(tmp_path):
 
     det = load_detector(model)
     assert det.ring_factors_ is None and det.embedder.pool_pad == "zero"
+
+
+def test_pool_per_layer_pools_each_layer_by_its_own_window_and_survives_save_and_load(tmp_path):
+    """``pool=(1, 3)``: the shallow layer unpooled, the deep one averaged 3 x 3; saved and loaded as given; the
+    point spread reaches as far as the widest window; wrong counts and even windows are refused."""
+    import torch.nn.functional as F
+
+    from vlm_ad.detectors import create_detector, load_detector
+    from vlm_ad.detectors.base import PatchEmbedder
+    from vlm_ad.errors import ConfigError
+
+    emb = PatchEmbedder("efficientnet-lite0", pool=(1, 3), normalize=False)
+    a, b = torch.randn(2, 4, 6, 7), torch.randn(2, 5, 6, 7)
+    out = emb.aggregate(dict(zip(emb.layers, (a, b))))
+    assert torch.equal(out[..., :4], a.permute(0, 2, 3, 1))
+    assert torch.allclose(out[..., 4:], F.avg_pool2d(b, 3, stride=1, padding=1).permute(0, 2, 3, 1))
+    assert PatchEmbedder("efficientnet-lite0", pool=[3, 3]).pool == 3  # equal windows are one number
+    for bad, match in (((1, 3, 5), "3 windows for 2 layers"), ((2, 3), "odd"), ((True, 3), "odd")):
+        with pytest.raises(ConfigError, match=match):
+            PatchEmbedder("efficientnet-lite0", pool=bad)
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(90, 110, (40, 56, 3), dtype=np.uint8) for _ in range(4)]
+    imgs[3][10:16, 20:26] = 20  # a dark spot on a held-out image
+    det = create_detector("patchcore", backbone="efficientnet-lite0", pool=[1, 3], coreset=1.0).fit(imgs[:3])
+    det.save(tmp_path / "m")
+    back = load_detector(tmp_path / "m")
+    assert back.embedder.pool == (1, 3)
+    got = det.predict(imgs[3:])[0].map
+    assert got.max() > 0
+    np.testing.assert_allclose(back.predict(imgs[3:])[0].map, got, atol=1e-5 * got.max())
+    pooled3 = create_detector("patchcore", backbone="efficientnet-lite0", pool=3, coreset=1.0).fit(imgs[:3])
+    np.testing.assert_allclose(det.point_spread((40, 56)), pooled3.point_spread((40, 56)))
+    assert not np.allclose(got, pooled3.predict(imgs[3:])[0].map, rtol=1e-3)

@@ -166,6 +166,28 @@ def test_runtime_settings_from_the_command_line_are_typed_and_reach_the_runtime(
             "session.intra_op.allow_spinning") == flag
 
 
+def test_one_pooling_window_per_layer_exports_with_parity(tiny, tmp_path):
+    """``pool=[1, 3]`` (each layer its own window) is in the exported graph: the ONNX maps and point spread are
+    torch's."""
+    from vlm_ad.data import open_data
+    from vlm_ad.detectors import load_detector
+    from vlm_ad.evaluation.run import fit_detector
+    from vlm_ad.export import export_model
+    from vlm_ad.runtime import load_runtime_detector
+
+    cat = tiny[0]
+    det, _ = fit_detector(open_data(cat)[0], detector="patchcore", backbone="efficientnet-lite0", coreset=1.0,
+                          image_size=64, pool=[1, 3])
+    det.set_threshold(0.5).save(tmp_path / "model")
+    export_model(tmp_path / "model", tmp_path / "export", fmt="onnx")
+    assert json.loads((tmp_path / "export" / "export.json").read_text())["pool"] == [1, 3]
+    images = _images(cat)
+    torch_det = load_detector(tmp_path / "model")
+    _assert_same(torch_det.predict(images), load_runtime_detector(tmp_path / "export", "onnx").predict(images))
+    np.testing.assert_allclose(load_runtime_detector(tmp_path / "export", "onnx").point_spread((48, 80)),
+                               torch_det.point_spread((48, 80)), atol=1e-4)
+
+
 def test_export_folder_is_a_model_and_records_parity(tiny):
     from vlm_ad.runtime import load_runtime_detector
 

@@ -351,7 +351,8 @@ class RuntimeDetector:
         shape = (int(image_shape[0]), int(image_shape[1]))
         cache = self.__dict__.setdefault("_spreads", {})
         if shape not in cache:
-            work = smooth(_shapes.point_grid(self.grid_shape(shape), int(self.meta["pool"])), self.hyper["sigma"])
+            reach = int(np.max(self.meta["pool"]))  # one window, or one per layer: the widest reaches furthest
+            work = smooth(_shapes.point_grid(self.grid_shape(shape), reach), self.hyper["sigma"])
             cache[shape] = _resize(work, shape).astype(np.float32)
         return cache[shape]
 

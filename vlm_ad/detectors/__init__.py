@@ -143,8 +143,8 @@ def detector_options(det: Detector) -> dict[str, Any]:
     return out
 
 
-_TYPES = {"image_size": int, "pool": int, "pool_pad": str, "rings": int, "ring_cap": (int, float, type(None)),
-          "tile": (int, type(None)), "min_side": (int, type(None)),
+_TYPES = {"image_size": int, "pool": (int, list, tuple), "pool_pad": str, "rings": int,
+          "ring_cap": (int, float, type(None)), "tile": (int, type(None)), "min_side": (int, type(None)),
           "max_downscale": (int, type(None)), "geometry": str,
           "sigma": (int, float), "fuse": (str, int, float)}  # adapted: "auto" or a weight
 

@@ -74,7 +74,8 @@ class PatchEmbedder:
             larger images, up to 4 x ``image_size``). Default as for ``min_side``.
         tile: tile side in input pixels: larger inputs are embedded as overlapping tiles and stitched (None: off).
         input_shape: a fixed (H, W) input for every image (PaDiM sets it from its training images).
-        pool: side of the average-pooling window applied to each layer (PatchCore's local neighbourhood).
+        pool: side of the average-pooling window applied to each layer (PatchCore's local neighbourhood), or one
+            side per layer in ``layers``' order (e.g. ``(3, 1)``: the first layer pooled 3 x 3, the second not).
         pool_pad: what the pooling window sees past the grid's border: ``"zero"`` (zeros, counted in the average, as
             anomalib; border vectors shrink), ``"exclude"`` (the average over the cells inside the grid) or
             ``"reflect"`` (the cells mirrored at the border).
@@ -92,7 +93,7 @@ class PatchEmbedder:
         input_shape: Sequence[int] | None = None,
         min_side: int | None = None,
         max_downscale: int | None = None,
-        pool: int = 3,
+        pool: int | Sequence[int] = 3,
         pool_pad: str = "zero",
         normalize: bool = True,
     ) -> None:
@@ -106,8 +107,13 @@ class PatchEmbedder:
             kw = {"image_size": size} | ({"layers": self.layers} if self.layers else {})
             self.net = create_backbone(backbone, **kw)
             self.layers = tuple(self.net.layers)
-        if pool < 1 or pool % 2 == 0:
-            raise ConfigError(f"pool must be a positive odd number, got {pool}")
+        pools = (pool,) if isinstance(pool, (int, np.integer)) else tuple(pool)
+        if not pools or any(not isinstance(p, (int, np.integer)) or isinstance(p, bool) or p < 1 or p % 2 == 0
+                            for p in pools):
+            raise ConfigError(f"pool must be a positive odd number or one per layer, got {pool!r}")
+        if len(pools) > 1 and len(pools) != len(self.layers):
+            raise ConfigError(f"pool gives {len(pools)} windows for {len(self.layers)} layers "
+                              f"({', '.join(self.layers)}); give one number or one per layer")
         if pool_pad not in POOL_PADS:
             raise ConfigError(f"pool_pad must be one of {', '.join(POOL_PADS)}; got {pool_pad!r}")
         any_shape = bool(getattr(self.net, "any_shape", False))
@@ -123,7 +129,18 @@ class PatchEmbedder:
         self.geometry = Geometry(mode=geometry, size=int(size), multiple=int(getattr(self.net, "patch_multiple", 1)),
                                  tile=tile, shape=tuple(input_shape) if input_shape else None, min_side=min_side,
                                  max_downscale=max_downscale)
-        self.pool, self.pool_pad, self.normalize = pool, pool_pad, normalize
+        self.pool: int | tuple[int, ...] = int(pools[0]) if len(set(pools)) == 1 else tuple(int(p) for p in pools)
+        self.pool_pad, self.normalize = pool_pad, normalize
+
+    @property
+    def pools(self) -> tuple[int, ...]:
+        """The pooling window of each layer."""
+        return self.pool if isinstance(self.pool, tuple) else (self.pool,) * len(self.layers)
+
+    @property
+    def pool_reach(self) -> int:
+        """The widest pooling window: how far one patch's feature reaches in the pooled grid."""
+        return max(self.pools)
 
     @property
     def image_size(self) -> int:
@@ -148,7 +165,8 @@ class PatchEmbedder:
         g = self.geometry
         return {"backbone": self.backbone_name, "layers": list(self.layers), "image_size": g.size,
                 "geometry": g.mode, "tile": g.tile, "input_shape": list(g.shape) if g.shape else None,
-                "min_side": g.min_side, "max_downscale": g.max_downscale, "pool": self.pool,
+                "min_side": g.min_side, "max_downscale": g.max_downscale,
+                "pool": list(self.pool) if isinstance(self.pool, tuple) else self.pool,
                 "pool_pad": self.pool_pad, "normalize": self.normalize}
 
     def input_shape(self, image: np.ndarray) -> tuple[int, int]:
@@ -203,18 +221,20 @@ class PatchEmbedder:
             per_image.append(stitch({k: torch.cat(v) for k, v in feats.items()}, shape, tile_hw, rows, cols))
         return {name: torch.cat([p[name] for p in per_image]) for name in per_image[0]}
 
-    def _pool(self, t: torch.Tensor) -> torch.Tensor:
-        """Average each cell over its ``pool`` x ``pool`` neighbourhood, the border as ``pool_pad`` says."""
-        r = self.pool // 2
+    def _pool(self, t: torch.Tensor, pool: int | None = None) -> torch.Tensor:
+        """Average each cell over its ``pool`` x ``pool`` neighbourhood (default: the first layer's window), the
+        border as ``pool_pad`` says."""
+        pool = self.pools[0] if pool is None else int(pool)
+        r = pool // 2
         if r == 0:
             return t
         if self.pool_pad == "reflect" and min(t.shape[-2:]) > r:  # reflection needs more cells than the radius
-            return F.avg_pool2d(F.pad(t, (r, r, r, r), mode="reflect"), self.pool, stride=1)
-        return F.avg_pool2d(t, self.pool, stride=1, padding=r, count_include_pad=self.pool_pad == "zero")
+            return F.avg_pool2d(F.pad(t, (r, r, r, r), mode="reflect"), pool, stride=1)
+        return F.avg_pool2d(t, pool, stride=1, padding=r, count_include_pad=self.pool_pad == "zero")
 
     def aggregate(self, layers: dict[str, torch.Tensor]) -> torch.Tensor:
         """Pool each layer, resize to the finest grid, concatenate channels: (B, h, w, C)."""
-        maps = [self._pool(t) for t in layers.values()]
+        maps = [self._pool(t, p) for t, p in zip(layers.values(), self.pools, strict=True)]
         size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
         maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear") for m in maps]
         emb = torch.cat(maps, dim=1).permute(0, 2, 3, 1).contiguous()  # (B, h, w, C)
@@ -482,7 +502,7 @@ class Detector:
         shape = (int(image_shape[0]), int(image_shape[1]))
         cache = self.__dict__.setdefault("_spreads", {})
         if (shape, grid_hw) not in cache:
-            grid = torch.from_numpy(point_grid(grid_hw, self.embedder.pool))
+            grid = torch.from_numpy(point_grid(grid_hw, self.embedder.pool_reach))
             cache[(shape, grid_hw)] = resize_map(self.smooth(grid), shape)
         return cache[(shape, grid_hw)]
 
