@@ -115,6 +115,8 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
     "patchcore dinov2 area 364 min 224 down 3 b7": ("patchcore", DINO, {"geometry": "area", "image_size": 364,
                                                                         "min_side": 224, "max_downscale": 3,
                                                                         "layers": ["block7"]}, None, 3),
+    # the old square squash at the default's pixel count: what keeping the aspect ratio costs and buys at equal input
+    "patchcore dinov2 square 364": ("patchcore", DINO, {"geometry": "square", "image_size": 364}, None, 3),
     "patchcore dinov2 aspect 308": ("patchcore", DINO, {"geometry": "aspect", "image_size": 308}, None, 3),
     "patchcore dinov2 area 308": ("patchcore", DINO, {"geometry": "area", "image_size": 308}, None, 3),
     "patchcore dinov2 aspect 448": ("patchcore", DINO, {"geometry": "aspect", "image_size": 448}, None, 3),
@@ -673,6 +675,8 @@ REFERENCE_PAIRS = (("patchcore effnet area 224", REF_EFF), ("patchcore effnet ar
                    (f"{_PE} coreset 0.1", REF_EFF), (f"{_PC_DEFAULT} coreset 0.1", REF_DINO),
                    *((f"{_PE} pool {w}", REF_EFF) for w in (1, 5)),
                    *((f"{_PC_DEFAULT} pool {w}", REF_DINO) for w in (1, 5)),
+                   *((f"{_PE} pool {w}", REF_EFF) for w in ("1+3", "3+1")),
+                   *((f"{_PC_DEFAULT} pool {w}", REF_DINO) for w in ("1+3", "3+1")),
                    (REF_EFF + ", padding counted", REF_EFF))
 
 
@@ -836,6 +840,11 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
     text += verdict_lines(rows, [(f"{_PE} pool {w}", _PE) for w in (1, 5)])
     text += verdict_lines(rows + dino_default_rows(rows), [(f"{_PC_DEFAULT} pool {w}", DINO_DEFAULT) for w in (1, 5)])
     text += verdict_lines(merged, [(f"{_MU} down 3 pool 1", MUTUAL_DEFAULT)])
+    text += ["", "One window per layer (`pool=[shallow, deep]`): pooling only the deep layer (1+3: block4 / block5 "
+             "unpooled) or only the shallow one (3+1), against 3 on both, at each backbone's default input:", ""]
+    text += verdict_lines(rows, [(f"{_PE} pool {w}", _PE) for w in ("1+3", "3+1")])
+    text += verdict_lines(rows + dino_default_rows(rows),
+                          [(f"{_PC_DEFAULT} pool {w}", DINO_DEFAULT) for w in ("1+3", "3+1")])
     text += ["", f"Zero-shot `mutual` on efficientnet-lite0 against `{MUTUAL_DEFAULT}` (dinov2-s14, `area` 224 "
              "`min_side` 224 `max_downscale` 3; the `down 3` rows where they ran): which backbone `vlm-ad fit "
              "--detector mutual` takes when none is given:", ""]
