@@ -126,7 +126,7 @@ def test_pool_per_layer_pools_each_layer_by_its_own_window_and_survives_save_and
     det = create_detector("patchcore", backbone="efficientnet-lite0", pool=[1, 3], coreset=1.0).fit(imgs[:3])
     det.save(tmp_path / "m")
     back = load_detector(tmp_path / "m")
-    assert back.embedder.pool == (1, 3)
+    assert back.embedder.pool == (1, 3) and "pooling none / 3 x 3" in back.summary()
     got = det.predict(imgs[3:])[0].map
     assert got.max() > 0
     np.testing.assert_allclose(back.predict(imgs[3:])[0].map, got, atol=1e-5 * got.max())

@@ -513,8 +513,9 @@ class Detector:
             return self.name
         border = {"exclude": ", border cells pooled over the grid only",
                   "reflect": ", border cells pooled with mirrored cells"}.get(emb.pool_pad, "")
+        pools = "" if emb.pool == 3 else ", pooling " + " / ".join(f"{p} x {p}" if p > 1 else "none" for p in emb.pools)
         return (f"{self.name} on {emb.backbone_name} ({', '.join(emb.layers)}), input {emb.geometry.describe()}"
-                f"{border}{self._summary_extra()}")
+                f"{border}{pools}{self._summary_extra()}")
 
     def _summary_extra(self) -> str:
         return ""
