@@ -37,6 +37,7 @@ SETTINGS = {
     "effnet aspect 1024 tile 256": (EFF, {"geometry": "aspect", "image_size": 1024, "tile": 256}, ("large",)),
     "dinov2 square 224": (DINO, {"geometry": "square", "image_size": 224}, None),
     "dinov2 area 224": (DINO, {"geometry": "area", "image_size": 224}, None),
+    "dinov2 square 364": (DINO, {"geometry": "square", "image_size": 364}, None),
     "dinov2 area 280": (DINO, {"geometry": "area", "image_size": 280}, None),
     "dinov2 area 280 min 224": (DINO, {"geometry": "area", "image_size": 280, "min_side": 224}, None),
     "dinov2 area 224 min 224": (DINO, {"geometry": "area", "image_size": 224, "min_side": 224}, None),

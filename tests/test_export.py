@@ -181,6 +181,7 @@ def test_one_pooling_window_per_layer_exports_with_parity(tiny, tmp_path):
     det.set_threshold(0.5).save(tmp_path / "model")
     export_model(tmp_path / "model", tmp_path / "export", fmt="onnx")
     assert json.loads((tmp_path / "export" / "export.json").read_text())["pool"] == [1, 3]
+    assert "pooling none / 3 x 3" in load_runtime_detector(tmp_path / "export", "onnx").summary()
     images = _images(cat)
     torch_det = load_detector(tmp_path / "model")
     _assert_same(torch_det.predict(images), load_runtime_detector(tmp_path / "export", "onnx").predict(images))

@@ -51,6 +51,14 @@ def work_shape(grid_hw: Sequence[int], *, work: int = 256) -> tuple[int, int]:
     return (long_side, short) if gh >= gw else (short, long_side)
 
 
+def describe_pool(pool: int | Sequence[int]) -> str:
+    """How a detector pools its layers, for its summary line: empty for the default 3 x 3 on every layer."""
+    pools = [int(p) for p in np.atleast_1d(pool)]
+    if set(pools) == {3}:
+        return ""
+    return ", pooling " + " / ".join(f"{p} x {p}" if p > 1 else "none" for p in pools)
+
+
 def point_grid(grid_hw: Sequence[int], pool: int) -> np.ndarray:
     """An (h, w) patch-score grid of one anomalous patch in the middle: its ``pool`` x ``pool`` pooling window of
     ones (one patch's feature reaches that far), zeros elsewhere. Smoothed and resized as every map is, it is the

@@ -304,8 +304,9 @@ class RuntimeDetector:
         geometry = _shapes.describe_input(g["geometry"], g["size"], min_side=g.get("min_side"),
                                           max_downscale=g.get("max_downscale"))
         bf16 = getattr(self.net, "config", {}).get("INFERENCE_PRECISION_HINT") == "bf16"
-        return f"{self.name} on {self.backbone} (exported, {self.runtime}), input {geometry}" + \
-            (", network in bf16 (opt-in: maps near the torch path's, not equal to it)" if bf16 else "")
+        return (f"{self.name} on {self.backbone} (exported, {self.runtime}), input {geometry}"
+                + _shapes.describe_pool(self.meta["pool"])
+                + (", network in bf16 (opt-in: maps near the torch path's, not equal to it)" if bf16 else ""))
 
     def set_threshold(self, value: float | None) -> RuntimeDetector:
         self.threshold_ = None if value is None else float(value)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from vlm_ad._cache import atomic_write_bytes
-from vlm_ad._shapes import point_grid, work_shape
+from vlm_ad._shapes import describe_pool, point_grid, work_shape
 from vlm_ad.artifacts import write_meta
 from vlm_ad.backbones import Backbone, create_backbone
 from vlm_ad.backbones.geometry import Geometry, stitch
@@ -513,7 +513,7 @@ class Detector:
             return self.name
         border = {"exclude": ", border cells pooled over the grid only",
                   "reflect": ", border cells pooled with mirrored cells"}.get(emb.pool_pad, "")
-        pools = "" if emb.pool == 3 else ", pooling " + " / ".join(f"{p} x {p}" if p > 1 else "none" for p in emb.pools)
+        pools = describe_pool(emb.pool)
         return (f"{self.name} on {emb.backbone_name} ({', '.join(emb.layers)}), input {emb.geometry.describe()}"
                 f"{border}{pools}{self._summary_extra()}")
 
