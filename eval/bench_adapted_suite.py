@@ -1,18 +1,19 @@
 """``adapted`` vs the frozen PatchCore it adapts, on the dev suite of eval/bench_generalization.py.
 
-For each data set and seed: 8 normal shots (the suite's draw); ``patchcore`` (frozen DINOv2-S blocks 5+7, 224 px
-square, coreset off) is the reference. The ``adapted`` detector trains its adapter on the same 8 shots (LoRA + head
-against synthetic defects, a small recipe: ``--epochs`` x ``--steps`` x batch 4), builds its bank from them, and is
-scored from one embedding of the test images: ``fuse="auto", score="auto"`` (the weight and image score it chose at
-fit time on the shots + synthetic anomalies, never test labels: a head weight only when a paired bootstrap over those
-validation images says it beats retrieval alone in at least 95% of resamples, then the top-1% mean instead of the
-map maximum only when it beats it so surely; see vlm_ad/detectors/fuse_choice.py), ``fuse=0.5`` (the old fixed
-weight, here with the frozen bank, top-1% score) and ``fuse=1`` (retrieval alone: the reference PatchCore's map) with
-each image score, plus both scores at the chosen weight when it is not 1. Every row also gives its image AUROC on the
-two seeded halves of the test images (bench_generalization.halves), and the report checks whether the validation
-choice of the image score predicted the test (each candidate rule applied to the recorded validation figures).
-Cells: image AUROC / pixel AUROC / AUPRO@0.3 on all test images of the set (textile: image labels only).
-Writes eval/results/adapted_suite.{jsonl,md}; ``--markdown-only`` rewrites the report from the jsonl.
+For each data set and seed: 8 normal shots (the suite's draw); ``patchcore`` (frozen DINOv2-S blocks 5+7 at its
+dinov2-s14 default input, coreset off) is the reference. The ``adapted`` detector (at the same input) trains its
+adapter on the same 8 shots (LoRA + head against synthetic defects, a small recipe: ``--epochs`` x ``--steps`` x
+batch 4), builds its bank from them, and is scored from one embedding of the test images (one per input shape):
+``fuse="auto", score="auto"`` (the weight and image score it chose at fit time on the shots + synthetic anomalies,
+never test labels: a head weight only when a paired bootstrap over those validation images says it beats retrieval
+alone in at least 95% of resamples, then the top-1% mean instead of the map maximum only when it beats it so surely;
+see vlm_ad/detectors/fuse_choice.py), ``fuse=0.5`` (the old fixed weight, here with the frozen bank, top-1% score)
+and ``fuse=1`` (retrieval alone: the reference PatchCore's map) with each image score, plus both scores at the chosen
+weight when it is not 1. Every row also gives its image AUROC on the two seeded halves of the test images
+(bench_generalization.halves), and the report checks whether the validation choice of the image score predicted the
+test (each candidate rule applied to the recorded validation figures). Cells: image AUROC / pixel AUROC / AUPRO@0.3
+on all test images of the set (textile: image labels only). Writes eval/results/adapted_suite.{jsonl,md};
+``--markdown-only`` rewrites the report from the jsonl.
 
     PYTHONPATH=. nice python eval/bench_adapted_suite.py --datasets square elongated magnetic textile --seeds 0
 """
@@ -47,7 +48,7 @@ from vlm_ad.detectors.fuse_choice import (  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RENAMED = {"adapted fuse=1 (adapted retrieval only)": "adapted fuse=1 (retrieval alone, topk score)"}
-REF = "patchcore dinov2 b5+b7 square 224 (frozen, what adapted adapts)"
+REF = "patchcore dinov2 b5+b7 default input (frozen, what adapted adapts)"
 
 
 def _halves(test, preds) -> dict[str, float]:
@@ -60,8 +61,8 @@ def _halves(test, preds) -> dict[str, float]:
 def run(train, test, seed: int, recipe: dict) -> list[dict]:
     shots = _shots(train, seed)
     t0 = time.perf_counter()
-    pc = create_detector("patchcore", backbone="dinov2-s14", geometry="square", image_size=224, coreset=1.0,
-                         seed=seed).fit(shots)  # the input adapted sees (PatchCore's own dinov2 default is area 280)
+    pc = create_detector("patchcore", backbone="dinov2-s14", coreset=1.0,
+                         seed=seed).fit(shots)  # PatchCore's dinov2-s14 default input, which adapted embeds at too
     preds = [(m.score, m.map) for m in pc.predict(test)]
     rows = [{"row": REF, "fit_seconds": round(time.perf_counter() - t0, 1), **score(test, preds, [True] * len(test)),
              "image_auroc_halves": _halves(test, preds)}]
@@ -70,7 +71,8 @@ def run(train, test, seed: int, recipe: dict) -> list[dict]:
     det = create_detector("adapted", seed=seed).use_trained(res.net, res.head, res.config).fit(shots)
     fit_s = round(time.perf_counter() - t0, 1)
     arrays = [s.image for s in test]
-    emb = det._embed(arrays, None)
+    groups = det._shape_groups(arrays)  # as predict: one embedding per input shape
+    embs = [det._embed([arrays[i] for i in idx], None) for idx in groups]
     chosen = det.fusion_
     w_auto, s_auto = chosen["fuse"], chosen["image_score"]["score"]
     variants = [(f"adapted fuse=auto score=auto (chose fuse {w_auto:g}, {s_auto} score{_sure(chosen)})", w_auto,
@@ -81,9 +83,12 @@ def run(train, test, seed: int, recipe: dict) -> list[dict]:
         variants += [(f"adapted fuse={w_auto:g} (chosen), {s} score", w_auto, s) for s in ("topk", "max")]
     for name, w, sc in variants:
         det.fusion_ = chosen | {"fuse": w, "image_score": chosen["image_score"] | {"score": sc}}
-        grids, hits = det._score_embeddings(emb)
-        preds = [(m.score, m.map) for m in det._to_maps(grids, [a.shape[:2] for a in arrays],
-                                                        [s.image_id for s in test], hits)]
+        preds = [None] * len(arrays)
+        for idx, emb in zip(groups, embs):
+            grids, hits = det._score_embeddings(emb)
+            maps = det._to_maps(grids, [arrays[i].shape[:2] for i in idx], [test[i].image_id for i in idx], hits)
+            for i, m in zip(idx, maps):
+                preds[i] = (m.score, m.map)
         rows.append({"row": name, "fit_seconds": fit_s, "fuse": w, "score": sc,
                      **score(test, preds, [True] * len(test)), "image_auroc_halves": _halves(test, preds)})
     det.fusion_ = chosen
@@ -110,7 +115,8 @@ def markdown(rows: list[dict]) -> str:
            f"Written by `{command}` (2 CPU cores shared with other jobs; a run keeps the rows of other (data, seed) "
            "pairs). Data: the dev suite of eval/bench_generalization.py (all "
            "test images of each set; textile: image labels only). 8 normal shots per seed (the suite's draw); "
-           "DINOv2-S/14 blocks 5+7, 224 px square for every row. The adapter trains on the same 8 shots (small "
+           "DINOv2-S/14 blocks 5+7 at PatchCore's dinov2-s14 default input (`area` 364, short side at least 224 px, "
+           "shrunk at most 3x) for every row; the adapter trains at 224 px square, on the same 8 shots (small "
            "recipe, see the command), so every row sees only those 8 normal images. Cells: image AUROC / pixel AUROC "
            "/ AUPRO@0.3. `auto` is chosen at fit on the shots (leave-image-out) + synthetic anomalies made on them; "
            "test labels are never used. Choice rule (vlm_ad/detectors/fuse_choice.py): a head weight (below 1) is "

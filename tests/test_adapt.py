@@ -296,10 +296,12 @@ def test_adapted_auto_fusion_falls_back_to_retrieval_when_the_head_is_noise(tmp_
     assert back.fusion_ == f and back.fuse_ == 1.0 and "retrieval alone" in back.summary()
     img = texture_crops(1, size=112, seed=9)[0]
     assert back.predict([img])[0].score == pytest.approx(det.predict([img])[0].score, rel=1e-5)  # head has weight 0
-    # retrieval alone on the frozen backbone (LoRA off) is the PatchCore being adapted: the same map up to scale
-    pc = create_detector("patchcore", backbone="dinov2-s14", image_size=112, geometry="square", coreset=1.0,
-                         sigma=1.0)  # the square input the adapter sees
+    # retrieval alone on the frozen backbone (LoRA off) is the PatchCore being adapted, at PatchCore's own dinov2-s14
+    # input (not the adapter's square 112): the same map up to scale, saved and loaded with that input
+    pc = create_detector("patchcore", backbone="dinov2-s14", coreset=1.0, sigma=1.0)
     pc.fit(texture_crops(8, size=112, seed=1))
+    assert det.embedder.config() == pc.embedder.config()
+    assert back.embedder.geometry == det.embedder.geometry and det.embedder.geometry.mode == "area"
     a, b = det.predict([img])[0].map, pc.predict([img])[0].map
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
     # a model saved by the margin-only rule (no bootstrap confidence, no rule) still loads and says its choice
@@ -322,6 +324,29 @@ def test_adapted_auto_fusion_falls_back_to_retrieval_when_the_head_is_noise(tmp_
     given.fit(texture_crops(3, size=112))
     assert given.fusion_ == {"fuse": 0.5, "chosen": "given"} and "fuse=0.5 given" in given.summary()
     assert given.score_ == "topk" and "top 1% of the map (given)" in given.summary()
+
+
+def test_adapted_takes_images_of_several_shapes_as_patchcore_does(tmp_path):
+    """Fit and test images of two aspect ratios keep their own input shapes (no squash to one): with retrieval alone
+    the maps are PatchCore's at its dinov2-s14 default input, image by image, and a saved model does the same."""
+    from vlm_ad.detectors import load_detector
+
+    cfg = AdaptConfig(**(TINY | {"image_size": 112}))
+    net = inject_lora(_net(cfg), cfg)
+    crops = texture_crops(8, size=168, seed=1)
+    shots = [c if i % 2 else np.ascontiguousarray(c[:112]) for i, c in enumerate(crops)]  # 168 x 168 and 112 x 168
+    det = create_detector("adapted", sigma=1.0, fuse=1.0, score="max").use_trained(
+        net, _NoiseHead(768, cfg.head_dim), cfg).fit(shots)
+    pc = create_detector("patchcore", backbone="dinov2-s14", coreset=1.0, sigma=1.0).fit(shots)
+    tests = [np.ascontiguousarray(c[:112]) if i else c for i, c in enumerate(texture_crops(2, size=168, seed=9))]
+    assert len({det.embedder.input_shape(t) for t in tests}) == 2 and det.embedder.geometry.shape is None
+    det.save(tmp_path / "m")
+    back = load_detector(tmp_path / "m")
+    mean, sd = (float(v) for v in det.stats_[:2])
+    for a, b, c, t in zip(det.predict(tests), pc.predict(tests), back.predict(tests), tests):
+        assert a.map.shape == b.map.shape == t.shape[:2]
+        assert np.corrcoef(a.map.ravel(), b.map.ravel())[0, 1] > 0.999
+        assert a.score == pytest.approx((b.score - mean) / sd, rel=1e-3) and c.score == pytest.approx(a.score, rel=1e-5)
 
 
 def _spike(v: float, i: int) -> torch.Tensor:
@@ -371,8 +396,9 @@ def test_adapted_chooses_the_image_score_on_validation_and_saves_it(tmp_path):
 
     cfg = AdaptConfig(**(TINY | {"image_size": 112}))
     net = inject_lora(_net(cfg), cfg)
-    det = create_detector("adapted", sigma=1.0).use_trained(net, _NoiseHead(768, cfg.head_dim), cfg)
-    assert det.hyper["score"] == "auto"
+    det = create_detector("adapted", sigma=1.0, geometry="square", image_size=112).use_trained(
+        net, _NoiseHead(768, cfg.head_dim), cfg)  # an input given is the one used
+    assert det.hyper["score"] == "auto" and det.embedder.geometry.describe() == "square 112 px"
     det.fit(texture_crops(8, size=112, seed=1))
     s = det.fusion_["image_score"]
     assert s["chosen"] == "auto" and s["fuse"] == det.fuse_ and set(s["validation"]) == {"max", "topk"}
@@ -413,6 +439,7 @@ def test_adapted_chooses_the_image_score_on_validation_and_saves_it(tmp_path):
     old = load_detector(tmp_path / "max")
     assert old.score_ == "topk" and "image score: mean of the top 1% of the map (given)" in old.summary()
     assert old.predict([img])[0].score != pytest.approx(back.predict([img])[0].score, rel=1e-3)
-    given = create_detector("adapted", sigma=1.0, score="max").use_trained(net, _NoiseHead(768, cfg.head_dim), cfg)
+    given = create_detector("adapted", sigma=1.0, score="max", geometry="square", image_size=112).use_trained(
+        net, _NoiseHead(768, cfg.head_dim), cfg)
     given.fit(texture_crops(8, size=112, seed=1))
     assert "image_score" not in given.fusion_ and given.score_ == "max" and "map maximum (given)" in given.summary()

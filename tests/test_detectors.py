@@ -41,7 +41,7 @@ CONTRACT = {
     "cavga": {"image_size": 48, **FAST},
     "feature-ae": FAST,
     "ensemble": {"backbone": "efficientnet-lite0+dinov2-s14", "image_size": 112},  # a multiple of both strides
-    "adapted": {"backbone": "dinov2-s14", "image_size": 98,
+    "adapted": {"backbone": "dinov2-s14", "image_size": 98, "geometry": "square",  # square: the adapter trains at 98
                 "adapt": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "lora_blocks": [7], "modules": ["qkv"]}},
 }
 SLOW = {"ae", "vae", "cavga", "feature-ae", "adapted"}  # trained: ~10-20 s each on 2 idle cores

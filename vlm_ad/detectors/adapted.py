@@ -80,7 +80,10 @@ class Adapted(Detector):
         topk: share of the top map pixels averaged by the ``topk`` score.
         retrieval: ``"frozen"`` (default: the bank holds the frozen backbone's features) or ``"adapted"``.
         seed: coreset / training seed.
-        **hyper: embedder settings (``image_size``, ``pool``) and ``sigma``.
+        **hyper: embedder settings (``geometry``, ``image_size``, ``min_side``, ``max_downscale``, ``pool``;
+            default: PatchCore's input for dinov2-s14, ``area`` 364 with ``min_side`` 224 and ``max_downscale`` 3)
+            and ``sigma``. The adapter trains at ``adapt={"image_size": ...}`` (224 by default), or at
+            ``image_size`` when ``geometry="square"`` is given.
     """
 
     name = "adapted"
@@ -122,13 +125,24 @@ class Adapted(Detector):
         from vlm_ad.adapt import AdaptConfig
 
         kw = {"layers": tuple(self.hyper["layers"]), "seed": self.hyper["seed"]}
-        if "image_size" in self.hyper:
+        if "image_size" in self.hyper and self.hyper.get("geometry") == "square":  # square in: the adapter's size too
             kw["image_size"] = self.hyper["image_size"]
         return AdaptConfig(**(kw | self.hyper["adapt"]))
 
     def _use(self, net, head, cfg) -> None:
-        self.embedder_ = PatchEmbedder(net, pool=self.hyper.get("pool", 3), geometry="square")  # as the adapter trained
+        self.embedder_ = PatchEmbedder(net, **self._input_settings())
         self.head_, self.adapt_config_ = head, cfg
+
+    def _input_settings(self) -> dict[str, Any]:
+        """The embedder's input: the geometry settings given (a saved model records them), else PatchCore's
+        dinov2-s14 default input, so that the retrieval half is the PatchCore ``vlm-ad fit`` makes on this backbone.
+        The adapter trains at its own square size (``adapt={"image_size": ...}``, 224 by default); its head scores
+        each patch alone, so it runs at any input shape, and ``fuse="auto"`` keeps it only where it helps there."""
+        keys = ("geometry", "image_size", "min_side", "max_downscale", "input_shape", "pool", "pool_pad")
+        given = {k: self.hyper[k] for k in keys if k in self.hyper}
+        if "geometry" in given:
+            return given
+        return PatchCore.default_input[self.backbone] | given
 
     def _prepare_adapter(self, arrays: list[np.ndarray]) -> None:
         from vlm_ad.adapt import load_adapter, train_adapter
@@ -170,32 +184,45 @@ class Adapted(Detector):
         raise ConfigError("adapted computes its own (adapted) features; call predict(images), not predict_layers")
 
     # embedding: retrieval features + the head's logit as one extra channel -------------------------------------
-    def _embed(self, arrays, progress) -> torch.Tensor:
+    ragged = True  # images of several input shapes: one (h_i, w_i, C + 1) grid each, as PatchCore's
+
+    def _embed(self, arrays, progress) -> torch.Tensor | list[torch.Tensor]:
+        """(B, h, w, C + 1) for images of one input shape, else a list of per-image grids in input order."""
         from vlm_ad.adapt import head_features, lora_disabled
 
+        groups = self._shape_groups(arrays)
+        if len(groups) > 1:
+            grids: list[torch.Tensor] = [torch.empty(0)] * len(arrays)
+            for idx in groups:
+                for i, grid in zip(idx, self._embed([arrays[i] for i in idx], progress)):
+                    grids[i] = grid
+            return grids
+        size = self.embedder.input_shape(arrays[0])
         out, net = [], self.embedder.net
         for start in range(0, len(arrays), 8):
             chunk = arrays[start : start + 8]
-            layers = net.extract(chunk, batch_size=8).layers
+            layers = net.extract(chunk, batch_size=8, size=size).layers
             with torch.no_grad():
                 logit = self.head_(head_features(layers))  # (B, h, w)
             if self.hyper["retrieval"] == "frozen":
                 with lora_disabled(net):
-                    layers = net.extract(chunk, batch_size=8).layers
+                    layers = net.extract(chunk, batch_size=8, size=size).layers
             out.append(torch.cat([self.embedder.aggregate(layers), logit[..., None]], dim=-1))  # (B, h, w, C + 1)
             if progress:
                 progress(len(chunk))
         return torch.cat(out)
 
-    def _fit_embeddings(self, emb: torch.Tensor, ids: list[str]) -> None:
+    def _fit_embeddings(self, emb: torch.Tensor | list[torch.Tensor], ids: list[str]) -> None:
+        grids = list(emb)  # per image (h_i, w_i, C + 1): the fit images may have several input shapes
         pc = PatchCore(self.embedder.net, coreset=1.0, seed=self.hyper["seed"])
-        pc._fit_embeddings(emb[..., :-1], ids)
+        pc._fit_embeddings([g[..., :-1] for g in grids], ids)
         self.store_ = pc.store_
-        loo = pc.leave_image_out_scores(emb[..., :-1], ids)  # (B, h, w), NaN where only own patches were near
-        seen = loo[~torch.isnan(loo)]
-        head = emb[..., -1]
-        self.stats_ = torch.stack([seen.mean(), seen.std().clamp(min=1e-6), head.mean(), head.std().clamp(min=1e-6)])
-        loo = torch.nan_to_num(loo, nan=float(seen.mean()))
+        loo = _loo_scores(pc, grids, ids)  # (h_i, w_i) each, NaN where only own patches were near
+        seen = torch.cat([g[~torch.isnan(g)] for g in loo])
+        head = [g[..., -1] for g in grids]
+        flat = torch.cat([h.reshape(-1) for h in head])
+        self.stats_ = torch.stack([seen.mean(), seen.std().clamp(min=1e-6), flat.mean(), flat.std().clamp(min=1e-6)])
+        loo = [torch.nan_to_num(g, nan=float(seen.mean())) for g in loo]
         self.fusion_ = None
         if "auto" in (self.hyper["fuse"], self.hyper["score"]):
             arrays = getattr(self, "_fit_arrays", None)
@@ -209,7 +236,7 @@ class Adapted(Detector):
         if self.hyper["score"] == "auto":
             fusion["image_score"] = self._choose_score(val, fusion["fuse"])
         self.fusion_ = fusion
-        self._loo = self._fuse(loo, head)
+        self._loo = [self._fuse(r, h) for r, h in zip(loo, head)]
 
     @property
     def fuse_(self) -> float:
@@ -231,21 +258,21 @@ class Adapted(Detector):
         return "topk" if self.hyper["score"] == "auto" else self.hyper["score"]
 
     # fusion and image-score choice ----------------------------------------------------------------------------
-    def _validation(self, arrays, ids, loo: torch.Tensor, head: torch.Tensor, pc: PatchCore) -> dict[str, Any]:
+    def _validation(self, arrays, ids, loo: list[torch.Tensor], head: list[torch.Tensor], pc: PatchCore
+                    ) -> dict[str, Any]:
         """The validation set of both choices: the fit images (leave-image-out) and synthetic-anomaly copies of
-        them, as fused grids per weight of :data:`FUSE_GRID`, with image and patch labels."""
+        them, as fused per-image grids per weight of :data:`FUSE_GRID`, with image and patch labels."""
         syn, masks, src = synthetic_validation(arrays, seed=self.hyper["seed"])
-        emb = self._embed(syn, None)
-        s_loo = pc.leave_image_out_scores(emb[..., :-1], [ids[i] for i in src])  # own clean patches left out
-        s_loo = torch.nan_to_num(s_loo, nan=float(self.stats_[0]))
-        s_head = emb[..., -1]
-        grid = tuple(emb.shape[1:3])
-        labels = torch.stack([F.adaptive_avg_pool2d(torch.from_numpy(m.astype(np.float32))[None, None], grid)[0, 0]
-                              for m in masks]) >= 0.25  # (S, h, w) patches a quarter covered or more
+        emb = list(self._embed(syn, None))
+        s_loo = _loo_scores(pc, emb, [ids[i] for i in src])  # own clean patches left out
+        s_loo = [torch.nan_to_num(g, nan=float(self.stats_[0])) for g in s_loo]
+        s_head = [g[..., -1] for g in emb]
+        labels = [F.adaptive_avg_pool2d(torch.from_numpy(m.astype(np.float32))[None, None], tuple(g.shape[:2]))[0, 0]
+                  >= 0.25 for m, g in zip(masks, emb)]  # (h_i, w_i) patches a quarter covered or more
         weights = set(FUSE_GRID) | ({float(self.hyper["fuse"])} if self.hyper["fuse"] != "auto" else set())
-        return {"grids": {w: torch.cat([self._fuse(loo, head, w), self._fuse(s_loo, s_head, w)]) for w in weights},
+        return {"grids": {w: [self._fuse(r, h, w) for r, h in zip(loo + s_loo, head + s_head)] for w in weights},
                 "image_labels": np.r_[np.zeros(len(loo), bool), np.ones(len(syn), bool)],
-                "patch_labels": [np.zeros(loo[0].numel(), bool)] * len(loo) + [m.reshape(-1).numpy() for m in labels],
+                "patch_labels": [np.zeros(g.numel(), bool) for g in loo] + [m.reshape(-1).numpy() for m in labels],
                 "n_normal": len(loo), "n_synthetic": len(syn)}
 
     def _choose_fuse(self, val: dict[str, Any]) -> dict[str, Any]:
@@ -346,6 +373,11 @@ class Adapted(Detector):
             w = self.hyper["fuse"]
             fusion = {"fuse": 0.5 if w == "auto" else float(w), "chosen": "given"}
         self.fusion_ = fusion
+
+
+def _loo_scores(pc: PatchCore, grids: list[torch.Tensor], ids: list[str]) -> list[torch.Tensor]:
+    """Leave-image-out retrieval scores (h_i, w_i) of per-image (h_i, w_i, C + 1) grids (the head channel dropped)."""
+    return [pc.leave_image_out_scores(g[None, ..., :-1], [i])[0] for g, i in zip(grids, ids)]
 
 
 def synthetic_validation(arrays: list[np.ndarray], *, seed: int, n: int = N_VALIDATION
