@@ -89,7 +89,8 @@ def adapted_rows(train, shot_idx, samples, labels, masks, seed: int, n_adapt: in
     train_s = time.perf_counter() - t0
     # the committed table was measured with a fixed weight and the bank on adapted features (the settings of then);
     # eval/bench_adapted_suite.py measures today's defaults (fuse="auto", bank on the frozen backbone)
-    det = create_detector("adapted", backbone="dinov2-s14", seed=seed, fuse=0.5, retrieval="adapted")
+    det = create_detector("adapted", backbone="dinov2-s14", seed=seed, fuse=0.5, retrieval="adapted",
+                          geometry="square", image_size=224)  # the input of then (now PatchCore's dinov2 default)
     det.use_trained(res.net, res.head, res.config).fit([train[i] for i in shot_idx])
     arrays = [s.image for s in samples]
     emb = det._embed(arrays, None)
