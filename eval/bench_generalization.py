@@ -675,6 +675,7 @@ REFERENCE_PAIRS = (("patchcore effnet area 224", REF_EFF), ("patchcore effnet ar
                    (f"{_PE} coreset 0.1", REF_EFF), (f"{_PC_DEFAULT} coreset 0.1", REF_DINO),
                    *((f"{_PE} pool {w}", REF_EFF) for w in (1, 5)),
                    *((f"{_PC_DEFAULT} pool {w}", REF_DINO) for w in (1, 5)),
+                   ("patchcore dinov2 square 364", REF_DINO),
                    *((f"{_PE} pool {w}", REF_EFF) for w in ("1+3", "3+1")),
                    *((f"{_PC_DEFAULT} pool {w}", REF_DINO) for w in ("1+3", "3+1")),
                    (REF_EFF + ", padding counted", REF_EFF))
@@ -845,6 +846,10 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
     text += verdict_lines(rows, [(f"{_PE} pool {w}", _PE) for w in ("1+3", "3+1")])
     text += verdict_lines(rows + dino_default_rows(rows),
                           [(f"{_PC_DEFAULT} pool {w}", DINO_DEFAULT) for w in ("1+3", "3+1")])
+    text += ["", "Keeping the aspect ratio at equal cost: PatchCore's DINOv2 default against the old square squash at "
+             "its pixel count (`square` 364; images/s: eval/results/geometry_speed_dinov2_square364.md; on the 1,200- "
+             "and 2,048-px sets the default's `max_downscale` 3 gives it more pixels, so those cells cost more):", ""]
+    text += verdict_lines(rows + dino_default_rows(rows), [(DINO_DEFAULT, "patchcore dinov2 square 364")])
     text += ["", f"Zero-shot `mutual` on efficientnet-lite0 against `{MUTUAL_DEFAULT}` (dinov2-s14, `area` 224 "
              "`min_side` 224 `max_downscale` 3; the `down 3` rows where they ran): which backbone `vlm-ad fit "
              "--detector mutual` takes when none is given:", ""]
