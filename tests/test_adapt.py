@@ -302,6 +302,7 @@ def test_adapted_auto_fusion_falls_back_to_retrieval_when_the_head_is_noise(tmp_
     pc.fit(texture_crops(8, size=112, seed=1))
     assert det.embedder.config() == pc.embedder.config()
     assert back.embedder.geometry == det.embedder.geometry and det.embedder.geometry.mode == "area"
+    assert "input area 364 px, short side at least 224 px" in back.summary()  # fit and detect say the input
     a, b = det.predict([img])[0].map, pc.predict([img])[0].map
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.999
     # a model saved by the margin-only rule (no bootstrap confidence, no rule) still loads and says its choice

@@ -313,10 +313,13 @@ class Adapted(Detector):
         s = f.get("image_score")
         score = "map maximum" if self.score_ == "max" else f"mean of the top {self.hyper['topk']:.0%} of the map"
         score = (f"image score: {score} ({'chosen at fit: ' + s['reason'] if s else 'given'})")
+        emb = self.embedder_
+        name = "adapted" if emb is None else (f"adapted on {emb.backbone_name} ({', '.join(emb.layers)}), input "
+                                              f"{emb.geometry.describe()}")
         if f.get("chosen") != "auto":
-            return f"adapted: {part} (fuse={w:g} given); {score}"
+            return f"{name}: {part} (fuse={w:g} given); {score}"
         v = f["validation"]
-        return (f"adapted: {part}, chosen at fit on {f['n_normal']} normal + {f['n_synthetic']} synthetic-anomaly "
+        return (f"{name}: {part}, chosen at fit on {f['n_normal']} normal + {f['n_synthetic']} synthetic-anomaly "
                 f"images: {f['reason']}; best mean AUROC {max(r['mean'] for r in v.values()):.3f} vs retrieval alone "
                 f"{v['1.0']['mean']:.3f}; {score}")
 
