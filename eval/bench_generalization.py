@@ -159,7 +159,8 @@ for _base, _key, _values in ((_PE0, "sigma", (2, 3, 6)), (_PC0, "sigma", (2, 3, 
                              (_PE0, "pool", (1, 5)), (_PC0, "pool", (1, 5)), (_MU0, "pool", (1,)),
                              (_MU0, "frac", (0.1, 0.5)),
                              # one window per layer (shallow, deep): pooling only one of the two layers
-                             (_PE0, "pool", ((1, 3), (3, 1))), (_PC0, "pool", ((1, 3), (3, 1)))):
+                             (_PE0, "pool", ((1, 3), (3, 1))), (_PC0, "pool", ((1, 3), (3, 1))),
+                             (_MU0, "pool", ((3, 1),))):
     _det, _backbone, _kw, _only, _n_seeds = ROWS[_base]
     ROWS.update({f"{_base} {_key} {'+'.join(map(str, v)) if isinstance(v, tuple) else v}":
                  (_det, _backbone, _kw | {_key: v}, _only, _n_seeds) for v in _values})
@@ -846,6 +847,7 @@ def write_markdown(rows: list[dict], datasets: list[str], args) -> None:
     text += verdict_lines(rows, [(f"{_PE} pool {w}", _PE) for w in ("1+3", "3+1")])
     text += verdict_lines(rows + dino_default_rows(rows),
                           [(f"{_PC_DEFAULT} pool {w}", DINO_DEFAULT) for w in ("1+3", "3+1")])
+    text += verdict_lines(merged, [(f"{_MU} down 3 pool 3+1", MUTUAL_DEFAULT)])
     text += ["", "Keeping the aspect ratio at equal cost: PatchCore's DINOv2 default against the old square squash at "
              "its pixel count (`square` 364; images/s: eval/results/geometry_speed_dinov2_square364.md; on the 1,200- "
              "and 2,048-px sets the default's `max_downscale` 3 gives it more pixels, so those cells cost more):", ""]
