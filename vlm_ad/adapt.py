@@ -48,7 +48,8 @@ class AdaptConfig:
         lora_blocks: transformer blocks that get LoRA on their ``modules`` linear layers.
         modules: which linear layers of a block: any of ``qkv``, ``proj``, ``fc1``, ``fc2``.
         rank: LoRA rank; ``alpha`` its scaling numerator.
-        image_size: training and inference input size (a multiple of 14).
+        image_size: the square training input size (a multiple of 14); the ``adapted`` detector embeds at its own
+            input (PatchCore's dinov2-s14 default unless given), where its head scores each patch alone.
         epochs, steps_per_epoch, batch_size: the schedule; half of each batch carries a synthetic defect.
         lr: AdamW learning rate (LoRA and head).
         patience: epochs without held-out improvement before stopping.

@@ -107,7 +107,8 @@ def adapt(
     batch_size: int = typer.Option(8, min=2),
     rank: int = typer.Option(4, min=1, help="LoRA rank."),
     blocks: str = typer.Option("6,7", help="DINOv2 blocks that get LoRA, comma-separated."),
-    image_size: int = typer.Option(224, help="Input size (a multiple of 14)."),
+    image_size: int = typer.Option(224, help="Square training input size (a multiple of 14); the adapted detector "
+                                             "embeds at PatchCore's dinov2-s14 input."),
     seed: int = typer.Option(0),
     resume: bool = typer.Option(True, help="Resume from OUT/checkpoint when it exists."),
 ) -> None:
