@@ -94,6 +94,7 @@ def test_backbone_when_none_is_given_is_the_detectors_measured_default(tmp_path)
     assert _backbone(None, None, "mutual") == "dinov2-s14"  # beat efficientnet-lite0 on the dev suite
     assert _backbone("efficientnet-lite0", None, "mutual") == "efficientnet-lite0"  # as given
     assert _backbone(None, tmp_path, "adapted") is None  # the adapter's own
+    assert _backbone(None, None, "adapted") == "dinov2-s14"  # without an adapter: its only backbone
     assert _backbone(None, None, "ensemble") == "efficientnet-lite0+dinov2-s14"
 
 

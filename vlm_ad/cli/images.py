@@ -136,7 +136,8 @@ def _textile_demo(out: Path, backbone: str, image_size: int, shots: int, per_cla
 # --backbone when none is given: efficientnet-lite0, except zero-shot mutual, whose own default dinov2-s14 beat it on
 # 16-17 of 24 cells of each half of the dev suite and lost on 5 (eval/results/generalization.md)
 DEFAULT_BACKBONE = "efficientnet-lite0"
-DETECTOR_BACKBONE = {"mutual": "dinov2-s14", "ensemble": "efficientnet-lite0+dinov2-s14"}
+DETECTOR_BACKBONE = {"mutual": "dinov2-s14", "ensemble": "efficientnet-lite0+dinov2-s14",
+                     "adapted": "dinov2-s14"}  # adapted: its only backbone (LoRA on DINOv2's blocks)
 
 
 def _backbone(backbone: str | None, adapter: Path | None, detector: str = "patchcore") -> str | None:
@@ -150,8 +151,8 @@ def fit(
     out: Path = typer.Option(..., "--out", help="Folder to save the fitted model in."),
     detector: str = typer.Option("patchcore", help="Detector name (see 'vlm-ad detectors')."),
     backbone: str = typer.Option(None, help="Backbone name (see 'vlm-ad backbones'); default efficientnet-lite0 "
-                                 "(dinov2-s14 for --detector mutual, efficientnet-lite0+dinov2-s14 for --detector "
-                                 "ensemble: backbones joined by '+'), or with --adapter the adapter's own."),
+                                 "(dinov2-s14 for --detector mutual and adapted, efficientnet-lite0+dinov2-s14 for "
+                                 "--detector ensemble: backbones joined by '+'), or with --adapter the adapter's own."),
     shots: int = typer.Option(None, help=SHOTS_HELP),
     seed: int = typer.Option(0, help="Seed for drawing shots and for the coreset."),
     option: list[str] = typer.Option([], "--option", "-o", help=OPTION_HELP),
@@ -241,8 +242,8 @@ def eval_cmd(
     data: str = typer.Argument(..., help=DATA_HELP),
     detector: str = typer.Option("patchcore", help="Detector name (see 'vlm-ad detectors')."),
     backbone: str = typer.Option(None, help="Backbone name (see 'vlm-ad backbones'); default efficientnet-lite0 "
-                                 "(dinov2-s14 for --detector mutual, efficientnet-lite0+dinov2-s14 for --detector "
-                                 "ensemble: backbones joined by '+'), or with --adapter the adapter's own."),
+                                 "(dinov2-s14 for --detector mutual and adapted, efficientnet-lite0+dinov2-s14 for "
+                                 "--detector ensemble: backbones joined by '+'), or with --adapter the adapter's own."),
     shots: int = typer.Option(None, help=SHOTS_HELP),
     seed: int = typer.Option(0, help="Seed for drawing shots (and the textile split)."),
     json_out: Path = typer.Option(None, "--json", help="Write the metrics to this JSON file."),
