@@ -186,17 +186,10 @@ class Adapted(Detector):
     # embedding: retrieval features + the head's logit as one extra channel -------------------------------------
     ragged = True  # images of several input shapes: one (h_i, w_i, C + 1) grid each, as PatchCore's
 
-    def _embed(self, arrays, progress) -> torch.Tensor | list[torch.Tensor]:
-        """(B, h, w, C + 1) for images of one input shape, else a list of per-image grids in input order."""
+    def _embed_shape(self, arrays, progress) -> torch.Tensor:
+        """(B, h, w, C + 1) of images of one input shape (:meth:`Detector._embed` groups the shapes)."""
         from vlm_ad.adapt import head_features, lora_disabled
 
-        groups = self._shape_groups(arrays)
-        if len(groups) > 1:
-            grids: list[torch.Tensor] = [torch.empty(0)] * len(arrays)
-            for idx in groups:
-                for i, grid in zip(idx, self._embed([arrays[i] for i in idx], progress)):
-                    grids[i] = grid
-            return grids
         size = self.embedder.input_shape(arrays[0])
         out, net = [], self.embedder.net
         for start in range(0, len(arrays), 8):

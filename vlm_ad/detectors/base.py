@@ -437,15 +437,19 @@ class Detector:
         embedder's input shape to the most common one and get one (B, h, w, C) tensor."""
         groups = self._shape_groups(arrays)
         if len(groups) == 1:
-            return self.embedder(arrays, progress=progress)
+            return self._embed_shape(arrays, progress)
         if not self.ragged:  # one grid for all: the most common input shape, recorded in the saved model
             self.embedder.set_input_shape(self.embedder.input_shape(arrays[max(groups, key=len)[0]]))
-            return self.embedder(arrays, progress=progress)
+            return self._embed_shape(arrays, progress)
         out: list[torch.Tensor] = [torch.empty(0)] * len(arrays)
         for idx in groups:
-            for i, grid in zip(idx, self.embedder([arrays[i] for i in idx], progress=progress)):
+            for i, grid in zip(idx, self._embed_shape([arrays[i] for i in idx], progress)):
                 out[i] = grid
         return out
+
+    def _embed_shape(self, arrays: list[np.ndarray], progress: Progress | None) -> torch.Tensor:
+        """(B, h, w, C) grids of images of one input shape (detectors with their own features override this)."""
+        return self.embedder(arrays, progress=progress)
 
     def _to_maps(self, grids: torch.Tensor, sizes: list[tuple[int, int]], ids: list[str], hits: list
                  ) -> list[AnomalyMap]:
