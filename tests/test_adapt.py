@@ -56,6 +56,32 @@ def test_lora_injection_trains_only_lora_and_starts_as_identity():
     torch.testing.assert_close(after["block7"], before["block7"])  # LoRA B starts at zero
 
 
+def test_branched_extraction_equals_two_passes_and_shares_the_blocks_below_lora():
+    from vlm_ad.adapt import lora_disabled
+
+    cfg = AdaptConfig(**(TINY | {"lora_blocks": (6, 7)}))
+    net = inject_lora(_net(cfg), cfg)
+    torch.manual_seed(0)
+    for name, p in net.named_parameters():
+        if "lora_B" in name:  # a trained adapter: LoRA changes blocks 6 and 7
+            p.data.normal_(0, 0.05)
+    images = texture_crops(3, SIZE, seed=4)
+    on = net.extract(images, size=(SIZE, 2 * SIZE)).layers
+    with lora_disabled(net):
+        off = net.extract(images, size=(SIZE, 2 * SIZE)).layers
+    calls = []
+    hook = net.vit.blocks[0].register_forward_hook(lambda *a: calls.append(1))
+    b_on, b_off = net.extract_branches(images, size=(SIZE, 2 * SIZE), split=6, batch_size=2,
+                                       branches=(lambda: torch.no_grad(), lambda: lora_disabled(net)))
+    hook.remove()
+    assert len(calls) == 2  # block 0 ran once per batch (2 batches), not once per branch
+    assert set(b_on.layers) == set(on) == {"block5", "block7"} and b_on.input_size == (SIZE, 2 * SIZE)
+    for layer in on:
+        torch.testing.assert_close(b_on.layers[layer], on[layer], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b_off.layers[layer], off[layer], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(on["block7"], off["block7"], atol=1e-3)  # the branches do differ
+
+
 def test_adapter_save_load_round_trip(tmp_path):
     cfg = AdaptConfig(**TINY)
     net = inject_lora(_net(cfg), cfg)

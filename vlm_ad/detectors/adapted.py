@@ -34,6 +34,7 @@ existed keeps its given score.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,8 @@ class Adapted(Detector):
 
     # embedding: retrieval features + the head's logit as one extra channel -------------------------------------
     ragged = True  # images of several input shapes: one (h_i, w_i, C + 1) grid each, as PatchCore's
+    share_blocks = True  # the LoRA-on and LoRA-off passes share the blocks below the first LoRA block (same features;
+    # False runs two whole passes, as before 2026-12-05: eval/bench_adapted_speed.py times both)
 
     def _embed_shape(self, arrays, progress) -> torch.Tensor:
         """(B, h, w, C + 1) of images of one input shape (:meth:`Detector._embed` groups the shapes)."""
@@ -192,14 +195,22 @@ class Adapted(Detector):
 
         size = self.embedder.input_shape(arrays[0])
         out, net = [], self.embedder.net
+        frozen = self.hyper["retrieval"] == "frozen"
+        split = min(self.adapt_config_.lora_blocks) if frozen and self.adapt_config_ is not None else None
         for start in range(0, len(arrays), 8):
             chunk = arrays[start : start + 8]
-            layers = net.extract(chunk, batch_size=8, size=size).layers
+            if split is not None and self.share_blocks and hasattr(net, "extract_branches"):
+                # LoRA on (the head's features) and off (retrieval's), the blocks below the first LoRA block once
+                layers, frozen_layers = (f.layers for f in net.extract_branches(
+                    chunk, size=size, split=split, branches=(contextlib.nullcontext, lambda: lora_disabled(net))))
+            else:
+                layers = frozen_layers = net.extract(chunk, batch_size=8, size=size).layers
+                if frozen:
+                    with lora_disabled(net):
+                        frozen_layers = net.extract(chunk, batch_size=8, size=size).layers
             with torch.no_grad():
                 logit = self.head_(head_features(layers))  # (B, h, w)
-            if self.hyper["retrieval"] == "frozen":
-                with lora_disabled(net):
-                    layers = net.extract(chunk, batch_size=8, size=size).layers
+            layers = frozen_layers
             out.append(torch.cat([self.embedder.aggregate(layers), logit[..., None]], dim=-1))  # (B, h, w, C + 1)
             if progress:
                 progress(len(chunk))
