@@ -30,6 +30,23 @@ def test_pool_pad_decides_what_the_window_sees_past_the_border():
         PatchEmbedder("efficientnet-lite0", pool=3, pool_pad="wrap")
 
 
+def test_sqrt_pad_keeps_the_interior_noise_level_at_the_border():
+    from vlm_ad.detectors.base import PatchEmbedder
+
+    emb = PatchEmbedder("efficientnet-lite0", pool=3, pool_pad="sqrt")
+    ones = emb._pool(torch.ones(1, 1, 6, 5))[0, 0]
+    assert torch.allclose(ones[1:-1, 1:-1], torch.tensor(1.0))  # inside: the plain 3 x 3 mean
+    assert ones[0, 2] == pytest.approx(6 ** 0.5 / 3) and ones[0, 0] == pytest.approx(2 / 3)  # sum / (3 sqrt(n))
+    noise = torch.randn(1, 4000, 6, 5, generator=torch.Generator().manual_seed(0))  # independent unit cells
+    sd = {pad: PatchEmbedder("efficientnet-lite0", pool=3, pool_pad=pad)._pool(noise)[0].std(dim=0)
+          for pad in ("zero", "exclude", "sqrt")}
+    inner = float(sd["sqrt"][2:-2, 2:-2].mean())
+    assert inner == pytest.approx(1 / 3, rel=0.05)
+    for cell in ((0, 0), (0, 2), (3, 0)):  # corner, edges: same spread as inside; zeros damp it, exclude raises it
+        assert float(sd["sqrt"][cell]) == pytest.approx(inner, rel=0.08)
+        assert sd["zero"][cell] < 0.85 * inner and sd["exclude"][cell] > 1.15 * inner
+
+
 def _grid(border: float, inner: float, hw=(8, 10)) -> torch.Tensor:
     g = torch.full(hw, inner)
     g[0, :], g[-1, :], g[:, 0], g[:, -1] = border, border, border, border
@@ -74,13 +91,15 @@ def test_ring_factors_are_saved_and_exported_and_the_runtime_applies_them(tmp_pa
     cat = generate_dataset(tmp_path / "data", sources=("brick",), n_train=3, n_test_good=1, n_test_per_type=2,
                            types=("hole",), image_size=96, seed=0)["brick"]
     det, _ = fit_detector(open_data(cat)[0], detector="patchcore", backbone="efficientnet-lite0", coreset=1.0,
-                          image_size=96, rings=2, ring_cap=None)  # uncapped: factors on both sides of 1
+                          image_size=96, rings=2, ring_cap=None,  # uncapped: factors on both sides of 1
+                          pool_pad="sqrt")  # the exported graph pools the border as torch does
     assert det.ring_factors_ is not None and det.ring_factors_.shape == (3,) and det.ring_factors_[-1] == 1
     assert (det.ring_factors_[:-1] - 1).abs().min() > 1e-3
     det.save(tmp_path / "model")
     again = load_detector(tmp_path / "model")
     assert torch.equal(again.ring_factors_, det.ring_factors_)
     assert "border rings scaled" in again.summary()  # fit and detect say what they did
+    assert again.embedder.pool_pad == "sqrt" and "interior's noise level" in again.summary()
     images = [Sample(load_image(it.path), it.image_id) for it in ImageFolder(cat / "test", recursive=True).items]
     ref = again.predict(images)
     plain = load_detector(tmp_path / "model")

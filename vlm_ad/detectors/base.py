@@ -32,7 +32,7 @@ ImageLike = Union[np.ndarray, Sample]
 Progress = Callable[[int], None]  # called with the number of images just processed
 
 DEFAULT_LAYERS = {"dinov2-s14": ("block5", "block7"), "efficientnet-lite0": ("block4", "block10")}
-POOL_PADS = ("zero", "exclude", "reflect")  # PatchEmbedder(pool_pad=...): what the pooling sees past the border
+POOL_PADS = ("zero", "exclude", "reflect", "sqrt")  # PatchEmbedder(pool_pad=...): the pooling at the grid's border
 # the input settings (geometry, image_size and optionally min_side, max_downscale) per backbone when no geometry is
 # given, from eval/results/generalization.md: for efficientnet-lite0 "area" 224 beat "square" 224 on most cells of the
 # dev half and lost nowhere by more than the seed spread, and the unseen half agreed (area 256 won more on dev but lost
@@ -77,8 +77,10 @@ class PatchEmbedder:
         pool: side of the average-pooling window applied to each layer (PatchCore's local neighbourhood), or one
             side per layer in ``layers``' order (e.g. ``(3, 1)``: the first layer pooled 3 x 3, the second not).
         pool_pad: what the pooling window sees past the grid's border: ``"zero"`` (zeros, counted in the average, as
-            anomalib; border vectors shrink), ``"exclude"`` (the average over the cells inside the grid) or
-            ``"reflect"`` (the cells mirrored at the border).
+            anomalib; border vectors shrink), ``"exclude"`` (the average over the cells inside the grid),
+            ``"reflect"`` (the cells mirrored at the border) or ``"sqrt"`` (the sum over the n cells inside divided by
+            ``pool * sqrt(n)``: between the two, a border vector keeps the interior's noise level where cells are
+            independent, so border noise is neither damped as with zeros nor raised as with ``"exclude"``).
         normalize: L2-normalise each patch vector.
     """
 
@@ -230,6 +232,10 @@ class PatchEmbedder:
             return t
         if self.pool_pad == "reflect" and min(t.shape[-2:]) > r:  # reflection needs more cells than the radius
             return F.avg_pool2d(F.pad(t, (r, r, r, r), mode="reflect"), pool, stride=1)
+        if self.pool_pad == "sqrt":  # sum over the n cells inside / (pool * sqrt(n)): the interior's noise level
+            inside = F.avg_pool2d(torch.ones_like(t[:1, :1]), pool, stride=1, padding=r) * pool * pool  # n per cell
+            mean = F.avg_pool2d(t, pool, stride=1, padding=r, count_include_pad=False)
+            return mean * inside.sqrt() / pool
         return F.avg_pool2d(t, pool, stride=1, padding=r, count_include_pad=self.pool_pad == "zero")
 
     def aggregate(self, layers: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -516,7 +522,8 @@ class Detector:
         if not isinstance(emb, PatchEmbedder):
             return self.name
         border = {"exclude": ", border cells pooled over the grid only",
-                  "reflect": ", border cells pooled with mirrored cells"}.get(emb.pool_pad, "")
+                  "reflect": ", border cells pooled with mirrored cells",
+                  "sqrt": ", border cells pooled at the interior's noise level"}.get(emb.pool_pad, "")
         pools = describe_pool(emb.pool)
         return (f"{self.name} on {emb.backbone_name} ({', '.join(emb.layers)}), input {emb.geometry.describe()}"
                 f"{border}{pools}{self._summary_extra()}")
