@@ -49,6 +49,19 @@ def test_detectors_lists_every_registered_name():
     assert sorted(rows) == list_detectors()  # whole cells: "ae" is not found inside "feature-ae"
 
 
+def test_detectors_name_lists_its_options_with_defaults_and_values():
+    out = _ok(runner.invoke(app, ["detectors", "patchcore"]))
+    rows = _first_cells(out)
+    assert {"coreset", "pool", "pool_pad", "sigma", "rings", "geometry", "threshold_rule"} <= set(rows)
+    assert "0.1" in rows["coreset"] and "4.0" in rows["sigma"] and "3" in rows["pool"]
+    assert "'zero'" in rows["pool_pad"] and "sqrt" in rows["pool_pad"] and "backbone's default" in rows["geometry"]
+    assert "pydoc vlm_ad.detectors.patchcore" in out
+    bad = runner.invoke(app, ["detectors", "patchkore"])
+    assert bad.exit_code != 0 and "registered: adapted" in str(bad.exception)
+    clip = runner.invoke(app, ["detectors", "winclip"])  # cannot be built without CLIP weights: says where to look
+    assert clip.exit_code != 0 and "pydoc vlm_ad.detectors.winclip" in str(clip.exception)
+
+
 def test_backbones_lists_offline_status():
     rows = _first_cells(_ok(runner.invoke(app, ["backbones"])))
     assert rows["dinov2-s14"].rstrip().endswith("ready") and rows["efficientnet-lite0"].rstrip().endswith("ready")

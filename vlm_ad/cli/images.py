@@ -40,16 +40,56 @@ def backbones() -> None:
     console.print(table)
 
 
-def detectors() -> None:
-    """List the registered detectors (use with --detector in fit and eval)."""
+def detectors(name: str = typer.Argument(None, help="A detector name: list its -o options and their defaults.")
+              ) -> None:
+    """List the registered detectors (use with --detector in fit and eval); with a NAME, the options it takes.
+
+    Example: vlm-ad detectors patchcore (then vlm-ad fit DATA --out DIR -o pool_pad=sqrt -o coreset=0.05)
+    """
     from vlm_ad.detectors import DETECTORS
 
-    table = Table(title="detectors")
-    table.add_column("name")
-    table.add_column("description")
-    for entry in DETECTORS.entries():
-        table.add_row(entry.name, entry.description)
+    if name is None:
+        table = Table(title="detectors")
+        table.add_column("name")
+        table.add_column("description")
+        for entry in DETECTORS.entries():
+            table.add_row(entry.name, entry.description)
+        console.print(table)
+        return
+    import inspect
+
+    from vlm_ad.detectors import create_detector
+    from vlm_ad.detectors import detector_options as options_of
+    from vlm_ad.detectors.base import POOL_PADS, SIGMA, PatchEmbedder
+    from vlm_ad.errors import ConfigError
+
+    BACKBONE_INPUT = {"image_size", "geometry", "min_side", "max_downscale", "layers", "input_shape"}
+
+    if name not in DETECTORS.names():
+        raise ConfigError(f"no detector {name!r}; registered: {', '.join(DETECTORS.names())}")
+    try:
+        det = create_detector(name)
+    except ConfigError as exc:  # e.g. winclip needs a CLIP backbone even to be built
+        raise ConfigError(f"{exc}; its options: python -m pydoc vlm_ad.detectors.{name}") from exc
+    choices = {"geometry": "square | aspect | area", "pool_pad": " | ".join(POOL_PADS)}
+    embedder = {p.name: p.default for p in inspect.signature(PatchEmbedder.__init__).parameters.values()
+                if p.default is not p.empty and p.name not in BACKBONE_INPUT}  # the same for every backbone
+    table = Table(title=f"{name}: options (-o KEY=VALUE)")
+    for col in ("option", "default", "values"):
+        table.add_column(col)
+    for key, default in sorted(options_of(det).items()):
+        if key == "backbone":
+            continue  # --backbone
+        if default is inspect.Parameter.empty:
+            default = embedder.get(key, SIGMA if key == "sigma" else default)
+        if default is not inspect.Parameter.empty:
+            shown = repr(default)
+        else:
+            shown = "the backbone's default" if key in BACKBONE_INPUT else "the detector's own (pydoc)"
+        table.add_row(key, escape(shown), choices.get(key, ""))
     console.print(table)
+    console.print(f"What each option does: python -m pydoc {type(det).__module__} (the class's Args), and the README's "
+                  "measurements of the ones that matter.", highlight=False)
 
 
 def demo(

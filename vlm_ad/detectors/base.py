@@ -263,7 +263,10 @@ def gaussian_blur(grid: torch.Tensor, sigma: float) -> torch.Tensor:
     return g[:, 0]
 
 
-def smooth_grid(grid: torch.Tensor, *, sigma: float = 4.0, work: int = 256, view: float = 1.0) -> torch.Tensor:
+SIGMA = 4.0  # the map smoothing's default std in pixels of a 256-px long side (the ``sigma`` option)
+
+
+def smooth_grid(grid: torch.Tensor, *, sigma: float = SIGMA, work: int = 256, view: float = 1.0) -> torch.Tensor:
     """Upsample (h, w) or (B, h, w) patch-score grids to their work grid (:func:`work_shape`, aspect kept) and blur
     them. ``sigma`` is in pixels of a 256-px long side of one view (the whole input, or a ``view`` share of it when
     tiled), so a square 224/256 input smooths exactly as before geometry existed. Batched, since per-image calls are
@@ -417,7 +420,7 @@ class Detector:
         long side of one view; see :func:`smooth_grid`)."""
         embedder = getattr(self, "embedder", None)
         view = embedder.view_fraction(grid.shape[-2:]) if isinstance(embedder, PatchEmbedder) else 1.0
-        return smooth_grid(grid, sigma=float(self.hyper.get("sigma", 4.0)), view=view)
+        return smooth_grid(grid, sigma=float(self.hyper.get("sigma", SIGMA)), view=view)
 
     def image_score(self, grid: torch.Tensor) -> float:
         """Image score of an (h, w) patch-score grid: :meth:`_work_score` of its smoothed map."""
