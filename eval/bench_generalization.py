@@ -86,6 +86,8 @@ ROWS: dict[str, tuple[str, str | None, dict, tuple | None, int | None]] = {
                                           None, None),
     "patchcore effnet area 224 pool sqrt": ("patchcore", EFF, {"geometry": "area", "image_size": 224,
                                                             "pool_pad": "sqrt"}, None, None),
+    "patchcore effnet area 224 pool sqrt rings 3": ("patchcore", EFF, {"geometry": "area", "image_size": 224,
+                                                                    "pool_pad": "sqrt", "rings": 3}, None, None),
     "patchcore effnet area 224 rings 3 uncapped": ("patchcore", EFF, {"geometry": "area", "image_size": 224,
                                                                    "rings": 3, "ring_cap": None}, None, None),
     "patchcore effnet area 224 pool exclude rings 3 uncapped": ("patchcore", EFF, {
@@ -618,7 +620,8 @@ _PC = "patchcore dinov2 area 280 min 224"
 _PE = "patchcore effnet area 224"  # the efficientnet-lite0 default
 _MU = "mutual dinov2 zero-shot area 224 min 224"  # mutual's DINOv2 default
 BORDER_PAIRS = tuple((f"{_PE} {v}", _PE) for v in ("pool exclude", "pool reflect", "rings 3 uncapped",
-                                                     "pool exclude rings 3 uncapped", "rings 3", "pool sqrt")) + (
+                                                     "pool exclude rings 3 uncapped", "rings 3", "pool sqrt",
+                                                     "pool sqrt rings 3")) + (
     (f"{_PC} down 3 rings 3", _PC),)  # DINOv2: down 3 acts on none of the sets this row ran on
 DOWNSCALE_PAIRS = tuple((f"{base} down {a}", f"{base} down {b}" if b else base)
                         for base in (_PC, _PE, _MU) for a, b in ((4, None), (3, None), (3, 4)))
@@ -684,6 +687,7 @@ REFERENCE_PAIRS = (("patchcore effnet area 224", REF_EFF), ("patchcore effnet ar
                    *((f"{_PE} pool {w}", REF_EFF) for w in ("1+3", "3+1")),
                    *((f"{_PC_DEFAULT} pool {w}", REF_DINO) for w in ("1+3", "3+1")),
                    (f"{_PE} pool exclude", REF_EFF), (f"{_PE} pool sqrt", REF_EFF),
+                   (f"{_PE} pool sqrt rings 3", REF_EFF),
                    (REF_EFF + ", padding counted", REF_EFF))
 
 
