@@ -63,7 +63,7 @@ def detectors(name: str = typer.Argument(None, help="A detector name: list its -
     from vlm_ad.detectors.base import POOL_PADS, SIGMA, PatchEmbedder
     from vlm_ad.errors import ConfigError
 
-    BACKBONE_INPUT = {"image_size", "geometry", "min_side", "max_downscale", "layers", "input_shape"}
+    backbone_input = {"image_size", "geometry", "min_side", "max_downscale", "layers", "input_shape"}
 
     if name not in DETECTORS.names():
         raise ConfigError(f"no detector {name!r}; registered: {', '.join(DETECTORS.names())}")
@@ -73,7 +73,7 @@ def detectors(name: str = typer.Argument(None, help="A detector name: list its -
         raise ConfigError(f"{exc}; its options: python -m pydoc vlm_ad.detectors.{name}") from exc
     choices = {"geometry": "square | aspect | area", "pool_pad": " | ".join(POOL_PADS)}
     embedder = {p.name: p.default for p in inspect.signature(PatchEmbedder.__init__).parameters.values()
-                if p.default is not p.empty and p.name not in BACKBONE_INPUT}  # the same for every backbone
+                if p.default is not p.empty and p.name not in backbone_input}  # the same for every backbone
     table = Table(title=f"{name}: options (-o KEY=VALUE)")
     for col in ("option", "default", "values"):
         table.add_column(col)
@@ -85,7 +85,7 @@ def detectors(name: str = typer.Argument(None, help="A detector name: list its -
         if default is not inspect.Parameter.empty:
             shown = repr(default)
         else:
-            shown = "the backbone's default" if key in BACKBONE_INPUT else "the detector's own (pydoc)"
+            shown = "the backbone's default" if key in backbone_input else "the detector's own (pydoc)"
         table.add_row(key, escape(shown), choices.get(key, ""))
     console.print(table)
     console.print(f"What each option does: python -m pydoc {type(det).__module__} (the class's Args), and the README's "
