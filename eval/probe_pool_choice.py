@@ -26,13 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_generalization as bg  # noqa: E402
 
 from vlm_ad.detectors import create_detector  # noqa: E402
-from vlm_ad.detectors.adapted import synthetic_validation  # noqa: E402
+from vlm_ad.detectors.adapted import patch_labels, synthetic_validation  # noqa: E402
 from vlm_ad.detectors.fuse_choice import fuse_table  # noqa: E402
 
 OUT = bg.RESULTS / "probe_pool_choice.jsonl"
@@ -43,22 +42,16 @@ def validation(det, shots) -> dict:
     """Leave-image-out grids of the fit images and of synthetic-anomaly copies of them, with labels."""
     arrays = [np.asarray(s.image) for s in shots]
     ids = [s.image_id for s in shots]
-    normal = [det.leave_image_out_scores(g[None], [i])[0] for g, i in zip(_grids(det, arrays), ids)]
+    normal = [det.leave_image_out_scores(g[None], [i])[0] for g, i in zip(det._embed(arrays, None), ids)]
     syn, masks, src = synthetic_validation(arrays, seed=det.hyper["seed"])
-    anomalous = [det.leave_image_out_scores(g[None], [ids[j]])[0] for g, j in zip(_grids(det, syn), src)]
+    anomalous = [det.leave_image_out_scores(g[None], [ids[j]])[0] for g, j in zip(det._embed(syn, None), src)]
     fill = float(torch.cat([g[~torch.isnan(g)] for g in normal]).mean())
     grids = [torch.nan_to_num(g, nan=fill) for g in normal + anomalous]
-    labels = [F.adaptive_avg_pool2d(torch.from_numpy(m.astype(np.float32))[None, None], tuple(g.shape))[0, 0] >= 0.25
-              for m, g in zip(masks, anomalous)]
+    labels = [patch_labels(m, tuple(g.shape)) for m, g in zip(masks, anomalous)]
     return {"image": np.array([det.image_score(g) for g in grids]),
             "patch": [g.reshape(-1).numpy() for g in grids],
             "image_labels": np.r_[np.zeros(len(normal), bool), np.ones(len(anomalous), bool)],
             "patch_labels": [np.zeros(g.numel(), bool) for g in normal] + [m.reshape(-1).numpy() for m in labels]}
-
-
-def _grids(det, arrays) -> list[torch.Tensor]:
-    emb = det._embed(list(arrays), None)
-    return list(emb)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -171,11 +171,14 @@ class DinoV2(Backbone):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised ``(B, 3, H, W)`` (H, W multiples of 14) -> ``{layer: (B, 384, H/14, W/14)}``."""
+        return self.vit(self._checked(x), self.layers)
+
+    def _checked(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] % PATCH or x.shape[3] % PATCH:
             raise ConfigError(
                 f"{self.name}: expected a (B, 3, H, W) tensor with H and W multiples of {PATCH}, got {tuple(x.shape)}"
             )
-        return self.vit(x, self.layers)
+        return x
 
     def extract_branches(self, images: Sequence[np.ndarray], *, size: tuple[int, int] | None, split: int,
                          branches: Sequence[Callable[[], ContextManager]], batch_size: int = 8) -> list[Features]:
@@ -187,9 +190,7 @@ class DinoV2(Backbone):
         self.eval()
         outs: list[dict[str, list[torch.Tensor]]] = [{} for _ in branches]
         for start in range(0, len(images), batch_size):
-            x = self.preprocess(images[start : start + batch_size], size=size).to(self.device)
-            if x.ndim != 4 or x.shape[2] % PATCH or x.shape[3] % PATCH:
-                raise ConfigError(f"{self.name}: expected H and W multiples of {PATCH}, got {tuple(x.shape)}")
+            x = self._checked(self.preprocess(images[start : start + batch_size], size=size).to(self.device))
             with torch.no_grad():
                 for acc, feats in zip(outs, self.vit.forward_branches(x, self.layers, split=split,
                                                                       branches=branches)):

@@ -201,17 +201,16 @@ class Adapted(Detector):
             chunk = arrays[start : start + 8]
             if split is not None and self.share_blocks and hasattr(net, "extract_branches"):
                 # LoRA on (the head's features) and off (retrieval's), the blocks below the first LoRA block once
-                layers, frozen_layers = (f.layers for f in net.extract_branches(
+                head_layers, retrieval_layers = (f.layers for f in net.extract_branches(
                     chunk, size=size, split=split, branches=(contextlib.nullcontext, lambda: lora_disabled(net))))
             else:
-                layers = frozen_layers = net.extract(chunk, batch_size=8, size=size).layers
+                head_layers = retrieval_layers = net.extract(chunk, batch_size=8, size=size).layers
                 if frozen:
                     with lora_disabled(net):
-                        frozen_layers = net.extract(chunk, batch_size=8, size=size).layers
+                        retrieval_layers = net.extract(chunk, batch_size=8, size=size).layers
             with torch.no_grad():
-                logit = self.head_(head_features(layers))  # (B, h, w)
-            layers = frozen_layers
-            out.append(torch.cat([self.embedder.aggregate(layers), logit[..., None]], dim=-1))  # (B, h, w, C + 1)
+                logit = self.head_(head_features(head_layers))  # (B, h, w)
+            out.append(torch.cat([self.embedder.aggregate(retrieval_layers), logit[..., None]], dim=-1))  # (B,h,w,C+1)
             if progress:
                 progress(len(chunk))
         return torch.cat(out)
@@ -271,8 +270,7 @@ class Adapted(Detector):
         s_loo = _loo_scores(pc, emb, [ids[i] for i in src])  # own clean patches left out
         s_loo = [torch.nan_to_num(g, nan=float(self.stats_[0])) for g in s_loo]
         s_head = [g[..., -1] for g in emb]
-        labels = [F.adaptive_avg_pool2d(torch.from_numpy(m.astype(np.float32))[None, None], tuple(g.shape[:2]))[0, 0]
-                  >= 0.25 for m, g in zip(masks, emb)]  # (h_i, w_i) patches a quarter covered or more
+        labels = [patch_labels(m, tuple(g.shape[:2])) for m, g in zip(masks, emb)]
         weights = set(FUSE_GRID) | ({float(self.hyper["fuse"])} if self.hyper["fuse"] != "auto" else set())
         return {"grids": {w: [self._fuse(r, h, w) for r, h in zip(loo + s_loo, head + s_head)] for w in weights},
                 "image_labels": np.r_[np.zeros(len(loo), bool), np.ones(len(syn), bool)],
@@ -380,6 +378,12 @@ class Adapted(Detector):
             w = self.hyper["fuse"]
             fusion = {"fuse": 0.5 if w == "auto" else float(w), "chosen": "given"}
         self.fusion_ = fusion
+
+
+def patch_labels(mask: np.ndarray, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """(h, w) bool: the patches of a ``grid_hw`` grid that an (H, W) defect mask covers a quarter or more."""
+    cover = F.adaptive_avg_pool2d(torch.from_numpy(mask.astype(np.float32))[None, None], grid_hw)[0, 0]
+    return cover >= 0.25
 
 
 def _loo_scores(pc: PatchCore, grids: list[torch.Tensor], ids: list[str]) -> list[torch.Tensor]:
